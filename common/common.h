@@ -1,0 +1,180 @@
+/* common: the few pieces every envrun library shares (errors, allocation,
+ * logging, growable buffers, per-command arenas, secrets, time, ids).
+ * Thread-safe except where a function says otherwise. Owns nothing global
+ * but the logger's settings and the allocation-failure hook. */
+#ifndef ER_COMMON_COMMON_H
+#define ER_COMMON_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ER_NODISCARD __attribute__((warn_unused_result))
+#define ER_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* ================================================================
+ * Assertions: always compiled in; for invariants, never for input.
+ * ================================================================ */
+void er_assert_fail(const char *expr, const char *file, int line)
+    __attribute__((noreturn));
+#define ER_ASSERT(cond)                                                        \
+    ((cond) ? (void)0 : er_assert_fail(#cond, __FILE__, __LINE__))
+
+/* ================================================================
+ * Errors
+ * ================================================================ */
+enum er_errcode {
+    ER_OK = 0,
+    ER_ENOMEM = -1,   /* allocation failed */
+    ER_EINVAL = -2,   /* bad argument or input */
+    ER_EBADMSG = -3,  /* undecodable bytes */
+    ER_E2BIG = -4,    /* a bounded buffer or field is over its cap */
+    ER_EPG = -5,      /* PostgreSQL failure */
+    ER_EKAFKA = -6,   /* librdkafka failure */
+    ER_EIO = -7,      /* system call failure */
+    ER_ENOTFOUND = -8,
+    ER_ECONFLICT = -9, /* unique violation or fencing loss */
+    ER_ESCHEMA = -10,  /* unknown schema fingerprint or framing */
+    ER_ETIMEDOUT = -11,
+    ER_EDRIVER = -12, /* a driver operation failed */
+};
+
+enum er_errclass {
+    ER_ERRCLASS_NONE = 0,
+    ER_ERRCLASS_RETRY, /* transient: try the same work again after backoff */
+    ER_ERRCLASS_SKIP,  /* the input is bad: dead-letter it and go on */
+    ER_ERRCLASS_FATAL, /* the process cannot go on */
+};
+
+#define ER_ERR_MSG_MAX 256
+
+struct er_err {
+    int code;             /* an enum er_errcode value */
+    enum er_errclass cls; /* who saw the cause decided this */
+    char msg[ER_ERR_MSG_MAX];
+};
+
+/* Fill err (which may be NULL) once, at the layer that first saw the
+ * failure. Returns code so callers can write `return er_err_set(...)`. */
+int er_err_set(struct er_err *err, int code, enum er_errclass cls,
+               const char *fmt, ...) ER_PRINTF(4, 5);
+/* Reset err to "no error". */
+void er_err_clear(struct er_err *err);
+/* Short symbolic name of an er_errcode ("ER_EPG"). */
+const char *er_errname(int code);
+/* Thread-safe strerror into a caller buffer; returns buf. */
+const char *er_strerror(int errnum, char *buf, size_t buf_len);
+
+/* ================================================================
+ * Allocation: every heap allocation goes through these so tests can
+ * fail the Nth one (the torture label).
+ * ================================================================ */
+void *er_malloc(size_t n);
+void *er_calloc(size_t nmemb, size_t size);
+void *er_realloc(void *p, size_t n);
+void er_free(void *p);
+char *er_strdup(const char *s);
+char *er_strndup(const char *s, size_t n);
+/* Make allocation number fail_at (1-based, counted from this call) fail;
+ * 0 disables. Returns how many allocations happened since the last call. */
+uint64_t er_mem_fail_at(uint64_t fail_at);
+
+/* ================================================================
+ * Logging: one line per call on stderr, JSON or text.
+ * ================================================================ */
+enum er_log_level {
+    ER_LOG_DEBUG = 0,
+    ER_LOG_INFO,
+    ER_LOG_WARN,
+    ER_LOG_ERROR,
+};
+
+/* Set the format (json when is_json) and the lowest level written. Call
+ * once at start-up, before threads start. */
+void er_log_setup(bool is_json, enum er_log_level level);
+/* Parse "debug" "info" "warn" "error"; returns -1 when unknown. */
+int er_log_level_parse(const char *s);
+bool er_log_enabled(enum er_log_level level);
+/* Write one line. Optional coordinates go through er_log_kv: pairs of
+ * (key, value) strings ending with NULL; NULL values are skipped. Never pass
+ * a secret. */
+void er_log(enum er_log_level level, const char *fac, const char *fmt, ...)
+    ER_PRINTF(3, 4);
+void er_log_kv(enum er_log_level level, const char *fac, const char *msg,
+               ...);
+
+#define ER_LOG_DEBUG(fac, ...) er_log(ER_LOG_DEBUG, fac, __VA_ARGS__)
+#define ER_LOG_INFO(fac, ...)  er_log(ER_LOG_INFO, fac, __VA_ARGS__)
+#define ER_LOG_WARN(fac, ...)  er_log(ER_LOG_WARN, fac, __VA_ARGS__)
+#define ER_LOG_ERR(fac, ...)   er_log(ER_LOG_ERROR, fac, __VA_ARGS__)
+
+/* ================================================================
+ * Growable byte buffer with a hard cap.
+ * ================================================================ */
+struct er_buf {
+    uint8_t *data; /* owned; NUL-terminated past len for text use */
+    size_t len;
+    size_t cap;     /* bytes allocated */
+    size_t max_len; /* hard cap; appends past it fail with ER_E2BIG */
+};
+
+void er_buf_init(struct er_buf *buf, size_t max_len);
+void er_buf_fini(struct er_buf *buf);
+void er_buf_reset(struct er_buf *buf);
+ER_NODISCARD int er_buf_append(struct er_buf *buf, const void *p, size_t n);
+ER_NODISCARD int er_buf_printf(struct er_buf *buf, const char *fmt, ...)
+    ER_PRINTF(2, 3);
+/* Give the caller the data (NUL-terminated); buf is left empty. */
+uint8_t *er_buf_take(struct er_buf *buf, size_t *len);
+
+/* ================================================================
+ * Per-command arena: many small allocations, one reset.
+ * ================================================================ */
+struct er_arena_chunk;
+struct er_arena {
+    struct er_arena_chunk *head;
+    size_t total; /* bytes handed out since the last reset */
+    size_t max_total;
+};
+
+void er_arena_init(struct er_arena *arena, size_t max_total);
+void er_arena_fini(struct er_arena *arena);
+/* Free everything allocated from the arena but keep the first chunk. */
+void er_arena_reset(struct er_arena *arena);
+/* Zeroed, 16-byte aligned memory valid until the next reset; NULL when
+ * out of memory or past max_total. */
+void *er_arena_alloc(struct er_arena *arena, size_t n);
+char *er_arena_strdup(struct er_arena *arena, const char *s);
+char *er_arena_strndup(struct er_arena *arena, const char *s, size_t n);
+char *er_arena_printf(struct er_arena *arena, const char *fmt, ...)
+    ER_PRINTF(2, 3);
+
+/* ================================================================
+ * Secrets: kept apart so every use greps. The value is wiped on fini.
+ * ================================================================ */
+struct er_secret {
+    char *value; /* owned; NULL when absent */
+    size_t len;
+};
+
+int er_secret_set(struct er_secret *secret, const char *value, size_t len);
+void er_secret_fini(struct er_secret *secret);
+bool er_secret_is_set(const struct er_secret *secret);
+
+/* ================================================================
+ * Time and ids
+ * ================================================================ */
+/* Wall clock in milliseconds since the epoch. */
+int64_t er_time_now_ms(void);
+/* Monotonic clock in milliseconds. */
+int64_t er_time_mono_ms(void);
+/* Format ms since epoch as ISO 8601 UTC with milliseconds
+ * ("2026-11-26T13:17:42.123Z"); out must hold 32 bytes. */
+void er_time_iso(int64_t ms, char out[32]);
+/* A random version-4 UUID in lower-case text; out must hold 37 bytes. */
+int er_uuid_v4(char out[37]);
+/* True when s (of len bytes) has the 8-4-4-4-12 hex shape of a UUID. */
+bool er_uuid_is_valid(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,2 @@
+/* placeholder */
+typedef int er_drivers_placeholder;

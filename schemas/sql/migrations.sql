@@ -1,0 +1,1 @@
+-- migrations: filled in by the store work

@@ -1,0 +1,113 @@
+/* worker: the envrun worker: configuration, consumer and dispatcher,
+ * lifecycle, store, outbox relay, reaper, metrics and health endpoint.
+ * envrun-worker's main() and envrunctl use this header; the pieces talk to
+ * each other through the private headers (*_int.h) of this folder. */
+#ifndef ER_WORKER_WORKER_H
+#define ER_WORKER_WORKER_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+/* ================================================================
+ * Configuration (config.c): contract.md 2
+ * ================================================================ */
+
+#define ER_CONFIG_STR_MAX 1024
+
+struct er_config {
+    char kafka_brokers[ER_CONFIG_STR_MAX]; /* "": dev mode (in-process mock) */
+    char kafka_group[256];
+    char kafka_props[ER_CONFIG_STR_MAX]; /* "k=v,k=v", verbatim */
+    char topic_prefix[128];
+    char database_url[ER_CONFIG_STR_MAX];
+    char schema_registry_url[ER_CONFIG_STR_MAX];
+    int concurrency; /* 1..1024 */
+    char http_addr[128]; /* host:port; "" disables the endpoint */
+    bool log_is_json;
+    enum er_log_level log_level;
+    int64_t lease_ttl_s; /* > 0 */
+    char secrets_dir[ER_CONFIG_STR_MAX];
+    char paperclip_api_url[ER_CONFIG_STR_MAX];
+};
+
+/* Outcome of er_config_load. */
+enum er_config_status {
+    ER_CONFIG_OK = 0,
+    ER_CONFIG_HELP,    /* --help was given: print usage, exit 0 */
+    ER_CONFIG_VERSION, /* --version was given: print version, exit 0 */
+    ER_CONFIG_INVALID, /* errline names the bad option: exit 2 */
+};
+
+/* Fill cfg from the ENVRUN_* environment variables, then override from
+ * kebab-case flags (--kafka-brokers=X or --kafka-brokers X). Every value is
+ * validated; on the first bad or missing one errline (errline_len bytes)
+ * gets one line such as "ENVRUN_CONCURRENCY: must be an integer 1..1024"
+ * and ER_CONFIG_INVALID is returned. A secret never appears in errline. */
+enum er_config_status er_config_load(struct er_config *cfg, int argc,
+                                     char **argv, char *errline,
+                                     size_t errline_len);
+/* The usage text printed by --help. */
+const char *er_config_usage(void);
+/* Full topic name: prefix + suffix ("envrun." + "commands"); out_len bytes.
+ */
+void er_config_topic(const struct er_config *cfg, const char *suffix,
+                     char *out, size_t out_len);
+
+/* ================================================================
+ * Metrics (metrics.c): process-wide atomic counters, Prometheus text.
+ * ================================================================ */
+
+/* Count one finished command step; kind and outcome are the wire names. */
+void er_metrics_command(const char *kind, const char *outcome,
+                        int64_t duration_ms);
+void er_metrics_dlq(void);
+void er_metrics_retry(void);
+void er_metrics_replay(void);
+void er_metrics_outbox_published(uint64_t n);
+void er_metrics_outbox_backlog(int64_t n);
+void er_metrics_inflight(int64_t n);
+/* Readiness parts: the database is reachable and migrated; the consumer is
+ * in its group. /readyz answers 200 only when all are true. */
+void er_metrics_set_db_ready(bool is_ready);
+void er_metrics_set_kafka_ready(bool is_ready);
+bool er_metrics_is_ready(void);
+/* Render every metric in the Prometheus text format into out. */
+int er_metrics_render(struct er_buf *out);
+
+/* ================================================================
+ * HTTP endpoint (http.c): GET /metrics, /healthz, /readyz
+ * ================================================================ */
+
+struct er_http;
+
+/* Parse "host:port" and listen; serve from one thread until destroyed.
+ * Errors: NULL with err set (ER_EINVAL bad address, ER_EIO bind failed). */
+struct er_http *er_http_new(const char *addr, struct er_err *err);
+/* The port actually bound (useful with port 0). */
+int er_http_port(const struct er_http *http);
+void er_http_destroy(struct er_http *http);
+
+/* Pure parser of an HTTP/1.x request head, fuzzed: finds the method and
+ * the path (without query) in buf. Returns 0 and pointers into buf, or
+ * ER_EBADMSG for anything else (also when the head is incomplete). */
+int er_http_parse_request(const char *buf, size_t len, const char **method,
+                          size_t *method_len, const char **path,
+                          size_t *path_len);
+
+/* ================================================================
+ * The worker as a whole (run.c)
+ * ================================================================ */
+
+/* Set by signal handlers; er_worker_run returns soon after it becomes
+ * non-zero, having finished the steps in flight and committed. */
+extern volatile sig_atomic_t er_worker_stop;
+
+/* Run the worker with cfg until er_worker_stop is set or a fatal error.
+ * Returns 0 on a clean stop, 1 on a runtime failure (logged). */
+int er_worker_run(const struct er_config *cfg);
+
+#endif
