@@ -170,7 +170,7 @@ enum er_record_type {
     ER_REC_ACTIVITY_EVENT,
 };
 
-/* Parse the embedded schemas (schemas/avro/*.avsc), compute their
+/* Parse the embedded schemas (the .avsc files of schemas/avro/), compute their
  * fingerprints and cap avro-c allocations so hostile lengths fail cleanly
  * instead of exhausting memory. Call once before any other codec function.
  * Errors: ER_ESCHEMA (class FATAL) when a schema does not parse. */
@@ -179,12 +179,13 @@ int er_codec_init(struct er_err *err);
 void er_codec_shutdown(void);
 
 /* CRC-64-AVRO (the Rabin fingerprint of the Avro specification) of the
- * bytes. */
-uint64_t er_codec_crc64(const void *p, size_t len);
-/* Write the Parsing Canonical Form of a schema given as JSON text into out.
- * Errors: ER_EINVAL when the text is not a schema, ER_E2BIG, ER_ENOMEM. */
-int er_codec_canonical_form(const char *schema_json, struct er_buf *out,
-                            struct er_err *err);
+ * bytes (canonical.c). */
+uint64_t er_canonical_crc64(const void *p, size_t len);
+/* Append the Parsing Canonical Form of a schema given as JSON text to out
+ * (canonical.c). Errors: ER_EINVAL when the text is not a schema, ER_E2BIG,
+ * ER_ENOMEM. */
+int er_canonical_form(const char *schema_json, struct er_buf *out,
+                      struct er_err *err);
 /* Fingerprint of a record type's schema (CRC-64-AVRO of its canonical
  * form), as written little-endian after 0xC3 0x01. */
 uint64_t er_codec_fingerprint(enum er_record_type type);

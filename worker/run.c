@@ -1,10 +1,111 @@
-/* run: placeholder until the consumer lands (replaced in this issue). */
+/* run: the worker's start-up and shut-down order. Migrate, then start the
+ * health endpoint, the outbox relay, the dispatcher and the consumer; stop
+ * them in reverse so every committed step's messages are published before
+ * the process exits. Owns all of them for the duration of er_worker_run. */
+#include <stdio.h>
+#include <time.h>
+
+#include "schemas/schemas.h"
+#include "worker/consumer_int.h"
+#include "worker/dispatch_int.h"
+#include "worker/outbox_int.h"
+#include "worker/store_int.h"
 #include "worker/worker.h"
+
+#define DB_WAIT_MS     30000
+#define OUTBOX_DRAIN_MS 5000
 
 volatile sig_atomic_t er_worker_stop;
 
+/* Connect and migrate, retrying while the database is not up yet. */
+static int migrate(const struct er_config *cfg)
+{
+    int64_t deadline = er_time_mono_ms() + DB_WAIT_MS;
+    struct er_err err;
+
+    for (;;) {
+        struct er_store *store;
+        int rc;
+
+        er_err_clear(&err);
+        store = er_store_new(cfg->database_url, &err);
+        rc = store != NULL ? er_store_migrate(store, &err) : err.code;
+        er_store_destroy(store);
+        if (rc == 0)
+            return 0;
+        if (err.cls != ER_ERRCLASS_RETRY || er_time_mono_ms() > deadline ||
+            er_worker_stop) {
+            ER_LOG_ERR("worker", "database not ready: %s", err.msg);
+            return -1;
+        }
+        {
+            struct timespec ts = { 0, 500 * 1000000L };
+
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 int er_worker_run(const struct er_config *cfg)
 {
-    (void)cfg;
-    return 1;
+    struct er_devstack_kafka *dev = NULL;
+    struct er_http *http = NULL;
+    struct er_outbox *outbox = NULL;
+    struct er_dispatch *dispatch = NULL;
+    struct er_consumer *consumer = NULL;
+    const char *brokers = cfg->kafka_brokers;
+    struct er_err err;
+    int rc = 1;
+
+    er_err_clear(&err);
+    if (er_codec_init(&err) != 0) {
+        ER_LOG_ERR("worker", "codec: %s", err.msg);
+        return 1;
+    }
+    if (brokers[0] == '\0') {
+        /* Dev mode: an in-process mock cluster (contract.md 2). */
+        dev = er_devstack_kafka_start(1, 4, cfg->topic_prefix, &err);
+        if (dev == NULL) {
+            ER_LOG_ERR("worker", "dev cluster: %s", err.msg);
+            goto out;
+        }
+        brokers = er_devstack_kafka_bootstraps(dev);
+        ER_LOG_INFO("worker", "dev mode: mock Kafka cluster at %s", brokers);
+    }
+    if (migrate(cfg) != 0)
+        goto out;
+    er_metrics_set_db_ready(true);
+    if (cfg->http_addr[0] != '\0') {
+        http = er_http_new(cfg->http_addr, &err);
+        if (http == NULL) {
+            ER_LOG_ERR("worker", "http endpoint: %s", err.msg);
+            goto out;
+        }
+    }
+    outbox = er_outbox_new(cfg, brokers, &err);
+    if (outbox == NULL)
+        goto fail;
+    dispatch = er_dispatch_new(cfg, cfg->concurrency, &err);
+    if (dispatch == NULL)
+        goto fail;
+    er_dispatch_set_on_commit(dispatch, er_outbox_kick, outbox);
+    consumer = er_consumer_new(cfg, brokers, dispatch, &err);
+    if (consumer == NULL)
+        goto fail;
+    ER_LOG_INFO("worker", "started: group %s, concurrency %d",
+                cfg->kafka_group, cfg->concurrency);
+    rc = er_consumer_run(consumer);
+    ER_LOG_INFO("worker", "stopping");
+    goto out;
+fail:
+    ER_LOG_ERR("worker", "start-up failed: %s", err.msg);
+    rc = 1;
+out:
+    er_consumer_destroy(consumer);
+    er_dispatch_destroy(dispatch);
+    er_outbox_destroy(outbox, OUTBOX_DRAIN_MS);
+    er_http_destroy(http);
+    er_devstack_kafka_stop(dev);
+    er_codec_shutdown();
+    return rc;
 }

@@ -99,6 +99,45 @@ int er_http_parse_request(const char *buf, size_t len, const char **method,
                           size_t *path_len);
 
 /* ================================================================
+ * Dev stack (devstack.c): a throwaway PostgreSQL cluster and an in-process
+ * librdkafka mock cluster reachable over TCP, for envrunctl dev and tests.
+ * ================================================================ */
+
+struct er_devstack_pg;
+struct er_devstack_kafka;
+
+/* initdb a new cluster in a fresh private directory under base_dir (NULL:
+ * $TMPDIR or /tmp), start it with pg_ctl on 127.0.0.1 and a free port
+ * (unix sockets only inside that directory), and wait until it accepts
+ * connections. When running as root the cluster runs as the `postgres`
+ * user. Errors: NULL with err set (ER_EIO, ER_ETIMEDOUT). */
+struct er_devstack_pg *er_devstack_pg_start(const char *base_dir,
+                                            struct er_err *err);
+/* libpq connection string of the cluster's `postgres` database, borrowed,
+ * valid until er_devstack_pg_stop. */
+const char *er_devstack_pg_conninfo(const struct er_devstack_pg *pg);
+/* Create database `name` and write its connection string into out. */
+int er_devstack_pg_create_db(const struct er_devstack_pg *pg,
+                             const char *name, char *out, size_t out_len,
+                             struct er_err *err);
+/* Stop the cluster (fast shutdown) and remove its directory. NULL is ok. */
+void er_devstack_pg_stop(struct er_devstack_pg *pg);
+
+/* Start a mock cluster of broker_cnt brokers and create the envrun topics
+ * (commands, results, lease-events, activity, commands.dlq after prefix)
+ * with partition_cnt partitions each. Errors: NULL with err set. */
+struct er_devstack_kafka *er_devstack_kafka_start(int broker_cnt,
+                                                  int partition_cnt,
+                                                  const char *topic_prefix,
+                                                  struct er_err *err);
+/* "127.0.0.1:port,..." of the mock brokers, borrowed, valid until stop. */
+const char *er_devstack_kafka_bootstraps(const struct er_devstack_kafka *k);
+/* The mock cluster handle (rd_kafka_mock_cluster_t *) for fault injection
+ * in tests; borrowed. */
+void *er_devstack_kafka_mock(struct er_devstack_kafka *k);
+void er_devstack_kafka_stop(struct er_devstack_kafka *k);
+
+/* ================================================================
  * The worker as a whole (run.c)
  * ================================================================ */
 
@@ -109,5 +148,20 @@ extern volatile sig_atomic_t er_worker_stop;
 /* Run the worker with cfg until er_worker_stop is set or a fatal error.
  * Returns 0 on a clean stop, 1 on a runtime failure (logged). */
 int er_worker_run(const struct er_config *cfg);
+
+/* ================================================================
+ * Operator queries (store_ctl.c): read-only views for envrunctl.
+ * ================================================================ */
+
+/* Connect to conninfo (a libpq connection string or URI), list at most
+ * limit (> 0) rows of environment_leases with their environment's name,
+ * newest first, and append them to out as an aligned text table with a
+ * header line. company and run (UUID text) and status narrow the list;
+ * NULL means any. The connection is closed before returning. Errors:
+ * ER_EPG (cannot connect: class RETRY; query failed: FATAL), ER_E2BIG or
+ * ER_ENOMEM when out is full. */
+int er_store_ctl_leases_table(const char *conninfo, const char *company,
+                              const char *run, const char *status, int limit,
+                              struct er_buf *out, struct er_err *err);
 
 #endif

@@ -1,1 +1,178 @@
--- migrations: filled in by the store work
+-- envrun migrations (contract.md 5). Applied in one transaction under an
+-- advisory lock, so two workers starting at once are safe and a second run
+-- changes nothing. Paperclip's tables are created only where missing, with
+-- Paperclip's names, columns, types and indexes (domain.md 2.2, 2.3, 2.7,
+-- 2.8); an existing control-plane database keeps its own tables, columns
+-- and indexes untouched.
+-- Everything envrun owns lives in the schema "envrun".
+
+SELECT pg_advisory_xact_lock(7295104811);
+
+DO $envrun$
+BEGIN
+    IF to_regclass('environments') IS NULL THEN
+        CREATE TABLE environments (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            company_id uuid NOT NULL,
+            name text NOT NULL,
+            description text,
+            driver text NOT NULL DEFAULT 'local',
+            status text NOT NULL DEFAULT 'active',
+            config jsonb NOT NULL DEFAULT '{}'::jsonb,
+            metadata jsonb,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX environments_company_status_idx
+            ON environments (company_id, status);
+        CREATE UNIQUE INDEX environments_company_driver_idx
+            ON environments (company_id, driver) WHERE driver = 'local';
+        CREATE INDEX environments_company_name_idx
+            ON environments (company_id, name);
+    END IF;
+END
+$envrun$;
+
+DO $envrun$
+BEGIN
+    IF to_regclass('execution_workspaces') IS NULL THEN
+        CREATE TABLE execution_workspaces (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            company_id uuid NOT NULL,
+            project_id uuid,
+            project_workspace_id uuid,
+            source_issue_id uuid,
+            mode text,
+            strategy_type text,
+            name text,
+            status text,
+            cwd text,
+            repo_url text,
+            base_ref text,
+            branch_name text,
+            provider_type text,
+            provider_ref text,
+            derived_from_execution_workspace_id uuid,
+            last_used_at timestamptz,
+            opened_at timestamptz,
+            closed_at timestamptz,
+            cleanup_eligible_at timestamptz,
+            cleanup_reason text,
+            config jsonb,
+            metadata jsonb,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+    END IF;
+END
+$envrun$;
+
+DO $envrun$
+BEGIN
+    IF to_regclass('environment_leases') IS NULL THEN
+        CREATE TABLE environment_leases (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            company_id uuid NOT NULL,
+            environment_id uuid NOT NULL REFERENCES environments (id) ON DELETE CASCADE,
+            execution_workspace_id uuid,
+            issue_id uuid,
+            heartbeat_run_id uuid,
+            status text NOT NULL DEFAULT 'active',
+            lease_policy text NOT NULL DEFAULT 'ephemeral',
+            provider text,
+            provider_lease_id text,
+            acquired_at timestamptz NOT NULL DEFAULT now(),
+            last_used_at timestamptz NOT NULL DEFAULT now(),
+            expires_at timestamptz,
+            released_at timestamptz,
+            failure_reason text,
+            cleanup_status text,
+            metadata jsonb,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX environment_leases_company_environment_status_idx
+            ON environment_leases (company_id, environment_id, status);
+        CREATE INDEX environment_leases_company_execution_workspace_idx
+            ON environment_leases (company_id, execution_workspace_id);
+        CREATE INDEX environment_leases_company_issue_idx
+            ON environment_leases (company_id, issue_id);
+        CREATE INDEX environment_leases_heartbeat_run_idx
+            ON environment_leases (heartbeat_run_id);
+        CREATE INDEX environment_leases_company_last_used_idx
+            ON environment_leases (company_id, last_used_at);
+        CREATE INDEX environment_leases_provider_lease_idx
+            ON environment_leases (provider_lease_id);
+        -- Later upstream's single-flight guard (domain.md 3.3.1), recommended here.
+        CREATE UNIQUE INDEX environment_leases_active_workspace_singleflight_idx
+            ON environment_leases (environment_id, execution_workspace_id)
+            WHERE status = 'active' AND execution_workspace_id IS NOT NULL
+              AND lease_policy = 'ephemeral';
+    END IF;
+END
+$envrun$;
+
+DO $envrun$
+BEGIN
+    IF to_regclass('activity_log') IS NULL THEN
+        CREATE TABLE activity_log (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            company_id uuid NOT NULL,
+            actor_type text NOT NULL DEFAULT 'system',
+            actor_id text NOT NULL,
+            action text NOT NULL,
+            entity_type text NOT NULL,
+            entity_id text NOT NULL,
+            agent_id uuid,
+            run_id uuid,
+            details jsonb,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX activity_log_company_created_idx
+            ON activity_log (company_id, created_at);
+        CREATE INDEX activity_log_run_id_idx
+            ON activity_log (run_id);
+        CREATE INDEX activity_log_entity_type_id_idx
+            ON activity_log (entity_type, entity_id);
+    END IF;
+END
+$envrun$;
+
+CREATE SCHEMA IF NOT EXISTS envrun;
+
+CREATE TABLE IF NOT EXISTS envrun.schema_migrations (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per command id ever processed: the stored result is what a
+-- redelivery of the same id gets again (effectively-once).
+CREATE TABLE IF NOT EXISTS envrun.processed_commands (
+    command_id text PRIMARY KEY,
+    kind text NOT NULL,
+    heartbeat_run_id text,
+    result bytea NOT NULL,
+    result_key bytea,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Transactional outbox: rows are written in the step's transaction and
+-- published (then deleted) by the relay.
+CREATE TABLE IF NOT EXISTS envrun.outbox (
+    id bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    msg_key bytea,
+    msg_value bytea NOT NULL,
+    headers jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Per-lease event version (LeaseEvent.version), bumped under the lease's
+-- row lock on every change.
+CREATE TABLE IF NOT EXISTS envrun.lease_state (
+    lease_id uuid PRIMARY KEY,
+    version bigint NOT NULL
+);
+
+INSERT INTO envrun.schema_migrations (version) VALUES (1)
+    ON CONFLICT (version) DO NOTHING;

@@ -16,7 +16,7 @@ check() { # header regex, allowed path regex
              common schemas worker drivers bridge ctl 2>/dev/null)
 }
 check 'libpq-fe\.h' '^worker/(store[a-z_]*|devstack)\.c$'
-check 'librdkafka/' '^worker/(consumer|outbox|run|devstack)[a-z_]*\.c$|^ctl/'
+check 'librdkafka/' '^worker/(consumer|outbox|run|devstack|kafka)[a-z_]*\.c$|^worker/kafka_int\.h$|^ctl/'
 check 'avro\.h' '^schemas/'
 check 'curl/' '^bridge/[^/]+\.c$|^schemas/registry\.c$'
 check 'jansson\.h' '^(schemas|worker|drivers|ctl)/'

@@ -1,0 +1,99 @@
+# envrun: convenience targets over CMake and the scripts in scripts/.
+# `make demo` and `make test` work on a fresh Debian 12 machine as root:
+# both install what is missing first (scripts/install-deps.sh).
+
+BUILD        ?= build
+BUILD_ASAN   ?= build-asan
+BUILD_FUZZ   ?= build-fuzz
+SERVICES     ?= .tmp/services
+FUZZ_SECONDS ?= 60
+JOBS         ?= 2
+
+# Source folders whose *.c/*.h clang-format checks (tests/fuzz/corpus holds
+# seed inputs, not code).
+FORMAT_DIRS = common schemas worker drivers bridge ctl tests
+FORMAT_FILES = find $(FORMAT_DIRS) -path tests/fuzz/corpus -prune -o \
+	-type f \( -name '*.c' -o -name '*.h' \) -print 2>/dev/null
+
+.PHONY: all deps build demo test format fuzz bench clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+build:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(BUILD) -j$(JOBS)
+
+demo: deps build
+	./$(BUILD)/envrunctl dev --demo
+
+# The CI gate (.ci/run): every label but bench on the normal build, unit and
+# integration again under gcc's ASan+UBSan, then the format check. Every
+# stage runs even when an earlier one failed, so one run reports all of
+# them; the throwaway services are stopped however the recipe ends.
+test: deps build
+	@set -u; failed=""; \
+	trap 'bash scripts/test-services.sh stop $(SERVICES)' EXIT; \
+	trap 'exit 130' INT TERM; \
+	bash scripts/test-services.sh start $(SERVICES) || exit 1; \
+	. $(SERVICES)/env; export ENVRUN_TEST_PG_URL; \
+	echo "== ctest ($(BUILD), all labels but bench)"; \
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) -LE bench \
+		|| failed="$$failed ctest"; \
+	echo "== ASan+UBSan build ($(BUILD_ASAN))"; \
+	if CC=gcc cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug \
+		-DER_SANITIZE=address,undefined \
+		&& cmake --build $(BUILD_ASAN) -j$(JOBS); then \
+		echo "== ctest ($(BUILD_ASAN), unit + integration)"; \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		ctest --test-dir $(BUILD_ASAN) --output-on-failure -j$(JOBS) \
+			-L 'unit|integration' || failed="$$failed asan-ctest"; \
+	else \
+		failed="$$failed asan-build"; \
+	fi; \
+	echo "== clang-format --dry-run --Werror"; \
+	$(FORMAT_FILES) | xargs -r clang-format --dry-run --Werror \
+		|| failed="$$failed format"; \
+	if [ -n "$$failed" ]; then \
+		echo "make test: FAILED:$$failed"; exit 1; \
+	fi; \
+	echo "make test: all stages passed"
+
+format:
+	$(FORMAT_FILES) | xargs -r clang-format -i
+
+# libFuzzer: every *_fuzz target for FUZZ_SECONDS on a copy of its corpus
+# (new inputs land in the copy, not in tests/fuzz/corpus).
+fuzz: deps
+	CC=clang cmake -S . -B $(BUILD_FUZZ) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DER_FUZZ=ON -DER_SANITIZE=address,undefined
+	cmake --build $(BUILD_FUZZ) -j$(JOBS)
+	@set -u; failed=""; \
+	for bin in $$(find $(BUILD_FUZZ)/tests -maxdepth 1 -type f -name '*_fuzz' \
+			-perm -u+x | sort); do \
+		name=$$(basename $$bin); stem=$${name%_fuzz}; \
+		corpus=$(BUILD_FUZZ)/corpus/$$stem; \
+		rm -rf $$corpus; mkdir -p $$corpus; \
+		if [ -d tests/fuzz/corpus/$$stem ]; then \
+			cp -R tests/fuzz/corpus/$$stem/. $$corpus/; \
+		fi; \
+		echo "== $$name for $(FUZZ_SECONDS) s"; \
+		$$bin -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=$(BUILD_FUZZ)/$$name- $$corpus \
+			|| failed="$$failed $$name"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make fuzz: FAILED:$$failed"; exit 1; fi
+
+bench: build
+	@set -u; \
+	trap 'bash scripts/test-services.sh stop $(SERVICES)' EXIT; \
+	bash scripts/test-services.sh start $(SERVICES) || exit 1; \
+	. $(SERVICES)/env; export ENVRUN_TEST_PG_URL; \
+	ctest --test-dir $(BUILD) --output-on-failure -L bench
+
+clean:
+	bash scripts/test-services.sh stop $(SERVICES)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ) .tmp

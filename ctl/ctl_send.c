@@ -1,0 +1,313 @@
+/* ctl_send: `envrunctl send`: encode one RunCommand (or take raw bytes) and
+ * produce it to the commands topic, keyed by the run id (contract.md 3).
+ * Owns its producer and buffers for the call; single-threaded. */
+#include "ctl/ctl_int.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "schemas/schemas.h"
+
+#define SEND_TIMEOUT_MS 60000
+#define RAW_MAX_BYTES   (16 * 1024 * 1024)
+
+static const char usage[] =
+    "usage: envrunctl send --kind acquire|realize|release --company ID\n"
+    "                      --agent ID [options]\n"
+    "Encode a RunCommand and produce it to <prefix>commands, keyed by the\n"
+    "run id (else the command id); print the command id once delivered.\n"
+    "\n"
+    "  --brokers B                 bootstrap servers "
+    "($ENVRUN_KAFKA_BROKERS)\n"
+    "  --topic-prefix P            topic prefix ($ENVRUN_TOPIC_PREFIX, "
+    "envrun.)\n"
+    "  --run ID                    heartbeatRunId (absent: an ad-hoc probe)\n"
+    "  --command-id ID             commandId (default: a random uuid)\n"
+    "  --environment ID            acquire: selectedEnvironmentId\n"
+    "  --adapter-type T            acquire, realize: adapterType "
+    "(claude_local)\n"
+    "  --issue ID                  acquire, realize: issueId\n"
+    "  --execution-workspace ID    acquire, realize: executionWorkspaceId\n"
+    "  --execution-workspace-mode M  acquire: executionWorkspaceMode;\n"
+    "                              realize: requestedMode\n"
+    "  --lease ID                  realize: leaseId (default: the run's "
+    "lease)\n"
+    "  --workspace-json J          realize: workspaceJson "
+    "({\"cwd\":\"<cwd>\"})\n"
+    "  --runtime-overlay-json J    realize: runtimeOverlayJson\n"
+    "  --status S                  release: released|expired|failed "
+    "(released)\n"
+    "  --failure-reason R          release: failureReason\n"
+    "  --raw-file F                send the bytes of F as they are (tests)\n";
+
+struct send_args {
+    const char *brokers;
+    const char *prefix;
+    const char *kind;
+    const char *company;
+    const char *agent;
+    const char *run;
+    const char *command_id;
+    const char *environment;
+    const char *adapter_type;
+    const char *issue;
+    const char *exec_ws;
+    const char *exec_ws_mode;
+    const char *lease;
+    const char *workspace_json;
+    const char *overlay_json;
+    const char *status;
+    const char *failure_reason;
+    const char *raw_file;
+};
+
+/* {"cwd":"<current directory>"} into out. */
+static int default_workspace(struct er_buf *out, struct er_err *err)
+{
+    char cwd[PATH_MAX];
+    const char *p;
+    int rc;
+
+    if (getcwd(cwd, sizeof(cwd)) == NULL)
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL,
+                          "cannot read the current directory");
+    rc = er_buf_append(out, "{\"cwd\":\"", 8);
+    for (p = cwd; rc == 0 && *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\')
+            rc = er_buf_append(out, "\\", 1);
+        if (rc == 0 && (unsigned char)*p < 0x20)
+            rc = er_buf_printf(out, "\\u%04x", (unsigned)*p);
+        else if (rc == 0)
+            rc = er_buf_append(out, p, 1);
+    }
+    if (rc == 0)
+        rc = er_buf_append(out, "\"}", 2);
+    if (rc != 0)
+        return er_err_set(err, rc, ER_ERRCLASS_FATAL,
+                          "workspace json: out of memory");
+    return 0;
+}
+
+/* Read all of path into out (at most RAW_MAX_BYTES). */
+static int read_file(const char *path, struct er_buf *out, struct er_err *err)
+{
+    FILE *f = NULL;
+    char chunk[8192];
+    size_t n;
+    int rc = 0;
+
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        char msg[128];
+
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: %s", path,
+                          er_strerror(errno, msg, sizeof(msg)));
+    }
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) != 0) {
+        if (er_buf_append(out, chunk, n) != 0) {
+            rc = er_err_set(err, ER_E2BIG, ER_ERRCLASS_FATAL,
+                            "%s: over %d bytes", path, RAW_MAX_BYTES);
+            goto out;
+        }
+    }
+    if (ferror(f))
+        rc = er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: read failed",
+                        path);
+
+out:
+    fclose(f);
+    return rc;
+}
+
+/* Check the options that are required or restricted to a set of words;
+ * returns 0 or prints the usage error and returns ER_EINVAL. */
+static int check_args(const struct send_args *a, enum er_cmd_kind *kind,
+                      enum er_release_status *status)
+{
+    if (a->brokers == NULL) {
+        er_ctl_util_usage_error("send", "--brokers or ENVRUN_KAFKA_BROKERS "
+                                        "is required");
+        return ER_EINVAL;
+    }
+    if (a->raw_file != NULL)
+        return 0;
+    if (a->kind == NULL) {
+        er_ctl_util_usage_error("send", "--kind is required");
+        return ER_EINVAL;
+    }
+    if (strcmp(a->kind, "acquire") == 0) {
+        *kind = ER_CMD_ACQUIRE;
+    } else if (strcmp(a->kind, "realize") == 0) {
+        *kind = ER_CMD_REALIZE;
+    } else if (strcmp(a->kind, "release") == 0) {
+        *kind = ER_CMD_RELEASE;
+    } else {
+        er_ctl_util_usage_error("send", "--kind: expected acquire, realize "
+                                        "or release");
+        return ER_EINVAL;
+    }
+    if (a->company == NULL || a->agent == NULL) {
+        er_ctl_util_usage_error("send", "%s is required",
+                                a->company == NULL ? "--company" : "--agent");
+        return ER_EINVAL;
+    }
+    *status = ER_RELEASE_RELEASED;
+    if (a->status == NULL || strcmp(a->status, "released") == 0) {
+        *status = ER_RELEASE_RELEASED;
+    } else if (strcmp(a->status, "expired") == 0) {
+        *status = ER_RELEASE_EXPIRED;
+    } else if (strcmp(a->status, "failed") == 0) {
+        *status = ER_RELEASE_FAILED;
+    } else {
+        er_ctl_util_usage_error("send", "--status: expected released, "
+                                        "expired or failed");
+        return ER_EINVAL;
+    }
+    return 0;
+}
+
+/* Cast away const for the encoder's input struct, whose strings it only
+ * reads (schemas.h: "when encoding, the caller owns them"). */
+static char *in(const char *s)
+{
+    return (char *)(uintptr_t)s;
+}
+
+int er_ctl_send_main(int argc, char **argv)
+{
+    struct send_args a;
+    struct er_run_command cmd;
+    struct er_buf value;
+    struct er_buf ws;
+    struct er_err err;
+    rd_kafka_t *rk = NULL;
+    enum er_cmd_kind kind = ER_CMD_ACQUIRE;
+    enum er_release_status status = ER_RELEASE_RELEASED;
+    char command_id[37];
+    char topic[512];
+    const char *key;
+    size_t pos_cnt = 0;
+    int exit_code = ER_CTL_EXIT_FAIL;
+    const struct er_ctl_opt opts[] = {
+        { "brokers", &a.brokers, NULL },
+        { "topic-prefix", &a.prefix, NULL },
+        { "kind", &a.kind, NULL },
+        { "company", &a.company, NULL },
+        { "agent", &a.agent, NULL },
+        { "run", &a.run, NULL },
+        { "command-id", &a.command_id, NULL },
+        { "environment", &a.environment, NULL },
+        { "adapter-type", &a.adapter_type, NULL },
+        { "issue", &a.issue, NULL },
+        { "execution-workspace", &a.exec_ws, NULL },
+        { "execution-workspace-mode", &a.exec_ws_mode, NULL },
+        { "lease", &a.lease, NULL },
+        { "workspace-json", &a.workspace_json, NULL },
+        { "runtime-overlay-json", &a.overlay_json, NULL },
+        { "status", &a.status, NULL },
+        { "failure-reason", &a.failure_reason, NULL },
+        { "raw-file", &a.raw_file, NULL },
+    };
+
+    memset(&a, 0, sizeof(a));
+    memset(&cmd, 0, sizeof(cmd));
+    er_buf_init(&value, RAW_MAX_BYTES);
+    er_buf_init(&ws, ER_CMD_JSON_MAX * 2);
+    er_err_clear(&err);
+
+    switch (er_ctl_util_parse("send", argc, argv, opts,
+                              sizeof(opts) / sizeof(opts[0]), NULL, 0,
+                              &pos_cnt)) {
+    case ER_CTL_PARSE_OK:
+        break;
+    case ER_CTL_PARSE_HELP:
+        fputs(usage, stdout);
+        exit_code = ER_CTL_EXIT_OK;
+        goto out;
+    case ER_CTL_PARSE_USAGE:
+        exit_code = ER_CTL_EXIT_USAGE;
+        goto out;
+    }
+    if (a.brokers == NULL)
+        a.brokers = er_ctl_util_env("ENVRUN_KAFKA_BROKERS", NULL);
+    if (a.prefix == NULL)
+        a.prefix = er_ctl_util_env("ENVRUN_TOPIC_PREFIX", "envrun.");
+    if (check_args(&a, &kind, &status) != 0) {
+        exit_code = ER_CTL_EXIT_USAGE;
+        goto out;
+    }
+    if (a.command_id != NULL) {
+        if (strlen(a.command_id) >= sizeof(command_id)) {
+            er_ctl_util_usage_error("send", "--command-id is too long");
+            exit_code = ER_CTL_EXIT_USAGE;
+            goto out;
+        }
+        memcpy(command_id, a.command_id, strlen(a.command_id) + 1);
+    } else if (er_uuid_v4(command_id) != 0) {
+        fputs("envrunctl send: no random bytes for a command id\n", stderr);
+        goto out;
+    }
+
+    if (a.raw_file != NULL) {
+        if (read_file(a.raw_file, &value, &err) != 0)
+            goto out;
+    } else {
+        cmd.command_id = command_id;
+        cmd.issued_at_ms = er_time_now_ms();
+        cmd.company_id = in(a.company);
+        cmd.agent_id = in(a.agent);
+        cmd.heartbeat_run_id = in(a.run);
+        cmd.kind = kind;
+        cmd.adapter_type =
+            in(a.adapter_type != NULL ? a.adapter_type : "claude_local");
+        cmd.issue_id = in(a.issue);
+        cmd.execution_workspace_id = in(a.exec_ws);
+        cmd.selected_environment_id = in(a.environment);
+        cmd.execution_workspace_mode = in(a.exec_ws_mode);
+        cmd.requested_mode = in(a.exec_ws_mode);
+        cmd.lease_id = in(a.lease);
+        cmd.runtime_overlay_json = in(a.overlay_json);
+        cmd.release_status = status;
+        cmd.failure_reason = in(a.failure_reason);
+        if (a.workspace_json != NULL) {
+            cmd.workspace_json = in(a.workspace_json);
+        } else if (kind == ER_CMD_REALIZE) {
+            if (default_workspace(&ws, &err) != 0)
+                goto out;
+            cmd.workspace_json = (char *)ws.data;
+        }
+        if (er_codec_command_encode(&cmd, &value, &err) != 0)
+            goto out;
+    }
+
+    if (er_ctl_util_topic_full(a.prefix, "commands", topic, sizeof(topic)) !=
+        0) {
+        er_ctl_util_usage_error("send", "--topic-prefix is too long");
+        exit_code = ER_CTL_EXIT_USAGE;
+        goto out;
+    }
+    rk = er_ctl_util_kafka_new(a.brokers, true, &err);
+    if (rk == NULL) {
+        if (err.code == ER_EINVAL)
+            exit_code = ER_CTL_EXIT_USAGE;
+        goto out;
+    }
+    key = a.run != NULL ? a.run : command_id;
+    if (er_ctl_util_produce_sync(rk, topic, key, strlen(key), value.data,
+                                 value.len, SEND_TIMEOUT_MS, &err) != 0)
+        goto out;
+    printf("%s\n", command_id);
+    exit_code = ER_CTL_EXIT_OK;
+
+out:
+    if (err.code != 0)
+        fprintf(stderr, "envrunctl send: %s\n", err.msg);
+    if (rk != NULL)
+        rd_kafka_destroy(rk);
+    er_buf_fini(&ws);
+    er_buf_fini(&value);
+    return exit_code;
+}

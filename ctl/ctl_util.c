@@ -1,0 +1,639 @@
+/* ctl_util: option parsing, Kafka client set-up, topic names and record
+ * rendering shared by envrunctl's subcommands. Single-threaded: the stop
+ * flag is the only global it writes after start-up. */
+#include "ctl/ctl_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "schemas/schemas.h"
+
+#define KAFKA_ERRSTR_LEN 512
+#define PROPS_MAX        4096
+
+volatile sig_atomic_t er_ctl_util_stop;
+
+const char *const er_ctl_util_topics[] = {
+    "commands", "results", "lease-events", "activity", "commands.dlq", NULL,
+};
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    er_ctl_util_stop = 1;
+}
+
+void er_ctl_util_signals_install(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+}
+
+void er_ctl_util_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "envrunctl %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static const struct er_ctl_opt *find_opt(const struct er_ctl_opt *opts,
+                                         size_t cnt, const char *name,
+                                         size_t name_len)
+{
+    size_t i;
+
+    for (i = 0; i < cnt; i++) {
+        if (strlen(opts[i].name) == name_len &&
+            memcmp(opts[i].name, name, name_len) == 0)
+            return &opts[i];
+    }
+    return NULL;
+}
+
+enum er_ctl_parse er_ctl_util_parse(const char *cmd, int argc, char **argv,
+                                    const struct er_ctl_opt *opts, size_t cnt,
+                                    const char **positional,
+                                    size_t positional_max,
+                                    size_t *positional_cnt)
+{
+    size_t pos_cnt = 0;
+    bool is_options_done = false;
+    int i;
+
+    for (i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *name;
+        const char *eq;
+        size_t name_len;
+        const struct er_ctl_opt *opt;
+
+        if (is_options_done || strncmp(arg, "--", 2) != 0 ||
+            arg[2] == '\0') {
+            if (!is_options_done && strcmp(arg, "--") == 0) {
+                is_options_done = true;
+                continue;
+            }
+            if (!is_options_done && strcmp(arg, "-h") == 0)
+                return ER_CTL_PARSE_HELP;
+            if (!is_options_done && arg[0] == '-' && arg[1] != '\0') {
+                er_ctl_util_usage_error(cmd, "unknown option %s", arg);
+                return ER_CTL_PARSE_USAGE;
+            }
+            if (pos_cnt >= positional_max) {
+                er_ctl_util_usage_error(cmd, "unexpected argument %s", arg);
+                return ER_CTL_PARSE_USAGE;
+            }
+            positional[pos_cnt++] = arg;
+            continue;
+        }
+        name = arg + 2;
+        eq = strchr(name, '=');
+        name_len = eq != NULL ? (size_t)(eq - name) : strlen(name);
+        if (name_len == 4 && memcmp(name, "help", 4) == 0)
+            return ER_CTL_PARSE_HELP;
+        opt = find_opt(opts, cnt, name, name_len);
+        if (opt == NULL) {
+            er_ctl_util_usage_error(cmd, "unknown option --%.*s",
+                                    (int)name_len, name);
+            return ER_CTL_PARSE_USAGE;
+        }
+        if (opt->is_set != NULL) {
+            if (eq != NULL) {
+                er_ctl_util_usage_error(cmd, "--%s takes no value",
+                                        opt->name);
+                return ER_CTL_PARSE_USAGE;
+            }
+            *opt->is_set = true;
+            continue;
+        }
+        if (*opt->value != NULL) {
+            er_ctl_util_usage_error(cmd, "--%s given twice", opt->name);
+            return ER_CTL_PARSE_USAGE;
+        }
+        if (eq != NULL) {
+            *opt->value = eq + 1;
+        } else if (i + 1 < argc) {
+            *opt->value = argv[++i];
+        } else {
+            er_ctl_util_usage_error(cmd, "--%s needs a value", opt->name);
+            return ER_CTL_PARSE_USAGE;
+        }
+    }
+    *positional_cnt = pos_cnt;
+    return ER_CTL_PARSE_OK;
+}
+
+int er_ctl_util_parse_int(const char *s, int64_t min, int64_t max,
+                          int64_t *out)
+{
+    char *end = NULL;
+    long long v;
+
+    if (s == NULL || *s == '\0')
+        return ER_EINVAL;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || end == NULL || *end != '\0' || v < min || v > max)
+        return ER_EINVAL;
+    *out = (int64_t)v;
+    return 0;
+}
+
+const char *er_ctl_util_env(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+
+    return v != NULL && *v != '\0' ? v : dflt;
+}
+
+int er_ctl_util_topic_full(const char *prefix, const char *name, char *out,
+                           size_t out_len)
+{
+    size_t i;
+    int n;
+
+    for (i = 0; er_ctl_util_topics[i] != NULL; i++) {
+        if (strcmp(name, er_ctl_util_topics[i]) == 0)
+            break;
+    }
+    if (er_ctl_util_topics[i] != NULL)
+        n = snprintf(out, out_len, "%s%s", prefix, name);
+    else
+        n = snprintf(out, out_len, "%s", name);
+    return n < 0 || (size_t)n >= out_len ? ER_E2BIG : 0;
+}
+
+const char *er_ctl_util_topic_short(const char *prefix, const char *full)
+{
+    size_t n = strlen(prefix);
+
+    if (n != 0 && strncmp(full, prefix, n) == 0 && full[n] != '\0')
+        return full + n;
+    return full;
+}
+
+/* librdkafka's log lines go through er_log (STYLE.md 7); syslog levels. */
+static void kafka_log(const rd_kafka_t *rk, int level, const char *fac,
+                      const char *buf)
+{
+    enum er_log_level lvl = ER_LOG_DEBUG;
+
+    (void)rk;
+    if (level <= 3)
+        lvl = ER_LOG_ERROR;
+    else if (level == 4)
+        lvl = ER_LOG_WARN;
+    else if (level <= 6)
+        lvl = ER_LOG_INFO;
+    er_log_kv(lvl, "rdkafka", buf, "rdfac", fac, NULL);
+}
+
+/* Delivery state of one produce_sync call, the message's opaque. */
+struct delivery {
+    bool is_done;
+    rd_kafka_resp_err_t err;
+};
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
+                        void *opaque)
+{
+    struct delivery *dr = msg->_private;
+
+    (void)rk;
+    (void)opaque;
+    if (dr != NULL) {
+        dr->is_done = true;
+        dr->err = msg->err;
+    }
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *val,
+                    struct er_err *err)
+{
+    char errstr[KAFKA_ERRSTR_LEN];
+
+    if (rd_kafka_conf_set(conf, key, val, errstr, sizeof(errstr)) !=
+        RD_KAFKA_CONF_OK)
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL,
+                          "kafka property %s: %s", key, errstr);
+    return 0;
+}
+
+/* Apply ENVRUN_KAFKA_PROPS ("k=v,k=v", contract.md 2) verbatim. The value
+ * may hold credentials, so messages name only the key. */
+static int apply_props(rd_kafka_conf_t *conf, const char *props,
+                       struct er_err *err)
+{
+    char copy[PROPS_MAX];
+    char *p;
+    size_t n = strlen(props);
+
+    if (n >= sizeof(copy))
+        return er_err_set(err, ER_E2BIG, ER_ERRCLASS_FATAL,
+                          "ENVRUN_KAFKA_PROPS is too long");
+    memcpy(copy, props, n + 1);
+    p = copy;
+    while (*p != '\0') {
+        char *comma = strchr(p, ',');
+        char *eq;
+        int rc;
+
+        if (comma != NULL)
+            *comma = '\0';
+        eq = strchr(p, '=');
+        if (eq == NULL || eq == p)
+            return er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL,
+                              "ENVRUN_KAFKA_PROPS: expected k=v,k=v");
+        *eq = '\0';
+        rc = conf_set(conf, p, eq + 1, err);
+        if (rc != 0)
+            return rc;
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    return 0;
+}
+
+rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
+                                  struct er_err *err)
+{
+    rd_kafka_conf_t *conf = NULL;
+    rd_kafka_t *rk = NULL;
+    char errstr[KAFKA_ERRSTR_LEN];
+    char group[64];
+    char uuid[37];
+    const char *props;
+
+    conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, kafka_log);
+    if (conf_set(conf, "bootstrap.servers", brokers, err) != 0)
+        goto fail;
+    if (conf_set(conf, "client.id", "envrunctl", err) != 0)
+        goto fail;
+    if (is_producer) {
+        rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+        if (conf_set(conf, "enable.idempotence", "true", err) != 0 ||
+            conf_set(conf, "linger.ms", "0", err) != 0 ||
+            conf_set(conf, "message.timeout.ms", "30000", err) != 0)
+            goto fail;
+    } else {
+        /* A group id nobody shares; with assign() it never joins. */
+        if (er_uuid_v4(uuid) != 0) {
+            er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "no random bytes");
+            goto fail;
+        }
+        snprintf(group, sizeof(group), "envrunctl-%s", uuid);
+        if (conf_set(conf, "group.id", group, err) != 0 ||
+            conf_set(conf, "enable.auto.commit", "false", err) != 0 ||
+            conf_set(conf, "enable.auto.offset.store", "false", err) != 0 ||
+            conf_set(conf, "auto.offset.reset", "earliest", err) != 0 ||
+            conf_set(conf, "enable.partition.eof", "false", err) != 0)
+            goto fail;
+    }
+    props = er_ctl_util_env("ENVRUN_KAFKA_PROPS", NULL);
+    if (props != NULL && apply_props(conf, props, err) != 0)
+        goto fail;
+
+    rk = rd_kafka_new(is_producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER,
+                      conf, errstr, sizeof(errstr));
+    if (rk == NULL) {
+        er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "kafka client: %s",
+                   errstr);
+        goto fail;
+    }
+    /* rd_kafka_new owns the conf now. */
+    if (!is_producer)
+        rd_kafka_poll_set_consumer(rk);
+    return rk;
+
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+/* Partition count of topic, from a metadata request. */
+static int partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                           int *cnt, struct er_err *err)
+{
+    rd_kafka_topic_t *rkt = NULL;
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t kerr;
+    int rc = 0;
+
+    rkt = rd_kafka_topic_new(rk, topic, NULL);
+    if (rkt == NULL) {
+        rc = er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "topic %s: %s",
+                        topic, rd_kafka_err2str(rd_kafka_last_error()));
+        goto out;
+    }
+    kerr = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rc = er_err_set(err, ER_EKAFKA, ER_ERRCLASS_RETRY,
+                        "metadata of %s: %s", topic, rd_kafka_err2str(kerr));
+        goto out;
+    }
+    if (md->topic_cnt != 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        md->topics[0].partition_cnt == 0) {
+        rc = er_err_set(
+            err, ER_ENOTFOUND, ER_ERRCLASS_FATAL, "topic %s: %s", topic,
+            md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err)
+                               : "not in metadata");
+        goto out;
+    }
+    *cnt = md->topics[0].partition_cnt;
+
+out:
+    if (md != NULL)
+        rd_kafka_metadata_destroy(md);
+    if (rkt != NULL)
+        rd_kafka_topic_destroy(rkt);
+    return rc;
+}
+
+int er_ctl_util_assign_all(rd_kafka_t *rk, const char *const *topics,
+                           size_t cnt, bool is_from_beginning,
+                           int timeout_ms, struct er_err *err)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    rd_kafka_resp_err_t kerr;
+    size_t i;
+    int rc = 0;
+
+    parts = rd_kafka_topic_partition_list_new((int)cnt * 8);
+    for (i = 0; i < cnt; i++) {
+        int part_cnt = 0;
+        int p;
+
+        rc = partition_count(rk, topics[i], timeout_ms, &part_cnt, err);
+        if (rc != 0)
+            goto out;
+        for (p = 0; p < part_cnt; p++) {
+            rd_kafka_topic_partition_t *tp =
+                rd_kafka_topic_partition_list_add(parts, topics[i], p);
+
+            tp->offset = is_from_beginning ? RD_KAFKA_OFFSET_BEGINNING
+                                           : RD_KAFKA_OFFSET_END;
+        }
+    }
+    kerr = rd_kafka_assign(rk, parts);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+        rc = er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "assign: %s",
+                        rd_kafka_err2str(kerr));
+
+out:
+    rd_kafka_topic_partition_list_destroy(parts);
+    return rc;
+}
+
+int er_ctl_util_produce_sync(rd_kafka_t *rk, const char *topic,
+                             const void *key, size_t key_len,
+                             const void *value, size_t value_len,
+                             int timeout_ms, struct er_err *err)
+{
+    struct delivery dr = { false, RD_KAFKA_RESP_ERR_NO_ERROR };
+    rd_kafka_resp_err_t kerr;
+    int64_t deadline = er_time_mono_ms() + timeout_ms;
+
+    kerr = rd_kafka_producev(
+        rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+        RD_KAFKA_V_VALUE((void *)(uintptr_t)value, value_len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(&dr),
+        RD_KAFKA_V_END);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL,
+                          "produce to %s: %s", topic, rd_kafka_err2str(kerr));
+    while (!dr.is_done && er_time_mono_ms() < deadline)
+        rd_kafka_poll(rk, 50);
+    if (!dr.is_done) {
+        /* The report still points at dr: purge so it never fires later. */
+        rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_flush(rk, 5000);
+        if (!dr.is_done)
+            rd_kafka_poll(rk, 0);
+        return er_err_set(err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
+                          "no delivery report from %s within %d ms", topic,
+                          timeout_ms);
+    }
+    if (dr.err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return er_err_set(err, ER_EKAFKA, ER_ERRCLASS_RETRY,
+                          "delivery to %s failed: %s", topic,
+                          rd_kafka_err2str(dr.err));
+    return 0;
+}
+
+int er_ctl_util_base64(const void *p, size_t len, struct er_buf *out)
+{
+    static const char tbl[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const uint8_t *b = p;
+    size_t i;
+    int rc = 0;
+
+    for (i = 0; i + 2 < len && rc == 0; i += 3) {
+        char q[4];
+
+        q[0] = tbl[b[i] >> 2];
+        q[1] = tbl[((b[i] & 0x03) << 4) | (b[i + 1] >> 4)];
+        q[2] = tbl[((b[i + 1] & 0x0f) << 2) | (b[i + 2] >> 6)];
+        q[3] = tbl[b[i + 2] & 0x3f];
+        rc = er_buf_append(out, q, 4);
+    }
+    if (rc == 0 && i < len) {
+        char q[4];
+
+        q[0] = tbl[b[i] >> 2];
+        if (i + 1 < len) {
+            q[1] = tbl[((b[i] & 0x03) << 4) | (b[i + 1] >> 4)];
+            q[2] = tbl[(b[i + 1] & 0x0f) << 2];
+        } else {
+            q[1] = tbl[(b[i] & 0x03) << 4];
+            q[2] = '=';
+        }
+        q[3] = '=';
+        rc = er_buf_append(out, q, 4);
+    }
+    return rc;
+}
+
+/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid. */
+static size_t utf8_len(const uint8_t *s, size_t n)
+{
+    size_t want;
+    size_t i;
+    uint32_t cp;
+
+    if (s[0] < 0x80)
+        return 1;
+    if ((s[0] & 0xe0) == 0xc0) {
+        want = 2;
+        cp = s[0] & 0x1f;
+    } else if ((s[0] & 0xf0) == 0xe0) {
+        want = 3;
+        cp = s[0] & 0x0f;
+    } else if ((s[0] & 0xf8) == 0xf0) {
+        want = 4;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (want > n)
+        return 0;
+    for (i = 1; i < want; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    /* Overlong forms, surrogates and values past U+10FFFF are invalid. */
+    if ((want == 2 && cp < 0x80) || (want == 3 && cp < 0x800) ||
+        (want == 4 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return want;
+}
+
+/* Append p (len bytes) as a JSON string; invalid UTF-8 becomes U+FFFD. */
+static int put_json_string(struct er_buf *out, const void *p, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *s = p;
+    size_t i = 0;
+    int rc;
+
+    rc = er_buf_append(out, "\"", 1);
+    while (rc == 0 && i < len) {
+        uint8_t c = s[i];
+        size_t n;
+
+        if (c == '"' || c == '\\') {
+            char esc[2] = { '\\', (char)c };
+
+            rc = er_buf_append(out, esc, 2);
+            i++;
+        } else if (c < 0x20) {
+            char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 0xf] };
+
+            rc = er_buf_append(out, esc, 6);
+            i++;
+        } else {
+            n = utf8_len(s + i, len - i);
+            if (n == 0) {
+                rc = er_buf_append(out, "\\ufffd", 6);
+                i++;
+            } else {
+                rc = er_buf_append(out, s + i, n);
+                i += n;
+            }
+        }
+    }
+    if (rc == 0)
+        rc = er_buf_append(out, "\"", 1);
+    return rc;
+}
+
+/* "headers":{name:value,...} of msg, values as JSON strings. */
+static int put_headers(struct er_buf *out, const rd_kafka_message_t *msg)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    size_t idx = 0;
+    const char *name;
+    const void *val;
+    size_t val_len;
+    int rc;
+
+    rc = er_buf_append(out, ",\"headers\":{", 12);
+    if (rc == 0 &&
+        rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        while (rc == 0 && rd_kafka_header_get_all(hdrs, idx, &name, &val,
+                                                  &val_len) ==
+                              RD_KAFKA_RESP_ERR_NO_ERROR) {
+            if (idx != 0)
+                rc = er_buf_append(out, ",", 1);
+            if (rc == 0)
+                rc = put_json_string(out, name, strlen(name));
+            if (rc == 0)
+                rc = er_buf_append(out, ":", 1);
+            if (rc == 0 && val == NULL)
+                rc = er_buf_append(out, "null", 4);
+            else if (rc == 0)
+                rc = put_json_string(out, val, val_len);
+            idx++;
+        }
+    }
+    if (rc == 0)
+        rc = er_buf_append(out, "}", 1);
+    return rc;
+}
+
+int er_ctl_util_record_json(const char *topic_short,
+                            const rd_kafka_message_t *msg, bool is_raw,
+                            struct er_buf *out)
+{
+    struct er_buf value;
+    struct er_err err;
+    int rc;
+    bool is_decoded = false;
+
+    er_buf_init(&value, ER_CMD_VALUE_MAX_BYTES * 8);
+    er_err_clear(&err);
+    if (!is_raw && msg->payload != NULL)
+        is_decoded = er_codec_to_json(msg->payload, msg->len, &value,
+                                      &err) == 0;
+
+    rc = er_buf_append(out, "{\"topic\":", 9);
+    if (rc == 0)
+        rc = put_json_string(out, topic_short, strlen(topic_short));
+    if (rc == 0)
+        rc = er_buf_printf(out, ",\"partition\":%" PRId32
+                                ",\"offset\":%" PRId64 ",\"key\":",
+                           msg->partition, msg->offset);
+    if (rc == 0 && msg->key == NULL)
+        rc = er_buf_append(out, "null", 4);
+    else if (rc == 0)
+        rc = put_json_string(out, msg->key, msg->key_len);
+    if (rc != 0)
+        goto out;
+
+    if (is_decoded) {
+        rc = er_buf_append(out, ",\"value\":", 9);
+        if (rc == 0)
+            rc = er_buf_append(out, value.data, value.len);
+    } else {
+        rc = put_headers(out, msg);
+        if (rc == 0 && msg->payload == NULL) {
+            rc = er_buf_append(out, ",\"value\":null", 13);
+        } else if (rc == 0) {
+            rc = er_buf_append(out, ",\"valueBase64\":\"", 16);
+            if (rc == 0)
+                rc = er_ctl_util_base64(msg->payload, msg->len, out);
+            if (rc == 0)
+                rc = er_buf_append(out, "\"", 1);
+        }
+        if (rc == 0 && !is_raw && msg->payload != NULL) {
+            rc = er_buf_append(out, ",\"error\":", 9);
+            if (rc == 0)
+                rc = put_json_string(out, err.msg, strlen(err.msg));
+        }
+    }
+    if (rc == 0)
+        rc = er_buf_append(out, "}", 1);
+
+out:
+    er_buf_fini(&value);
+    return rc;
+}

@@ -1,0 +1,106 @@
+/* driver: the driver registry and helpers shared by built-in drivers.
+ * Thread-safe (read-only tables). */
+#include "drivers/driver.h"
+
+#include <string.h>
+
+static const struct er_driver_ops *const drivers[] = {
+    &er_local_driver,
+};
+
+const struct er_driver_ops *er_driver_find(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++) {
+        if (strcmp(drivers[i]->name, name) == 0)
+            return drivers[i];
+    }
+    return NULL;
+}
+
+void er_driver_acquired_fini(struct er_driver_acquired *acq)
+{
+    er_free(acq->provider_lease_id);
+    acq->provider_lease_id = NULL;
+    json_decref(acq->metadata);
+    acq->metadata = NULL;
+}
+
+void er_driver_realized_fini(struct er_driver_realized *res)
+{
+    er_free(res->cwd);
+    res->cwd = NULL;
+    json_decref(res->record);
+    res->record = NULL;
+}
+
+/* A string member of obj, or JSON null. */
+static json_t *member_or_null(const json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+
+    return json_is_string(v) ? json_incref(v) : json_null();
+}
+
+static json_t *str_or_null(const char *s)
+{
+    return s != NULL ? json_string(s) : json_null();
+}
+
+json_t *er_driver_realization_record(const struct er_driver_env *env,
+                                     const struct er_driver_lease *lease,
+                                     const struct er_driver_workspace *ws,
+                                     const char *remote_path,
+                                     const char *sync_strategy,
+                                     const char *sync_prepare,
+                                     const char *sync_back,
+                                     const char *summary)
+{
+    const json_t *source = json_object_get(ws->request, "source");
+    const json_t *overlay = json_object_get(ws->request, "runtimeOverlay");
+    const char *provider =
+        lease->provider != NULL ? lease->provider : env->driver;
+    json_t *rec = NULL;
+
+    rec = json_pack(
+        "{s:i, s:s, s:s, s:s, s:s, s:o,"
+        " s:{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o},"
+        " s:{s:o}, s:{s:s, s:s, s:s}, s:{s:o},"
+        " s:{s:o, s:o, s:o, s:o, s:o, s:o, s:o,"
+        "    s:{s:o, s:o, s:s, s:s, s:o}},"
+        " s:s}",
+        "version", 1, "transport", env->driver, "provider", provider,
+        "environmentId", env->id, "leaseId", lease->id, "providerLeaseId",
+        str_or_null(lease->provider_lease_id),
+        /* local */
+        "local", "path", str_or_null(ws->local_path), "source",
+        member_or_null(source, "kind"), "strategy",
+        member_or_null(source, "strategy"), "projectId",
+        member_or_null(source, "projectId"), "projectWorkspaceId",
+        member_or_null(source, "projectWorkspaceId"), "repoUrl",
+        member_or_null(source, "repoUrl"), "repoRef",
+        member_or_null(source, "repoRef"), "branchName",
+        member_or_null(source, "branchName"), "worktreePath",
+        member_or_null(source, "worktreePath"),
+        /* remote, sync, bootstrap */
+        "remote", "path", str_or_null(remote_path), "sync", "strategy",
+        sync_strategy, "prepare", sync_prepare, "syncBack", sync_back,
+        "bootstrap", "command", member_or_null(overlay, "provisionCommand"),
+        /* rebuild */
+        "rebuild", "executionWorkspaceId",
+        member_or_null(ws->request, "executionWorkspaceId"), "mode",
+        str_or_null(ws->mode), "repoUrl", member_or_null(source, "repoUrl"),
+        "repoRef", member_or_null(source, "repoRef"), "localPath",
+        str_or_null(ws->local_path), "remotePath", str_or_null(remote_path),
+        "providerLeaseId", str_or_null(lease->provider_lease_id), "metadata",
+        "source",
+        source != NULL ? json_deep_copy(source) : json_null(),
+        "runtimeOverlay",
+        overlay != NULL ? json_deep_copy(overlay) : json_null(),
+        "environmentDriver", env->driver, "provider", provider,
+        "providerMetadata", json_null(),
+        /* summary */
+        "summary", summary);
+    return rec;
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages envrun needs to build, test, fuzz and run
+# its dev stack. Idempotent: asks dpkg what is already there and installs
+# only what is missing, so a second run does nothing and needs no network.
+# Runs as root (CI, a fresh machine) or through sudo when available.
+set -euo pipefail
+
+packages=(
+    # toolchain
+    build-essential cmake pkg-config git
+    clang clang-format libclang-rt-14-dev
+    # libraries (DESIGN.md: dependencies)
+    librdkafka-dev libavro-dev libjansson-dev libpq-dev libcmocka-dev
+    libcurl4-openssl-dev
+    # real servers and tools the tests use
+    postgresql valgrind procps
+    openssh-server openssh-client bubblewrap
+)
+
+is_installed() {
+    local status
+    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
+    [[ $status == "install ok installed" ]]
+}
+
+missing=()
+for pkg in "${packages[@]}"; do
+    if ! is_installed "$pkg"; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]} == 0)); then
+    echo "install-deps: all ${#packages[@]} packages present"
+    exit 0
+fi
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install-deps: missing ${missing[*]}; run as root" >&2
+        exit 1
+    fi
+    sudo=(sudo)
+fi
+
+echo "install-deps: installing ${missing[*]}"
+
+# Keep the packages' maintainer scripts from starting services (the system
+# PostgreSQL cluster, sshd on port 22): the tests start their own on free
+# ports. A policy-rc.d that is already there (container images ship one) is
+# left alone.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+cleanup() {
+    if ((made_policy)); then
+        "${sudo[@]}" rm -f "$policy"
+    fi
+}
+trap cleanup EXIT
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod 0755 "$policy"
+    made_policy=1
+fi
+
+apt_opts=(-o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef
+    -o Dpkg::Options::=--force-confold)
+apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}")
+"${apt[@]}" update -q
+"${apt[@]}" install -y -q --no-install-recommends \
+    "${missing[@]}"
+
+for pkg in "${missing[@]}"; do
+    if ! is_installed "$pkg"; then
+        echo "install-deps: $pkg is still not installed" >&2
+        exit 1
+    fi
+done
+echo "install-deps: done"

@@ -1,0 +1,301 @@
+/* harness: helpers for the integration tests. A harness is one test case's
+ * world: a librdkafka mock cluster in this process with the envrun topics, a
+ * fresh database on a PostgreSQL server shared by the process (the one in
+ * ENVRUN_TEST_PG_URL, else a dev-stack cluster started on first use), a
+ * directory for worker logs, envrun-worker child processes, a producer and
+ * a reader of the output topics. Not thread-safe: one test thread. */
+#ifndef ER_TESTS_SUPPORT_HARNESS_H
+#define ER_TESTS_SUPPORT_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "common/common.h"
+#include "schemas/schemas.h"
+
+/* Waits: a first result needs the worker's group join (~3 s on the mock)
+ * plus start-up; later ones are quick. */
+#define ER_HARNESS_FIRST_WAIT_MS 30000
+#define ER_HARNESS_WAIT_MS       20000
+
+#define ER_HARNESS_URL_MAX  512
+#define ER_HARNESS_PATH_MAX 512
+
+/* ================================================================
+ * The test case's world
+ * ================================================================ */
+
+/* The topics the reader follows, from offset 0. */
+enum er_harness_topic {
+    ER_HARNESS_RESULTS = 0,
+    ER_HARNESS_LEASE_EVENTS,
+    ER_HARNESS_ACTIVITY,
+    ER_HARNESS_DLQ,
+    ER_HARNESS_COMMANDS,
+    ER_HARNESS_TOPIC_CNT,
+};
+
+/* One record read from a topic. Everything is owned by the harness and
+ * valid until er_harness_destroy. */
+struct er_harness_record {
+    char *key; /* NUL-terminated copy; NULL when the record had none */
+    size_t key_len;
+    uint8_t *value; /* copy of the bytes; NULL when empty */
+    size_t value_len;
+    int32_t partition;
+    int64_t offset;
+    json_t *json;         /* er_codec_to_json of value; NULL: not decodable */
+    char *hdr_error;      /* header envrun.error, NULL when absent */
+    char *hdr_error_code; /* header envrun.error.code, NULL when absent */
+};
+
+struct er_harness_priv;
+
+struct er_harness {
+    char name[64];       /* the test's name, [a-z0-9_] */
+    char prefix[64];     /* topic prefix */
+    int partition_cnt;   /* of every topic */
+    const char *brokers; /* mock bootstraps, borrowed from the mock */
+    char db_name[64];    /* the test's fresh database */
+    char db_url[ER_HARNESS_URL_MAX];
+    char dir[ER_HARNESS_PATH_MAX]; /* worker logs, workspace cwd; kept */
+    struct er_harness_priv *priv;
+};
+
+/* Start a test case: (first time in the process) er_codec_init and the
+ * PostgreSQL server; then a mock cluster of one broker whose five envrun
+ * topics (prefix: NULL means "envrun.") have partition_cnt partitions, a
+ * fresh database named after name plus a random suffix, and the directory
+ * ER_BUILD_DIR/it-logs/<name> (emptied). name must be [a-z0-9_], at most 40
+ * bytes. Returns NULL after printing why. */
+struct er_harness *er_harness_new(const char *name, int partition_cnt,
+                                  const char *prefix);
+/* Kill the workers still running, stop the mock cluster, free the records.
+ * The database and the log directory are kept for post-mortems. NULL ok. */
+void er_harness_destroy(struct er_harness *h);
+/* The mock cluster (rd_kafka_mock_cluster_t *) for fault injection. */
+void *er_harness_mock(struct er_harness *h);
+/* Create another fresh empty database; its connection string goes to
+ * url (url_len bytes). Returns 0, or -1 after printing why. */
+int er_harness_db_new(struct er_harness *h, const char *tag, char *url,
+                      size_t url_len);
+/* Full topic name for a suffix ("results") into out. */
+void er_harness_topic_name(const struct er_harness *h, const char *suffix,
+                           char *out, size_t out_len);
+
+/* ================================================================
+ * Worker processes
+ * ================================================================ */
+
+struct er_harness_worker_opts {
+    int concurrency;        /* ENVRUN_CONCURRENCY; 0: 4 */
+    bool has_http;          /* 127.0.0.1:<free port> instead of off */
+    const char *db_url;     /* NULL: the harness's database */
+    const char *const *env; /* extra "NAME=value" (override the above),
+                               NULL-terminated; NULL: none */
+};
+
+struct er_harness_worker {
+    pid_t pid;       /* -1 once reaped */
+    int http_port;   /* 0 when the endpoint is off */
+    int wait_status; /* raw waitpid status once reaped */
+    char log_path[ER_HARNESS_PATH_MAX + 64]; /* stdout+stderr */
+};
+
+/* Spawn ER_BUILD_DIR/envrun-worker (or $ENVRUN_TEST_WORKER_BIN) with
+ * ENVRUN_KAFKA_BROKERS, ENVRUN_DATABASE_URL, ENVRUN_TOPIC_PREFIX,
+ * ENVRUN_HTTP_ADDR, ENVRUN_LOG_FORMAT=json, ENVRUN_CONCURRENCY, then the
+ * extras; other ENVRUN_* variables of the test's environment are dropped.
+ * The worker dies with the test process (PR_SET_PDEATHSIG). Owned by the
+ * harness (it kills and reaps it at destroy). NULL after printing why. */
+struct er_harness_worker *
+er_harness_worker_start(struct er_harness *h,
+                        const struct er_harness_worker_opts *opts);
+/* Send sig, wait up to timeout_ms, then SIGKILL and wait. Returns the exit
+ * code (0..255), 128 + signal number when killed by a signal, or -1. */
+int er_harness_worker_stop(struct er_harness_worker *w, int sig,
+                           int timeout_ms);
+/* Wait up to timeout_ms for the worker to exit by itself; same returns as
+ * er_harness_worker_stop, -2 when still running. */
+int er_harness_worker_wait_exit(struct er_harness_worker *w, int timeout_ms);
+bool er_harness_worker_is_alive(struct er_harness_worker *w);
+/* The whole log so far, NUL-terminated; caller frees with er_free. */
+char *er_harness_worker_log(const struct er_harness_worker *w);
+bool er_harness_worker_log_contains(const struct er_harness_worker *w,
+                                    const char *needle);
+/* Wait until the log contains needle (polling) or timeout. */
+bool er_harness_worker_wait_log(const struct er_harness_worker *w,
+                                const char *needle, int timeout_ms);
+/* Print the last max_bytes of the log to stderr (for failing tests). */
+void er_harness_worker_dump_log(const struct er_harness_worker *w,
+                                size_t max_bytes);
+/* GET path from the worker's HTTP endpoint; the body goes to out (caller
+ * frees with er_free). Returns the status code or -1. */
+int er_harness_worker_http_get(const struct er_harness_worker *w,
+                               const char *path, char **out);
+
+/* ================================================================
+ * Commands
+ * ================================================================ */
+
+/* The ids of one heartbeat run (random UUIDs). */
+struct er_harness_run {
+    char company_id[37];
+    char agent_id[37];
+    char run_id[37];
+};
+
+void er_harness_run_init(struct er_harness_run *run);
+/* Same company as other, new agent and run ids. */
+void er_harness_run_init_same_company(struct er_harness_run *run,
+                                      const struct er_harness_run *other);
+
+/* A command ready to encode; cmd's strings point into this struct and into
+ * the run, so neither may move or die before the send. Tests may change
+ * fields of cmd (set issue_id, ...) before sending. */
+struct er_harness_cmd {
+    struct er_run_command cmd;
+    char command_id[37];
+    char workspace_json[ER_HARNESS_PATH_MAX + 256];
+};
+
+/* An acquire of the company's Local environment (selectedEnvironmentId
+ * null, adapterType claude_local, nothing else set). */
+void er_harness_cmd_acquire(struct er_harness_cmd *c,
+                            struct er_harness_run *run);
+/* A realize of the run's active lease with workspaceJson
+ * {"cwd": cwd, "source": "task_session", "strategy": "project_primary"}. */
+void er_harness_cmd_realize(struct er_harness_cmd *c,
+                            struct er_harness_run *run, const char *cwd);
+/* A release of the run's leases with status. */
+void er_harness_cmd_release(struct er_harness_cmd *c,
+                            struct er_harness_run *run,
+                            enum er_release_status status);
+
+/* Encode cmd and queue it on commands with the contract's key (heartbeat
+ * run id, else command id). Returns 0, or -1 after printing why. */
+int er_harness_send(struct er_harness *h, const struct er_run_command *cmd);
+/* Queue raw bytes with a key (NULL: none) on topic prefix + suffix. */
+int er_harness_produce(struct er_harness *h, const char *suffix,
+                       const char *key, const void *value, size_t value_len);
+/* Wait until every queued record is acknowledged. Every wait below flushes
+ * first. Returns 0 or -1. */
+int er_harness_flush(struct er_harness *h);
+
+/* ================================================================
+ * Reading the output topics
+ * ================================================================ */
+
+typedef bool (*er_harness_pred_fn)(struct er_harness *h, void *arg);
+
+/* Read whatever arrives during timeout_ms (at least one poll). */
+void er_harness_poll(struct er_harness *h, int timeout_ms);
+/* Poll until pred holds (checked first) or timeout; returns pred's last
+ * value. */
+bool er_harness_wait(struct er_harness *h, er_harness_pred_fn pred, void *arg,
+                     int timeout_ms);
+size_t er_harness_count(const struct er_harness *h,
+                        enum er_harness_topic topic);
+const struct er_harness_record *er_harness_get(const struct er_harness *h,
+                                               enum er_harness_topic topic,
+                                               size_t i);
+/* Records of topic whose decoded JSON has the string value at field (a
+ * dotted path, see er_harness_json_str); up to out_max go to out (may be
+ * NULL). Returns how many match. */
+size_t er_harness_find(const struct er_harness *h, enum er_harness_topic topic,
+                       const char *field, const char *value,
+                       const struct er_harness_record **out, size_t out_max);
+/* Wait until at least n records of topic match field == value. */
+bool er_harness_wait_count(struct er_harness *h, enum er_harness_topic topic,
+                           const char *field, const char *value, size_t n,
+                           int timeout_ms);
+/* Wait for the first CommandResult of command_id; returns its decoded JSON
+ * (borrowed, valid until destroy) or NULL on timeout. */
+const json_t *er_harness_wait_result(struct er_harness *h,
+                                     const char *command_id, int timeout_ms);
+/* Wait until each of the ids has at least one result. */
+bool er_harness_wait_results(struct er_harness *h, const char *const *ids,
+                             size_t id_cnt, int timeout_ms);
+
+/* ================================================================
+ * JSON helpers
+ * ================================================================ */
+
+/* The value at a dotted path ("lease.metadata.driver"), borrowed; NULL
+ * when missing. */
+const json_t *er_harness_json_at(const json_t *root, const char *path);
+/* The string at path, or NULL when missing or not a string. */
+const char *er_harness_json_str(const json_t *root, const char *path);
+/* Parse the JSON text in the string field `field` of obj ("resultJson");
+ * new reference, NULL when missing, null or not JSON. */
+json_t *er_harness_json_parse_field(const json_t *obj, const char *field);
+/* Compact, key-sorted JSON text of v; caller frees with free() (jansson). */
+char *er_harness_json_text(const json_t *v);
+
+/* ================================================================
+ * cmocka assertions on JSON (they fail the running test)
+ * ================================================================ */
+
+/* Fail the running test with a message (cmocka's _fail, which long-jumps
+ * back to the runner; marked noreturn so -Wnull-dereference knows). */
+void er_harness_fail(const char *file, int line, const char *fmt, ...)
+    ER_PRINTF(3, 4) __attribute__((noreturn));
+/* Fail unless p is non-NULL; afterwards the compiler knows it is. */
+#define ER_HARNESS_NON_NULL(p)                                     \
+    do {                                                           \
+        if ((p) == NULL)                                           \
+            er_harness_fail(__FILE__, __LINE__, "%s is NULL", #p); \
+    } while (0)
+
+/* How long "nothing more arrives" is watched for. */
+#define ER_HARNESS_QUIET_MS 2500
+
+/* The string at path equals expected; expected NULL: the value is present
+ * and JSON null. */
+#define ER_HARNESS_ASSERT_STR(root, path, expected) \
+    er_harness_assert_str((root), (path), (expected), __FILE__, __LINE__)
+/* The integer at path equals expected. */
+#define ER_HARNESS_ASSERT_INT(root, path, expected) \
+    er_harness_assert_int((root), (path), (expected), __FILE__, __LINE__)
+/* The value at path is JSON true. */
+#define ER_HARNESS_ASSERT_TRUE(root, path) \
+    er_harness_assert_true((root), (path), __FILE__, __LINE__)
+/* The JSON text of the value at path equals expected_json (compact,
+ * sorted keys, e.g. "{}" or "[\"a\"]"). */
+#define ER_HARNESS_ASSERT_JSON(root, path, expected_json) \
+    er_harness_assert_json((root), (path), (expected_json), __FILE__, __LINE__)
+
+void er_harness_assert_str(const json_t *root, const char *path,
+                           const char *expected, const char *file, int line);
+void er_harness_assert_int(const json_t *root, const char *path,
+                           long long expected, const char *file, int line);
+void er_harness_assert_true(const json_t *root, const char *path,
+                            const char *file, int line);
+void er_harness_assert_json(const json_t *root, const char *path,
+                            const char *expected_json, const char *file,
+                            int line);
+
+/* ================================================================
+ * PostgreSQL
+ * ================================================================ */
+
+/* Run sql with text parameters (params may be NULL when nparams is 0) on
+ * the database at conninfo. Returns a JSON array with one object per row
+ * (column name -> text value or null), new reference; NULL after printing
+ * the error. Commands that return no rows give an empty array. */
+json_t *er_harness_pg_query(const char *conninfo, const char *sql, int nparams,
+                            const char *const *params);
+/* Like er_harness_pg_query, returning the first column of the first row as
+ * an integer; -1 on error or no row. */
+long long er_harness_pg_count(const char *conninfo, const char *sql,
+                              int nparams, const char *const *params);
+/* Run sql (several statements allowed when nparams is 0). Returns 0 or -1
+ * after printing the error. */
+int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,
+                       const char *const *params);
+
+#endif

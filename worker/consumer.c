@@ -1,0 +1,354 @@
+/* consumer: the one thread that talks to the consumer group. It polls the
+ * commands topic, hands messages to the dispatcher, and commits each
+ * partition's offset only up to the first command whose transaction has not
+ * committed yet. It pauses fetching while too much is in flight, and on a
+ * rebalance finishes the revoked partitions' running steps and commits
+ * before letting them go. Owns the rd_kafka_t consumer handle. */
+#include "worker/consumer_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "worker/dispatch_int.h"
+#include "worker/kafka_int.h"
+
+#define MAX_PARTITIONS 1024
+#define DONE_BATCH     256
+
+/* Offsets of one partition in arrival order; done ones are popped from the
+ * front, and the commit point is the first not done. */
+struct tracker {
+    bool is_assigned;
+    int64_t *offsets;
+    bool *is_done;
+    size_t head;
+    size_t len;
+    size_t cap;
+    int64_t commit_at; /* next offset to commit, -1: nothing new */
+    int64_t committed;
+};
+
+struct er_consumer {
+    rd_kafka_t *rk;
+    struct er_dispatch *dispatch;
+    char topic[256];
+    struct tracker parts[MAX_PARTITIONS];
+    size_t max_inflight;
+    bool is_paused;
+};
+
+static void tracker_reset(struct tracker *t)
+{
+    er_free(t->offsets);
+    er_free(t->is_done);
+    memset(t, 0, sizeof(*t));
+    t->commit_at = -1;
+    t->committed = -1;
+}
+
+static int tracker_push(struct tracker *t, int64_t offset)
+{
+    if (t->head > 0 && t->head == t->len) {
+        t->head = 0;
+        t->len = 0;
+    }
+    if (t->len == t->cap) {
+        size_t cap;
+        int64_t *o;
+        bool *d;
+
+        if (t->head > 0) { /* compact before growing */
+            memmove(t->offsets, t->offsets + t->head,
+                    (t->len - t->head) * sizeof(*t->offsets));
+            memmove(t->is_done, t->is_done + t->head,
+                    (t->len - t->head) * sizeof(*t->is_done));
+            t->len -= t->head;
+            t->head = 0;
+        }
+        if (t->len == t->cap) {
+            cap = t->cap == 0 ? 256 : t->cap * 2;
+            o = er_realloc(t->offsets, cap * sizeof(*o));
+            if (o == NULL)
+                return ER_ENOMEM;
+            t->offsets = o;
+            d = er_realloc(t->is_done, cap * sizeof(*d));
+            if (d == NULL)
+                return ER_ENOMEM;
+            t->is_done = d;
+            t->cap = cap;
+        }
+    }
+    t->offsets[t->len] = offset;
+    t->is_done[t->len] = false;
+    t->len++;
+    return 0;
+}
+
+static void tracker_done(struct tracker *t, int64_t offset)
+{
+    size_t i;
+
+    for (i = t->head; i < t->len; i++) {
+        if (t->offsets[i] == offset) {
+            t->is_done[i] = true;
+            break;
+        }
+    }
+    while (t->head < t->len && t->is_done[t->head]) {
+        t->commit_at = t->offsets[t->head] + 1;
+        t->head++;
+    }
+}
+
+/* Commit every partition whose commit point moved. */
+static void commit_offsets(struct er_consumer *c, bool is_sync)
+{
+    rd_kafka_topic_partition_list_t *list =
+        rd_kafka_topic_partition_list_new(8);
+    rd_kafka_resp_err_t kerr;
+    int32_t p;
+
+    for (p = 0; p < MAX_PARTITIONS; p++) {
+        struct tracker *t = &c->parts[p];
+
+        if (!t->is_assigned || t->commit_at < 0 ||
+            t->commit_at == t->committed)
+            continue;
+        rd_kafka_topic_partition_list_add(list, c->topic, p)->offset =
+            t->commit_at;
+    }
+    if (list->cnt > 0) {
+        kerr = rd_kafka_commit(c->rk, list, is_sync ? 0 : 1);
+        if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR || !is_sync) {
+            int i;
+
+            /* An async commit that fails is retried with the next one: the
+             * commit point only moves forward. */
+            for (i = 0; i < list->cnt; i++)
+                c->parts[list->elems[i].partition].committed =
+                    list->elems[i].offset;
+        } else {
+            ER_LOG_WARN("consumer", "offset commit failed: %s",
+                        rd_kafka_err2str(kerr));
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+static void collect_done(struct er_consumer *c)
+{
+    struct er_done done[DONE_BATCH];
+    size_t n;
+    size_t i;
+
+    while ((n = er_dispatch_take_done(c->dispatch, done, DONE_BATCH)) > 0) {
+        for (i = 0; i < n; i++) {
+            int32_t p = done[i].partition;
+
+            if (p >= 0 && p < MAX_PARTITIONS && c->parts[p].is_assigned)
+                tracker_done(&c->parts[p], done[i].offset);
+        }
+    }
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    struct er_consumer *c = opaque;
+    int32_t ids[MAX_PARTITIONS] = { 0 };
+    size_t cnt = 0;
+    int i;
+
+    for (i = 0; i < parts->cnt && cnt < MAX_PARTITIONS; i++) {
+        if (parts->elems[i].partition >= 0 &&
+            parts->elems[i].partition < MAX_PARTITIONS)
+            ids[cnt++] = parts->elems[i].partition;
+    }
+    if (kerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        for (i = 0; i < (int)cnt; i++) {
+            tracker_reset(&c->parts[ids[i]]);
+            c->parts[ids[i]].is_assigned = true;
+        }
+        rd_kafka_assign(rk, parts);
+        c->is_paused = false;
+        er_metrics_set_kafka_ready(true);
+        ER_LOG_INFO("consumer", "assigned %zu partitions of %s", cnt,
+                    c->topic);
+        return;
+    }
+    /* Revoked (or an error): finish what runs, commit, let go. */
+    er_dispatch_drop_partitions(c->dispatch, ids, cnt);
+    collect_done(c);
+    commit_offsets(c, true);
+    for (i = 0; i < (int)cnt; i++)
+        tracker_reset(&c->parts[ids[i]]);
+    rd_kafka_assign(rk, NULL);
+    ER_LOG_INFO("consumer", "revoked %zu partitions of %s", cnt, c->topic);
+}
+
+static void set_paused(struct er_consumer *c, bool is_paused)
+{
+    rd_kafka_topic_partition_list_t *list = NULL;
+
+    if (c->is_paused == is_paused)
+        return;
+    if (rd_kafka_assignment(c->rk, &list) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    if (is_paused)
+        rd_kafka_pause_partitions(c->rk, list);
+    else
+        rd_kafka_resume_partitions(c->rk, list);
+    rd_kafka_topic_partition_list_destroy(list);
+    c->is_paused = is_paused;
+}
+
+static void handle(struct er_consumer *c, const rd_kafka_message_t *msg)
+{
+    struct tracker *t;
+    char run_key[320];
+    int rc;
+
+    if (msg->partition < 0 || msg->partition >= MAX_PARTITIONS) {
+        ER_LOG_ERR("consumer", "partition %d is beyond %d: skipped",
+                   (int)msg->partition, MAX_PARTITIONS);
+        return;
+    }
+    t = &c->parts[msg->partition];
+    /* The run is the key (the heartbeat run id, or the command id); a
+     * message without a key is a run of its own. */
+    if (msg->key_len > 0 && msg->key_len < 256)
+        snprintf(run_key, sizeof(run_key), "k:%.*s", (int)msg->key_len,
+                 (const char *)msg->key);
+    else
+        snprintf(run_key, sizeof(run_key), "m:%d:%" PRId64,
+                 (int)msg->partition, msg->offset);
+    rc = tracker_push(t, msg->offset);
+    if (rc == 0)
+        rc = er_dispatch_submit(c->dispatch, run_key, msg->partition,
+                                msg->offset, msg->key, msg->key_len,
+                                msg->payload, msg->len);
+    if (rc != 0) {
+        /* Out of memory: stop reading; the offset stays uncommitted and the
+         * message comes back after a restart. */
+        ER_LOG_ERR("consumer", "cannot queue offset %" PRId64 ": %s",
+                   msg->offset, er_errname(rc));
+        er_worker_stop = 1;
+    }
+}
+
+struct er_consumer *er_consumer_new(const struct er_config *cfg,
+                                    const char *brokers,
+                                    struct er_dispatch *dispatch,
+                                    struct er_err *err)
+{
+    struct er_consumer *c = er_calloc(1, sizeof(*c));
+    rd_kafka_conf_t *conf = NULL;
+    rd_kafka_topic_partition_list_t *sub = NULL;
+    char errstr[512];
+    rd_kafka_resp_err_t kerr;
+    int32_t p;
+
+    if (c == NULL) {
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+        return NULL;
+    }
+    for (p = 0; p < MAX_PARTITIONS; p++)
+        tracker_reset(&c->parts[p]);
+    c->dispatch = dispatch;
+    c->max_inflight = (size_t)cfg->concurrency * 64;
+    er_config_topic(cfg, "commands", c->topic, sizeof(c->topic));
+    conf = er_kafka_conf_new(brokers, cfg->kafka_props, "consumer", errstr,
+                             sizeof(errstr));
+    /* Eager assignment: librdkafka 2.0.2's cooperative-sticky assignor has
+     * known bugs (DESIGN.md). Offsets are committed by hand. */
+    if (conf == NULL ||
+        rd_kafka_conf_set(conf, "group.id", cfg->kafka_group, errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "partition.assignment.strategy",
+                          "range,roundrobin", errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+        er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "consumer config: %s",
+                   errstr);
+        goto fail;
+    }
+    rd_kafka_conf_set_opaque(conf, c);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+    if (c->rk == NULL) {
+        er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "consumer: %s", errstr);
+        goto fail;
+    }
+    conf = NULL; /* rd_kafka_new took it */
+    rd_kafka_poll_set_consumer(c->rk);
+    sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, c->topic, RD_KAFKA_PARTITION_UA);
+    kerr = rd_kafka_subscribe(c->rk, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "subscribe to %s: %s",
+                   c->topic, rd_kafka_err2str(kerr));
+        goto fail;
+    }
+    return c;
+fail:
+    if (conf != NULL)
+        rd_kafka_conf_destroy(conf);
+    er_consumer_destroy(c);
+    return NULL;
+}
+
+int er_consumer_run(struct er_consumer *c)
+{
+    char msg[ER_ERR_MSG_MAX];
+    size_t inflight;
+    int rc = 0;
+
+    while (!er_worker_stop) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, 100);
+
+        if (m != NULL) {
+            if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                handle(c, m);
+            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                ER_LOG_WARN("consumer", "consume error: %s",
+                            rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+        }
+        collect_done(c);
+        commit_offsets(c, false);
+        inflight = er_dispatch_inflight(c->dispatch);
+        if (inflight >= c->max_inflight)
+            set_paused(c, true);
+        else if (inflight <= c->max_inflight / 2)
+            set_paused(c, false);
+        if (er_dispatch_failed(c->dispatch, msg, sizeof(msg))) {
+            rc = 1;
+            break;
+        }
+    }
+    /* SIGTERM (or a fatal step): finish the steps in flight, commit what
+     * committed, leave the group. Queued steps are redelivered. */
+    er_dispatch_drain(c->dispatch);
+    collect_done(c);
+    commit_offsets(c, true);
+    rd_kafka_consumer_close(c->rk);
+    return rc;
+}
+
+void er_consumer_destroy(struct er_consumer *c)
+{
+    int32_t p;
+
+    if (c == NULL)
+        return;
+    if (c->rk != NULL)
+        rd_kafka_destroy(c->rk);
+    for (p = 0; p < MAX_PARTITIONS; p++)
+        tracker_reset(&c->parts[p]);
+    er_free(c);
+}

@@ -1,0 +1,551 @@
+/* dispatch: per-run FIFO queues and the thread pool that serves them (see
+ * dispatch_int.h). One mutex guards the run table, the ready list and the
+ * done list; steps run outside it. */
+#include "worker/dispatch_int.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "worker/lifecycle_int.h"
+
+#define RUN_BUCKETS     1024
+#define BACKOFF_MIN_MS  100
+#define BACKOFF_MAX_MS  5000
+
+struct job {
+    struct job *next;
+    int32_t partition;
+    int64_t offset;
+    uint8_t *key; /* NULL when the message had none */
+    size_t key_len;
+    uint8_t *value;
+    size_t value_len;
+};
+
+/* The queue of one run; exists while it has jobs or one is running. */
+struct run {
+    struct run *next_bucket;
+    struct run *next_ready;
+    char *key;
+    struct job *head;
+    struct job *tail;
+    bool is_running;
+    int32_t running_partition;
+};
+
+struct done_node {
+    struct done_node *next;
+    struct er_done done;
+};
+
+struct worker_thread {
+    struct er_dispatch *d;
+    pthread_t tid;
+    struct er_lifecycle *lc;
+    bool is_started;
+};
+
+struct er_dispatch {
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv; /* jobs became ready, or stopping */
+    pthread_cond_t idle_cv; /* a running job finished */
+    struct run *buckets[RUN_BUCKETS];
+    struct run *ready_head;
+    struct run *ready_tail;
+    struct done_node *done_head;
+    struct done_node *done_tail;
+    size_t inflight; /* queued + running */
+    size_t running;
+    bool is_stopping;
+    bool has_failed;
+    char fail_msg[ER_ERR_MSG_MAX];
+    void (*on_commit)(void *);
+    void *on_commit_arg;
+    struct worker_thread *threads;
+    int thread_cnt;
+};
+
+static size_t hash_key(const char *s)
+{
+    size_t h = 1469598103934665603u; /* FNV-1a */
+
+    for (; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211u;
+    return h % RUN_BUCKETS;
+}
+
+static void job_free(struct job *j)
+{
+    if (j == NULL)
+        return;
+    er_free(j->key);
+    er_free(j->value);
+    er_free(j);
+}
+
+static struct run *run_find(struct er_dispatch *d, const char *key,
+                            bool is_create)
+{
+    size_t b = hash_key(key);
+    struct run *r;
+
+    for (r = d->buckets[b]; r != NULL; r = r->next_bucket) {
+        if (strcmp(r->key, key) == 0)
+            return r;
+    }
+    if (!is_create)
+        return NULL;
+    r = er_calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->key = er_strdup(key);
+    if (r->key == NULL) {
+        er_free(r);
+        return NULL;
+    }
+    r->next_bucket = d->buckets[b];
+    d->buckets[b] = r;
+    return r;
+}
+
+static void run_remove(struct er_dispatch *d, struct run *r)
+{
+    struct run **pp = &d->buckets[hash_key(r->key)];
+
+    while (*pp != r)
+        pp = &(*pp)->next_bucket;
+    *pp = r->next_bucket;
+    er_free(r->key);
+    er_free(r);
+}
+
+static void ready_push(struct er_dispatch *d, struct run *r)
+{
+    r->next_ready = NULL;
+    if (d->ready_tail == NULL)
+        d->ready_head = r;
+    else
+        d->ready_tail->next_ready = r;
+    d->ready_tail = r;
+    pthread_cond_signal(&d->work_cv);
+}
+
+static bool run_is_ready_listed(const struct er_dispatch *d,
+                                const struct run *r)
+{
+    const struct run *p;
+
+    for (p = d->ready_head; p != NULL; p = p->next_ready) {
+        if (p == r)
+            return true;
+    }
+    return false;
+}
+
+static void ready_remove(struct er_dispatch *d, struct run *r)
+{
+    struct run *prev = NULL;
+    struct run *p;
+
+    for (p = d->ready_head; p != NULL; prev = p, p = p->next_ready) {
+        if (p != r)
+            continue;
+        if (prev == NULL)
+            d->ready_head = p->next_ready;
+        else
+            prev->next_ready = p->next_ready;
+        if (d->ready_tail == p)
+            d->ready_tail = prev;
+        return;
+    }
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000 };
+
+    nanosleep(&ts, NULL);
+}
+
+/* Run one job until it commits, the worker stops, or a fatal error.
+ * Returns true when committed. */
+static bool run_job(struct worker_thread *t, const struct job *j)
+{
+    struct er_dispatch *d = t->d;
+    struct er_msg_coords coords = { j->partition, j->offset };
+    int64_t backoff = BACKOFF_MIN_MS;
+    int64_t last_log = 0;
+
+    for (;;) {
+        struct er_err err;
+        bool is_stopping;
+        int rc;
+
+        er_err_clear(&err);
+        rc = er_lifecycle_step(t->lc, j->key, j->key_len, j->value,
+                               j->value_len, &coords, &err);
+        if (rc == 0)
+            return true;
+        if (err.cls != ER_ERRCLASS_RETRY) {
+            pthread_mutex_lock(&d->mu);
+            if (!d->has_failed) {
+                d->has_failed = true;
+                snprintf(d->fail_msg, sizeof(d->fail_msg), "%s", err.msg);
+            }
+            d->is_stopping = true;
+            pthread_cond_broadcast(&d->work_cv);
+            pthread_mutex_unlock(&d->mu);
+            ER_LOG_ERR("dispatch", "stopping: step at partition %d offset "
+                       "%lld failed: %s (%s)",
+                       (int)j->partition, (long long)j->offset, err.msg,
+                       er_errname(err.code));
+            return false;
+        }
+        er_metrics_retry();
+        /* Log a retried failure at most once every 10 s. */
+        if (er_time_mono_ms() - last_log >= 10000) {
+            ER_LOG_WARN("dispatch", "retrying step at partition %d offset "
+                        "%lld in %lld ms: %s",
+                        (int)j->partition, (long long)j->offset,
+                        (long long)backoff, err.msg);
+            last_log = er_time_mono_ms();
+        }
+        sleep_ms(backoff);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+        pthread_mutex_lock(&d->mu);
+        is_stopping = d->is_stopping;
+        pthread_mutex_unlock(&d->mu);
+        if (is_stopping)
+            return false; /* not committed: it will be delivered again */
+    }
+}
+
+static void *thread_main(void *arg)
+{
+    struct worker_thread *t = arg;
+    struct er_dispatch *d = t->d;
+
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        struct run *r;
+        struct job *j;
+        bool is_committed;
+        struct done_node *dn = NULL;
+
+        while (d->ready_head == NULL && !d->is_stopping)
+            pthread_cond_wait(&d->work_cv, &d->mu);
+        if (d->is_stopping)
+            break;
+        r = d->ready_head;
+        d->ready_head = r->next_ready;
+        if (d->ready_head == NULL)
+            d->ready_tail = NULL;
+        j = r->head;
+        r->head = j->next;
+        if (r->head == NULL)
+            r->tail = NULL;
+        r->is_running = true;
+        r->running_partition = j->partition;
+        d->running++;
+        pthread_mutex_unlock(&d->mu);
+
+        is_committed = run_job(t, j);
+        if (is_committed) {
+            dn = er_calloc(1, sizeof(*dn));
+            if (d->on_commit != NULL)
+                d->on_commit(d->on_commit_arg);
+        }
+
+        pthread_mutex_lock(&d->mu);
+        if (dn != NULL) {
+            dn->done.partition = j->partition;
+            dn->done.offset = j->offset;
+            if (d->done_tail == NULL)
+                d->done_head = dn;
+            else
+                d->done_tail->next = dn;
+            d->done_tail = dn;
+        }
+        /* Without memory for the done record the offset is simply not
+         * committed yet; the command is redelivered and replayed. */
+        job_free(j);
+        r->is_running = false;
+        d->running--;
+        d->inflight--;
+        if (r->head != NULL)
+            ready_push(d, r);
+        else
+            run_remove(d, r);
+        er_metrics_inflight((int64_t)d->inflight);
+        pthread_cond_broadcast(&d->idle_cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+struct er_dispatch *er_dispatch_new(const struct er_config *cfg,
+                                    int thread_cnt, struct er_err *err)
+{
+    struct er_dispatch *d = er_calloc(1, sizeof(*d));
+    int i;
+
+    ER_ASSERT(thread_cnt > 0);
+    if (d == NULL) {
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->work_cv, NULL);
+    pthread_cond_init(&d->idle_cv, NULL);
+    d->threads = er_calloc((size_t)thread_cnt, sizeof(*d->threads));
+    if (d->threads == NULL) {
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+        goto fail;
+    }
+    d->thread_cnt = thread_cnt;
+    for (i = 0; i < thread_cnt; i++) {
+        struct worker_thread *t = &d->threads[i];
+
+        t->d = d;
+        t->lc = er_lifecycle_new(cfg, err);
+        if (t->lc == NULL)
+            goto fail;
+        if (pthread_create(&t->tid, NULL, thread_main, t) != 0) {
+            er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL,
+                       "cannot start dispatcher thread");
+            goto fail;
+        }
+        t->is_started = true;
+    }
+    return d;
+fail:
+    er_dispatch_destroy(d);
+    return NULL;
+}
+
+void er_dispatch_drain(struct er_dispatch *d)
+{
+    size_t b;
+
+    pthread_mutex_lock(&d->mu);
+    for (b = 0; b < RUN_BUCKETS; b++) {
+        struct run *r = d->buckets[b];
+
+        while (r != NULL) {
+            struct run *next = r->next_bucket;
+
+            while (r->head != NULL) {
+                struct job *j = r->head;
+
+                r->head = j->next;
+                job_free(j);
+                d->inflight--;
+            }
+            r->tail = NULL;
+            if (!r->is_running) {
+                ready_remove(d, r);
+                run_remove(d, r);
+            }
+            r = next;
+        }
+    }
+    while (d->running > 0)
+        pthread_cond_wait(&d->idle_cv, &d->mu);
+    er_metrics_inflight((int64_t)d->inflight);
+    pthread_mutex_unlock(&d->mu);
+}
+
+void er_dispatch_destroy(struct er_dispatch *d)
+{
+    int i;
+    struct done_node *dn;
+
+    if (d == NULL)
+        return;
+    if (d->threads != NULL) {
+        er_dispatch_drain(d);
+        pthread_mutex_lock(&d->mu);
+        d->is_stopping = true;
+        pthread_cond_broadcast(&d->work_cv);
+        pthread_mutex_unlock(&d->mu);
+        for (i = 0; i < d->thread_cnt; i++) {
+            if (d->threads[i].is_started)
+                pthread_join(d->threads[i].tid, NULL);
+            er_lifecycle_destroy(d->threads[i].lc);
+        }
+        er_free(d->threads);
+    }
+    while ((dn = d->done_head) != NULL) {
+        d->done_head = dn->next;
+        er_free(dn);
+    }
+    pthread_cond_destroy(&d->idle_cv);
+    pthread_cond_destroy(&d->work_cv);
+    pthread_mutex_destroy(&d->mu);
+    er_free(d);
+}
+
+int er_dispatch_submit(struct er_dispatch *d, const char *run_key,
+                       int32_t partition, int64_t offset, const void *key,
+                       size_t key_len, const void *value, size_t value_len)
+{
+    struct job *j = er_calloc(1, sizeof(*j));
+    struct run *r;
+
+    if (j == NULL)
+        return ER_ENOMEM;
+    j->partition = partition;
+    j->offset = offset;
+    if (key != NULL && key_len > 0) {
+        j->key = er_malloc(key_len);
+        if (j->key == NULL)
+            goto fail;
+        memcpy(j->key, key, key_len);
+        j->key_len = key_len;
+    }
+    j->value = er_malloc(value_len > 0 ? value_len : 1);
+    if (j->value == NULL)
+        goto fail;
+    if (value_len > 0)
+        memcpy(j->value, value, value_len);
+    j->value_len = value_len;
+
+    pthread_mutex_lock(&d->mu);
+    r = run_find(d, run_key, true);
+    if (r == NULL) {
+        pthread_mutex_unlock(&d->mu);
+        goto fail;
+    }
+    if (r->tail == NULL)
+        r->head = j;
+    else
+        r->tail->next = j;
+    r->tail = j;
+    d->inflight++;
+    if (!r->is_running && !run_is_ready_listed(d, r))
+        ready_push(d, r);
+    er_metrics_inflight((int64_t)d->inflight);
+    pthread_mutex_unlock(&d->mu);
+    return 0;
+fail:
+    job_free(j);
+    return ER_ENOMEM;
+}
+
+size_t er_dispatch_take_done(struct er_dispatch *d, struct er_done *out,
+                             size_t cap)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&d->mu);
+    while (n < cap && d->done_head != NULL) {
+        struct done_node *dn = d->done_head;
+
+        d->done_head = dn->next;
+        if (d->done_head == NULL)
+            d->done_tail = NULL;
+        out[n++] = dn->done;
+        er_free(dn);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+size_t er_dispatch_inflight(struct er_dispatch *d)
+{
+    size_t n;
+
+    pthread_mutex_lock(&d->mu);
+    n = d->inflight;
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+static bool part_in(int32_t p, const int32_t *parts, size_t cnt)
+{
+    size_t i;
+
+    for (i = 0; i < cnt; i++) {
+        if (parts[i] == p)
+            return true;
+    }
+    return false;
+}
+
+static bool any_running_in(const struct er_dispatch *d, const int32_t *parts,
+                           size_t cnt)
+{
+    size_t b;
+
+    for (b = 0; b < RUN_BUCKETS; b++) {
+        const struct run *r;
+
+        for (r = d->buckets[b]; r != NULL; r = r->next_bucket) {
+            if (r->is_running && part_in(r->running_partition, parts, cnt))
+                return true;
+        }
+    }
+    return false;
+}
+
+void er_dispatch_drop_partitions(struct er_dispatch *d,
+                                 const int32_t *partitions, size_t cnt)
+{
+    size_t b;
+
+    pthread_mutex_lock(&d->mu);
+    for (b = 0; b < RUN_BUCKETS; b++) {
+        struct run *r = d->buckets[b];
+
+        while (r != NULL) {
+            struct run *next = r->next_bucket;
+            struct job **pp = &r->head;
+
+            /* A run's jobs all come from one partition (one key), but the
+             * filter is per job to stay correct if that ever changes. */
+            r->tail = NULL;
+            while (*pp != NULL) {
+                struct job *j = *pp;
+
+                if (part_in(j->partition, partitions, cnt)) {
+                    *pp = j->next;
+                    job_free(j);
+                    d->inflight--;
+                } else {
+                    r->tail = j;
+                    pp = &j->next;
+                }
+            }
+            if (r->head == NULL && !r->is_running) {
+                ready_remove(d, r);
+                run_remove(d, r);
+            }
+            r = next;
+        }
+    }
+    while (any_running_in(d, partitions, cnt))
+        pthread_cond_wait(&d->idle_cv, &d->mu);
+    er_metrics_inflight((int64_t)d->inflight);
+    pthread_mutex_unlock(&d->mu);
+}
+
+bool er_dispatch_failed(struct er_dispatch *d, char *msg, size_t msg_len)
+{
+    bool has_failed;
+
+    pthread_mutex_lock(&d->mu);
+    has_failed = d->has_failed;
+    if (has_failed && msg != NULL)
+        snprintf(msg, msg_len, "%s", d->fail_msg);
+    pthread_mutex_unlock(&d->mu);
+    return has_failed;
+}
+
+void er_dispatch_set_on_commit(struct er_dispatch *d, void (*fn)(void *),
+                               void *arg)
+{
+    d->on_commit = fn;
+    d->on_commit_arg = arg;
+}

@@ -1,0 +1,56 @@
+/* dispatch: per-run FIFO queues served by a bounded pool of threads.
+ * Commands of one run (one Kafka key) run one at a time, in order; runs
+ * run concurrently, so a slow step of one run never delays another. Each
+ * thread owns a struct er_lifecycle (its own database connection).
+ * Thread-safe: submit/take/drop are called by the consumer thread while the
+ * pool works. Owns the queued jobs and the threads. */
+#ifndef ER_WORKER_DISPATCH_INT_H
+#define ER_WORKER_DISPATCH_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "worker/worker.h"
+
+struct er_dispatch;
+
+/* A finished job: its offset may be committed. */
+struct er_done {
+    int32_t partition;
+    int64_t offset;
+};
+
+/* Start thread_cnt threads, each with its own lifecycle (database
+ * connection). Errors: NULL with err set. */
+struct er_dispatch *er_dispatch_new(const struct er_config *cfg,
+                                    int thread_cnt, struct er_err *err);
+/* Stop: finish the jobs running now, drop the queued ones (their offsets
+ * are not committed, so they are delivered again), join. NULL is ok. */
+void er_dispatch_destroy(struct er_dispatch *d);
+
+/* Queue a copy of one message for the run named by run_key (the Kafka key,
+ * or a unique stand-in when the message has none). Errors: ER_ENOMEM. */
+int er_dispatch_submit(struct er_dispatch *d, const char *run_key,
+                       int32_t partition, int64_t offset, const void *key,
+                       size_t key_len, const void *value, size_t value_len);
+/* Move up to cap finished jobs into out; returns how many. */
+size_t er_dispatch_take_done(struct er_dispatch *d, struct er_done *out,
+                             size_t cap);
+/* Jobs queued or running. */
+size_t er_dispatch_inflight(struct er_dispatch *d);
+/* Drop the queued jobs of these partitions and wait until none of theirs
+ * is running (a rebalance took them away). */
+void er_dispatch_drop_partitions(struct er_dispatch *d,
+                                 const int32_t *partitions, size_t cnt);
+/* Drop every queued job and wait for the running ones (shutdown). */
+void er_dispatch_drain(struct er_dispatch *d);
+/* Whether a thread met a fatal error; msg gets its text. */
+bool er_dispatch_failed(struct er_dispatch *d, char *msg, size_t msg_len);
+/* Wake whoever waits for outbox rows: called after each commit. The
+ * callback is set once before jobs are submitted. */
+void er_dispatch_set_on_commit(struct er_dispatch *d, void (*fn)(void *),
+                               void *arg);
+
+#endif

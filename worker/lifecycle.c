@@ -1,0 +1,1279 @@
+/* lifecycle: one command, one transaction (domain.md 3.1-3.5, 3.8 and
+ * contract.md 3-4). Domain outcomes (environment_not_found, ...) are
+ * results, committed like successes; only machinery failures return an
+ * error. Not thread-safe: one struct er_lifecycle per dispatcher thread.
+ * Owns its store connection, arena and encode buffer. */
+#include "worker/lifecycle_int.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "drivers/driver.h"
+#include "schemas/schemas.h"
+#include "worker/store_int.h"
+
+#define ARENA_MAX   (64u * 1024 * 1024)
+#define ENCODE_MAX  (8u * 1024 * 1024)
+#define TOPIC_MAX   256
+#define SUPERSEDED  "superseded: stale single-flight workspace lease"
+#define MASKED      "***REDACTED***"
+
+struct er_lifecycle {
+    struct er_store *store;
+    struct er_arena arena; /* reset per command */
+    struct er_buf enc;     /* scratch for one encoded value */
+    char topic_results[TOPIC_MAX];
+    char topic_lease_events[TOPIC_MAX];
+    char topic_activity[TOPIC_MAX];
+    char topic_dlq[TOPIC_MAX];
+};
+
+/* The state of one step: the command, its result, the result's key. */
+struct step {
+    struct er_lifecycle *lc;
+    const struct er_run_command *cmd;
+    const uint8_t *key; /* result key: the command's key, else its id */
+    size_t key_len;
+    struct er_command_result res;
+    json_t *result; /* owned: becomes resultJson */
+};
+
+/* ================================================================
+ * JSON helpers
+ * ================================================================ */
+
+static json_t *jstr(const char *s)
+{
+    return s != NULL ? json_string(s) : json_null();
+}
+
+static json_t *jtime(int64_t ms)
+{
+    char iso[32];
+
+    if (ms < 0)
+        return json_null();
+    er_time_iso(ms, iso);
+    return json_string(iso);
+}
+
+/* Parse JSON text of a column; NULL text gives JSON null. */
+static json_t *jparse(const char *text)
+{
+    json_t *v;
+
+    if (text == NULL)
+        return json_null();
+    v = json_loads(text, JSON_DECODE_ANY, NULL);
+    return v != NULL ? v : json_null();
+}
+
+static bool key_is_secret(const char *key)
+{
+    char low[64];
+    size_t i;
+
+    for (i = 0; key[i] != '\0' && i < sizeof(low) - 1; i++)
+        low[i] = (char)tolower((unsigned char)key[i]);
+    low[i] = '\0';
+    /* A secret *reference* ({type: secret_ref, secretId}) is not a value. */
+    if (strstr(low, "secretref") != NULL)
+        return false;
+    return strstr(low, "password") != NULL || strstr(low, "secret") != NULL ||
+           strstr(low, "token") != NULL || strstr(low, "apikey") != NULL ||
+           strstr(low, "api_key") != NULL || strstr(low, "privatekey") != NULL ||
+           strstr(low, "private_key") != NULL ||
+           strcmp(low, "authorization") == 0;
+}
+
+/* Remove (or, with is_mask, mask) every member whose key looks like a
+ * secret, at any depth. The depth is bounded by jansson's parser. */
+static void scrub(json_t *v, bool is_mask)
+{
+    const char *k;
+    json_t *child;
+    void *tmp;
+    size_t i;
+
+    if (json_is_object(v)) {
+        json_object_foreach_safe(v, tmp, k, child)
+        {
+            if (key_is_secret(k)) {
+                if (is_mask)
+                    json_object_set_new(v, k, json_string(MASKED));
+                else
+                    json_object_del(v, k);
+            } else {
+                scrub(child, is_mask);
+            }
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, child)
+        {
+            scrub(child, is_mask);
+        }
+    }
+}
+
+static char *jdump(struct er_arena *arena, const json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *d;
+
+    if (s == NULL)
+        return NULL;
+    d = er_arena_strdup(arena, s);
+    free(s); /* jansson allocates with malloc */
+    return d;
+}
+
+static json_t *lease_to_json(const struct er_lease_row *l)
+{
+    json_t *meta = jparse(l->metadata_json);
+
+    scrub(meta, false);
+    return json_pack(
+        "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o,"
+        " s:o, s:o, s:o, s:o, s:o, s:o}",
+        "id", l->id, "companyId", l->company_id, "environmentId",
+        l->environment_id, "executionWorkspaceId",
+        jstr(l->execution_workspace_id), "issueId", jstr(l->issue_id),
+        "heartbeatRunId", jstr(l->heartbeat_run_id), "status", l->status,
+        "leasePolicy", l->lease_policy, "provider", jstr(l->provider),
+        "providerLeaseId", jstr(l->provider_lease_id), "acquiredAt",
+        jtime(l->acquired_at_ms), "lastUsedAt", jtime(l->last_used_at_ms),
+        "expiresAt", jtime(l->expires_at_ms), "releasedAt",
+        jtime(l->released_at_ms), "failureReason", jstr(l->failure_reason),
+        "cleanupStatus", jstr(l->cleanup_status), "metadata", meta,
+        "createdAt", jtime(l->created_at_ms), "updatedAt",
+        jtime(l->updated_at_ms));
+}
+
+static json_t *env_to_json(const struct er_env_row *e)
+{
+    json_t *config = jparse(e->config_json);
+
+    scrub(config, false);
+    return json_pack("{s:s, s:s, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}",
+                     "id", e->id, "companyId", e->company_id, "name", e->name,
+                     "description", jstr(e->description), "driver", e->driver,
+                     "status", e->status, "config", config, "metadata",
+                     jparse(e->metadata_json), "createdAt",
+                     jtime(e->created_at_ms), "updatedAt",
+                     jtime(e->updated_at_ms));
+}
+
+/* ================================================================
+ * Outbox writers
+ * ================================================================ */
+
+static int oom(struct er_err *err)
+{
+    return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
+}
+
+static int outbox(struct er_lifecycle *lc, const char *topic,
+                  const uint8_t *key, size_t key_len, const char *headers,
+                  struct er_err *err)
+{
+    return er_store_outbox_add(lc->store, topic, key, key_len, lc->enc.data,
+                               lc->enc.len, headers, err);
+}
+
+/* Queue a LeaseEvent for the row as it now is, with the next version. */
+static int lease_event(struct er_lifecycle *lc, const struct er_lease_row *l,
+                       struct er_err *err)
+{
+    struct er_lease_event ev;
+    char event_id[37];
+    json_t *meta = NULL;
+    char *meta_json = NULL;
+    int rc;
+
+    memset(&ev, 0, sizeof(ev));
+    rc = er_store_lease_next_version(lc->store, l->id, &ev.version, err);
+    if (rc != 0)
+        return rc;
+    if (er_uuid_v4(event_id) != 0)
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY, "getrandom failed");
+    meta = jparse(l->metadata_json);
+    scrub(meta, false);
+    meta_json = json_is_null(meta) ? NULL : jdump(&lc->arena, meta);
+    json_decref(meta);
+    ev.event_id = event_id;
+    ev.occurred_at_ms = l->updated_at_ms;
+    ev.lease_id = l->id;
+    ev.company_id = l->company_id;
+    ev.environment_id = l->environment_id;
+    ev.execution_workspace_id = l->execution_workspace_id;
+    ev.issue_id = l->issue_id;
+    ev.heartbeat_run_id = l->heartbeat_run_id;
+    ev.status = l->status;
+    ev.lease_policy = l->lease_policy;
+    ev.provider = l->provider;
+    ev.provider_lease_id = l->provider_lease_id;
+    ev.acquired_at_ms = l->acquired_at_ms;
+    ev.last_used_at_ms = l->last_used_at_ms;
+    ev.expires_at_ms = l->expires_at_ms;
+    ev.released_at_ms = l->released_at_ms;
+    ev.failure_reason = l->failure_reason;
+    ev.cleanup_status = l->cleanup_status;
+    ev.metadata_json = meta_json;
+    ev.created_at_ms = l->created_at_ms;
+    ev.updated_at_ms = l->updated_at_ms;
+    er_buf_reset(&lc->enc);
+    rc = er_codec_lease_event_encode(&ev, &lc->enc, err);
+    if (rc != 0)
+        return rc;
+    return outbox(lc, lc->topic_lease_events, (const uint8_t *)l->id,
+                  strlen(l->id), NULL, err);
+}
+
+/* Write an activity_log row and queue its ActivityEvent. A row the
+ * database refuses (a control-plane foreign key, say) is logged and
+ * skipped: domain.md 3.2 step 3 says logging must not fail the step. */
+static int activity(struct er_lifecycle *lc, const struct step *st,
+                    const char *action, const struct er_lease_row *l,
+                    json_t *details, struct er_err *err)
+{
+    struct er_activity_row in;
+    struct er_activity_row row;
+    struct er_activity_event ev;
+    struct er_err aerr;
+    int rc;
+
+    scrub(details, true);
+    memset(&in, 0, sizeof(in));
+    in.company_id = st->cmd->company_id;
+    in.actor_type = "agent";
+    in.actor_id = st->cmd->agent_id;
+    in.action = action;
+    in.entity_type = "environment_lease";
+    in.entity_id = l->id;
+    in.agent_id = st->cmd->agent_id;
+    in.run_id = st->cmd->heartbeat_run_id;
+    in.details_json = jdump(&lc->arena, details);
+    if (in.details_json == NULL)
+        return oom(err);
+
+    rc = er_store_savepoint(lc->store, err);
+    if (rc != 0)
+        return rc;
+    er_err_clear(&aerr);
+    rc = er_store_activity_insert(lc->store, &in, &lc->arena, &row, &aerr);
+    if (rc != 0) {
+        if (aerr.cls == ER_ERRCLASS_RETRY) {
+            *err = aerr;
+            return rc;
+        }
+        ER_LOG_WARN("lifecycle", "activity %s for lease %s not written: %s",
+                    action, l->id, aerr.msg);
+        return er_store_savepoint_rollback(lc->store, err);
+    }
+    rc = er_store_savepoint_release(lc->store, err);
+    if (rc != 0)
+        return rc;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.id = row.id;
+    ev.company_id = row.company_id;
+    ev.actor_type = row.actor_type;
+    ev.actor_id = row.actor_id;
+    ev.action = row.action;
+    ev.entity_type = row.entity_type;
+    ev.entity_id = row.entity_id;
+    ev.agent_id = row.agent_id;
+    ev.run_id = row.run_id;
+    ev.details_json = row.details_json;
+    ev.created_at_ms = row.created_at_ms;
+    er_buf_reset(&lc->enc);
+    rc = er_codec_activity_event_encode(&ev, &lc->enc, err);
+    if (rc != 0)
+        return rc;
+    return outbox(lc, lc->topic_activity, (const uint8_t *)row.company_id,
+                  strlen(row.company_id), NULL, err);
+}
+
+/* ================================================================
+ * Results
+ * ================================================================ */
+
+/* Make the step's result a domain failure with a formatted message. */
+static void fail(struct step *st, enum er_outcome outcome,
+                 enum er_error_code code, const char *fmt, ...)
+    ER_PRINTF(4, 5);
+
+static void fail(struct step *st, enum er_outcome outcome,
+                 enum er_error_code code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    st->res.outcome = outcome;
+    st->res.error_code = code;
+    st->res.error_message = er_arena_strdup(&st->lc->arena, msg);
+}
+
+static void set_env(struct step *st, const struct er_env_row *env)
+{
+    st->res.environment_id = env->id;
+    st->res.driver = env->driver;
+}
+
+/* ================================================================
+ * acquire (domain.md 3.1-3.3)
+ * ================================================================ */
+
+/* resolveEnvironment: 0 with env filled, or 1 when the result already says
+ * why not (environment_not_found / environment_inactive). */
+static int resolve_env(struct step *st, struct er_env_row *env,
+                       struct er_err *err)
+{
+    const struct er_run_command *cmd = st->cmd;
+    struct er_lifecycle *lc = st->lc;
+    const char *id = cmd->selected_environment_id;
+    int rc;
+
+    if (id == NULL || id[0] == '\0') {
+        rc = er_store_env_ensure_local(lc->store, cmd->company_id, &lc->arena,
+                                       env, err);
+        if (rc != 0)
+            return rc;
+    } else {
+        rc = er_store_env_get(lc->store, id, &lc->arena, env, err);
+        if (rc == ER_ENOTFOUND) {
+            st->res.environment_id = id;
+            fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_NOT_FOUND,
+                 "Environment \"%s\" not found.", id);
+            return 1;
+        }
+        if (rc != 0)
+            return rc;
+        if (strcmp(env->company_id, cmd->company_id) != 0) {
+            /* Cross-company access is "not found" (domain.md 1). */
+            st->res.environment_id = id;
+            fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_NOT_FOUND,
+                 "Environment \"%s\" does not belong to this company.", id);
+            return 1;
+        }
+    }
+    if (strcmp(env->status, "active") != 0) {
+        set_env(st, env);
+        fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_INACTIVE,
+             "Environment \"%s\" is not active (status: %s).", env->name,
+             env->status);
+        return 1;
+    }
+    return 0;
+}
+
+/* The single-flight guard of domain.md 3.3.1, before the driver runs so a
+ * conflicting acquire has no side effect. Returns 0 to go on, 1 when the
+ * result is decided (conflict), and sets *reentrant to the run's own lease
+ * when it already holds one. */
+static int single_flight(struct step *st, const struct er_env_row *env,
+                         struct er_lease_row *reentrant, bool *is_reentrant,
+                         struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_lease_row cur;
+    struct er_lease_row upd;
+    bool is_live = true;
+    int rc;
+
+    *is_reentrant = false;
+    rc = er_store_lease_active_for_workspace(lc->store, env->id,
+                                             cmd->execution_workspace_id,
+                                             &lc->arena, &cur, err);
+    if (rc == ER_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    if (cur.heartbeat_run_id != NULL && cmd->heartbeat_run_id != NULL &&
+        strcmp(cur.heartbeat_run_id, cmd->heartbeat_run_id) == 0) {
+        rc = er_store_lease_touch(lc->store, cur.id, &lc->arena, reentrant,
+                                  err);
+        if (rc != 0)
+            return rc;
+        *is_reentrant = true;
+        return 0;
+    }
+    if (cur.heartbeat_run_id != NULL &&
+        (cur.expires_at_ms < 0 || cur.expires_at_ms > er_time_now_ms())) {
+        rc = er_store_run_is_live(lc->store, cur.heartbeat_run_id, &is_live,
+                                  err);
+        if (rc != 0)
+            return rc;
+        if (is_live) {
+            set_env(st, env);
+            fail(st, ER_OUTCOME_DEFERRED, ER_EC_LEASE_CONFLICT,
+                 "Execution workspace for environment \"%s\" is already "
+                 "leased by another active run; deferring.",
+                 env->name);
+            return 1;
+        }
+    }
+    /* Stale: supersede it, keeping a failure reason it already has. */
+    rc = er_store_lease_set_status(
+        lc->store, cur.id, "expired",
+        cur.failure_reason != NULL ? cur.failure_reason : SUPERSEDED, NULL,
+        &lc->arena, &upd, err);
+    if (rc != 0)
+        return rc;
+    ER_LOG_INFO("lifecycle", "lease %s expired: %s", upd.id, SUPERSEDED);
+    return lease_event(lc, &upd, err);
+}
+
+static int do_acquire(struct step *st, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_env_row env;
+    struct er_driver_env denv;
+    struct er_driver_lease_ctx ctx;
+    struct er_driver_acquired acq;
+    struct er_lease_row in;
+    struct er_lease_row lease;
+    const struct er_driver_ops *ops;
+    struct er_err derr;
+    json_t *config = NULL;
+    json_t *details = NULL;
+    bool is_reentrant = false;
+    int rc;
+
+    memset(&acq, 0, sizeof(acq));
+    rc = resolve_env(st, &env, err);
+    if (rc != 0)
+        return rc > 0 ? 0 : rc;
+    set_env(st, &env);
+
+    ops = er_driver_find(env.driver);
+    if (ops == NULL) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
+             "Failed to acquire lease for environment \"%s\" (%s): "
+             "Environment driver \"%s\" is not registered in the environment "
+             "runtime yet.",
+             env.name, env.driver, env.driver);
+        return 0;
+    }
+    config = json_loads(env.config_json, 0, NULL);
+    if (!json_is_object(config)) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
+             "Failed to acquire lease for environment \"%s\" (%s): "
+             "environment config is not a JSON object.",
+             env.name, env.driver);
+        rc = 0;
+        goto out;
+    }
+
+    if (cmd->execution_workspace_id != NULL) {
+        rc = single_flight(st, &env, &lease, &is_reentrant, err);
+        if (rc != 0) {
+            rc = rc > 0 ? 0 : rc;
+            goto out;
+        }
+    }
+
+    if (!is_reentrant) {
+        denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
+                                       env.driver, env.status,     config };
+        ctx = (struct er_driver_lease_ctx){
+            cmd->company_id,        cmd->agent_id,
+            cmd->heartbeat_run_id,  cmd->issue_id,
+            cmd->execution_workspace_id, cmd->execution_workspace_mode
+        };
+        er_err_clear(&derr);
+        rc = ops->acquire(&denv, &ctx, &acq, &derr);
+        if (rc != 0) {
+            fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
+                 "Failed to acquire lease for environment \"%s\" (%s): %s",
+                 env.name, env.driver, derr.msg);
+            rc = 0;
+            goto out;
+        }
+        memset(&in, 0, sizeof(in));
+        in.company_id = cmd->company_id;
+        in.environment_id = env.id;
+        in.execution_workspace_id = cmd->execution_workspace_id;
+        in.issue_id = cmd->issue_id;
+        in.heartbeat_run_id = cmd->heartbeat_run_id;
+        in.lease_policy = acq.lease_policy;
+        in.provider = acq.provider;
+        in.provider_lease_id = acq.provider_lease_id;
+        in.expires_at_ms = acq.expires_at_ms;
+        in.metadata_json = jdump(&lc->arena, acq.metadata);
+        if (in.metadata_json == NULL) {
+            rc = oom(err);
+            goto out;
+        }
+        rc = er_store_lease_insert(lc->store, &in, &lc->arena, &lease, err);
+        if (rc != 0)
+            goto out;
+        rc = lease_event(lc, &lease, err);
+        if (rc != 0)
+            goto out;
+        details = json_pack(
+            "{s:s, s:s, s:s, s:o, s:o, s:o}", "environmentId", env.id,
+            "driver", env.driver, "leasePolicy", lease.lease_policy,
+            "provider", jstr(lease.provider), "executionWorkspaceId",
+            jstr(cmd->execution_workspace_id), "issueId", jstr(cmd->issue_id));
+        if (details == NULL) {
+            rc = oom(err);
+            goto out;
+        }
+        rc = activity(lc, st, "environment.lease_acquired", &lease, details,
+                      err);
+        if (rc != 0)
+            goto out;
+    }
+
+    st->res.lease_id = lease.id;
+    /* executionTransport: the SSH spec or null (domain.md 3.2 step 4). */
+    st->result = json_pack(
+        "{s:o, s:o, s:{s:o, s:o}, s:n}", "environment", env_to_json(&env),
+        "lease", lease_to_json(&lease), "leaseContext",
+        "executionWorkspaceId", jstr(cmd->execution_workspace_id),
+        "executionWorkspaceMode", jstr(cmd->execution_workspace_mode),
+        "executionTransport");
+    if (st->result == NULL)
+        rc = oom(err);
+out:
+    json_decref(details);
+    json_decref(config);
+    er_driver_acquired_fini(&acq);
+    return rc;
+}
+
+/* ================================================================
+ * realize (domain.md 3.4)
+ * ================================================================ */
+
+/* The lease a realize works on: leaseId, else the run's newest active
+ * lease. Returns 1 when the result already says why there is none. */
+static int realize_lease(struct step *st, struct er_lease_row *lease,
+                         struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_lease_row *rows = NULL;
+    size_t cnt = 0;
+    int rc;
+
+    if (cmd->lease_id != NULL) {
+        rc = er_store_lease_get(lc->store, cmd->lease_id, &lc->arena, lease,
+                                err);
+        if (rc == 0 && strcmp(lease->company_id, cmd->company_id) != 0)
+            rc = ER_ENOTFOUND;
+        if (rc == ER_ENOTFOUND) {
+            st->res.lease_id = cmd->lease_id;
+            fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+                 "Failed to realize workspace: lease \"%s\" not found.",
+                 cmd->lease_id);
+            return 1;
+        }
+        return rc;
+    }
+    rc = er_store_lease_active_for_run(lc->store, cmd->heartbeat_run_id,
+                                       &lc->arena, &rows, &cnt, err);
+    if (rc != 0)
+        return rc;
+    if (cnt == 0) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+             "Failed to realize workspace: heartbeat run \"%s\" has no "
+             "active lease.",
+             cmd->heartbeat_run_id);
+        return 1;
+    }
+    *lease = rows[cnt - 1];
+    return 0;
+}
+
+/* The workspaceRealizationRequest of domain.md 2.6. */
+static json_t *realization_request(const struct step *st,
+                                   const struct er_env_row *env,
+                                   const json_t *ws, const json_t *overlay)
+{
+    const struct er_run_command *cmd = st->cmd;
+    const char *keys[] = { "provisionCommand", "teardownCommand",
+                           "cleanupCommand", "workspaceRuntime" };
+    json_t *rto = json_object();
+    json_t *req;
+    size_t i;
+
+    for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        json_t *v = json_object_get(overlay, keys[i]);
+
+        json_object_set_new(rto, keys[i],
+                            v != NULL ? json_deep_copy(v) : json_null());
+    }
+    req = json_pack(
+        "{s:i, s:s, s:s, s:s, s:o, s:o, s:o, s:o,"
+        " s:{s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?},"
+        " s:o}",
+        "version", 1, "adapterType", cmd->adapter_type, "companyId",
+        cmd->company_id, "environmentId", env->id, "executionWorkspaceId",
+        jstr(cmd->execution_workspace_id), "issueId", jstr(cmd->issue_id),
+        "heartbeatRunId", jstr(cmd->heartbeat_run_id), "requestedMode",
+        jstr(cmd->requested_mode), "source", "kind",
+        json_object_get(ws, "source"), "localPath", json_object_get(ws, "cwd"),
+        "projectId", json_object_get(ws, "projectId"), "projectWorkspaceId",
+        json_object_get(ws, "projectWorkspaceId"), "repoUrl",
+        json_object_get(ws, "repoUrl"), "repoRef",
+        json_object_get(ws, "repoRef"), "strategy",
+        json_object_get(ws, "strategy"), "branchName",
+        json_object_get(ws, "branchName"), "worktreePath",
+        json_object_get(ws, "worktreePath"), "runtimeOverlay", rto);
+    return req;
+}
+
+static const char *jget_str(const json_t *obj, const char *key)
+{
+    const json_t *v = json_object_get(obj, key);
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    size_t i;
+
+    if (s == NULL)
+        return NULL;
+    for (i = 0; s[i] != '\0'; i++) {
+        if (!isspace((unsigned char)s[i]))
+            return s; /* non-blank */
+    }
+    return NULL;
+}
+
+static int do_realize(struct step *st, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_lease_row lease;
+    struct er_lease_row upd;
+    struct er_env_row env;
+    const struct er_driver_ops *ops;
+    struct er_driver_env denv;
+    struct er_driver_lease dlease;
+    struct er_driver_workspace dws;
+    struct er_driver_realized real;
+    struct er_err derr;
+    const char *driver;
+    json_t *ws = NULL;
+    json_t *overlay = NULL;
+    json_t *meta = NULL;
+    json_t *config = NULL;
+    json_t *request = NULL;
+    json_t *patch = NULL;
+    json_t *target = NULL;
+    char *text;
+    bool is_found = false;
+    int rc;
+
+    memset(&real, 0, sizeof(real));
+    rc = realize_lease(st, &lease, err);
+    if (rc != 0)
+        return rc > 0 ? 0 : rc;
+    st->res.lease_id = lease.id;
+    rc = er_store_env_get(lc->store, lease.environment_id, &lc->arena, &env,
+                          err);
+    if (rc != 0)
+        return rc; /* the foreign key guarantees it exists */
+    set_env(st, &env);
+
+    meta = jparse(lease.metadata_json);
+    if (!json_is_object(meta)) {
+        json_decref(meta);
+        meta = json_object();
+    }
+    driver = jget_str(meta, "driver") != NULL ? jget_str(meta, "driver")
+                                              : env.driver;
+    if (strcmp(lease.status, "active") != 0) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+             "Failed to realize workspace for environment \"%s\" (%s): "
+             "lease \"%s\" is not active (status: %s).",
+             env.name, driver, lease.id, lease.status);
+        goto out;
+    }
+    ops = er_driver_find(driver);
+    if (ops == NULL || ops->realize == NULL) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+             "Failed to realize workspace for environment \"%s\" (%s): "
+             "Environment driver \"%s\" does not support workspace "
+             "realization.",
+             env.name, driver, driver);
+        goto out;
+    }
+
+    /* Both are validated as JSON objects (or null) before the step. */
+    ws = json_loads(cmd->workspace_json, 0, NULL);
+    overlay = cmd->runtime_overlay_json != NULL
+                  ? json_loads(cmd->runtime_overlay_json, 0, NULL)
+                  : json_object();
+    config = json_loads(env.config_json, 0, NULL);
+    request = realization_request(st, &env, ws, overlay);
+    if (ws == NULL || overlay == NULL || request == NULL || config == NULL) {
+        rc = oom(err);
+        goto out;
+    }
+
+    denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
+                                   env.driver, env.status,     config };
+    dlease = (struct er_driver_lease){ lease.id,
+                                       lease.status,
+                                       lease.lease_policy,
+                                       lease.provider,
+                                       lease.provider_lease_id,
+                                       lease.heartbeat_run_id,
+                                       meta };
+    dws = (struct er_driver_workspace){ jget_str(ws, "cwd"),
+                                        jget_str(meta, "remoteCwd"),
+                                        cmd->requested_mode, request };
+    er_err_clear(&derr);
+    rc = ops->realize(&denv, &dlease, &dws, &real, &derr);
+    if (rc != 0) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+             "Failed to realize workspace for environment \"%s\" (%s): %s",
+             env.name, driver, derr.msg);
+        rc = 0;
+        goto out;
+    }
+    /* Step 3, the provision command, never runs for the local driver and
+     * no other driver is built yet. */
+
+    /* Step 4: persist the record on the lease and the workspace. */
+    json_object_set(meta, "workspaceRealization", real.record);
+    text = jdump(&lc->arena, meta);
+    if (text == NULL) {
+        rc = oom(err);
+        goto out;
+    }
+    rc = er_store_lease_set_metadata(lc->store, lease.id, text, &lc->arena,
+                                     &upd, err);
+    if (rc != 0)
+        goto out;
+    rc = lease_event(lc, &upd, err);
+    if (rc != 0)
+        goto out;
+    if (cmd->execution_workspace_id != NULL) {
+        patch = json_pack("{s:O, s:O}", "workspaceRealizationRequest",
+                          request, "workspaceRealization", real.record);
+        text = patch != NULL ? jdump(&lc->arena, patch) : NULL;
+        if (text == NULL) {
+            rc = oom(err);
+            goto out;
+        }
+        rc = er_store_workspace_merge_metadata(lc->store,
+                                               cmd->execution_workspace_id,
+                                               cmd->company_id, text,
+                                               &is_found, err);
+        if (rc != 0)
+            goto out;
+    }
+
+    /* Step 5: the execution target (domain.md 3.6, local). */
+    target = json_pack("{s:s, s:s, s:s}", "kind", "local", "environmentId",
+                       env.id, "leaseId", lease.id);
+    st->result = json_pack("{s:o, s:O, s:o, s:n}", "lease",
+                           lease_to_json(&upd), "workspaceRealization",
+                           real.record, "executionTarget", target, "bridge");
+    target = NULL; /* json_pack "o" took it, even on failure */
+    if (st->result == NULL)
+        rc = oom(err);
+out:
+    json_decref(target);
+    json_decref(patch);
+    json_decref(request);
+    json_decref(config);
+    json_decref(overlay);
+    json_decref(ws);
+    json_decref(meta);
+    er_driver_realized_fini(&real);
+    return rc;
+}
+
+/* ================================================================
+ * release (domain.md 3.3.2, 3.5)
+ * ================================================================ */
+
+/* Release one lease. Returns 0 and fills *released (NULL when the lease
+ * was skipped), or an error; a driver failure is a per-lease message. */
+static int release_one(struct step *st, const struct er_lease_row *lease,
+                       const char *status, struct er_lease_row *upd,
+                       bool *is_released, char **lease_err, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_env_row env;
+    const struct er_driver_ops *ops;
+    struct er_driver_released rel = { status, NULL, NULL };
+    struct er_err derr;
+    json_t *meta = NULL;
+    json_t *config = NULL;
+    json_t *details = NULL;
+    const char *driver;
+    int rc;
+
+    *is_released = false;
+    *lease_err = NULL;
+    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena, &env,
+                          err);
+    if (rc == ER_ENOTFOUND)
+        return 0; /* environment gone: skip silently (3.3.2 step 2) */
+    if (rc != 0)
+        return rc;
+    meta = jparse(lease->metadata_json);
+    driver = jget_str(meta, "driver") != NULL ? jget_str(meta, "driver")
+                                              : env.driver;
+    ops = er_driver_find(driver);
+    if (ops != NULL && ops->release != NULL) {
+        struct er_driver_env denv;
+        struct er_driver_lease dlease;
+
+        config = json_loads(env.config_json, 0, NULL);
+        if (config == NULL)
+            config = json_object();
+        if (!json_is_object(meta)) {
+            json_decref(meta);
+            meta = json_object();
+        }
+        denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
+                                       env.driver, env.status,     config };
+        dlease = (struct er_driver_lease){ lease->id,
+                                           lease->status,
+                                           lease->lease_policy,
+                                           lease->provider,
+                                           lease->provider_lease_id,
+                                           lease->heartbeat_run_id,
+                                           meta };
+        er_err_clear(&derr);
+        rc = ops->release(&denv, &dlease, status, &rel, &derr);
+        if (rc != 0) {
+            *lease_err = er_arena_strdup(&lc->arena, derr.msg);
+            rc = *lease_err == NULL ? oom(err) : 0;
+            goto out;
+        }
+    }
+    rc = er_store_lease_set_status(lc->store, lease->id, rel.status,
+                                   rel.failure_reason, rel.cleanup_status,
+                                   &lc->arena, upd, err);
+    if (rc != 0)
+        goto out;
+    rc = lease_event(lc, upd, err);
+    if (rc != 0)
+        goto out;
+    /* failureReason in the details: the caller's, else the row's (3.5). */
+    details = json_pack(
+        "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o}", "environmentId",
+        env.id, "driver", env.driver, "leasePolicy", upd->lease_policy,
+        "provider", jstr(upd->provider), "executionWorkspaceId",
+        jstr(upd->execution_workspace_id), "issueId", jstr(upd->issue_id),
+        "status", upd->status, "cleanupStatus", jstr(upd->cleanup_status),
+        "failureReason",
+        jstr(cmd->failure_reason != NULL ? cmd->failure_reason
+                                         : upd->failure_reason));
+    if (details == NULL) {
+        rc = oom(err);
+        goto out;
+    }
+    rc = activity(lc, st, "environment.lease_released", upd, details, err);
+    if (rc == 0) {
+        *is_released = true;
+        if (st->res.environment_id == NULL) {
+            /* The result names the first released lease's environment. */
+            st->res.environment_id = env.id;
+            st->res.driver = env.driver;
+        }
+    }
+out:
+    json_decref(details);
+    json_decref(config);
+    json_decref(meta);
+    return rc;
+}
+
+static int do_release(struct step *st, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    const char *status = er_codec_release_status_name(cmd->release_status);
+    struct er_lease_row *rows = NULL;
+    size_t cnt = 0;
+    size_t i;
+    size_t err_cnt = 0;
+    json_t *released = json_array();
+    json_t *errors = json_array();
+    int rc;
+
+    if (released == NULL || errors == NULL) {
+        rc = oom(err);
+        goto out;
+    }
+    rc = er_store_lease_active_for_run(lc->store, cmd->heartbeat_run_id,
+                                       &lc->arena, &rows, &cnt, err);
+    if (rc != 0)
+        goto out;
+    for (i = 0; i < cnt; i++) {
+        struct er_lease_row upd;
+        bool is_released = false;
+        char *lease_err = NULL;
+
+        /* Each lease on its own (3.3.2 step 3): a savepoint per lease. */
+        rc = er_store_savepoint(lc->store, err);
+        if (rc != 0)
+            goto out;
+        rc = release_one(st, &rows[i], status, &upd, &is_released,
+                         &lease_err, err);
+        if (rc != 0 && err->cls == ER_ERRCLASS_FATAL) {
+            /* This lease's SQL failed for good: record it, go on. */
+            lease_err = er_arena_strdup(&lc->arena, err->msg);
+            er_err_clear(err);
+            rc = 0;
+        }
+        if (rc != 0)
+            goto out;
+        if (lease_err != NULL) {
+            rc = er_store_savepoint_rollback(lc->store, err);
+            if (rc != 0)
+                goto out;
+            ER_LOG_WARN("lifecycle", "lease %s not released: %s", rows[i].id,
+                        lease_err);
+            json_array_append_new(errors,
+                                  json_pack("{s:s, s:s}", "leaseId",
+                                            rows[i].id, "message", lease_err));
+            err_cnt++;
+            continue;
+        }
+        rc = er_store_savepoint_release(lc->store, err);
+        if (rc != 0)
+            goto out;
+        if (is_released) {
+            json_array_append_new(released, json_string(rows[i].id));
+            if (st->res.lease_id == NULL)
+                st->res.lease_id = rows[i].id;
+        }
+    }
+    if (err_cnt > 0)
+        fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_RELEASE_FAILED,
+             "Failed to release %zu of %zu environment leases for heartbeat "
+             "run \"%s\".",
+             err_cnt, cnt, cmd->heartbeat_run_id);
+    st->result =
+        json_pack("{s:O, s:O}", "released", released, "errors", errors);
+    if (st->result == NULL)
+        rc = oom(err);
+out:
+    json_decref(released);
+    json_decref(errors);
+    return rc;
+}
+
+/* ================================================================
+ * The step
+ * ================================================================ */
+
+/* Encode st's result, queue it and record it as the command's result. */
+static int finish(struct step *st, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    int rc;
+
+    st->res.completed_at_ms = er_time_now_ms();
+    if (st->result != NULL) {
+        scrub(st->result, false);
+        st->res.result_json = jdump(&lc->arena, st->result);
+        if (st->res.result_json == NULL)
+            return oom(err);
+    }
+    er_buf_reset(&lc->enc);
+    rc = er_codec_result_encode(&st->res, &lc->enc, err);
+    if (rc != 0)
+        return rc;
+    rc = outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
+    if (rc != 0)
+        return rc;
+    return er_store_processed_put(lc->store, st->res.command_id,
+                                  er_codec_kind_name(st->res.kind),
+                                  st->res.heartbeat_run_id, lc->enc.data,
+                                  lc->enc.len, err);
+}
+
+/* Re-send the stored result of a command seen before. Returns 1 when there
+ * was one, 0 when the command is new. */
+static int replay(struct er_lifecycle *lc, const char *command_id,
+                  const uint8_t *key, size_t key_len, struct er_err *err)
+{
+    uint8_t *stored = NULL;
+    size_t stored_len = 0;
+    int rc;
+
+    rc = er_store_processed_get(lc->store, command_id, &lc->arena, &stored,
+                                &stored_len, err);
+    if (rc == ER_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len,
+                             stored, stored_len, NULL, err);
+    if (rc != 0)
+        return rc;
+    er_metrics_replay();
+    return 1;
+}
+
+/* DLQ code for the envrun.error.code header. */
+static const char *dlq_code(int code)
+{
+    switch (code) {
+    case ER_EBADMSG:
+        return "undecodable";
+    case ER_ESCHEMA:
+        return "unknown_schema";
+    case ER_E2BIG:
+        return "too_large";
+    default:
+        return "invalid_command";
+    }
+}
+
+/* A readable command id: printable ASCII, short. */
+static bool id_is_readable(const char *s)
+{
+    size_t i;
+
+    if (s == NULL || s[0] == '\0')
+        return false;
+    for (i = 0; s[i] != '\0'; i++) {
+        if (i >= ER_CMD_ID_MAX || s[i] < 0x21 || s[i] > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+/* Dead-letter a message and answer invalid_command where its id can be
+ * read; cmd is the decoded command when only validation failed. */
+static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
+                       size_t key_len, const uint8_t *value, size_t value_len,
+                       const struct er_run_command *cmd,
+                       const struct er_err *why,
+                       const struct er_msg_coords *coords, struct er_err *err)
+{
+    char *peek_id = NULL;
+    char *peek_company = NULL;
+    const char *command_id = cmd != NULL ? cmd->command_id : NULL;
+    const char *company_id = cmd != NULL ? cmd->company_id : NULL;
+    json_t *headers = NULL;
+    char *headers_json = NULL;
+    struct step st;
+    int rc;
+
+    memset(&st, 0, sizeof(st));
+    er_metrics_dlq();
+    {
+        char part[16];
+        char off[24];
+
+        snprintf(part, sizeof(part), "%d", (int)coords->partition);
+        snprintf(off, sizeof(off), "%lld", (long long)coords->offset);
+        er_log_kv(ER_LOG_WARN, "lifecycle", "dead-lettering command",
+                  "partition", part, "offset", off, "reason", why->msg,
+                  "code", dlq_code(why->code), (const char *)NULL);
+    }
+    headers = json_pack("{s:s, s:s}", "envrun.error", why->msg,
+                        "envrun.error.code", dlq_code(why->code));
+    headers_json = headers != NULL ? jdump(&lc->arena, headers) : NULL;
+    json_decref(headers);
+    if (headers_json == NULL)
+        return oom(err);
+    er_buf_reset(&lc->enc);
+    rc = er_buf_append(&lc->enc, value, value_len);
+    if (rc != 0)
+        return er_err_set(err, rc, ER_ERRCLASS_RETRY, "dlq copy failed");
+    rc = outbox(lc, lc->topic_dlq, key, key_len, headers_json, err);
+    if (rc != 0)
+        return rc;
+
+    if (cmd == NULL &&
+        er_codec_command_peek_ids(value, value_len, &peek_id, &peek_company) ==
+            0) {
+        command_id = peek_id;
+        company_id = peek_company;
+    }
+    if (!id_is_readable(command_id))
+        goto out; /* nobody to answer */
+    if (key == NULL || key_len == 0) {
+        key = (const uint8_t *)command_id;
+        key_len = strlen(command_id);
+    }
+    rc = replay(lc, command_id, key, key_len, err);
+    if (rc != 0) {
+        rc = rc > 0 ? 0 : rc;
+        goto out;
+    }
+    st.lc = lc;
+    st.key = key;
+    st.key_len = key_len;
+    st.res.command_id = er_arena_strdup(&lc->arena, command_id);
+    st.res.company_id =
+        er_arena_strdup(&lc->arena, id_is_readable(company_id) &&
+                                            er_uuid_is_valid(
+                                                company_id, strlen(company_id))
+                                        ? company_id
+                                        : "");
+    /* CommandResult.kind has no "unknown" symbol: when the command could
+     * not be decoded far enough to know its kind, acquire stands in. */
+    st.res.kind = cmd != NULL ? cmd->kind : ER_CMD_ACQUIRE;
+    st.res.heartbeat_run_id =
+        cmd != NULL && cmd->heartbeat_run_id != NULL &&
+                er_uuid_is_valid(cmd->heartbeat_run_id,
+                                 strlen(cmd->heartbeat_run_id))
+            ? cmd->heartbeat_run_id
+            : NULL;
+    st.res.outcome = ER_OUTCOME_ERROR;
+    st.res.error_code = ER_EC_INVALID_COMMAND;
+    st.res.error_message = why->msg;
+    if (st.res.command_id == NULL || st.res.company_id == NULL) {
+        rc = oom(err);
+        goto out;
+    }
+    rc = finish(&st, err);
+    er_metrics_command(er_codec_kind_name(st.res.kind), "error", 0);
+out:
+    er_free(peek_id);
+    er_free(peek_company);
+    return rc;
+}
+
+static int run_step(struct er_lifecycle *lc, const uint8_t *key,
+                    size_t key_len, const uint8_t *value, size_t value_len,
+                    const struct er_msg_coords *coords, struct er_err *err)
+{
+    struct er_run_command cmd;
+    struct er_err why;
+    struct step st;
+    int64_t t0 = er_time_mono_ms();
+    int rc;
+
+    memset(&cmd, 0, sizeof(cmd));
+    memset(&st, 0, sizeof(st));
+    er_err_clear(&why);
+    if (er_codec_command_decode(value, value_len, &cmd, &why) != 0)
+        return dead_letter(lc, key, key_len, value, value_len, NULL, &why,
+                           coords, err);
+    if (er_validate_command(&cmd, &why) != 0) {
+        rc = dead_letter(lc, key, key_len, value, value_len, &cmd, &why,
+                         coords, err);
+        goto out;
+    }
+    if (key == NULL || key_len == 0) {
+        key = (const uint8_t *)cmd.command_id;
+        key_len = strlen(cmd.command_id);
+    }
+    rc = replay(lc, cmd.command_id, key, key_len, err);
+    if (rc != 0) {
+        if (rc > 0)
+            er_log_kv(ER_LOG_INFO, "lifecycle",
+                      "command seen before: stored result sent again",
+                      "commandId", cmd.command_id, "runId",
+                      cmd.heartbeat_run_id, (const char *)NULL);
+        rc = rc > 0 ? 0 : rc;
+        goto out;
+    }
+
+    st.lc = lc;
+    st.cmd = &cmd;
+    st.key = key;
+    st.key_len = key_len;
+    st.res.command_id = cmd.command_id;
+    st.res.company_id = cmd.company_id;
+    st.res.heartbeat_run_id = cmd.heartbeat_run_id;
+    st.res.kind = cmd.kind;
+    st.res.outcome = ER_OUTCOME_OK;
+    st.res.error_code = ER_EC_NONE;
+    switch (cmd.kind) {
+    case ER_CMD_ACQUIRE:
+        rc = do_acquire(&st, err);
+        break;
+    case ER_CMD_REALIZE:
+        rc = do_realize(&st, err);
+        break;
+    case ER_CMD_RELEASE:
+        rc = do_release(&st, err);
+        break;
+    }
+    if (rc != 0)
+        goto out;
+    rc = finish(&st, err);
+    if (rc != 0)
+        goto out;
+    er_metrics_command(er_codec_kind_name(cmd.kind),
+                       er_codec_outcome_name(st.res.outcome),
+                       er_time_mono_ms() - t0);
+    er_log_kv(ER_LOG_INFO, "lifecycle", "command processed", "commandId",
+              cmd.command_id, "kind", er_codec_kind_name(cmd.kind), "runId",
+              cmd.heartbeat_run_id, "leaseId", st.res.lease_id, "outcome",
+              er_codec_outcome_name(st.res.outcome), "errorCode",
+              er_codec_error_code_name(st.res.error_code),
+              (const char *)NULL);
+out:
+    json_decref(st.result);
+    er_codec_command_fini(&cmd);
+    return rc;
+}
+
+/* ================================================================ */
+
+struct er_lifecycle *er_lifecycle_new(const struct er_config *cfg,
+                                      struct er_err *err)
+{
+    struct er_lifecycle *lc = er_calloc(1, sizeof(*lc));
+
+    if (lc == NULL) {
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+        return NULL;
+    }
+    er_arena_init(&lc->arena, ARENA_MAX);
+    er_buf_init(&lc->enc, ENCODE_MAX);
+    er_config_topic(cfg, "results", lc->topic_results, TOPIC_MAX);
+    er_config_topic(cfg, "lease-events", lc->topic_lease_events, TOPIC_MAX);
+    er_config_topic(cfg, "activity", lc->topic_activity, TOPIC_MAX);
+    er_config_topic(cfg, "commands.dlq", lc->topic_dlq, TOPIC_MAX);
+    lc->store = er_store_new(cfg->database_url, err);
+    if (lc->store == NULL) {
+        er_lifecycle_destroy(lc);
+        return NULL;
+    }
+    return lc;
+}
+
+void er_lifecycle_destroy(struct er_lifecycle *lc)
+{
+    if (lc == NULL)
+        return;
+    er_store_destroy(lc->store);
+    er_arena_fini(&lc->arena);
+    er_buf_fini(&lc->enc);
+    er_free(lc);
+}
+
+int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
+                      size_t key_len, const uint8_t *value, size_t value_len,
+                      const struct er_msg_coords *coords, struct er_err *err)
+{
+    int rc;
+
+    er_arena_reset(&lc->arena);
+    rc = er_store_begin(lc->store, err);
+    if (rc != 0)
+        return rc;
+    rc = run_step(lc, key, key_len, value, value_len, coords, err);
+    if (rc == 0)
+        rc = er_store_commit(lc->store, err);
+    if (rc != 0)
+        er_store_rollback(lc->store);
+    er_arena_reset(&lc->arena);
+    return rc;
+}

@@ -1,0 +1,145 @@
+/* store_ctl: the read-only queries of envrunctl (operators' views of the
+ * tables), kept behind the store's door to libpq (STYLE.md 1). Each call
+ * opens and closes its own connection; no state is shared, so it is
+ * thread-safe. Every statement is parameterised. */
+#include "worker/worker.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#define LEASES_COLS 8
+
+/* Newest first; every filter is optional (a NULL parameter matches all). */
+static const char leases_sql[] =
+    "SELECT l.id::text, coalesce(e.name, ''), l.status, "
+    "coalesce(l.heartbeat_run_id::text, ''), coalesce(l.issue_id::text, ''), "
+    "to_char(l.acquired_at AT TIME ZONE 'UTC', "
+    "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+    "coalesce(to_char(l.released_at AT TIME ZONE 'UTC', "
+    "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''), "
+    "coalesce(l.failure_reason, '') "
+    "FROM environment_leases l "
+    "LEFT JOIN environments e ON e.id = l.environment_id "
+    "WHERE ($1::uuid IS NULL OR l.company_id = $1::uuid) "
+    "AND ($2::uuid IS NULL OR l.heartbeat_run_id = $2::uuid) "
+    "AND ($3::text IS NULL OR l.status = $3::text) "
+    "ORDER BY l.acquired_at DESC, l.id LIMIT $4::int";
+
+static const char *const leases_head[LEASES_COLS] = {
+    "LEASE", "ENVIRONMENT", "STATUS",   "RUN",
+    "ISSUE", "ACQUIRED",    "RELEASED", "FAILURE",
+};
+
+/* The first line of a libpq message (errors must stay one line). */
+static void pg_message(const char *msg, char *out, size_t out_len)
+{
+    size_t n = strcspn(msg, "\n");
+
+    while (n > 0 && msg[n - 1] == ' ')
+        n--;
+    snprintf(out, out_len, "%.*s", (int)n, msg);
+}
+
+/* Append one row of cells padded to widths, two spaces apart, with no
+ * trailing blanks. */
+static int put_row(struct er_buf *out, const char *const *cells,
+                   const int *widths)
+{
+    int i;
+    int rc = 0;
+
+    for (i = 0; i < LEASES_COLS && rc == 0; i++)
+        rc = er_buf_printf(out, "%-*s  ", widths[i], cells[i]);
+    while (rc == 0 && out->len > 0 && out->data[out->len - 1] == ' ')
+        out->len--;
+    if (rc == 0)
+        rc = er_buf_append(out, "\n", 1);
+    return rc;
+}
+
+int er_store_ctl_leases_table(const char *conninfo, const char *company,
+                              const char *run, const char *status, int limit,
+                              struct er_buf *out, struct er_err *err)
+{
+    PGconn *conn = NULL;
+    PGresult *res = NULL;
+    char msg[200];
+    char limit_s[16];
+    const char *params[4];
+    int widths[LEASES_COLS];
+    int rows;
+    int r;
+    int c;
+    int rc = 0;
+
+    ER_ASSERT(conninfo != NULL && out != NULL && limit > 0);
+
+    conn = PQconnectdb(conninfo);
+    if (conn == NULL) {
+        rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL,
+                        "postgres connection: out of memory");
+        goto out;
+    }
+    if (PQstatus(conn) != CONNECTION_OK) {
+        pg_message(PQerrorMessage(conn), msg, sizeof(msg));
+        rc = er_err_set(err, ER_EPG, ER_ERRCLASS_RETRY,
+                        "cannot connect to postgres: %s", msg);
+        goto out;
+    }
+
+    snprintf(limit_s, sizeof(limit_s), "%d", limit);
+    params[0] = company;
+    params[1] = run;
+    params[2] = status;
+    params[3] = limit_s;
+    res = PQexecParams(conn, leases_sql, 4, NULL, params, NULL, NULL, 0);
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *state =
+            res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+        const char *primary =
+            res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                        : NULL;
+
+        pg_message(primary != NULL ? primary : PQerrorMessage(conn), msg,
+                   sizeof(msg));
+        rc = er_err_set(err, ER_EPG, ER_ERRCLASS_FATAL,
+                        "leases query failed (sqlstate %s): %s",
+                        state != NULL ? state : "none", msg);
+        goto out;
+    }
+
+    rows = PQntuples(res);
+    for (c = 0; c < LEASES_COLS; c++) {
+        widths[c] = (int)strlen(leases_head[c]);
+        for (r = 0; r < rows; r++) {
+            int w = PQgetlength(res, r, c);
+
+            if (w > widths[c])
+                widths[c] = w;
+        }
+    }
+    rc = put_row(out, leases_head, widths);
+    for (r = 0; r < rows && rc == 0; r++) {
+        const char *cells[LEASES_COLS];
+
+        for (c = 0; c < LEASES_COLS; c++)
+            cells[c] = PQgetvalue(res, r, c);
+        rc = put_row(out, cells, widths);
+    }
+    if (rc == 0 && rows == limit)
+        rc = er_buf_printf(out,
+                           "(first %d leases; narrow with --company, --run "
+                           "or --status, or raise --limit)\n",
+                           limit);
+    if (rc != 0)
+        rc = er_err_set(err, rc, ER_ERRCLASS_FATAL,
+                        "leases table: %s", er_errname(rc));
+
+out:
+    PQclear(res);
+    PQfinish(conn);
+    return rc;
+}
