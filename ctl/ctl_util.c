@@ -303,7 +303,8 @@ rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
             conf_set(conf, "enable.auto.commit", "false", err) != 0 ||
             conf_set(conf, "enable.auto.offset.store", "false", err) != 0 ||
             conf_set(conf, "auto.offset.reset", "earliest", err) != 0 ||
-            conf_set(conf, "enable.partition.eof", "false", err) != 0)
+            conf_set(conf, "enable.partition.eof", "false", err) != 0 ||
+            conf_set(conf, "fetch.wait.max.ms", "100", err) != 0)
             goto fail;
     }
     props = er_ctl_util_env("ENVRUN_KAFKA_PROPS", NULL);

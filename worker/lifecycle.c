@@ -20,6 +20,7 @@
 #define TOPIC_MAX   256
 #define SUPERSEDED  "superseded: stale single-flight workspace lease"
 #define MASKED      "***REDACTED***"
+#define REAPED      "lease_expired"
 
 struct er_lifecycle {
     struct er_store *store;
@@ -235,7 +236,25 @@ static int lease_event(struct er_lifecycle *lc, const struct er_lease_row *l,
 /* Write an activity_log row and queue its ActivityEvent. A row the
  * database refuses (a control-plane foreign key, say) is logged and
  * skipped: domain.md 3.2 step 3 says logging must not fail the step. */
-static int activity(struct er_lifecycle *lc, const struct step *st,
+/* Who an activity row is attributed to (domain.md 3.8). */
+struct actor {
+    const char *company_id;
+    const char *type; /* agent or system */
+    const char *id;
+    const char *agent_id; /* may be NULL */
+    const char *run_id;   /* may be NULL */
+};
+
+static struct actor step_actor(const struct step *st)
+{
+    const struct er_run_command *cmd = st->cmd;
+    struct actor a = { cmd->company_id, "agent", cmd->agent_id, cmd->agent_id,
+                       cmd->heartbeat_run_id };
+
+    return a;
+}
+
+static int activity(struct er_lifecycle *lc, const struct actor *who,
                     const char *action, const struct er_lease_row *l,
                     json_t *details, struct er_err *err)
 {
@@ -247,14 +266,14 @@ static int activity(struct er_lifecycle *lc, const struct step *st,
 
     scrub(details, true);
     memset(&in, 0, sizeof(in));
-    in.company_id = st->cmd->company_id;
-    in.actor_type = "agent";
-    in.actor_id = st->cmd->agent_id;
+    in.company_id = who->company_id;
+    in.actor_type = who->type;
+    in.actor_id = who->id;
     in.action = action;
     in.entity_type = "environment_lease";
     in.entity_id = l->id;
-    in.agent_id = st->cmd->agent_id;
-    in.run_id = st->cmd->heartbeat_run_id;
+    in.agent_id = who->agent_id;
+    in.run_id = who->run_id;
     in.details_json = jdump(&lc->arena, details);
     if (in.details_json == NULL)
         return oom(err);
@@ -445,6 +464,7 @@ static int do_acquire(struct step *st, struct er_err *err)
     struct er_err derr;
     json_t *config = NULL;
     json_t *details = NULL;
+    struct actor who;
     bool is_reentrant = false;
     int rc;
 
@@ -528,7 +548,8 @@ static int do_acquire(struct step *st, struct er_err *err)
             rc = oom(err);
             goto out;
         }
-        rc = activity(lc, st, "environment.lease_acquired", &lease, details,
+        who = step_actor(st);
+        rc = activity(lc, &who, "environment.lease_acquired", &lease, details,
                       err);
         if (rc != 0)
             goto out;
@@ -799,6 +820,22 @@ out:
  * release (domain.md 3.3.2, 3.5)
  * ================================================================ */
 
+/* Details of environment.lease_released (domain.md 3.8); failureReason is
+ * the caller's, else the row's (3.5 step 4). */
+static json_t *released_details(const struct er_env_row *env,
+                                const struct er_lease_row *upd,
+                                const char *failure_reason)
+{
+    return json_pack(
+        "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o}", "environmentId",
+        env->id, "driver", env->driver, "leasePolicy", upd->lease_policy,
+        "provider", jstr(upd->provider), "executionWorkspaceId",
+        jstr(upd->execution_workspace_id), "issueId", jstr(upd->issue_id),
+        "status", upd->status, "cleanupStatus", jstr(upd->cleanup_status),
+        "failureReason",
+        jstr(failure_reason != NULL ? failure_reason : upd->failure_reason));
+}
+
 /* Release one lease. Returns 0 and fills *released (NULL when the lease
  * was skipped), or an error; a driver failure is a per-lease message. */
 static int release_one(struct step *st, const struct er_lease_row *lease,
@@ -814,6 +851,7 @@ static int release_one(struct step *st, const struct er_lease_row *lease,
     json_t *meta = NULL;
     json_t *config = NULL;
     json_t *details = NULL;
+    struct actor who;
     const char *driver;
     int rc;
 
@@ -865,21 +903,13 @@ static int release_one(struct step *st, const struct er_lease_row *lease,
     rc = lease_event(lc, upd, err);
     if (rc != 0)
         goto out;
-    /* failureReason in the details: the caller's, else the row's (3.5). */
-    details = json_pack(
-        "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o}", "environmentId",
-        env.id, "driver", env.driver, "leasePolicy", upd->lease_policy,
-        "provider", jstr(upd->provider), "executionWorkspaceId",
-        jstr(upd->execution_workspace_id), "issueId", jstr(upd->issue_id),
-        "status", upd->status, "cleanupStatus", jstr(upd->cleanup_status),
-        "failureReason",
-        jstr(cmd->failure_reason != NULL ? cmd->failure_reason
-                                         : upd->failure_reason));
+    details = released_details(&env, upd, cmd->failure_reason);
     if (details == NULL) {
         rc = oom(err);
         goto out;
     }
-    rc = activity(lc, st, "environment.lease_released", upd, details, err);
+    who = step_actor(st);
+    rc = activity(lc, &who, "environment.lease_released", upd, details, err);
     if (rc == 0) {
         *is_released = true;
         if (st->res.environment_id == NULL) {
@@ -1274,6 +1304,55 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
         rc = er_store_commit(lc->store, err);
     if (rc != 0)
         er_store_rollback(lc->store);
+    er_arena_reset(&lc->arena);
+    return rc;
+}
+
+int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
+                      int *reaped, struct er_err *err)
+{
+    struct er_lease_row *rows = NULL;
+    size_t cnt = 0;
+    size_t i;
+    int rc;
+
+    *reaped = 0;
+    er_arena_reset(&lc->arena);
+    rc = er_store_begin(lc->store, err);
+    if (rc != 0)
+        return rc;
+    rc = er_store_lease_stale(lc->store, ttl_s, limit, &lc->arena, &rows,
+                              &cnt, err);
+    for (i = 0; rc == 0 && i < cnt; i++) {
+        struct er_lease_row upd;
+        struct er_env_row env;
+        struct actor who = { rows[i].company_id, "system", "envrun-reaper",
+                             NULL, rows[i].heartbeat_run_id };
+        json_t *details;
+
+        rc = er_store_lease_set_status(lc->store, rows[i].id, "expired",
+                                       REAPED, NULL, &lc->arena, &upd, err);
+        if (rc == 0)
+            rc = lease_event(lc, &upd, err);
+        if (rc == 0)
+            rc = er_store_env_get(lc->store, upd.environment_id, &lc->arena,
+                                  &env, err);
+        if (rc != 0)
+            break;
+        details = released_details(&env, &upd, NULL);
+        rc = details != NULL ? activity(lc, &who, "environment.lease_released",
+                                        &upd, details, err)
+                             : oom(err);
+        json_decref(details);
+        ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
+                    upd.id, (long long)ttl_s);
+    }
+    if (rc == 0)
+        rc = er_store_commit(lc->store, err);
+    if (rc != 0)
+        er_store_rollback(lc->store);
+    else
+        *reaped = (int)cnt;
     er_arena_reset(&lc->arena);
     return rc;
 }

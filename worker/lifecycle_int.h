@@ -36,4 +36,11 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                       size_t key_len, const uint8_t *value, size_t value_len,
                       const struct er_msg_coords *coords, struct er_err *err);
 
+/* The reaper's pass: expire (status expired, failure reason
+ * `lease_expired`) up to limit active leases untouched for ttl_s seconds or
+ * past expires_at, with their LeaseEvents and environment.lease_released
+ * activity, in one transaction. *reaped gets how many. */
+int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
+                      int *reaped, struct er_err *err);
+
 #endif

@@ -9,6 +9,7 @@
 #include "worker/consumer_int.h"
 #include "worker/dispatch_int.h"
 #include "worker/outbox_int.h"
+#include "worker/reaper_int.h"
 #include "worker/store_int.h"
 #include "worker/worker.h"
 
@@ -53,6 +54,7 @@ int er_worker_run(const struct er_config *cfg)
     struct er_outbox *outbox = NULL;
     struct er_dispatch *dispatch = NULL;
     struct er_consumer *consumer = NULL;
+    struct er_reaper *reaper = NULL;
     const char *brokers = cfg->kafka_brokers;
     struct er_err err;
     int rc = 1;
@@ -89,6 +91,9 @@ int er_worker_run(const struct er_config *cfg)
     if (dispatch == NULL)
         goto fail;
     er_dispatch_set_on_commit(dispatch, er_outbox_kick, outbox);
+    reaper = er_reaper_new(cfg, &err);
+    if (reaper == NULL)
+        goto fail;
     consumer = er_consumer_new(cfg, brokers, dispatch, &err);
     if (consumer == NULL)
         goto fail;
@@ -102,6 +107,7 @@ fail:
     rc = 1;
 out:
     er_consumer_destroy(consumer);
+    er_reaper_destroy(reaper);
     er_dispatch_destroy(dispatch);
     er_outbox_destroy(outbox, OUTBOX_DRAIN_MS);
     er_http_destroy(http);

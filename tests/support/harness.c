@@ -834,6 +834,60 @@ int er_harness_worker_http_get(const struct er_harness_worker *w,
     return (int)status;
 }
 
+bool er_harness_worker_wait_ready(struct er_harness_worker *w, int timeout_ms)
+{
+    int64_t deadline = er_time_mono_ms() + timeout_ms;
+
+    for (;;) {
+        char *body = NULL;
+        int status = er_harness_worker_http_get(w, "/readyz", &body);
+
+        er_free(body);
+        if (status == 200)
+            return true;
+        if (!er_harness_worker_is_alive(w) || er_time_mono_ms() >= deadline)
+            return false;
+        sleep_ms(100);
+    }
+}
+
+long long er_harness_worker_metric(const struct er_harness_worker *w,
+                                   const char *name)
+{
+    char *body = NULL;
+    const char *line;
+    size_t name_len = strlen(name);
+    long long sum = -1;
+
+    if (er_harness_worker_http_get(w, "/metrics", &body) != 200) {
+        er_free(body);
+        return -1;
+    }
+    for (line = body; line != NULL && *line != '\0';) {
+        const char *next = strchr(line, '\n');
+
+        /* "name{labels} value" or "name value"; comments start with #. */
+        if (strncmp(line, name, name_len) == 0 &&
+            (line[name_len] == '{' || line[name_len] == ' ')) {
+            const char *val = strchr(line + name_len, ' ');
+
+            if (line[name_len] == '{') {
+                const char *close = strchr(line, '}');
+
+                val = close != NULL ? strchr(close, ' ') : NULL;
+            }
+            if (val != NULL) {
+                if (sum < 0)
+                    sum = 0;
+                sum += strtoll(val + 1, NULL, 10);
+            }
+        }
+        line = next != NULL ? next + 1 : NULL;
+    }
+    er_free(body);
+    return sum;
+}
+
 /* ----------------------------------------------------------------
  * Commands
  * ---------------------------------------------------------------- */
@@ -898,6 +952,12 @@ void er_harness_cmd_release(struct er_harness_cmd *c,
 {
     cmd_base(c, run, ER_CMD_RELEASE);
     c->cmd.release_status = status;
+}
+
+int er_harness_partition_of(const struct er_harness *h, const char *key)
+{
+    return (int)rd_kafka_msg_partitioner_consistent_random(
+        NULL, key, strlen(key), h->partition_cnt, NULL, NULL);
 }
 
 int er_harness_produce(struct er_harness *h, const char *suffix,
@@ -1090,6 +1150,44 @@ size_t er_harness_find(const struct er_harness *h, enum er_harness_topic topic,
         n++;
     }
     return n;
+}
+
+size_t er_harness_find_key(const struct er_harness *h,
+                           enum er_harness_topic topic, const char *key,
+                           const struct er_harness_record **out, size_t out_max)
+{
+    const struct rec_list *list = &h->priv->recs[topic];
+    size_t n = 0;
+    size_t i;
+
+    for (i = 0; i < list->len; i++) {
+        if (list->v[i].key == NULL || strcmp(list->v[i].key, key) != 0)
+            continue;
+        if (out != NULL && n < out_max)
+            out[n] = &list->v[i];
+        n++;
+    }
+    return n;
+}
+
+struct total_arg {
+    enum er_harness_topic topic;
+    size_t n;
+};
+
+static bool has_total(struct er_harness *h, void *arg)
+{
+    const struct total_arg *a = arg;
+
+    return h->priv->recs[a->topic].len >= a->n;
+}
+
+bool er_harness_wait_total(struct er_harness *h, enum er_harness_topic topic,
+                           size_t n, int timeout_ms)
+{
+    struct total_arg a = { topic, n };
+
+    return er_harness_wait(h, has_total, &a, timeout_ms);
 }
 
 struct count_arg {

@@ -133,6 +133,13 @@ bool er_harness_worker_wait_log(const struct er_harness_worker *w,
 /* Print the last max_bytes of the log to stderr (for failing tests). */
 void er_harness_worker_dump_log(const struct er_harness_worker *w,
                                 size_t max_bytes);
+/* Poll GET /readyz until it answers 200 (the worker is migrated and in its
+ * group), the worker exits or timeout. Needs opts.has_http. */
+bool er_harness_worker_wait_ready(struct er_harness_worker *w, int timeout_ms);
+/* Sum of every sample of a Prometheus metric (all label sets) in the
+ * worker's /metrics; -1 when the endpoint or the metric is missing. */
+long long er_harness_worker_metric(const struct er_harness_worker *w,
+                                   const char *name);
 /* GET path from the worker's HTTP endpoint; the body goes to out (caller
  * frees with er_free). Returns the status code or -1. */
 int er_harness_worker_http_get(const struct er_harness_worker *w,
@@ -179,6 +186,9 @@ void er_harness_cmd_release(struct er_harness_cmd *c,
 /* Encode cmd and queue it on commands with the contract's key (heartbeat
  * run id, else command id). Returns 0, or -1 after printing why. */
 int er_harness_send(struct er_harness *h, const struct er_run_command *cmd);
+/* The partition of commands a key lands on (librdkafka's default
+ * consistent_random partitioner, as the producer uses). */
+int er_harness_partition_of(const struct er_harness *h, const char *key);
 /* Queue raw bytes with a key (NULL: none) on topic prefix + suffix. */
 int er_harness_produce(struct er_harness *h, const char *suffix,
                        const char *key, const void *value, size_t value_len);
@@ -209,6 +219,14 @@ const struct er_harness_record *er_harness_get(const struct er_harness *h,
 size_t er_harness_find(const struct er_harness *h, enum er_harness_topic topic,
                        const char *field, const char *value,
                        const struct er_harness_record **out, size_t out_max);
+/* Records of topic whose key is key; like er_harness_find. */
+size_t er_harness_find_key(const struct er_harness *h,
+                           enum er_harness_topic topic, const char *key,
+                           const struct er_harness_record **out,
+                           size_t out_max);
+/* Wait until topic holds at least n records. */
+bool er_harness_wait_total(struct er_harness *h, enum er_harness_topic topic,
+                           size_t n, int timeout_ms);
 /* Wait until at least n records of topic match field == value. */
 bool er_harness_wait_count(struct er_harness *h, enum er_harness_topic topic,
                            const char *field, const char *value, size_t n,

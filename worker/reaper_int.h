@@ -1,0 +1,19 @@
+/* reaper: expires active leases nobody touched for ENVRUN_LEASE_TTL_S
+ * (domain.md 6, #11951/#11970): a run that died without a release command
+ * must not hold its environment forever. One thread, its own connection;
+ * several workers may reap at once (rows are locked SKIP LOCKED). */
+#ifndef ER_WORKER_REAPER_INT_H
+#define ER_WORKER_REAPER_INT_H
+
+#include "common/common.h"
+#include "worker/worker.h"
+
+struct er_reaper;
+
+/* Start the reaper thread. Errors: NULL with err set. */
+struct er_reaper *er_reaper_new(const struct er_config *cfg,
+                                struct er_err *err);
+/* Stop the thread and free. NULL is ok. */
+void er_reaper_destroy(struct er_reaper *r);
+
+#endif
