@@ -30,7 +30,7 @@ void er_time_iso(int64_t ms, char out[32])
     time_t secs = (time_t)(ms / 1000);
     int64_t frac = ms % 1000;
     struct tm tm;
-    char tmp[96];
+    char tmp[96] = { 0 };
 
     if (frac < 0) {
         frac += 1000;

@@ -219,9 +219,8 @@ static int spawn_worker(struct dev *dev, int idx, struct er_err *err)
     has_fa = true;
     if (posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0) !=
             0 ||
-        posix_spawn_file_actions_addopen(&fa, 1, log_path,
-                                         O_WRONLY | O_CREAT | O_TRUNC,
-                                         0644) != 0 ||
+        posix_spawn_file_actions_addopen(
+            &fa, 1, log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644) != 0 ||
         posix_spawn_file_actions_adddup2(&fa, 1, 2) != 0) {
         rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
         goto out;
@@ -295,8 +294,9 @@ static bool stop_workers(struct dev *dev)
                er_time_mono_ms() < deadline)
             sleep_ms(50);
         if (dev->workers[i] > 0) {
-            fprintf(stderr, "envrunctl dev: worker %d (pid %ld) ignored "
-                            "SIGTERM, killing it\n",
+            fprintf(stderr,
+                    "envrunctl dev: worker %d (pid %ld) ignored "
+                    "SIGTERM, killing it\n",
                     i + 1, (long)pid);
             kill(pid, SIGKILL);
             reap_worker(dev, i, true, &status);
@@ -359,11 +359,11 @@ static int dev_start(struct dev *dev, int partition_cnt, struct er_err *err)
         char msg[128];
 
         dev->dir[0] = '\0';
-        return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "mkdtemp %s: %s",
-                          tmp, er_strerror(errno, msg, sizeof(msg)));
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "mkdtemp %s: %s", tmp,
+                          er_strerror(errno, msg, sizeof(msg)));
     }
-    dev->kafka = er_devstack_kafka_start(DEV_BROKERS, partition_cnt,
-                                         dev->prefix, err);
+    dev->kafka =
+        er_devstack_kafka_start(DEV_BROKERS, partition_cnt, dev->prefix, err);
     if (dev->kafka == NULL)
         return err != NULL ? err->code : ER_EKAFKA;
     dev->brokers = er_devstack_kafka_bootstraps(dev->kafka);
@@ -439,10 +439,9 @@ static void on_result(struct demo *demo, json_t *v)
         }
         cmd->has_result = true;
         is_want_error = cmd->want_error != NULL;
-        cmd->is_expected =
-            strcmp(outcome, cmd->want_outcome) == 0 &&
-            (is_want_error ? strcmp(error, cmd->want_error) == 0
-                           : strcmp(error, "-") == 0);
+        cmd->is_expected = strcmp(outcome, cmd->want_outcome) == 0 &&
+                           (is_want_error ? strcmp(error, cmd->want_error) == 0
+                                          : strcmp(error, "-") == 0);
         if (strcmp(lease, "-") != 0)
             snprintf(cmd->lease_id, sizeof(cmd->lease_id), "%s", lease);
         if (!cmd->is_expected)
@@ -457,8 +456,8 @@ static void on_result(struct demo *demo, json_t *v)
 /* Print one consumed record as a timeline line. */
 static void on_record(struct demo *demo, const rd_kafka_message_t *msg)
 {
-    const char *topic =
-        er_ctl_util_topic_short(demo->dev->prefix, rd_kafka_topic_name(msg->rkt));
+    const char *topic = er_ctl_util_topic_short(demo->dev->prefix,
+                                                rd_kafka_topic_name(msg->rkt));
     struct er_buf text;
     struct er_err err;
     json_t *v = NULL;
@@ -484,8 +483,7 @@ static void on_record(struct demo *demo, const rd_kafka_message_t *msg)
         printf("+%.3fs %-12s v%lld %-9s lease=%s env=%s\n", offset_s(demo),
                "lease-event",
                (long long)json_integer_value(json_object_get(v, "version")),
-               jstr(v, "status"), jstr(v, "leaseId"),
-               jstr(v, "environmentId"));
+               jstr(v, "status"), jstr(v, "leaseId"), jstr(v, "environmentId"));
     } else if (strcmp(topic, "activity") == 0) {
         demo->activity_cnt++;
         printf("+%.3fs %-12s %-30s %s=%s\n", offset_s(demo), "activity",
@@ -537,8 +535,9 @@ static int demo_wait(struct demo *demo, const struct demo_cmd *cmd)
         if (er_time_mono_ms() >= demo->deadline_ms) {
             if (cmd == NULL)
                 return 0;
-            fprintf(stderr, "envrunctl dev: no result for %s (%s) within "
-                            "%d s\n",
+            fprintf(stderr,
+                    "envrunctl dev: no result for %s (%s) within "
+                    "%d s\n",
                     cmd->label, cmd->command_id, DEMO_TIMEOUT_MS / 1000);
             return ER_ETIMEDOUT;
         }
@@ -598,16 +597,14 @@ static int demo_send(struct demo *demo, struct demo_cmd *dc,
         rc = er_err_set(err, rc, ER_ERRCLASS_FATAL, "topic prefix too long");
         goto out;
     }
-    rc = er_ctl_util_produce_sync(
-        demo->producer, topic, cmd->heartbeat_run_id,
-        strlen(cmd->heartbeat_run_id), value.data, value.len,
-        DEMO_SEND_TIMEOUT, err);
+    rc = er_ctl_util_produce_sync(demo->producer, topic, cmd->heartbeat_run_id,
+                                  strlen(cmd->heartbeat_run_id), value.data,
+                                  value.len, DEMO_SEND_TIMEOUT, err);
     if (rc != 0)
         goto out;
     dc->is_sent = true;
     printf("+%.3fs %-12s %-8s run=%s cmd=%s\n", offset_s(demo), "command",
-           er_codec_kind_name(dc->kind), cmd->heartbeat_run_id,
-           dc->command_id);
+           er_codec_kind_name(dc->kind), cmd->heartbeat_run_id, dc->command_id);
 
 out:
     er_buf_fini(&value);
@@ -649,8 +646,8 @@ static int demo_run(struct dev *dev, struct er_err *err)
     memset(&demo, 0, sizeof(demo));
     er_buf_init(&table, 1024 * 1024);
     demo.dev = dev;
-    demo_cmd_init(&demo.cmds[0], "acquire (Local environment)",
-                  ER_CMD_ACQUIRE, "ok", NULL);
+    demo_cmd_init(&demo.cmds[0], "acquire (Local environment)", ER_CMD_ACQUIRE,
+                  "ok", NULL);
     demo_cmd_init(&demo.cmds[1], "realize", ER_CMD_REALIZE, "ok", NULL);
     demo_cmd_init(&demo.cmds[2], "release", ER_CMD_RELEASE, "ok", NULL);
     demo_cmd_init(&demo.cmds[3], "acquire (missing environment)",
@@ -725,8 +722,8 @@ static int demo_run(struct dev *dev, struct er_err *err)
     cmd.agent_id = agent;
     cmd.heartbeat_run_id = run;
     cmd.adapter_type = adapter;
-    cmd.lease_id = demo.cmds[0].lease_id[0] != '\0' ? demo.cmds[0].lease_id
-                                                    : NULL;
+    cmd.lease_id =
+        demo.cmds[0].lease_id[0] != '\0' ? demo.cmds[0].lease_id : NULL;
     cmd.workspace_json = ws_json;
     rc = demo_send(&demo, &demo.cmds[1], &cmd, err);
     if (rc == 0)
@@ -747,8 +744,8 @@ static int demo_run(struct dev *dev, struct er_err *err)
     if (rc == 0)
         rc = demo_wait(&demo, NULL); /* late events */
 
-    if (er_store_ctl_leases_table(dev->db_url, company, NULL, NULL, 10,
-                                  &table, NULL) == 0) {
+    if (er_store_ctl_leases_table(dev->db_url, company, NULL, NULL, 10, &table,
+                                  NULL) == 0) {
         printf("\nleases of company %s in postgres:\n", company);
         fwrite(table.data, 1, table.len, stdout);
     }
@@ -811,16 +808,18 @@ int er_ctl_dev_main(int argc, char **argv)
     if (partitions_s != NULL &&
         er_ctl_util_parse_int(partitions_s, 1, DEV_PARTITIONS_MAX,
                               &partition_cnt) != 0) {
-        er_ctl_util_usage_error("dev", "--partitions: expected an integer "
-                                       "1..%d",
+        er_ctl_util_usage_error("dev",
+                                "--partitions: expected an integer "
+                                "1..%d",
                                 DEV_PARTITIONS_MAX);
         return ER_CTL_EXIT_USAGE;
     }
     if (workers_s != NULL &&
         er_ctl_util_parse_int(workers_s, is_demo ? 1 : 0, DEV_WORKERS_MAX,
                               &worker_cnt) != 0) {
-        er_ctl_util_usage_error("dev", "--workers: expected an integer "
-                                       "%d..%d",
+        er_ctl_util_usage_error("dev",
+                                "--workers: expected an integer "
+                                "%d..%d",
                                 is_demo ? 1 : 0, DEV_WORKERS_MAX);
         return ER_CTL_EXIT_USAGE;
     }

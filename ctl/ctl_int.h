@@ -99,8 +99,8 @@ rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
  * consumer rk from the beginning (is_from_beginning) or the end. Waits up
  * to timeout_ms for metadata. Returns 0 or ER_EKAFKA (ER_ENOTFOUND when a
  * topic does not exist) with err set. */
-int er_ctl_util_assign_all(rd_kafka_t *rk, const char *const *topics, size_t cnt,
-                           bool is_from_beginning, int timeout_ms,
+int er_ctl_util_assign_all(rd_kafka_t *rk, const char *const *topics,
+                           size_t cnt, bool is_from_beginning, int timeout_ms,
                            struct er_err *err);
 
 /* Produce one value to topic with key (key_len bytes, NULL for a null key)

@@ -1,10 +1,9 @@
 /* ctl_leases: `envrunctl leases`: list environment leases from Postgres as
  * an aligned table. The query lives behind the store's door
  * (worker/store_ctl.c); this file parses options and prints. */
-#include "ctl/ctl_int.h"
-
 #include <string.h>
 
+#include "ctl/ctl_int.h"
 #include "worker/worker.h"
 
 #define LEASES_DEFAULT_LIMIT 100
@@ -82,8 +81,8 @@ int er_ctl_leases_main(int argc, char **argv)
     }
 
     exit_code = ER_CTL_EXIT_FAIL;
-    if (er_store_ctl_leases_table(url, company, run, status, (int)limit,
-                                  &table, &err) != 0) {
+    if (er_store_ctl_leases_table(url, company, run, status, (int)limit, &table,
+                                  &err) != 0) {
         fprintf(stderr, "envrunctl leases: %s\n", err.msg);
         goto out;
     }

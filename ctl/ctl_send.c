@@ -1,14 +1,13 @@
 /* ctl_send: `envrunctl send`: encode one RunCommand (or take raw bytes) and
  * produce it to the commands topic, keyed by the run id (contract.md 3).
  * Owns its producer and buffers for the call; single-threaded. */
-#include "ctl/ctl_int.h"
-
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "ctl/ctl_int.h"
 #include "schemas/schemas.h"
 
 #define SEND_TIMEOUT_MS 60000
@@ -114,8 +113,8 @@ static int read_file(const char *path, struct er_buf *out, struct er_err *err)
         }
     }
     if (ferror(f))
-        rc = er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: read failed",
-                        path);
+        rc =
+            er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: read failed", path);
 
 out:
     fclose(f);

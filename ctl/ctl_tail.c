@@ -1,9 +1,9 @@
 /* ctl_tail: `envrunctl tail`: print the records of one topic as JSON lines.
  * Assigns every partition directly (no consumer group join, so no join
  * delay and no committed offsets). Single-threaded; owns its consumer. */
-#include "ctl/ctl_int.h"
-
 #include <string.h>
+
+#include "ctl/ctl_int.h"
 
 #define TAIL_METADATA_TIMEOUT_MS 10000
 

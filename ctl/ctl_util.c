@@ -1,8 +1,6 @@
 /* ctl_util: option parsing, Kafka client set-up, topic names and record
  * rendering shared by envrunctl's subcommands. Single-threaded: the stop
  * flag is the only global it writes after start-up. */
-#include "ctl/ctl_int.h"
-
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -10,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl/ctl_int.h"
 #include "schemas/schemas.h"
 
 #define KAFKA_ERRSTR_LEN 512
@@ -82,8 +81,7 @@ enum er_ctl_parse er_ctl_util_parse(const char *cmd, int argc, char **argv,
         size_t name_len;
         const struct er_ctl_opt *opt;
 
-        if (is_options_done || strncmp(arg, "--", 2) != 0 ||
-            arg[2] == '\0') {
+        if (is_options_done || strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
             if (!is_options_done && strcmp(arg, "--") == 0) {
                 is_options_done = true;
                 continue;
@@ -108,14 +106,13 @@ enum er_ctl_parse er_ctl_util_parse(const char *cmd, int argc, char **argv,
             return ER_CTL_PARSE_HELP;
         opt = find_opt(opts, cnt, name, name_len);
         if (opt == NULL) {
-            er_ctl_util_usage_error(cmd, "unknown option --%.*s",
-                                    (int)name_len, name);
+            er_ctl_util_usage_error(cmd, "unknown option --%.*s", (int)name_len,
+                                    name);
             return ER_CTL_PARSE_USAGE;
         }
         if (opt->is_set != NULL) {
             if (eq != NULL) {
-                er_ctl_util_usage_error(cmd, "--%s takes no value",
-                                        opt->name);
+                er_ctl_util_usage_error(cmd, "--%s takes no value", opt->name);
                 return ER_CTL_PARSE_USAGE;
             }
             *opt->is_set = true;
@@ -138,8 +135,7 @@ enum er_ctl_parse er_ctl_util_parse(const char *cmd, int argc, char **argv,
     return ER_CTL_PARSE_OK;
 }
 
-int er_ctl_util_parse_int(const char *s, int64_t min, int64_t max,
-                          int64_t *out)
+int er_ctl_util_parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
 {
     char *end = NULL;
     long long v;
@@ -311,8 +307,8 @@ rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
     if (props != NULL && apply_props(conf, props, err) != 0)
         goto fail;
 
-    rk = rd_kafka_new(is_producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER,
-                      conf, errstr, sizeof(errstr));
+    rk = rd_kafka_new(is_producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER, conf,
+                      errstr, sizeof(errstr));
     if (rk == NULL) {
         er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "kafka client: %s",
                    errstr);
@@ -345,16 +341,16 @@ static int partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms,
     }
     kerr = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
     if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rc = er_err_set(err, ER_EKAFKA, ER_ERRCLASS_RETRY,
-                        "metadata of %s: %s", topic, rd_kafka_err2str(kerr));
+        rc = er_err_set(err, ER_EKAFKA, ER_ERRCLASS_RETRY, "metadata of %s: %s",
+                        topic, rd_kafka_err2str(kerr));
         goto out;
     }
     if (md->topic_cnt != 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR ||
         md->topics[0].partition_cnt == 0) {
-        rc = er_err_set(
-            err, ER_ENOTFOUND, ER_ERRCLASS_FATAL, "topic %s: %s", topic,
-            md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err)
-                               : "not in metadata");
+        rc = er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_FATAL, "topic %s: %s",
+                        topic,
+                        md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err)
+                                           : "not in metadata");
         goto out;
     }
     *cnt = md->topics[0].partition_cnt;
@@ -368,8 +364,8 @@ out:
 }
 
 int er_ctl_util_assign_all(rd_kafka_t *rk, const char *const *topics,
-                           size_t cnt, bool is_from_beginning,
-                           int timeout_ms, struct er_err *err)
+                           size_t cnt, bool is_from_beginning, int timeout_ms,
+                           struct er_err *err)
 {
     rd_kafka_topic_partition_list_t *parts = NULL;
     rd_kafka_resp_err_t kerr;
@@ -402,10 +398,10 @@ out:
     return rc;
 }
 
-int er_ctl_util_produce_sync(rd_kafka_t *rk, const char *topic,
-                             const void *key, size_t key_len,
-                             const void *value, size_t value_len,
-                             int timeout_ms, struct er_err *err)
+int er_ctl_util_produce_sync(rd_kafka_t *rk, const char *topic, const void *key,
+                             size_t key_len, const void *value,
+                             size_t value_len, int timeout_ms,
+                             struct er_err *err)
 {
     struct delivery dr = { false, RD_KAFKA_RESP_ERR_NO_ERROR };
     rd_kafka_resp_err_t kerr;
@@ -560,9 +556,9 @@ static int put_headers(struct er_buf *out, const rd_kafka_message_t *msg)
     rc = er_buf_append(out, ",\"headers\":{", 12);
     if (rc == 0 &&
         rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        while (rc == 0 && rd_kafka_header_get_all(hdrs, idx, &name, &val,
-                                                  &val_len) ==
-                              RD_KAFKA_RESP_ERR_NO_ERROR) {
+        while (rc == 0 &&
+               rd_kafka_header_get_all(hdrs, idx, &name, &val, &val_len) ==
+                   RD_KAFKA_RESP_ERR_NO_ERROR) {
             if (idx != 0)
                 rc = er_buf_append(out, ",", 1);
             if (rc == 0)
@@ -593,16 +589,16 @@ int er_ctl_util_record_json(const char *topic_short,
     er_buf_init(&value, ER_CMD_VALUE_MAX_BYTES * 8);
     er_err_clear(&err);
     if (!is_raw && msg->payload != NULL)
-        is_decoded = er_codec_to_json(msg->payload, msg->len, &value,
-                                      &err) == 0;
+        is_decoded =
+            er_codec_to_json(msg->payload, msg->len, &value, &err) == 0;
 
     rc = er_buf_append(out, "{\"topic\":", 9);
     if (rc == 0)
         rc = put_json_string(out, topic_short, strlen(topic_short));
     if (rc == 0)
-        rc = er_buf_printf(out, ",\"partition\":%" PRId32
-                                ",\"offset\":%" PRId64 ",\"key\":",
-                           msg->partition, msg->offset);
+        rc = er_buf_printf(
+            out, ",\"partition\":%" PRId32 ",\"offset\":%" PRId64 ",\"key\":",
+            msg->partition, msg->offset);
     if (rc == 0 && msg->key == NULL)
         rc = er_buf_append(out, "null", 4);
     else if (rc == 0)

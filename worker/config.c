@@ -44,7 +44,7 @@ static const struct opt opts[OPT_CNT] = {
     [OPT_KAFKA_PROPS] = { "ENVRUN_KAFKA_PROPS", "kafka-props", "", false },
     [OPT_TOPIC_PREFIX] = { "ENVRUN_TOPIC_PREFIX", "topic-prefix", "envrun.",
                            true },
-    [OPT_DATABASE_URL] = { "ENVRUN_DATABASE_URL", "database-url", NULL, false },
+    [OPT_DATABASE_URL] = { "ENVRUN_DATABASE_URL", "database-url", "", false },
     [OPT_SCHEMA_REGISTRY_URL] = { "ENVRUN_SCHEMA_REGISTRY_URL",
                                   "schema-registry-url", "", false },
     [OPT_CONCURRENCY] = { "ENVRUN_CONCURRENCY", "concurrency", "16", false },
@@ -129,7 +129,10 @@ static void show(const char *s, char out[SHOW_MAX + 4])
     for (i = 0; s[i] != '\0' && i < SHOW_MAX; i++) {
         unsigned char c = (unsigned char)s[i];
 
-        out[i] = c < 0x20 || c >= 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
+            out[i] = '?';
+        else
+            out[i] = (char)c;
     }
     if (s[i] != '\0') {
         memcpy(out + i, "...", 3);
@@ -307,7 +310,7 @@ static int check_props(const char *name, const char *s, char *errline,
 static int check_database_url(const char *name, const char *s, char *errline,
                               size_t errline_len)
 {
-    if (s == NULL || s[0] == '\0') {
+    if (s[0] == '\0') {
         fail(errline, errline_len,
              "%s: required (a libpq connection string or URI)", name);
         return -1;
@@ -332,9 +335,8 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
     long long v = 0;
     int level;
 
-    /* Only the database URL has no default, so val is NULL only there. */
-    if (val != NULL)
-        show(val, shown);
+    ER_ASSERT(val != NULL);
+    show(val, shown);
     switch (id) {
     case OPT_KAFKA_BROKERS:
         if (has_ctl(val)) {
@@ -376,7 +378,7 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
         return put_str(cfg->topic_prefix, sizeof(cfg->topic_prefix), name, val,
                        errline, errline_len);
     case OPT_DATABASE_URL:
-        if (val != NULL && strlen(val) >= sizeof(cfg->database_url)) {
+        if (strlen(val) >= sizeof(cfg->database_url)) {
             fail(errline, errline_len, "%s: too long (max %zu bytes)", name,
                  sizeof(cfg->database_url) - 1);
             return -1;

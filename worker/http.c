@@ -18,8 +18,8 @@
 
 #include "worker/worker.h"
 
-#define HEAD_MAX         8192          /* bytes of request head we read */
-#define METRICS_MAX      (1024 * 1024) /* cap of one /metrics body */
+#define HEAD_MAX         8192              /* bytes of request head we read */
+#define METRICS_MAX      ((size_t)1 << 20) /* cap of one /metrics body */
 #define RECV_TIMEOUT_S   2
 #define HEAD_DEADLINE_MS 5000  /* whole head, however it trickles in */
 #define DRAIN_MAX        65536 /* unread bytes swallowed before close */
@@ -291,7 +291,7 @@ static void serve(int fd)
      * destroy the response in flight; swallow a little first. */
     (void)shutdown(fd, SHUT_WR);
     tv.tv_sec = 0;
-    tv.tv_usec = DRAIN_MS * 1000;
+    tv.tv_usec = DRAIN_MS * 1000L;
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     deadline_ms = er_time_mono_ms() + DRAIN_MS;
     while (drained < DRAIN_MAX && er_time_mono_ms() < deadline_ms) {

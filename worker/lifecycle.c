@@ -13,13 +13,13 @@
 
 #include "drivers/driver.h"
 #include "schemas/schemas.h"
+#include "worker/redact_int.h"
 #include "worker/store_int.h"
 
 #define ARENA_MAX   (64u * 1024 * 1024)
 #define ENCODE_MAX  (8u * 1024 * 1024)
 #define TOPIC_MAX   256
 #define SUPERSEDED  "superseded: stale single-flight workspace lease"
-#define MASKED      "***REDACTED***"
 #define REAPED      "lease_expired"
 
 struct er_lifecycle {
@@ -72,53 +72,6 @@ static json_t *jparse(const char *text)
     return v != NULL ? v : json_null();
 }
 
-static bool key_is_secret(const char *key)
-{
-    char low[64];
-    size_t i;
-
-    for (i = 0; key[i] != '\0' && i < sizeof(low) - 1; i++)
-        low[i] = (char)tolower((unsigned char)key[i]);
-    low[i] = '\0';
-    /* A secret *reference* ({type: secret_ref, secretId}) is not a value. */
-    if (strstr(low, "secretref") != NULL)
-        return false;
-    return strstr(low, "password") != NULL || strstr(low, "secret") != NULL ||
-           strstr(low, "token") != NULL || strstr(low, "apikey") != NULL ||
-           strstr(low, "api_key") != NULL || strstr(low, "privatekey") != NULL ||
-           strstr(low, "private_key") != NULL ||
-           strcmp(low, "authorization") == 0;
-}
-
-/* Remove (or, with is_mask, mask) every member whose key looks like a
- * secret, at any depth. The depth is bounded by jansson's parser. */
-static void scrub(json_t *v, bool is_mask)
-{
-    const char *k;
-    json_t *child;
-    void *tmp;
-    size_t i;
-
-    if (json_is_object(v)) {
-        json_object_foreach_safe(v, tmp, k, child)
-        {
-            if (key_is_secret(k)) {
-                if (is_mask)
-                    json_object_set_new(v, k, json_string(MASKED));
-                else
-                    json_object_del(v, k);
-            } else {
-                scrub(child, is_mask);
-            }
-        }
-    } else if (json_is_array(v)) {
-        json_array_foreach(v, i, child)
-        {
-            scrub(child, is_mask);
-        }
-    }
-}
-
 static char *jdump(struct er_arena *arena, const json_t *v)
 {
     char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -135,7 +88,7 @@ static json_t *lease_to_json(const struct er_lease_row *l)
 {
     json_t *meta = jparse(l->metadata_json);
 
-    scrub(meta, false);
+    er_redact_json(meta, false);
     return json_pack(
         "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o,"
         " s:o, s:o, s:o, s:o, s:o, s:o}",
@@ -157,7 +110,7 @@ static json_t *env_to_json(const struct er_env_row *e)
 {
     json_t *config = jparse(e->config_json);
 
-    scrub(config, false);
+    er_redact_json(config, false);
     return json_pack("{s:s, s:s, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}",
                      "id", e->id, "companyId", e->company_id, "name", e->name,
                      "description", jstr(e->description), "driver", e->driver,
@@ -201,7 +154,7 @@ static int lease_event(struct er_lifecycle *lc, const struct er_lease_row *l,
     if (er_uuid_v4(event_id) != 0)
         return er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY, "getrandom failed");
     meta = jparse(l->metadata_json);
-    scrub(meta, false);
+    er_redact_json(meta, false);
     meta_json = json_is_null(meta) ? NULL : jdump(&lc->arena, meta);
     json_decref(meta);
     ev.event_id = event_id;
@@ -264,7 +217,7 @@ static int activity(struct er_lifecycle *lc, const struct actor *who,
     struct er_err aerr;
     int rc;
 
-    scrub(details, true);
+    er_redact_json(details, true);
     memset(&in, 0, sizeof(in));
     in.company_id = who->company_id;
     in.actor_type = who->type;
@@ -1013,7 +966,7 @@ static int finish(struct step *st, struct er_err *err)
 
     st->res.completed_at_ms = er_time_now_ms();
     if (st->result != NULL) {
-        scrub(st->result, false);
+        er_redact_json(st->result, false);
         st->res.result_json = jdump(&lc->arena, st->result);
         if (st->res.result_json == NULL)
             return oom(err);

@@ -2,12 +2,12 @@
  * tables), kept behind the store's door to libpq (STYLE.md 1). Each call
  * opens and closes its own connection; no state is shared, so it is
  * thread-safe. Every statement is parameterised. */
-#include "worker/worker.h"
-
 #include <stdio.h>
 #include <string.h>
 
 #include <libpq-fe.h>
+
+#include "worker/worker.h"
 
 #define LEASES_COLS 8
 
@@ -135,8 +135,8 @@ int er_store_ctl_leases_table(const char *conninfo, const char *company,
                            "or --status, or raise --limit)\n",
                            limit);
     if (rc != 0)
-        rc = er_err_set(err, rc, ER_ERRCLASS_FATAL,
-                        "leases table: %s", er_errname(rc));
+        rc = er_err_set(err, rc, ER_ERRCLASS_FATAL, "leases table: %s",
+                        er_errname(rc));
 
 out:
     PQclear(res);

@@ -77,22 +77,22 @@ static void insert_environment(const char *id, const char *company_id,
                                const char *status, const char *config)
 {
     assert_int_equal(
-        er_harness_pg_exec(h->db_url,
-                           "INSERT INTO environments (id, company_id, name, "
-                           "driver, status, config) "
-                           "VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-                           6,
-                           (const char *[]){ id, company_id, name, driver,
-                                             status, config }),
+        er_harness_pg_exec(
+            h->db_url,
+            "INSERT INTO environments (id, company_id, name, "
+            "driver, status, config) "
+            "VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+            6,
+            (const char *[]){ id, company_id, name, driver, status, config }),
         0);
 }
 
 static long long lease_count(const char *company_id)
 {
-    return er_harness_pg_count(
-        h->db_url, "SELECT count(*) FROM environment_leases "
-                   "WHERE company_id = $1",
-        1, (const char *[]){ company_id });
+    return er_harness_pg_count(h->db_url,
+                               "SELECT count(*) FROM environment_leases "
+                               "WHERE company_id = $1",
+                               1, (const char *[]){ company_id });
 }
 
 static void errors_unknown_environment_is_not_found(void **state)
@@ -202,8 +202,7 @@ static void errors_archived_local_environment_is_inactive(void **state)
     assert_int_equal(er_harness_pg_count(h->db_url,
                                          "SELECT count(*) FROM environments "
                                          "WHERE company_id = $1",
-                                         1,
-                                         (const char *[]){ run.company_id }),
+                                         1, (const char *[]){ run.company_id }),
                      1);
 }
 
@@ -221,8 +220,7 @@ static void check_acquire_failed(const char *driver, const char *name,
 
     er_harness_run_init(&run);
     er_uuid_v4(env_id);
-    insert_environment(env_id, run.company_id, name, driver, "active",
-                       config);
+    insert_environment(env_id, run.company_id, name, driver, "active", config);
     er_harness_cmd_acquire(&c, &run);
     c.cmd.selected_environment_id = env_id;
     res = roundtrip(&c);
@@ -244,8 +242,7 @@ static void check_acquire_failed(const char *driver, const char *name,
     assert_int_equal(er_harness_pg_count(h->db_url,
                                          "SELECT count(*) FROM activity_log "
                                          "WHERE company_id = $1",
-                                         1,
-                                         (const char *[]){ run.company_id }),
+                                         1, (const char *[]){ run.company_id }),
                      0);
 }
 
@@ -290,12 +287,12 @@ static void errors_same_workspace_second_run_is_deferred(void **state)
                  "leased by another active run; deferring.");
     ER_HARNESS_ASSERT_STR(res, "environmentId", env_id);
     ER_HARNESS_ASSERT_STR(res, "leaseId", NULL);
-    assert_int_equal(er_harness_pg_count(
-                         h->db_url,
-                         "SELECT count(*) FROM environment_leases "
-                         "WHERE heartbeat_run_id = $1",
-                         1, (const char *[]){ run2.run_id }),
-                     0);
+    assert_int_equal(
+        er_harness_pg_count(h->db_url,
+                            "SELECT count(*) FROM environment_leases "
+                            "WHERE heartbeat_run_id = $1",
+                            1, (const char *[]){ run2.run_id }),
+        0);
 }
 
 static void errors_realize_without_active_lease_fails(void **state)

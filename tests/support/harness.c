@@ -1170,6 +1170,27 @@ size_t er_harness_find_key(const struct er_harness *h,
     return n;
 }
 
+struct key_arg {
+    enum er_harness_topic topic;
+    const char *key;
+    size_t n;
+};
+
+static bool has_key(struct er_harness *h, void *arg)
+{
+    const struct key_arg *a = arg;
+
+    return er_harness_find_key(h, a->topic, a->key, NULL, 0) >= a->n;
+}
+
+bool er_harness_wait_key(struct er_harness *h, enum er_harness_topic topic,
+                         const char *key, size_t n, int timeout_ms)
+{
+    struct key_arg a = { topic, key, n };
+
+    return er_harness_wait(h, has_key, &a, timeout_ms);
+}
+
 struct total_arg {
     enum er_harness_topic topic;
     size_t n;

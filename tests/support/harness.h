@@ -224,6 +224,9 @@ size_t er_harness_find_key(const struct er_harness *h,
                            enum er_harness_topic topic, const char *key,
                            const struct er_harness_record **out,
                            size_t out_max);
+/* Wait until at least n records of topic have key. */
+bool er_harness_wait_key(struct er_harness *h, enum er_harness_topic topic,
+                         const char *key, size_t n, int timeout_ms);
 /* Wait until topic holds at least n records. */
 bool er_harness_wait_total(struct er_harness *h, enum er_harness_topic topic,
                            size_t n, int timeout_ms);

@@ -37,21 +37,20 @@ static int setup(void **state)
     return 0;
 }
 
-/* Load with argv = { "envrun-worker", args..., NULL }. */
+#define ARGS(...) ((char *[]){ __VA_ARGS__, NULL })
+
+/* Load with argv = { "envrun-worker", args..., NULL }; args may be NULL. */
 static enum er_config_status load(struct er_config *cfg, char *errline,
-                                  size_t errline_len, const char *arg, ...)
+                                  size_t errline_len, char **args)
 {
     char *argv[ARGV_MAX + 2];
     int argc = 0;
-    va_list ap;
 
     argv[argc++] = "envrun-worker";
-    va_start(ap, arg);
-    for (; arg != NULL; arg = va_arg(ap, const char *)) {
+    for (; args != NULL && *args != NULL; args++) {
         assert_true(argc <= ARGV_MAX);
-        argv[argc++] = (char *)(uintptr_t)arg;
+        argv[argc++] = *args;
     }
-    va_end(ap);
     argv[argc] = NULL;
     memset(errline, 'Z', errline_len);
     errline[errline_len - 1] = '\0';
@@ -90,7 +89,7 @@ static void flag_is_bad(const char *flag, const char *val, const char *what)
 
     setup(NULL);
     snprintf(arg, sizeof(arg), "%s=%s", flag, val);
-    if (load(&cfg, errline, sizeof(errline), arg, NULL) != ER_CONFIG_INVALID)
+    if (load(&cfg, errline, sizeof(errline), ARGS(arg)) != ER_CONFIG_INVALID)
         fail_msg("%s was accepted", arg);
     assert_errline(errline, flag, what);
 }
@@ -252,10 +251,11 @@ static void config_flags_override_variables(void **state)
     setenv("ENVRUN_LOG_LEVEL", "warn", 1);
     setenv("ENVRUN_TOPIC_PREFIX", "prod.", 1);
     assert_int_equal(
-        load(&cfg, errline, sizeof(errline), "--concurrency=4", "--log-level",
-             "error", "--topic-prefix=", "--kafka-brokers", "b:9092",
-             "--database-url", "host=db dbname=envrun", "--http-addr=off",
-             "--lease-ttl-s=60", "--kafka-group", "g2", NULL),
+        load(&cfg, errline, sizeof(errline),
+             ARGS("--concurrency=4", "--log-level", "error",
+                  "--topic-prefix=", "--kafka-brokers", "b:9092",
+                  "--database-url", "host=db dbname=envrun", "--http-addr=off",
+                  "--lease-ttl-s=60", "--kafka-group", "g2")),
         ER_CONFIG_OK);
     assert_int_equal(cfg.concurrency, 4);
     assert_int_equal(cfg.log_level, ER_LOG_ERROR);
@@ -269,7 +269,7 @@ static void config_flags_override_variables(void **state)
     /* A bad variable that a flag overrides is never looked at. */
     setenv("ENVRUN_CONCURRENCY", "lots", 1);
     assert_int_equal(
-        load(&cfg, errline, sizeof(errline), "--concurrency", "2", NULL),
+        load(&cfg, errline, sizeof(errline), ARGS("--concurrency", "2")),
         ER_CONFIG_OK);
     assert_int_equal(cfg.concurrency, 2);
     /* Without the flag, the variable is named. */
@@ -278,8 +278,8 @@ static void config_flags_override_variables(void **state)
     assert_errline(errline, "ENVRUN_CONCURRENCY", "lots");
     /* The last of repeated flags wins. */
     setenv("ENVRUN_CONCURRENCY", "8", 1);
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "--concurrency=3",
-                          "--concurrency", "5", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline),
+                          ARGS("--concurrency=3", "--concurrency", "5")),
                      ER_CONFIG_OK);
     assert_int_equal(cfg.concurrency, 5);
 }
@@ -297,7 +297,7 @@ static void config_database_url_from_flag_only(void **state)
         errline,
         "ENVRUN_DATABASE_URL: required (a libpq connection string or URI)");
     assert_int_equal(load(&cfg, errline, sizeof(errline),
-                          "--database-url=postgres://h/db", NULL),
+                          ARGS("--database-url=postgres://h/db")),
                      ER_CONFIG_OK);
     assert_string_equal(cfg.database_url, "postgres://h/db");
 }
@@ -308,30 +308,30 @@ static void config_rejects_unknown_and_valueless_flags(void **state)
     char errline[256];
 
     (void)state;
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "--bogus", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS("--bogus")),
                      ER_CONFIG_INVALID);
     assert_errline(errline, "--bogus", "unknown flag");
     /* Only the name of an unknown flag is shown, never its value. */
     assert_int_equal(load(&cfg, errline, sizeof(errline),
-                          "--databse-url=postgres://u:s3cretpw@h/db", NULL),
+                          ARGS("--databse-url=postgres://u:s3cretpw@h/db")),
                      ER_CONFIG_INVALID);
     assert_errline(errline, "--databse-url", "unknown flag");
     assert_null(strstr(errline, "s3cretpw"));
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "-h", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS("-h")),
                      ER_CONFIG_INVALID);
     assert_null(strchr(errline, '\n'));
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "positional", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS("positional")),
                      ER_CONFIG_INVALID);
     assert_non_null(strstr(errline, "unexpected"));
     assert_int_equal(
-        load(&cfg, errline, sizeof(errline), "--concurrency", NULL),
+        load(&cfg, errline, sizeof(errline), ARGS("--concurrency")),
         ER_CONFIG_INVALID);
     assert_string_equal(errline, "--concurrency: missing value");
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "--kafka-group",
-                          "--concurrency=3", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline),
+                          ARGS("--kafka-group", "--concurrency=3")),
                      ER_CONFIG_INVALID);
     assert_string_equal(errline, "--kafka-group: missing value");
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "--help=yes", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS("--help=yes")),
                      ER_CONFIG_INVALID);
     assert_null(strchr(errline, '\n'));
 }
@@ -347,13 +347,13 @@ static void config_rejects_too_long_flag_values(void **state)
     memcpy(arg, "--kafka-brokers=", n);
     memset(arg + n, 'b', ER_CONFIG_STR_MAX);
     arg[n + ER_CONFIG_STR_MAX] = '\0';
-    assert_int_equal(load(&cfg, errline, sizeof(errline), arg, NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS(arg)),
                      ER_CONFIG_INVALID);
     assert_errline(errline, "--kafka-brokers", "too long (max 1023 bytes)");
 
     /* Exactly at the cap fits. */
     arg[n + ER_CONFIG_STR_MAX - 1] = '\0';
-    assert_int_equal(load(&cfg, errline, sizeof(errline), arg, NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS(arg)),
                      ER_CONFIG_OK);
     assert_int_equal(strlen(cfg.kafka_brokers), ER_CONFIG_STR_MAX - 1);
 
@@ -361,7 +361,7 @@ static void config_rejects_too_long_flag_values(void **state)
     memcpy(arg, "--log-format=", 13);
     memset(arg + 13, 'q', 500);
     arg[513] = '\0';
-    assert_int_equal(load(&cfg, errline, sizeof(errline), arg, NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS(arg)),
                      ER_CONFIG_INVALID);
     assert_errline(errline, "--log-format", "...");
     assert_true(strlen(errline) < 150);
@@ -380,8 +380,8 @@ static void config_never_echoes_secrets(void **state)
     assert_errline(errline, "ENVRUN_DATABASE_URL", NULL);
     assert_null(strstr(errline, "hunter2pw"));
 
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "--database-url",
-                          "hunter2pw", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline),
+                          ARGS("--database-url", "hunter2pw")),
                      ER_CONFIG_INVALID);
     assert_errline(errline, "--database-url", NULL);
     assert_null(strstr(errline, "hunter2pw"));
@@ -421,10 +421,10 @@ static void config_help_and_version(void **state)
     /* --help works even when the configuration is broken. */
     unsetenv("ENVRUN_DATABASE_URL");
     setenv("ENVRUN_CONCURRENCY", "zero", 1);
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "--help", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline), ARGS("--help")),
                      ER_CONFIG_HELP);
-    assert_int_equal(load(&cfg, errline, sizeof(errline), "--concurrency=9",
-                          "--version", NULL),
+    assert_int_equal(load(&cfg, errline, sizeof(errline),
+                          ARGS("--concurrency=9", "--version")),
                      ER_CONFIG_VERSION);
     for (i = 0; i < sizeof(all_vars) / sizeof(all_vars[0]); i++) {
         if (strstr(usage, all_vars[i]) == NULL)

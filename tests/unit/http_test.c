@@ -294,7 +294,7 @@ static void http_reads_head_split_across_packets(void **state)
     struct er_http *http;
     struct sockaddr_in sin;
     struct timeval tv = { .tv_sec = 5, .tv_usec = 0 };
-    struct timespec pause = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+    struct timespec pause = { .tv_sec = 0, .tv_nsec = 50000000L };
     char resp[1024];
     size_t len = 0;
     int fd;

@@ -25,7 +25,7 @@ static long long sample(const char *series)
     long long v = -1;
     char *end = NULL;
 
-    er_buf_init(&buf, 1024 * 1024);
+    er_buf_init(&buf, (size_t)1 << 20);
     assert_int_equal(er_metrics_render(&buf), 0);
     for (p = (const char *)buf.data; p != NULL && *p != '\0';) {
         if (strncmp(p, series, n) == 0 && p[n] == ' ') {
@@ -65,7 +65,7 @@ static void metrics_render_has_help_and_type_lines(void **state)
     size_t i;
 
     (void)state;
-    er_buf_init(&buf, 1024 * 1024);
+    er_buf_init(&buf, (size_t)1 << 20);
     assert_int_equal(er_metrics_render(&buf), 0);
     assert_true(buf.len > 0 && buf.data[buf.len - 1] == '\n');
     for (i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
@@ -198,7 +198,7 @@ static void metrics_render_reports_full_buffer_and_oom(void **state)
     for (n = 1; n < 64; n++) {
         int rc;
 
-        er_buf_init(&buf, 1024 * 1024);
+        er_buf_init(&buf, (size_t)1 << 20);
         er_mem_fail_at(n);
         rc = er_metrics_render(&buf);
         er_mem_fail_at(0);

@@ -1,0 +1,58 @@
+/* redact: secret-looking keys are removed or masked (see redact_int.h). */
+#include "worker/redact_int.h"
+
+#include <ctype.h>
+#include <string.h>
+
+bool er_redact_key_is_secret(const char *key)
+{
+    static const char *const words[] = { "password", "passwd",     "secret",
+                                         "token",    "apikey",     "api_key",
+                                         "privatekey", "private_key",
+                                         "credential" };
+    char low[128];
+    size_t i;
+
+    for (i = 0; key[i] != '\0' && i < sizeof(low) - 1; i++)
+        low[i] = (char)tolower((unsigned char)key[i]);
+    low[i] = '\0';
+    if (key[i] != '\0')
+        return true; /* a key too long to judge is treated as secret */
+    /* A secret reference names a secret; it holds no value. */
+    if (strstr(low, "secretref") != NULL || strstr(low, "secret_ref") != NULL ||
+        strcmp(low, "secretid") == 0 || strcmp(low, "secret_id") == 0)
+        return false;
+    if (strcmp(low, "authorization") == 0)
+        return true;
+    for (i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+        if (strstr(low, words[i]) != NULL)
+            return true;
+    }
+    return false;
+}
+
+void er_redact_json(json_t *v, bool is_mask)
+{
+    const char *k;
+    json_t *child;
+    void *tmp;
+    size_t i;
+
+    /* Recursion depth is bounded by jansson's parser (2048 levels). */
+    if (json_is_object(v)) {
+        json_object_foreach_safe(v, tmp, k, child)
+        {
+            if (!er_redact_key_is_secret(k))
+                er_redact_json(child, is_mask);
+            else if (is_mask)
+                json_object_set_new(v, k, json_string(ER_REDACT_MASK));
+            else
+                json_object_del(v, k);
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, child)
+        {
+            er_redact_json(child, is_mask);
+        }
+    }
+}

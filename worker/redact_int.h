@@ -1,0 +1,22 @@
+/* redact: keeps secret values out of events, results and activity details
+ * (contract.md 6). Pure functions over jansson values; thread-safe. */
+#ifndef ER_WORKER_REDACT_INT_H
+#define ER_WORKER_REDACT_INT_H
+
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#define ER_REDACT_MASK "***REDACTED***"
+
+/* Whether an object key names a secret value (password, token, apiKey,
+ * privateKey, secret, authorization, ...). A secret *reference*
+ * (`privateKeySecretRef`, `{type: "secret_ref"}`) is not a secret value. */
+bool er_redact_key_is_secret(const char *key);
+
+/* Walk v (may be NULL) and remove every member whose key names a secret,
+ * or with is_mask replace its value by ER_REDACT_MASK (activity details are
+ * masked, as Paperclip's sanitiser does; events drop them). */
+void er_redact_json(json_t *v, bool is_mask);
+
+#endif
