@@ -199,6 +199,20 @@ static void kafka_log(const rd_kafka_t *rk, int level, const char *fac,
     er_log_kv(lvl, "rdkafka", buf, "rdfac", fac, NULL);
 }
 
+/* Transport errors are retried by librdkafka itself and already appear in
+ * its log; only a fatal error (the idempotent producer gave up) is news. */
+static void kafka_error(rd_kafka_t *rk, int code, const char *reason,
+                        void *opaque)
+{
+    char fatal[256];
+
+    (void)code;
+    (void)opaque;
+    if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal)) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR)
+        er_log(ER_LOG_ERROR, "rdkafka", "fatal: %s (%s)", fatal, reason);
+}
+
 /* Delivery state of one produce_sync call, the message's opaque. */
 struct delivery {
     bool is_done;
@@ -278,6 +292,7 @@ rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
 
     conf = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(conf, kafka_log);
+    rd_kafka_conf_set_error_cb(conf, kafka_error);
     if (conf_set(conf, "bootstrap.servers", brokers, err) != 0)
         goto fail;
     if (conf_set(conf, "client.id", "envrunctl", err) != 0)

@@ -343,7 +343,8 @@ static int scan_bad(struct scan *s, const char *field, const char *why)
                       why);
 }
 
-/* A zig-zag varint of at most 10 bytes whose value fits 64 bits. */
+/* A zig-zag varint whose value fits 64 bits: at most 10 bytes, the tenth
+ * 0 or 1 (which also rules out an eleventh). */
 static int scan_long(struct scan *s, const char *field, int64_t *v)
 {
     uint64_t u = 0;
@@ -356,14 +357,14 @@ static int scan_long(struct scan *s, const char *field, int64_t *v)
             return scan_bad(s, field, "truncated");
         b = s->p[s->off++];
         if (i == 9 && b > 1)
-            return scan_bad(s, field, "varint overflows 64 bits");
+            break;
         u |= (uint64_t)(b & 0x7f) << (7 * i);
         if ((b & 0x80) == 0) {
             *v = (int64_t)((u >> 1) ^ (0 - (u & 1)));
             return 0;
         }
     }
-    return scan_bad(s, field, "varint longer than 10 bytes");
+    return scan_bad(s, field, "varint overflows 64 bits");
 }
 
 static int scan_skip(struct scan *s, const char *field, int64_t n)
@@ -1002,7 +1003,7 @@ static int get_command_body(avro_value_t *root, struct er_run_command *cmd,
 static int wrong_type(enum er_record_type type, struct er_err *err)
 {
     return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_SKIP,
-                      "value is a %s, not a RunCommand",
+                      "value holds %s, not RunCommand",
                       codec.recs[type].name);
 }
 

@@ -79,3 +79,48 @@ fail:
     rd_kafka_conf_destroy(conf);
     return NULL;
 }
+
+/* librdkafka's vu fields are non-const; with RD_KAFKA_MSG_F_COPY it only
+ * reads them. memcpy drops the qualifier without a cast. */
+static void *unconst(const void *p)
+{
+    void *q;
+
+    memcpy(&q, &p, sizeof(q));
+    return q;
+}
+
+rd_kafka_resp_err_t er_kafka_produce(rd_kafka_t *rk, const char *topic,
+                                     const void *key, size_t key_len,
+                                     const void *value, size_t value_len,
+                                     rd_kafka_headers_t *hdrs)
+{
+    rd_kafka_vu_t vu[6];
+    rd_kafka_error_t *error;
+    rd_kafka_resp_err_t code;
+    size_t n = 0;
+
+    memset(vu, 0, sizeof(vu));
+    vu[n].vtype = RD_KAFKA_VTYPE_TOPIC;
+    vu[n++].u.cstr = topic;
+    vu[n].vtype = RD_KAFKA_VTYPE_VALUE;
+    vu[n].u.mem.ptr = unconst(value);
+    vu[n++].u.mem.size = value_len;
+    vu[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
+    vu[n++].u.i = RD_KAFKA_MSG_F_COPY;
+    if (key != NULL) {
+        vu[n].vtype = RD_KAFKA_VTYPE_KEY;
+        vu[n].u.mem.ptr = unconst(key);
+        vu[n++].u.mem.size = key_len;
+    }
+    if (hdrs != NULL) {
+        vu[n].vtype = RD_KAFKA_VTYPE_HEADERS;
+        vu[n++].u.headers = hdrs;
+    }
+    error = rd_kafka_produceva(rk, vu, n);
+    if (error == NULL)
+        return RD_KAFKA_RESP_ERR_NO_ERROR;
+    code = rd_kafka_error_code(error);
+    rd_kafka_error_destroy(error);
+    return code;
+}

@@ -95,13 +95,8 @@ static int relay_batch(struct er_outbox *ob, struct er_err *err)
         rd_kafka_headers_t *hdrs = headers_from(r->headers_json);
         rd_kafka_resp_err_t kerr;
 
-        /* RD_KAFKA_V_HEADERS hands the headers to librdkafka on success. */
-        kerr = rd_kafka_producev(
-            ob->rk, RD_KAFKA_V_TOPIC(r->topic),
-            RD_KAFKA_V_KEY(r->key, r->key_len),
-            RD_KAFKA_V_VALUE(r->value, r->value_len),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+        kerr = er_kafka_produce(ob->rk, r->topic, r->key, r->key_len,
+                                r->value, r->value_len, hdrs);
         if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
             rd_kafka_headers_destroy(hdrs);
             rd_kafka_flush(ob->rk, FLUSH_MS);
