@@ -47,8 +47,10 @@ test: deps build
 		-DER_SANITIZE=address,undefined \
 		&& cmake --build $(BUILD_ASAN) -j$(JOBS); then \
 		echo "== ctest ($(BUILD_ASAN), unit + integration)"; \
-		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		ASAN_OPTIONS=detect_leaks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		LSAN_OPTIONS=$$(test -f tests/lsan.supp && \
+			echo suppressions=$$PWD/tests/lsan.supp) \
 		ctest --test-dir $(BUILD_ASAN) --output-on-failure -j$(JOBS) \
 			-L 'unit|integration' || failed="$$failed asan-ctest"; \
 	else \
@@ -70,7 +72,8 @@ format:
 fuzz: deps
 	CC=clang cmake -S . -B $(BUILD_FUZZ) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 		-DER_FUZZ=ON -DER_SANITIZE=address,undefined
-	cmake --build $(BUILD_FUZZ) -j$(JOBS)
+	cmake --build $(BUILD_FUZZ) -j$(JOBS) --target \
+		$$(for f in tests/fuzz/*_fuzz.c; do basename $$f .c; done)
 	@set -u; failed=""; \
 	for bin in $$(find $(BUILD_FUZZ)/tests -maxdepth 1 -type f -name '*_fuzz' \
 			-perm -u+x | sort); do \

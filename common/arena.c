@@ -1,9 +1,9 @@
 /* arena: a bump allocator per command, reset when the step commits.
  * Not thread-safe: one arena belongs to one worker thread at a time. */
-#include "common/common.h"
-
 #include <stdio.h>
 #include <string.h>
+
+#include "common/common.h"
 
 #define CHUNK_MIN (16 * 1024)
 

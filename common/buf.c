@@ -1,8 +1,8 @@
 /* buf: growable byte buffers with a hard cap. Not thread-safe per buffer. */
-#include "common/common.h"
-
 #include <stdio.h>
 #include <string.h>
+
+#include "common/common.h"
 
 void er_buf_init(struct er_buf *buf, size_t max_len)
 {

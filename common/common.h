@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ER_NODISCARD __attribute__((warn_unused_result))
+#define ER_NODISCARD    __attribute__((warn_unused_result))
 #define ER_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
 /* ================================================================
@@ -18,7 +18,7 @@
  * ================================================================ */
 void er_assert_fail(const char *expr, const char *file, int line)
     __attribute__((noreturn));
-#define ER_ASSERT(cond)                                                        \
+#define ER_ASSERT(cond) \
     ((cond) ? (void)0 : er_assert_fail(#cond, __FILE__, __LINE__))
 
 /* ================================================================
@@ -26,13 +26,13 @@ void er_assert_fail(const char *expr, const char *file, int line)
  * ================================================================ */
 enum er_errcode {
     ER_OK = 0,
-    ER_ENOMEM = -1,   /* allocation failed */
-    ER_EINVAL = -2,   /* bad argument or input */
-    ER_EBADMSG = -3,  /* undecodable bytes */
-    ER_E2BIG = -4,    /* a bounded buffer or field is over its cap */
-    ER_EPG = -5,      /* PostgreSQL failure */
-    ER_EKAFKA = -6,   /* librdkafka failure */
-    ER_EIO = -7,      /* system call failure */
+    ER_ENOMEM = -1,  /* allocation failed */
+    ER_EINVAL = -2,  /* bad argument or input */
+    ER_EBADMSG = -3, /* undecodable bytes */
+    ER_E2BIG = -4,   /* a bounded buffer or field is over its cap */
+    ER_EPG = -5,     /* PostgreSQL failure */
+    ER_EKAFKA = -6,  /* librdkafka failure */
+    ER_EIO = -7,     /* system call failure */
     ER_ENOTFOUND = -8,
     ER_ECONFLICT = -9, /* unique violation or fencing loss */
     ER_ESCHEMA = -10,  /* unknown schema fingerprint or framing */
@@ -101,8 +101,7 @@ bool er_log_enabled(enum er_log_level level);
  * a secret. */
 void er_log(enum er_log_level level, const char *fac, const char *fmt, ...)
     ER_PRINTF(3, 4);
-void er_log_kv(enum er_log_level level, const char *fac, const char *msg,
-               ...);
+void er_log_kv(enum er_log_level level, const char *fac, const char *msg, ...);
 
 #define ER_LOG_DEBUG(fac, ...) er_log(ER_LOG_DEBUG, fac, __VA_ARGS__)
 #define ER_LOG_INFO(fac, ...)  er_log(ER_LOG_INFO, fac, __VA_ARGS__)

@@ -1,9 +1,9 @@
 /* err: the er_err record, error names and assertions. Thread-safe. */
-#include "common/common.h"
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/common.h"
 
 void er_assert_fail(const char *expr, const char *file, int line)
 {

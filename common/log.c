@@ -1,11 +1,11 @@
 /* log: one line per record on stderr, a JSON object or text. The settings
  * are written once before threads start; each line is one write(2), so
  * lines from different threads never interleave. */
-#include "common/common.h"
-
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "common/common.h"
 
 #define LINE_MAX_LEN 4096
 
@@ -86,8 +86,8 @@ static void emit(enum er_log_level level, const char *fac, const char *msg,
     er_time_iso(er_time_now_ms(), ts);
     if (log_is_json) {
         pos = (size_t)snprintf(line, sizeof(line),
-                               "{\"ts\":\"%s\",\"level\":\"%s\",\"fac\":\"",
-                               ts, level_names[level]);
+                               "{\"ts\":\"%s\",\"level\":\"%s\",\"fac\":\"", ts,
+                               level_names[level]);
         put_json(line, &pos, fac);
         put_raw(line, &pos, "\",\"msg\":\"");
         put_json(line, &pos, msg);

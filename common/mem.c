@@ -1,10 +1,10 @@
 /* mem: the allocation door, with a fail-the-Nth hook for torture tests.
  * The counters are atomic, so it is thread-safe. */
-#include "common/common.h"
-
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/common.h"
 
 static atomic_uint_fast64_t alloc_cnt;
 static atomic_uint_fast64_t fail_at_cnt; /* 0: never fail */

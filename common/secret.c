@@ -1,8 +1,8 @@
 /* secret: a value that must never reach a log, event or result. The
  * memory is wiped before it is freed. Not thread-safe per secret. */
-#include "common/common.h"
-
 #include <string.h>
+
+#include "common/common.h"
 
 int er_secret_set(struct er_secret *secret, const char *value, size_t len)
 {

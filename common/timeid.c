@@ -1,6 +1,4 @@
 /* timeid: clocks, ISO timestamps and UUIDs. Thread-safe. */
-#include "common/common.h"
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -8,6 +6,8 @@
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "common/common.h"
 
 int64_t er_time_now_ms(void)
 {
@@ -66,8 +66,8 @@ int er_uuid_v4(char out[37])
     snprintf(out, 37,
              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
              "%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
-             b[10], b[11], b[12], b[13], b[14], b[15]);
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+             b[11], b[12], b[13], b[14], b[15]);
     return 0;
 }
 

@@ -105,7 +105,10 @@ static int read_file(const char *path, struct er_buf *out, struct er_err *err)
         return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: %s", path,
                           er_strerror(errno, msg, sizeof(msg)));
     }
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) != 0) {
+    for (;;) {
+        n = fread(chunk, 1, sizeof(chunk), f);
+        if (n == 0)
+            break;
         if (er_buf_append(out, chunk, n) != 0) {
             rc = er_err_set(err, ER_E2BIG, ER_ERRCLASS_FATAL,
                             "%s: over %d bytes", path, RAW_MAX_BYTES);

@@ -10,6 +10,7 @@
 
 #include "ctl/ctl_int.h"
 #include "schemas/schemas.h"
+#include "worker/worker.h"
 
 #define KAFKA_ERRSTR_LEN 512
 #define PROPS_MAX        4096
@@ -422,11 +423,8 @@ int er_ctl_util_produce_sync(rd_kafka_t *rk, const char *topic, const void *key,
     rd_kafka_resp_err_t kerr;
     int64_t deadline = er_time_mono_ms() + timeout_ms;
 
-    kerr = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
-        RD_KAFKA_V_VALUE((void *)(uintptr_t)value, value_len),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(&dr),
-        RD_KAFKA_V_END);
+    kerr = (rd_kafka_resp_err_t)er_kafka_produce(rk, topic, key, key_len, value,
+                                                 value_len, NULL, &dr);
     if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
         return er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL,
                           "produce to %s: %s", topic, rd_kafka_err2str(kerr));

@@ -54,8 +54,7 @@ json_t *er_driver_realization_record(const struct er_driver_env *env,
                                      const char *remote_path,
                                      const char *sync_strategy,
                                      const char *sync_prepare,
-                                     const char *sync_back,
-                                     const char *summary)
+                                     const char *sync_back, const char *summary)
 {
     const json_t *source = json_object_get(ws->request, "source");
     const json_t *overlay = json_object_get(ws->request, "runtimeOverlay");
@@ -94,8 +93,7 @@ json_t *er_driver_realization_record(const struct er_driver_env *env,
         "repoRef", member_or_null(source, "repoRef"), "localPath",
         str_or_null(ws->local_path), "remotePath", str_or_null(remote_path),
         "providerLeaseId", str_or_null(lease->provider_lease_id), "metadata",
-        "source",
-        source != NULL ? json_deep_copy(source) : json_null(),
+        "source", source != NULL ? json_deep_copy(source) : json_null(),
         "runtimeOverlay",
         overlay != NULL ? json_deep_copy(overlay) : json_null(),
         "environmentDriver", env->driver, "provider", provider,

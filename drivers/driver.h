@@ -34,11 +34,11 @@ struct er_driver_lease_ctx {
 
 /* What an acquire decided; the caller inserts the row. */
 struct er_driver_acquired {
-    const char *lease_policy;  /* static string */
-    const char *provider;      /* static string or owned by the driver */
-    char *provider_lease_id;   /* owned (er_free), may be NULL */
-    json_t *metadata;          /* owned (json_decref) */
-    int64_t expires_at_ms;     /* -1: no expiry */
+    const char *lease_policy; /* static string */
+    const char *provider;     /* static string or owned by the driver */
+    char *provider_lease_id;  /* owned (er_free), may be NULL */
+    json_t *metadata;         /* owned (json_decref) */
+    int64_t expires_at_ms;    /* -1: no expiry */
 };
 
 /* An environment_leases row as a driver sees it (borrowed). */
@@ -104,14 +104,11 @@ void er_driver_realized_fini(struct er_driver_realized *res);
  * (domain.md 2.6). remote_path and host may be NULL; sync_strategy,
  * sync_prepare and sync_back are the record's sync fields; summary is the
  * human sentence. Returns a new object (caller owns) or NULL on OOM. */
-json_t *er_driver_realization_record(const struct er_driver_env *env,
-                                     const struct er_driver_lease *lease,
-                                     const struct er_driver_workspace *ws,
-                                     const char *remote_path,
-                                     const char *sync_strategy,
-                                     const char *sync_prepare,
-                                     const char *sync_back,
-                                     const char *summary);
+json_t *er_driver_realization_record(
+    const struct er_driver_env *env, const struct er_driver_lease *lease,
+    const struct er_driver_workspace *ws, const char *remote_path,
+    const char *sync_strategy, const char *sync_prepare, const char *sync_back,
+    const char *summary);
 
 /* The local driver (local.c). */
 extern const struct er_driver_ops er_local_driver;

@@ -1,10 +1,10 @@
 /* local: the local driver (domain.md 4.1). The adapter runs on the host, so
  * acquire records the lease only, realize uses the host path in place and
  * release is a status update. Thread-safe (no state). */
-#include "drivers/driver.h"
-
 #include <stdio.h>
 #include <string.h>
+
+#include "drivers/driver.h"
 
 static int local_acquire(const struct er_driver_env *env,
                          const struct er_driver_lease_ctx *ctx,
@@ -16,9 +16,9 @@ static int local_acquire(const struct er_driver_env *env,
     out->provider = "local";
     out->provider_lease_id = NULL;
     out->expires_at_ms = -1;
-    out->metadata = json_pack("{s:s, s:o}", "driver", env->driver,
-                              "executionWorkspaceMode",
-                              mode != NULL ? json_string(mode) : json_null());
+    out->metadata =
+        json_pack("{s:s, s:o}", "driver", env->driver, "executionWorkspaceMode",
+                  mode != NULL ? json_string(mode) : json_null());
     if (out->metadata == NULL)
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
     return 0;
@@ -37,8 +37,7 @@ static int local_realize(const struct er_driver_env *env,
     out->record = er_driver_realization_record(
         env, lease, ws, NULL, "none",
         "The workspace is used in place on the host.",
-        "Nothing to sync back: the run works in the host workspace.",
-        summary);
+        "Nothing to sync back: the run works in the host workspace.", summary);
     out->cwd = er_strdup(cwd != NULL ? cwd : "/");
     if (out->record == NULL || out->cwd == NULL) {
         er_driver_realized_fini(out);

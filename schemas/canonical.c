@@ -91,9 +91,9 @@ static int canon_schema(struct canon *c, json_t *schema, const char *ns,
 
 static bool is_primitive(const char *s)
 {
-    static const char *const prims[] = { "null",   "boolean", "int",
-                                         "long",   "float",   "double",
-                                         "bytes",  "string",  NULL };
+    static const char *const prims[] = { "null",  "boolean", "int",
+                                         "long",  "float",   "double",
+                                         "bytes", "string",  NULL };
     size_t i;
 
     for (i = 0; prims[i] != NULL; i++) {
@@ -195,8 +195,7 @@ static int canon_fields(struct canon *c, json_t *fields, const char *ns,
         if (rc == 0)
             rc = put(c, ",\"type\":");
         if (rc == 0)
-            rc = canon_schema(c, json_object_get(field, "type"), ns,
-                              depth + 1);
+            rc = canon_schema(c, json_object_get(field, "type"), ns, depth + 1);
         if (rc == 0)
             rc = put(c, "}");
     }
@@ -249,8 +248,8 @@ static int canon_named(struct canon *c, json_t *schema, const char *type,
         return er_err_set(c->err, ER_EINVAL, ER_ERRCLASS_SKIP,
                           "schema: namespace is not a string");
     rc = full_name(c, json_string_value(name),
-                   json_is_string(space) ? json_string_value(space) : NULL,
-                   ns, full, sizeof(full));
+                   json_is_string(space) ? json_string_value(space) : NULL, ns,
+                   full, sizeof(full));
     if (rc != 0)
         return rc;
     if (json_object_get(c->names, full) != NULL)
@@ -290,8 +289,8 @@ static int canon_named(struct canon *c, json_t *schema, const char *type,
                  json_integer_value(size));
         rc = put(c, num);
     } else {
-        rc = canon_fields(c, json_object_get(schema, "fields"), inner_ns,
-                          depth);
+        rc =
+            canon_fields(c, json_object_get(schema, "fields"), inner_ns, depth);
     }
     if (rc == 0)
         rc = put(c, "}");
@@ -387,12 +386,10 @@ int er_canonical_form(const char *schema_json, struct er_buf *out,
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP, "schema: missing");
         goto out;
     }
-    root = json_loadb(schema_json, strlen(schema_json), JSON_DECODE_ANY,
-                      &jerr);
+    root = json_loadb(schema_json, strlen(schema_json), JSON_DECODE_ANY, &jerr);
     if (root == NULL) {
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP,
-                        "schema: not JSON (line %d: %s)", jerr.line,
-                        jerr.text);
+                        "schema: not JSON (line %d: %s)", jerr.line, jerr.text);
         goto out;
     }
     c.names = json_object();

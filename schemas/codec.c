@@ -14,15 +14,16 @@
 #include "schemas/schemas.h"
 #include "schemas/schemas_int.h"
 
-#define REC_CNT 4
-#define HDR_LEN 10 /* 0xC3 0x01 and the 8-byte fingerprint */
-#define MAGIC0  0xc3
-#define MAGIC1  0x01
+#define REC_CNT        4
+#define HDR_LEN        10 /* 0xC3 0x01 and the 8-byte fingerprint */
+#define MAGIC0         0xc3
+#define MAGIC1         0x01
 /* avro-c mallocs a string's declared length before reading it; refusing
  * anything this big bounds what a hostile length can cost. */
-#define AVRO_ALLOC_MAX ((size_t)ER_CMD_VALUE_MAX_BYTES * 2)
+#define VALUE_MAX      ((size_t)ER_CMD_VALUE_MAX_BYTES)
+#define AVRO_ALLOC_MAX (VALUE_MAX * 2)
 /* Our schemas nest three levels; the cap bounds the schema walks. */
-#define MAX_DEPTH 16
+#define MAX_DEPTH      16
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -73,8 +74,7 @@ static const char *const release_status_names[] = { "released", "expired",
                                                     "failed" };
 
 _Static_assert(ARRAY_LEN(kind_names) == ER_CMD_RELEASE + 1, "kinds");
-_Static_assert(ARRAY_LEN(outcome_names) == ER_OUTCOME_DEFERRED + 1,
-               "outcomes");
+_Static_assert(ARRAY_LEN(outcome_names) == ER_OUTCOME_DEFERRED + 1, "outcomes");
 _Static_assert(ARRAY_LEN(error_code_names) == ER_EC_INVALID_COMMAND + 1,
                "error codes");
 _Static_assert(ARRAY_LEN(release_status_names) == ER_RELEASE_FAILED + 1,
@@ -114,129 +114,105 @@ const char *er_codec_release_status_name(enum er_release_status status)
  * Field tables: which struct member goes to which Avro field
  * ================================================================ */
 
-/* A string field; nullable or not comes from the schema. */
-struct str_field {
+/* A string or long field of a record struct; nullable or not comes from
+ * the schema. A negative long encodes null where the schema allows it. */
+struct field {
     const char *name;
-    size_t off; /* of a char * (decode) or const char * (encode) member */
-};
-
-/* A field of an event record: a string, or a long (negative means null
- * where the schema allows null). */
-struct ev_field {
-    const char *name;
-    size_t off;
+    size_t off; /* of a char *, const char * or int64_t member */
     bool is_long;
 };
 
-#define CMD_STR(member, field)                                                 \
-    {                                                                          \
-        field, offsetof(struct er_run_command, member)                         \
+#define STR(type, member, name)                    \
+    {                                              \
+        name, offsetof(struct type, member), false \
+    }
+#define LONG(type, member, name)                  \
+    {                                             \
+        name, offsetof(struct type, member), true \
     }
 
-static const struct str_field cmd_strs[] = {
-    CMD_STR(command_id, "commandId"),
-    CMD_STR(company_id, "companyId"),
-    CMD_STR(agent_id, "agentId"),
-    CMD_STR(heartbeat_run_id, "heartbeatRunId"),
-    CMD_STR(traceparent, "traceparent"),
+static const struct field cmd_strs[] = {
+    STR(er_run_command, command_id, "commandId"),
+    STR(er_run_command, company_id, "companyId"),
+    STR(er_run_command, agent_id, "agentId"),
+    STR(er_run_command, heartbeat_run_id, "heartbeatRunId"),
+    STR(er_run_command, traceparent, "traceparent"),
 };
-static const struct str_field acquire_strs[] = {
-    CMD_STR(selected_environment_id, "selectedEnvironmentId"),
-    CMD_STR(adapter_type, "adapterType"),
-    CMD_STR(issue_id, "issueId"),
-    CMD_STR(execution_workspace_id, "executionWorkspaceId"),
-    CMD_STR(execution_workspace_mode, "executionWorkspaceMode"),
+static const struct field acquire_strs[] = {
+    STR(er_run_command, selected_environment_id, "selectedEnvironmentId"),
+    STR(er_run_command, adapter_type, "adapterType"),
+    STR(er_run_command, issue_id, "issueId"),
+    STR(er_run_command, execution_workspace_id, "executionWorkspaceId"),
+    STR(er_run_command, execution_workspace_mode, "executionWorkspaceMode"),
 };
-static const struct str_field realize_strs[] = {
-    CMD_STR(lease_id, "leaseId"),
-    CMD_STR(adapter_type, "adapterType"),
-    CMD_STR(issue_id, "issueId"),
-    CMD_STR(workspace_json, "workspaceJson"),
-    CMD_STR(execution_workspace_id, "executionWorkspaceId"),
-    CMD_STR(requested_mode, "requestedMode"),
-    CMD_STR(runtime_overlay_json, "runtimeOverlayJson"),
+/* hostApiToken is handled apart: it goes into a struct er_secret. */
+static const struct field realize_strs[] = {
+    STR(er_run_command, lease_id, "leaseId"),
+    STR(er_run_command, adapter_type, "adapterType"),
+    STR(er_run_command, issue_id, "issueId"),
+    STR(er_run_command, workspace_json, "workspaceJson"),
+    STR(er_run_command, execution_workspace_id, "executionWorkspaceId"),
+    STR(er_run_command, requested_mode, "requestedMode"),
+    STR(er_run_command, runtime_overlay_json, "runtimeOverlayJson"),
 };
-static const struct str_field release_strs[] = {
-    CMD_STR(failure_reason, "failureReason"),
+static const struct field release_strs[] = {
+    STR(er_run_command, failure_reason, "failureReason"),
 };
 
 /* Branch names of the RunCommand `command` union, by enum er_cmd_kind. */
-static const char *const cmd_branches[] = { "AcquireCommand",
-                                            "RealizeCommand",
+static const char *const cmd_branches[] = { "AcquireCommand", "RealizeCommand",
                                             "ReleaseCommand" };
 
-#define RES_STR(member, field)                                                 \
-    {                                                                          \
-        field, offsetof(struct er_command_result, member), false               \
-    }
-#define RES_LONG(member, field)                                                \
-    {                                                                          \
-        field, offsetof(struct er_command_result, member), true                \
-    }
-
-static const struct ev_field result_fields[] = {
-    RES_STR(command_id, "commandId"),
-    RES_STR(company_id, "companyId"),
-    RES_STR(heartbeat_run_id, "heartbeatRunId"),
-    RES_STR(error_message, "errorMessage"),
-    RES_STR(environment_id, "environmentId"),
-    RES_STR(driver, "driver"),
-    RES_STR(lease_id, "leaseId"),
-    RES_STR(result_json, "resultJson"),
-    RES_LONG(completed_at_ms, "completedAt"),
+/* CommandResult's enums (kind, outcome, errorCode) are set apart. */
+static const struct field result_fields[] = {
+    STR(er_command_result, command_id, "commandId"),
+    STR(er_command_result, company_id, "companyId"),
+    STR(er_command_result, heartbeat_run_id, "heartbeatRunId"),
+    STR(er_command_result, error_message, "errorMessage"),
+    STR(er_command_result, environment_id, "environmentId"),
+    STR(er_command_result, driver, "driver"),
+    STR(er_command_result, lease_id, "leaseId"),
+    STR(er_command_result, result_json, "resultJson"),
+    LONG(er_command_result, completed_at_ms, "completedAt"),
 };
 
-#define LEASE_STR(member, field)                                               \
-    {                                                                          \
-        field, offsetof(struct er_lease_event, member), false                  \
-    }
-#define LEASE_LONG(member, field)                                              \
-    {                                                                          \
-        field, offsetof(struct er_lease_event, member), true                   \
-    }
-
-static const struct ev_field lease_fields[] = {
-    LEASE_STR(event_id, "eventId"),
-    LEASE_LONG(occurred_at_ms, "occurredAt"),
-    LEASE_LONG(version, "version"),
-    LEASE_STR(lease_id, "leaseId"),
-    LEASE_STR(company_id, "companyId"),
-    LEASE_STR(environment_id, "environmentId"),
-    LEASE_STR(execution_workspace_id, "executionWorkspaceId"),
-    LEASE_STR(issue_id, "issueId"),
-    LEASE_STR(heartbeat_run_id, "heartbeatRunId"),
-    LEASE_STR(status, "status"),
-    LEASE_STR(lease_policy, "leasePolicy"),
-    LEASE_STR(provider, "provider"),
-    LEASE_STR(provider_lease_id, "providerLeaseId"),
-    LEASE_LONG(acquired_at_ms, "acquiredAt"),
-    LEASE_LONG(last_used_at_ms, "lastUsedAt"),
-    LEASE_LONG(expires_at_ms, "expiresAt"),
-    LEASE_LONG(released_at_ms, "releasedAt"),
-    LEASE_STR(failure_reason, "failureReason"),
-    LEASE_STR(cleanup_status, "cleanupStatus"),
-    LEASE_STR(metadata_json, "metadataJson"),
-    LEASE_LONG(created_at_ms, "createdAt"),
-    LEASE_LONG(updated_at_ms, "updatedAt"),
+static const struct field lease_fields[] = {
+    STR(er_lease_event, event_id, "eventId"),
+    LONG(er_lease_event, occurred_at_ms, "occurredAt"),
+    LONG(er_lease_event, version, "version"),
+    STR(er_lease_event, lease_id, "leaseId"),
+    STR(er_lease_event, company_id, "companyId"),
+    STR(er_lease_event, environment_id, "environmentId"),
+    STR(er_lease_event, execution_workspace_id, "executionWorkspaceId"),
+    STR(er_lease_event, issue_id, "issueId"),
+    STR(er_lease_event, heartbeat_run_id, "heartbeatRunId"),
+    STR(er_lease_event, status, "status"),
+    STR(er_lease_event, lease_policy, "leasePolicy"),
+    STR(er_lease_event, provider, "provider"),
+    STR(er_lease_event, provider_lease_id, "providerLeaseId"),
+    LONG(er_lease_event, acquired_at_ms, "acquiredAt"),
+    LONG(er_lease_event, last_used_at_ms, "lastUsedAt"),
+    LONG(er_lease_event, expires_at_ms, "expiresAt"),
+    LONG(er_lease_event, released_at_ms, "releasedAt"),
+    STR(er_lease_event, failure_reason, "failureReason"),
+    STR(er_lease_event, cleanup_status, "cleanupStatus"),
+    STR(er_lease_event, metadata_json, "metadataJson"),
+    LONG(er_lease_event, created_at_ms, "createdAt"),
+    LONG(er_lease_event, updated_at_ms, "updatedAt"),
 };
 
-#define ACT_STR(member, field)                                                 \
-    {                                                                          \
-        field, offsetof(struct er_activity_event, member), false               \
-    }
-
-static const struct ev_field activity_fields[] = {
-    ACT_STR(id, "id"),
-    ACT_STR(company_id, "companyId"),
-    ACT_STR(actor_type, "actorType"),
-    ACT_STR(actor_id, "actorId"),
-    ACT_STR(action, "action"),
-    ACT_STR(entity_type, "entityType"),
-    ACT_STR(entity_id, "entityId"),
-    ACT_STR(agent_id, "agentId"),
-    ACT_STR(run_id, "runId"),
-    ACT_STR(details_json, "detailsJson"),
-    { "createdAt", offsetof(struct er_activity_event, created_at_ms), true },
+static const struct field activity_fields[] = {
+    STR(er_activity_event, id, "id"),
+    STR(er_activity_event, company_id, "companyId"),
+    STR(er_activity_event, actor_type, "actorType"),
+    STR(er_activity_event, actor_id, "actorId"),
+    STR(er_activity_event, action, "action"),
+    STR(er_activity_event, entity_type, "entityType"),
+    STR(er_activity_event, entity_id, "entityId"),
+    STR(er_activity_event, agent_id, "agentId"),
+    STR(er_activity_event, run_id, "runId"),
+    STR(er_activity_event, details_json, "detailsJson"),
+    LONG(er_activity_event, created_at_ms, "createdAt"),
 };
 
 /* ================================================================
@@ -247,8 +223,7 @@ static const struct ev_field activity_fields[] = {
  * libc directly rather than er_realloc: some of avro-c's out-of-memory
  * paths leak (read_value drops a string when wrapping it fails), so
  * injected failures would test avro-c rather than us. */
-static void *avro_alloc(void *user_data, void *ptr, size_t osize,
-                        size_t nsize)
+static void *avro_alloc(void *user_data, void *ptr, size_t osize, size_t nsize)
 {
     (void)user_data;
     (void)osize;
@@ -324,10 +299,12 @@ static int branch_of(avro_schema_t un, avro_type_t type, const char *name)
 
 /* ================================================================
  * Prescan: walk the bytes against the schema before avro-c sees them.
- * avro-c 1.11.1 trusts the input: it indexes its branch table with an
- * unchecked union discriminant, stores any enum index, and mallocs a
- * string's declared length before checking it against the input. The
- * walk refuses all of that and also finds trailing bytes.
+ * Debian's avro-c 1.11.1 trusts the input: it stores any enum index (so
+ * avro_schema_enum_get would later read past the symbol table) and mallocs
+ * a string's declared length (2^62 included) before checking it against
+ * the input. The walk refuses those, checks union branches itself rather
+ * than rely on avro-c's version-dependent check, and finds trailing
+ * bytes, so avro_value_read only ever sees well-formed values.
  * ================================================================ */
 
 struct scan {
@@ -421,8 +398,7 @@ static int scan_value(struct scan *s, avro_schema_t schema, const char *field)
         if (rc == 0 && (v < 0 || (uint64_t)v >= avro_schema_union_size(schema)))
             rc = scan_bad(s, field, "union branch out of range");
         if (rc == 0)
-            rc = scan_value(s, avro_schema_union_branch(schema, (int)v),
-                            field);
+            rc = scan_value(s, avro_schema_union_branch(schema, (int)v), field);
         return rc;
     case AVRO_RECORD:
         for (i = 0; rc == 0 && i < avro_schema_record_size(schema); i++)
@@ -532,7 +508,7 @@ static int rec_init(struct rec *rec, struct er_err *err)
     struct er_err sub;
     int rc = 0;
 
-    er_buf_init(&canon, 64 * 1024);
+    er_buf_init(&canon, (size_t)64 * 1024);
     rec->json = embedded_json(rec->name);
     if (rec->json == NULL) {
         rc = er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
@@ -568,8 +544,8 @@ static int rec_init(struct rec *rec, struct er_err *err)
     }
     if (avro_generic_value_new(rec->iface, &rec->value) != 0) {
         rec->value.iface = NULL;
-        rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "%s: %s",
-                        rec->name, avro_strerror());
+        rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "%s: %s", rec->name,
+                        avro_strerror());
         goto out;
     }
 
@@ -583,18 +559,14 @@ out:
 static int check_enum(avro_schema_t schema, const char *const *names,
                       size_t cnt, struct er_err *err)
 {
+    bool is_same = schema != NULL && avro_typeof(schema) == AVRO_ENUM &&
+                   (size_t)avro_schema_enum_number_of_symbols(schema) == cnt;
     size_t i;
 
-    if (schema == NULL || avro_typeof(schema) != AVRO_ENUM ||
-        (size_t)avro_schema_enum_number_of_symbols(schema) != cnt)
-        goto bad;
-    for (i = 0; i < cnt; i++) {
-        if (strcmp(avro_schema_enum_get(schema, (int)i), names[i]) != 0)
-            goto bad;
-    }
-    return 0;
-
-bad:
+    for (i = 0; is_same && i < cnt; i++)
+        is_same = strcmp(avro_schema_enum_get(schema, (int)i), names[i]) == 0;
+    if (is_same)
+        return 0;
     return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
                       "schema enum %s does not match the codec's names",
                       schema == NULL ? "(missing)" : avro_schema_name(schema));
@@ -647,15 +619,15 @@ static int check_enums(struct er_err *err)
     rc = check_enum(field_schema(res, "kind", AVRO_ENUM), kind_names,
                     ARRAY_LEN(kind_names), err);
     if (rc == 0)
-        rc = check_enum(field_schema(res, "outcome", AVRO_ENUM),
-                        outcome_names, ARRAY_LEN(outcome_names), err);
+        rc = check_enum(field_schema(res, "outcome", AVRO_ENUM), outcome_names,
+                        ARRAY_LEN(outcome_names), err);
     if (rc == 0)
         rc = check_enum(field_schema(res, "errorCode", AVRO_ENUM),
                         error_code_names, ARRAY_LEN(error_code_names), err);
     if (rc == 0)
         rc = check_enum(field_schema(rel, "status", AVRO_ENUM),
-                        release_status_names,
-                        ARRAY_LEN(release_status_names), err);
+                        release_status_names, ARRAY_LEN(release_status_names),
+                        err);
     return rc;
 }
 
@@ -756,8 +728,8 @@ static int identify_locked(const uint8_t *buf, size_t len,
                       "unknown schema fingerprint 0x%016" PRIx64, fp);
 }
 
-int er_codec_identify(const uint8_t *buf, size_t len,
-                      enum er_record_type *type, struct er_err *err)
+int er_codec_identify(const uint8_t *buf, size_t len, enum er_record_type *type,
+                      struct er_err *err)
 {
     int rc;
 
@@ -786,7 +758,7 @@ static int load_locked(const uint8_t *buf, size_t len,
 
     if (!codec.is_ready)
         return not_ready(err);
-    if (len > ER_CMD_VALUE_MAX_BYTES)
+    if (len > VALUE_MAX)
         return er_err_set(err, ER_E2BIG, ER_ERRCLASS_SKIP,
                           "value of %zu bytes is over the %d-byte cap", len,
                           ER_CMD_VALUE_MAX_BYTES);
@@ -812,6 +784,56 @@ static int load_locked(const uint8_t *buf, size_t len,
         return avro_err(err, ER_EBADMSG, ER_ERRCLASS_SKIP, rec->name, rc);
     *root = &rec->value;
     return 0;
+}
+
+/* Wipe and drop the hostApiToken a RunCommand value may hold. */
+static void scrub_token_locked(avro_value_t *root)
+{
+    avro_value_t un;
+    avro_value_t body;
+    avro_value_t tok;
+    avro_value_t str;
+    const char *p = NULL;
+    size_t size = 0;
+    size_t i;
+    int idx;
+
+    if (avro_value_get_by_name(root, "command", &un, NULL) != 0 ||
+        avro_value_get_current_branch(&un, &body) != 0 ||
+        avro_value_get_by_name(&body, "hostApiToken", &tok, NULL) != 0 ||
+        avro_value_get_current_branch(&tok, &str) != 0 ||
+        avro_value_get_type(&str) != AVRO_STRING)
+        return;
+    /* avro-c hands out its own (writable) buffer as const; with size 1 it
+     * may instead be a static "", which must not be written. */
+    if (avro_value_get_string(&str, &p, &size) == 0 && size > 1) {
+        union {
+            const char *ro;
+            volatile char *rw;
+        } buf = { .ro = p };
+
+        for (i = 0; i < size; i++)
+            buf.rw[i] = 0;
+    }
+    idx = branch_of(avro_value_get_schema(&tok), AVRO_NULL, NULL);
+    if (idx >= 0)
+        (void)avro_value_set_branch(&tok, idx, &str);
+}
+
+/* Finish a call on a record's value and release the lock. The strings a
+ * read gave the value are freed now rather than at the next call, and a
+ * token is wiped first (contract.md 6: a secret stays in memory only while
+ * the operation needs it). */
+static void end_locked(enum er_record_type type)
+{
+    if (codec.is_ready && (int)type >= 0 && (int)type < REC_CNT) {
+        avro_value_t *value = &codec.recs[type].value;
+
+        if (type == ER_REC_RUN_COMMAND)
+            scrub_token_locked(value);
+        (void)avro_value_reset(value);
+    }
+    pthread_mutex_unlock(&codec.mu);
 }
 
 /* ================================================================
@@ -848,7 +870,7 @@ static int get_raw(avro_value_t *rec, const char *name, const char **s,
                    size_t *len, struct er_err *err)
 {
     avro_value_t v;
-    bool is_null;
+    bool is_null = false;
     size_t size = 0;
     int rc;
 
@@ -872,9 +894,8 @@ static int get_raw(avro_value_t *rec, const char *name, const char **s,
     return 0;
 }
 
-static int get_strs(avro_value_t *rec, const struct str_field *fields,
-                    size_t cnt, struct er_run_command *cmd,
-                    struct er_err *err)
+static int get_strs(avro_value_t *rec, const struct field *fields, size_t cnt,
+                    struct er_run_command *cmd, struct er_err *err)
 {
     size_t i;
 
@@ -915,8 +936,8 @@ static int get_enum(avro_value_t *rec, const char *name, int *out,
     int rc = get_field(rec, name, &v, err);
 
     if (rc == 0 && avro_value_get_enum(&v, out) != 0)
-        rc = er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
-                        "%s: not an enum", name);
+        rc = er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL, "%s: not an enum",
+                        name);
     return rc;
 }
 
@@ -926,36 +947,25 @@ static int get_enum(avro_value_t *rec, const char *name, int *out,
 
 void er_codec_command_fini(struct er_run_command *cmd)
 {
-    size_t i;
-
     if (cmd == NULL)
         return;
-    char **strs[] = {
-        &cmd->command_id,
-        &cmd->company_id,
-        &cmd->agent_id,
-        &cmd->heartbeat_run_id,
-        &cmd->traceparent,
-        &cmd->selected_environment_id,
-        &cmd->execution_workspace_mode,
-        &cmd->adapter_type,
-        &cmd->issue_id,
-        &cmd->execution_workspace_id,
-        &cmd->lease_id,
-        &cmd->workspace_json,
-        &cmd->requested_mode,
-        &cmd->runtime_overlay_json,
-        &cmd->failure_reason,
-    };
-
-    for (i = 0; i < ARRAY_LEN(strs); i++) {
-        er_free(*strs[i]);
-        *strs[i] = NULL;
-    }
+    er_free(cmd->command_id);
+    er_free(cmd->company_id);
+    er_free(cmd->agent_id);
+    er_free(cmd->heartbeat_run_id);
+    er_free(cmd->traceparent);
+    er_free(cmd->selected_environment_id);
+    er_free(cmd->execution_workspace_mode);
+    er_free(cmd->adapter_type);
+    er_free(cmd->issue_id);
+    er_free(cmd->execution_workspace_id);
+    er_free(cmd->lease_id);
+    er_free(cmd->workspace_json);
+    er_free(cmd->requested_mode);
+    er_free(cmd->runtime_overlay_json);
+    er_free(cmd->failure_reason);
     er_secret_fini(&cmd->host_api_token);
-    cmd->issued_at_ms = 0;
-    cmd->kind = ER_CMD_ACQUIRE;
-    cmd->release_status = ER_RELEASE_RELEASED;
+    memset(cmd, 0, sizeof(*cmd));
 }
 
 static int get_command_body(avro_value_t *root, struct er_run_command *cmd,
@@ -975,8 +985,7 @@ static int get_command_body(avro_value_t *root, struct er_run_command *cmd,
     branch = avro_schema_name(avro_value_get_schema(&body));
     if (strcmp(branch, cmd_branches[ER_CMD_ACQUIRE]) == 0) {
         cmd->kind = ER_CMD_ACQUIRE;
-        return get_strs(&body, acquire_strs, ARRAY_LEN(acquire_strs), cmd,
-                        err);
+        return get_strs(&body, acquire_strs, ARRAY_LEN(acquire_strs), cmd, err);
     }
     if (strcmp(branch, cmd_branches[ER_CMD_REALIZE]) == 0) {
         const char *tok;
@@ -1003,8 +1012,7 @@ static int get_command_body(avro_value_t *root, struct er_run_command *cmd,
 static int wrong_type(enum er_record_type type, struct er_err *err)
 {
     return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_SKIP,
-                      "value holds %s, not RunCommand",
-                      codec.recs[type].name);
+                      "value holds %s, not RunCommand", codec.recs[type].name);
 }
 
 int er_codec_command_decode(const uint8_t *buf, size_t len,
@@ -1032,7 +1040,7 @@ int er_codec_command_decode(const uint8_t *buf, size_t len,
         rc = get_command_body(root, cmd, err);
 
 out:
-    pthread_mutex_unlock(&codec.mu);
+    end_locked(type);
     if (rc != 0)
         er_codec_command_fini(cmd);
     return rc;
@@ -1053,8 +1061,8 @@ static int peek_str(struct scan *s, char **out)
     return *out == NULL ? ER_ENOMEM : 0;
 }
 
-int er_codec_command_peek_ids(const uint8_t *buf, size_t len,
-                              char **command_id, char **company_id)
+int er_codec_command_peek_ids(const uint8_t *buf, size_t len, char **command_id,
+                              char **company_id)
 {
     enum er_record_type type = ER_REC_UNKNOWN;
     struct scan s;
@@ -1113,8 +1121,7 @@ static int select_branch(avro_value_t *v, const char *name, bool is_null,
                               "%s: missing (the field is required)", name);
         return 0;
     }
-    idx = branch_of(avro_value_get_schema(v), is_null ? AVRO_NULL : type,
-                    NULL);
+    idx = branch_of(avro_value_get_schema(v), is_null ? AVRO_NULL : type, NULL);
     if (idx < 0 || avro_value_set_branch(v, idx, &branch) != 0)
         return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
                           "%s: union has no such branch", name);
@@ -1135,7 +1142,7 @@ static int set_str_len(avro_value_t *rec, const char *name, const char *s,
         rc = select_branch(&v, name, s == NULL, AVRO_STRING, err);
     if (rc != 0 || s == NULL)
         return rc;
-    if (len > ER_CMD_VALUE_MAX_BYTES)
+    if (len > VALUE_MAX)
         return er_err_set(err, ER_E2BIG, ER_ERRCLASS_SKIP,
                           "%s: longer than %d bytes", name,
                           ER_CMD_VALUE_MAX_BYTES);
@@ -1190,7 +1197,8 @@ static int set_enum(avro_value_t *rec, const char *name, int idx, size_t cnt,
     return rc;
 }
 
-static int set_cmd_strs(avro_value_t *rec, const struct str_field *fields,
+/* The command's members are char * (decode fills them). */
+static int set_cmd_strs(avro_value_t *rec, const struct field *fields,
                         size_t cnt, const struct er_run_command *cmd,
                         struct er_err *err)
 {
@@ -1198,15 +1206,15 @@ static int set_cmd_strs(avro_value_t *rec, const struct str_field *fields,
     int rc = 0;
 
     for (i = 0; rc == 0 && i < cnt; i++) {
-        const char *const *src =
-            (const char *const *)((const char *)cmd + fields[i].off);
+        char *const *src = (char *const *)((const char *)cmd + fields[i].off);
 
         rc = set_str(rec, fields[i].name, *src, err);
     }
     return rc;
 }
 
-static int set_ev_fields(avro_value_t *rec, const struct ev_field *fields,
+/* The events' members are const char * and int64_t. */
+static int set_ev_fields(avro_value_t *rec, const struct field *fields,
                          size_t cnt, const void *ev, struct er_err *err)
 {
     size_t i;
@@ -1242,8 +1250,8 @@ static int write_locked(enum er_record_type type, struct er_buf *out,
     }
     body = er_malloc(size);
     if (body == NULL) {
-        rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY,
-                        "%s: out of memory", rec->name);
+        rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "%s: out of memory",
+                        rec->name);
         goto out;
     }
     avro_writer_memory_set_dest(codec.writer, body, (int64_t)size);
@@ -1269,8 +1277,8 @@ out:
     return rc;
 }
 
-/* Take the lock (which the caller releases, also on failure) and reset the
- * record's value for an encoder. */
+/* Take the lock (which the caller releases with end_locked, also on
+ * failure) and reset the record's value for an encoder. */
 static int begin_encode(enum er_record_type type, avro_value_t **root,
                         struct er_err *err)
 {
@@ -1330,15 +1338,15 @@ int er_codec_command_encode(const struct er_run_command *cmd,
         rc = set_enum(&body, "status", (int)cmd->release_status,
                       ARRAY_LEN(release_status_names), err);
         if (rc == 0)
-            rc = set_cmd_strs(&body, release_strs, ARRAY_LEN(release_strs),
-                              cmd, err);
+            rc = set_cmd_strs(&body, release_strs, ARRAY_LEN(release_strs), cmd,
+                              err);
         break;
     }
     if (rc == 0)
         rc = write_locked(ER_REC_RUN_COMMAND, out, err);
 
 out:
-    pthread_mutex_unlock(&codec.mu);
+    end_locked(ER_REC_RUN_COMMAND);
     return rc;
 }
 
@@ -1355,8 +1363,7 @@ int er_codec_result_encode(const struct er_command_result *res,
         rc = set_ev_fields(root, result_fields, ARRAY_LEN(result_fields), res,
                            err);
     if (rc == 0)
-        rc = set_enum(root, "kind", (int)res->kind, ARRAY_LEN(kind_names),
-                      err);
+        rc = set_enum(root, "kind", (int)res->kind, ARRAY_LEN(kind_names), err);
     if (rc == 0)
         rc = set_enum(root, "outcome", (int)res->outcome,
                       ARRAY_LEN(outcome_names), err);
@@ -1369,7 +1376,7 @@ int er_codec_result_encode(const struct er_command_result *res,
                       ARRAY_LEN(error_code_names), err);
     if (rc == 0)
         rc = write_locked(ER_REC_COMMAND_RESULT, out, err);
-    pthread_mutex_unlock(&codec.mu);
+    end_locked(ER_REC_COMMAND_RESULT);
     return rc;
 }
 
@@ -1383,11 +1390,11 @@ int er_codec_lease_event_encode(const struct er_lease_event *ev,
 
     rc = begin_encode(ER_REC_LEASE_EVENT, &root, err);
     if (rc == 0)
-        rc = set_ev_fields(root, lease_fields, ARRAY_LEN(lease_fields), ev,
-                           err);
+        rc =
+            set_ev_fields(root, lease_fields, ARRAY_LEN(lease_fields), ev, err);
     if (rc == 0)
         rc = write_locked(ER_REC_LEASE_EVENT, out, err);
-    pthread_mutex_unlock(&codec.mu);
+    end_locked(ER_REC_LEASE_EVENT);
     return rc;
 }
 
@@ -1405,7 +1412,7 @@ int er_codec_activity_event_encode(const struct er_activity_event *ev,
                            ev, err);
     if (rc == 0)
         rc = write_locked(ER_REC_ACTIVITY_EVENT, out, err);
-    pthread_mutex_unlock(&codec.mu);
+    end_locked(ER_REC_ACTIVITY_EVENT);
     return rc;
 }
 
@@ -1567,7 +1574,7 @@ int er_codec_to_json(const uint8_t *buf, size_t len, struct er_buf *out,
         rc = buf_err(err, rc, "json");
 
 out:
-    pthread_mutex_unlock(&codec.mu);
+    end_locked(type);
     if (rc != 0)
         buf_truncate(out, old_len);
     return rc;

@@ -197,12 +197,14 @@ const char *er_codec_schema_json(enum er_record_type type);
  * when too short or unframed, ER_ESCHEMA for an unknown fingerprint or for
  * Confluent framing ("confluent-framed value needs a schema registry ...").
  */
-int er_codec_identify(const uint8_t *buf, size_t len,
-                      enum er_record_type *type, struct er_err *err);
+int er_codec_identify(const uint8_t *buf, size_t len, enum er_record_type *type,
+                      struct er_err *err);
 
 /* Decode a RunCommand value (single-object encoding). On success cmd owns
  * its strings. On failure cmd is left finalised (all NULL) and err (class
- * SKIP) says why: ER_EBADMSG, ER_ESCHEMA, ER_E2BIG (over 1 MiB). */
+ * SKIP) says why: ER_EBADMSG (also for a string holding a NUL byte or
+ * invalid UTF-8, naming the field), ER_ESCHEMA, ER_E2BIG (over 1 MiB); or
+ * ER_ENOMEM, class RETRY. */
 int er_codec_command_decode(const uint8_t *buf, size_t len,
                             struct er_run_command *cmd, struct er_err *err);
 
@@ -210,8 +212,8 @@ int er_codec_command_decode(const uint8_t *buf, size_t len,
  * are those of RunCommand even when the rest cannot be decoded. Returns 0
  * and heap copies (caller frees with er_free) when both could be read;
  * ER_EBADMSG otherwise (outputs NULL). */
-int er_codec_command_peek_ids(const uint8_t *buf, size_t len,
-                              char **command_id, char **company_id);
+int er_codec_command_peek_ids(const uint8_t *buf, size_t len, char **command_id,
+                              char **company_id);
 
 /* Encoders append a complete single-object value to out (which the caller
  * initialised). Errors: ER_EINVAL (a required string is NULL, class FATAL:
@@ -263,7 +265,7 @@ extern const char *const er_embed_migrations_sql;
  * executionWorkspaceId, leaseId; lengths against the limits above; that
  * workspaceJson is a JSON object and runtimeOverlayJson a JSON object or
  * null; traceparent in W3C shape. Errors: ER_EINVAL, class SKIP, message
- * naming the field ("heartbeatRunId is not a uuid"). */
+ * naming the field first ("heartbeatRunId: not a uuid"). */
 int er_validate_command(const struct er_run_command *cmd, struct er_err *err);
 
 #endif

@@ -120,13 +120,13 @@ static int check_uuid(const char *field, const char *s, bool is_required,
 {
     if (s == NULL) {
         if (is_required)
-            return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP,
-                              "%s: missing", field);
+            return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP, "%s: missing",
+                              field);
         return 0;
     }
     if (!er_uuid_is_valid(s, strlen(s)))
-        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP,
-                          "%s: not a uuid", field);
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP, "%s: not a uuid",
+                          field);
     return 0;
 }
 
@@ -135,13 +135,12 @@ static int check_short(const char *field, const char *s, bool is_required,
 {
     if (s == NULL) {
         if (is_required)
-            return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP,
-                              "%s: missing", field);
+            return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP, "%s: missing",
+                              field);
         return 0;
     }
     if (is_required && s[0] == '\0')
-        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP, "%s: empty",
-                          field);
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP, "%s: empty", field);
     return check_text(field, s, ER_CMD_SHORT_MAX, err);
 }
 
@@ -175,8 +174,7 @@ out:
     return rc;
 }
 
-static int check_acquire(const struct er_run_command *cmd,
-                         struct er_err *err)
+static int check_acquire(const struct er_run_command *cmd, struct er_err *err)
 {
     const char *env = cmd->selected_environment_id;
     int rc;
@@ -199,8 +197,7 @@ static int check_acquire(const struct er_run_command *cmd,
     return rc;
 }
 
-static int check_realize(const struct er_run_command *cmd,
-                         struct er_err *err)
+static int check_realize(const struct er_run_command *cmd, struct er_err *err)
 {
     int rc;
 
@@ -218,7 +215,7 @@ static int check_realize(const struct er_run_command *cmd,
     if (rc == 0 && cmd->workspace_json == NULL)
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP,
                         "workspaceJson: missing");
-    if (rc == 0)
+    else if (rc == 0)
         rc = check_json("workspaceJson", cmd->workspace_json, false, err);
     if (rc == 0)
         rc = check_uuid("executionWorkspaceId", cmd->execution_workspace_id,
@@ -255,8 +252,7 @@ static bool is_release_status(enum er_release_status status)
     return false;
 }
 
-static int check_release(const struct er_run_command *cmd,
-                         struct er_err *err)
+static int check_release(const struct er_run_command *cmd, struct er_err *err)
 {
     /* Without the run id a release cannot say which leases it means. */
     if (cmd->heartbeat_run_id == NULL)
@@ -267,8 +263,8 @@ static int check_release(const struct er_run_command *cmd,
                           "status: unknown release status %d",
                           (int)cmd->release_status);
     if (cmd->failure_reason != NULL)
-        return check_text("failureReason", cmd->failure_reason,
-                          ER_CMD_TEXT_MAX, err);
+        return check_text("failureReason", cmd->failure_reason, ER_CMD_TEXT_MAX,
+                          err);
     return 0;
 }
 

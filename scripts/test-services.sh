@@ -72,8 +72,10 @@ start_pg() {
     fi
 
     as_owner "$PG_BIN/initdb" -D "$data" -U postgres -A trust -E UTF8 \
-        --locale=C.UTF-8 --no-instructions >"$dir/initdb.log" 2>&1 ||
-        die "initdb failed, see $dir/initdb.log"
+        --locale=C.UTF-8 --no-instructions >"$dir/initdb.log" 2>&1 || {
+        cat "$dir/initdb.log" >&2
+        die "initdb failed"
+    }
 
     # Try ports upwards until the server binds one: another cluster or a
     # second checkout may hold the first few.
@@ -88,6 +90,7 @@ start_pg() {
             port=$((port + 1))
             continue
         fi
+        rm -f "$data/server.log" # judge this attempt by its own messages
         if as_owner "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w \
             -t 60 -o "-c listen_addresses=127.0.0.1 -c port=$port \
 -c unix_socket_directories=$data -c fsync=off -c synchronous_commit=off \
@@ -138,7 +141,8 @@ start)
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     chmod 0755 "$dir"
-    trap 'stop_pg "$dir"' EXIT
+    # On any failure below, leave nothing behind (the logs went to stderr).
+    trap 'stop_pg "$dir"; rm -rf "$dir"' EXIT
     start_pg "$dir"
     trap - EXIT
     ;;

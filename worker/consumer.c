@@ -4,12 +4,11 @@
  * committed yet. It pauses fetching while too much is in flight, and on a
  * rebalance finishes the revoked partitions' running steps and commits
  * before letting them go. Owns the rd_kafka_t consumer handle. */
-#include "worker/consumer_int.h"
-
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "worker/consumer_int.h"
 #include "worker/dispatch_int.h"
 #include "worker/kafka_int.h"
 
@@ -112,8 +111,7 @@ static void commit_offsets(struct er_consumer *c, bool is_sync)
     for (p = 0; p < MAX_PARTITIONS; p++) {
         struct tracker *t = &c->parts[p];
 
-        if (!t->is_assigned || t->commit_at < 0 ||
-            t->commit_at == t->committed)
+        if (!t->is_assigned || t->commit_at < 0 || t->commit_at == t->committed)
             continue;
         rd_kafka_topic_partition_list_add(list, c->topic, p)->offset =
             t->commit_at;
@@ -173,8 +171,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
         rd_kafka_assign(rk, parts);
         c->is_paused = false;
         er_metrics_set_kafka_ready(true);
-        ER_LOG_INFO("consumer", "assigned %zu partitions of %s", cnt,
-                    c->topic);
+        ER_LOG_INFO("consumer", "assigned %zu partitions of %s", cnt, c->topic);
         return;
     }
     /* Revoked (or an error): finish what runs, commit, let go. */
@@ -221,8 +218,8 @@ static void handle(struct er_consumer *c, const rd_kafka_message_t *msg)
         snprintf(run_key, sizeof(run_key), "k:%.*s", (int)msg->key_len,
                  (const char *)msg->key);
     else
-        snprintf(run_key, sizeof(run_key), "m:%d:%" PRId64,
-                 (int)msg->partition, msg->offset);
+        snprintf(run_key, sizeof(run_key), "m:%d:%" PRId64, (int)msg->partition,
+                 msg->offset);
     rc = tracker_push(t, msg->offset);
     if (rc == 0)
         rc = er_dispatch_submit(c->dispatch, run_key, msg->partition,

@@ -1,18 +1,17 @@
 /* dispatch: per-run FIFO queues and the thread pool that serves them (see
  * dispatch_int.h). One mutex guards the run table, the ready list and the
  * done list; steps run outside it. */
-#include "worker/dispatch_int.h"
-
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
+#include "worker/dispatch_int.h"
 #include "worker/lifecycle_int.h"
 
-#define RUN_BUCKETS     1024
-#define BACKOFF_MIN_MS  100
-#define BACKOFF_MAX_MS  5000
+#define RUN_BUCKETS    1024
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
 
 struct job {
     struct job *next;
@@ -197,7 +196,8 @@ static bool run_job(struct worker_thread *t, const struct job *j)
             d->is_stopping = true;
             pthread_cond_broadcast(&d->work_cv);
             pthread_mutex_unlock(&d->mu);
-            ER_LOG_ERR("dispatch", "stopping: step at partition %d offset "
+            ER_LOG_ERR("dispatch",
+                       "stopping: step at partition %d offset "
                        "%lld failed: %s (%s)",
                        (int)j->partition, (long long)j->offset, err.msg,
                        er_errname(err.code));
@@ -206,7 +206,8 @@ static bool run_job(struct worker_thread *t, const struct job *j)
         er_metrics_retry();
         /* Log a retried failure at most once every 10 s. */
         if (er_time_mono_ms() - last_log >= 10000) {
-            ER_LOG_WARN("dispatch", "retrying step at partition %d offset "
+            ER_LOG_WARN("dispatch",
+                        "retrying step at partition %d offset "
                         "%lld in %lld ms: %s",
                         (int)j->partition, (long long)j->offset,
                         (long long)backoff, err.msg);
@@ -285,8 +286,8 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
-struct er_dispatch *er_dispatch_new(const struct er_config *cfg,
-                                    int thread_cnt, struct er_err *err)
+struct er_dispatch *er_dispatch_new(const struct er_config *cfg, int thread_cnt,
+                                    struct er_err *err)
 {
     struct er_dispatch *d = er_calloc(1, sizeof(*d));
     int i;

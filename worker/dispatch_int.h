@@ -24,8 +24,8 @@ struct er_done {
 
 /* Start thread_cnt threads, each with its own lifecycle (database
  * connection). Errors: NULL with err set. */
-struct er_dispatch *er_dispatch_new(const struct er_config *cfg,
-                                    int thread_cnt, struct er_err *err);
+struct er_dispatch *er_dispatch_new(const struct er_config *cfg, int thread_cnt,
+                                    struct er_err *err);
 /* Stop: finish the jobs running now, drop the queued ones (their offsets
  * are not committed, so they are delivered again), join. NULL is ok. */
 void er_dispatch_destroy(struct er_dispatch *d);

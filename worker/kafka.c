@@ -1,10 +1,10 @@
 /* kafka: shared librdkafka configuration (see kafka_int.h). */
-#include "worker/kafka_int.h"
-
 #include <stdio.h>
 #include <string.h>
 
 #include "common/common.h"
+#include "worker/kafka_int.h"
+#include "worker/worker.h"
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf)
@@ -19,8 +19,7 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac,
     er_log(lvl, "rdkafka", "%s: %s", fac, buf);
 }
 
-static void on_error(rd_kafka_t *rk, int code, const char *reason,
-                     void *opaque)
+static void on_error(rd_kafka_t *rk, int code, const char *reason, void *opaque)
 {
     char buf[256];
 
@@ -90,12 +89,11 @@ static void *unconst(const void *p)
     return q;
 }
 
-rd_kafka_resp_err_t er_kafka_produce(rd_kafka_t *rk, const char *topic,
-                                     const void *key, size_t key_len,
-                                     const void *value, size_t value_len,
-                                     rd_kafka_headers_t *hdrs)
+int er_kafka_produce(struct rd_kafka_s *rk, const char *topic, const void *key,
+                     size_t key_len, const void *value, size_t value_len,
+                     struct rd_kafka_headers_s *hdrs, void *msg_opaque)
 {
-    rd_kafka_vu_t vu[6];
+    rd_kafka_vu_t vu[7];
     rd_kafka_error_t *error;
     rd_kafka_resp_err_t code;
     size_t n = 0;
@@ -112,6 +110,10 @@ rd_kafka_resp_err_t er_kafka_produce(rd_kafka_t *rk, const char *topic,
         vu[n].vtype = RD_KAFKA_VTYPE_KEY;
         vu[n].u.mem.ptr = unconst(key);
         vu[n++].u.mem.size = key_len;
+    }
+    if (msg_opaque != NULL) {
+        vu[n].vtype = RD_KAFKA_VTYPE_OPAQUE;
+        vu[n++].u.ptr = msg_opaque;
     }
     if (hdrs != NULL) {
         vu[n].vtype = RD_KAFKA_VTYPE_HEADERS;

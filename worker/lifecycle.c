@@ -3,8 +3,6 @@
  * results, committed like successes; only machinery failures return an
  * error. Not thread-safe: one struct er_lifecycle per dispatcher thread.
  * Owns its store connection, arena and encode buffer. */
-#include "worker/lifecycle_int.h"
-
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,14 +11,15 @@
 
 #include "drivers/driver.h"
 #include "schemas/schemas.h"
+#include "worker/lifecycle_int.h"
 #include "worker/redact_int.h"
 #include "worker/store_int.h"
 
-#define ARENA_MAX   (64u * 1024 * 1024)
-#define ENCODE_MAX  (8u * 1024 * 1024)
-#define TOPIC_MAX   256
-#define SUPERSEDED  "superseded: stale single-flight workspace lease"
-#define REAPED      "lease_expired"
+#define ARENA_MAX  (64u * 1024 * 1024)
+#define ENCODE_MAX (8u * 1024 * 1024)
+#define TOPIC_MAX  256
+#define SUPERSEDED "superseded: stale single-flight workspace lease"
+#define REAPED     "lease_expired"
 
 struct er_lifecycle {
     struct er_store *store;
@@ -101,9 +100,8 @@ static json_t *lease_to_json(const struct er_lease_row *l)
         jtime(l->acquired_at_ms), "lastUsedAt", jtime(l->last_used_at_ms),
         "expiresAt", jtime(l->expires_at_ms), "releasedAt",
         jtime(l->released_at_ms), "failureReason", jstr(l->failure_reason),
-        "cleanupStatus", jstr(l->cleanup_status), "metadata", meta,
-        "createdAt", jtime(l->created_at_ms), "updatedAt",
-        jtime(l->updated_at_ms));
+        "cleanupStatus", jstr(l->cleanup_status), "metadata", meta, "createdAt",
+        jtime(l->created_at_ms), "updatedAt", jtime(l->updated_at_ms));
 }
 
 static json_t *env_to_json(const struct er_env_row *e)
@@ -111,13 +109,12 @@ static json_t *env_to_json(const struct er_env_row *e)
     json_t *config = jparse(e->config_json);
 
     er_redact_json(config, false);
-    return json_pack("{s:s, s:s, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}",
-                     "id", e->id, "companyId", e->company_id, "name", e->name,
-                     "description", jstr(e->description), "driver", e->driver,
-                     "status", e->status, "config", config, "metadata",
-                     jparse(e->metadata_json), "createdAt",
-                     jtime(e->created_at_ms), "updatedAt",
-                     jtime(e->updated_at_ms));
+    return json_pack(
+        "{s:s, s:s, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}", "id", e->id,
+        "companyId", e->company_id, "name", e->name, "description",
+        jstr(e->description), "driver", e->driver, "status", e->status,
+        "config", config, "metadata", jparse(e->metadata_json), "createdAt",
+        jtime(e->created_at_ms), "updatedAt", jtime(e->updated_at_ms));
 }
 
 /* ================================================================
@@ -275,8 +272,7 @@ static int activity(struct er_lifecycle *lc, const struct actor *who,
 
 /* Make the step's result a domain failure with a formatted message. */
 static void fail(struct step *st, enum er_outcome outcome,
-                 enum er_error_code code, const char *fmt, ...)
-    ER_PRINTF(4, 5);
+                 enum er_error_code code, const char *fmt, ...) ER_PRINTF(4, 5);
 
 static void fail(struct step *st, enum er_outcome outcome,
                  enum er_error_code code, const char *fmt, ...)
@@ -361,17 +357,16 @@ static int single_flight(struct step *st, const struct er_env_row *env,
     int rc;
 
     *is_reentrant = false;
-    rc = er_store_lease_active_for_workspace(lc->store, env->id,
-                                             cmd->execution_workspace_id,
-                                             &lc->arena, &cur, err);
+    rc = er_store_lease_active_for_workspace(
+        lc->store, env->id, cmd->execution_workspace_id, &lc->arena, &cur, err);
     if (rc == ER_ENOTFOUND)
         return 0;
     if (rc != 0)
         return rc;
     if (cur.heartbeat_run_id != NULL && cmd->heartbeat_run_id != NULL &&
         strcmp(cur.heartbeat_run_id, cmd->heartbeat_run_id) == 0) {
-        rc = er_store_lease_touch(lc->store, cur.id, &lc->arena, reentrant,
-                                  err);
+        rc =
+            er_store_lease_touch(lc->store, cur.id, &lc->arena, reentrant, err);
         if (rc != 0)
             return rc;
         *is_reentrant = true;
@@ -457,11 +452,12 @@ static int do_acquire(struct step *st, struct er_err *err)
     if (!is_reentrant) {
         denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
                                        env.driver, env.status,     config };
-        ctx = (struct er_driver_lease_ctx){
-            cmd->company_id,        cmd->agent_id,
-            cmd->heartbeat_run_id,  cmd->issue_id,
-            cmd->execution_workspace_id, cmd->execution_workspace_mode
-        };
+        ctx = (struct er_driver_lease_ctx){ cmd->company_id,
+                                            cmd->agent_id,
+                                            cmd->heartbeat_run_id,
+                                            cmd->issue_id,
+                                            cmd->execution_workspace_id,
+                                            cmd->execution_workspace_mode };
         er_err_clear(&derr);
         rc = ops->acquire(&denv, &ctx, &acq, &derr);
         if (rc != 0) {
@@ -493,9 +489,9 @@ static int do_acquire(struct step *st, struct er_err *err)
         if (rc != 0)
             goto out;
         details = json_pack(
-            "{s:s, s:s, s:s, s:o, s:o, s:o}", "environmentId", env.id,
-            "driver", env.driver, "leasePolicy", lease.lease_policy,
-            "provider", jstr(lease.provider), "executionWorkspaceId",
+            "{s:s, s:s, s:s, s:o, s:o, s:o}", "environmentId", env.id, "driver",
+            env.driver, "leasePolicy", lease.lease_policy, "provider",
+            jstr(lease.provider), "executionWorkspaceId",
             jstr(cmd->execution_workspace_id), "issueId", jstr(cmd->issue_id));
         if (details == NULL) {
             rc = oom(err);
@@ -512,10 +508,9 @@ static int do_acquire(struct step *st, struct er_err *err)
     /* executionTransport: the SSH spec or null (domain.md 3.2 step 4). */
     st->result = json_pack(
         "{s:o, s:o, s:{s:o, s:o}, s:n}", "environment", env_to_json(&env),
-        "lease", lease_to_json(&lease), "leaseContext",
-        "executionWorkspaceId", jstr(cmd->execution_workspace_id),
-        "executionWorkspaceMode", jstr(cmd->execution_workspace_mode),
-        "executionTransport");
+        "lease", lease_to_json(&lease), "leaseContext", "executionWorkspaceId",
+        jstr(cmd->execution_workspace_id), "executionWorkspaceMode",
+        jstr(cmd->execution_workspace_mode), "executionTransport");
     if (st->result == NULL)
         rc = oom(err);
 out:
@@ -733,17 +728,16 @@ static int do_realize(struct step *st, struct er_err *err)
     if (rc != 0)
         goto out;
     if (cmd->execution_workspace_id != NULL) {
-        patch = json_pack("{s:O, s:O}", "workspaceRealizationRequest",
-                          request, "workspaceRealization", real.record);
+        patch = json_pack("{s:O, s:O}", "workspaceRealizationRequest", request,
+                          "workspaceRealization", real.record);
         text = patch != NULL ? jdump(&lc->arena, patch) : NULL;
         if (text == NULL) {
             rc = oom(err);
             goto out;
         }
-        rc = er_store_workspace_merge_metadata(lc->store,
-                                               cmd->execution_workspace_id,
-                                               cmd->company_id, text,
-                                               &is_found, err);
+        rc = er_store_workspace_merge_metadata(
+            lc->store, cmd->execution_workspace_id, cmd->company_id, text,
+            &is_found, err);
         if (rc != 0)
             goto out;
     }
@@ -751,9 +745,9 @@ static int do_realize(struct step *st, struct er_err *err)
     /* Step 5: the execution target (domain.md 3.6, local). */
     target = json_pack("{s:s, s:s, s:s}", "kind", "local", "environmentId",
                        env.id, "leaseId", lease.id);
-    st->result = json_pack("{s:o, s:O, s:o, s:n}", "lease",
-                           lease_to_json(&upd), "workspaceRealization",
-                           real.record, "executionTarget", target, "bridge");
+    st->result = json_pack("{s:o, s:O, s:o, s:n}", "lease", lease_to_json(&upd),
+                           "workspaceRealization", real.record,
+                           "executionTarget", target, "bridge");
     target = NULL; /* json_pack "o" took it, even on failure */
     if (st->result == NULL)
         rc = oom(err);
@@ -908,8 +902,8 @@ static int do_release(struct step *st, struct er_err *err)
         rc = er_store_savepoint(lc->store, err);
         if (rc != 0)
             goto out;
-        rc = release_one(st, &rows[i], status, &upd, &is_released,
-                         &lease_err, err);
+        rc = release_one(st, &rows[i], status, &upd, &is_released, &lease_err,
+                         err);
         if (rc != 0 && err->cls == ER_ERRCLASS_FATAL) {
             /* This lease's SQL failed for good: record it, go on. */
             lease_err = er_arena_strdup(&lc->arena, err->msg);
@@ -925,8 +919,8 @@ static int do_release(struct step *st, struct er_err *err)
             ER_LOG_WARN("lifecycle", "lease %s not released: %s", rows[i].id,
                         lease_err);
             json_array_append_new(errors,
-                                  json_pack("{s:s, s:s}", "leaseId",
-                                            rows[i].id, "message", lease_err));
+                                  json_pack("{s:s, s:s}", "leaseId", rows[i].id,
+                                            "message", lease_err));
             err_cnt++;
             continue;
         }
@@ -978,10 +972,9 @@ static int finish(struct step *st, struct er_err *err)
     rc = outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
     if (rc != 0)
         return rc;
-    return er_store_processed_put(lc->store, st->res.command_id,
-                                  er_codec_kind_name(st->res.kind),
-                                  st->res.heartbeat_run_id, lc->enc.data,
-                                  lc->enc.len, err);
+    return er_store_processed_put(
+        lc->store, st->res.command_id, er_codec_kind_name(st->res.kind),
+        st->res.heartbeat_run_id, lc->enc.data, lc->enc.len, err);
 }
 
 /* Re-send the stored result of a command seen before. Returns 1 when there
@@ -999,8 +992,8 @@ static int replay(struct er_lifecycle *lc, const char *command_id,
         return 0;
     if (rc != 0)
         return rc;
-    rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len,
-                             stored, stored_len, NULL, err);
+    rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len, stored,
+                             stored_len, NULL, err);
     if (rc != 0)
         return rc;
     er_metrics_replay();
@@ -1062,8 +1055,8 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
         snprintf(part, sizeof(part), "%d", (int)coords->partition);
         snprintf(off, sizeof(off), "%lld", (long long)coords->offset);
         er_log_kv(ER_LOG_WARN, "lifecycle", "dead-lettering command",
-                  "partition", part, "offset", off, "reason", why->msg,
-                  "code", dlq_code(why->code), (const char *)NULL);
+                  "partition", part, "offset", off, "reason", why->msg, "code",
+                  dlq_code(why->code), (const char *)NULL);
     }
     headers = json_pack("{s:s, s:s}", "envrun.error", why->msg,
                         "envrun.error.code", dlq_code(why->code));
@@ -1079,9 +1072,8 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     if (rc != 0)
         return rc;
 
-    if (cmd == NULL &&
-        er_codec_command_peek_ids(value, value_len, &peek_id, &peek_company) ==
-            0) {
+    if (cmd == NULL && er_codec_command_peek_ids(value, value_len, &peek_id,
+                                                 &peek_company) == 0) {
         command_id = peek_id;
         company_id = peek_company;
     }
@@ -1100,12 +1092,11 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     st.key = key;
     st.key_len = key_len;
     st.res.command_id = er_arena_strdup(&lc->arena, command_id);
-    st.res.company_id =
-        er_arena_strdup(&lc->arena, id_is_readable(company_id) &&
-                                            er_uuid_is_valid(
-                                                company_id, strlen(company_id))
-                                        ? company_id
-                                        : "");
+    st.res.company_id = er_arena_strdup(
+        &lc->arena, id_is_readable(company_id) &&
+                            er_uuid_is_valid(company_id, strlen(company_id))
+                        ? company_id
+                        : "");
     /* CommandResult.kind has no "unknown" symbol: when the command could
      * not be decoded far enough to know its kind, acquire stands in. */
     st.res.kind = cmd != NULL ? cmd->kind : ER_CMD_ACQUIRE;
@@ -1130,8 +1121,8 @@ out:
     return rc;
 }
 
-static int run_step(struct er_lifecycle *lc, const uint8_t *key,
-                    size_t key_len, const uint8_t *value, size_t value_len,
+static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
+                    const uint8_t *value, size_t value_len,
                     const struct er_msg_coords *coords, struct er_err *err)
 {
     struct er_run_command cmd;
@@ -1147,8 +1138,8 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key,
         return dead_letter(lc, key, key_len, value, value_len, NULL, &why,
                            coords, err);
     if (er_validate_command(&cmd, &why) != 0) {
-        rc = dead_letter(lc, key, key_len, value, value_len, &cmd, &why,
-                         coords, err);
+        rc = dead_letter(lc, key, key_len, value, value_len, &cmd, &why, coords,
+                         err);
         goto out;
     }
     if (key == NULL || key_len == 0) {
@@ -1199,8 +1190,7 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key,
               cmd.command_id, "kind", er_codec_kind_name(cmd.kind), "runId",
               cmd.heartbeat_run_id, "leaseId", st.res.lease_id, "outcome",
               er_codec_outcome_name(st.res.outcome), "errorCode",
-              er_codec_error_code_name(st.res.error_code),
-              (const char *)NULL);
+              er_codec_error_code_name(st.res.error_code), (const char *)NULL);
 out:
     json_decref(st.result);
     er_codec_command_fini(&cmd);
@@ -1274,8 +1264,8 @@ int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
     rc = er_store_begin(lc->store, err);
     if (rc != 0)
         return rc;
-    rc = er_store_lease_stale(lc->store, ttl_s, limit, &lc->arena, &rows,
-                              &cnt, err);
+    rc = er_store_lease_stale(lc->store, ttl_s, limit, &lc->arena, &rows, &cnt,
+                              err);
     for (i = 0; rc == 0 && i < cnt; i++) {
         struct er_lease_row upd;
         struct er_env_row env;
@@ -1283,8 +1273,8 @@ int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                              NULL, rows[i].heartbeat_run_id };
         json_t *details;
 
-        rc = er_store_lease_set_status(lc->store, rows[i].id, "expired",
-                                       REAPED, NULL, &lc->arena, &upd, err);
+        rc = er_store_lease_set_status(lc->store, rows[i].id, "expired", REAPED,
+                                       NULL, &lc->arena, &upd, err);
         if (rc == 0)
             rc = lease_event(lc, &upd, err);
         if (rc == 0)
@@ -1297,8 +1287,8 @@ int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                                         &upd, details, err)
                              : oom(err);
         json_decref(details);
-        ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
-                    upd.id, (long long)ttl_s);
+        ER_LOG_INFO("reaper", "lease %s expired after %lld s unused", upd.id,
+                    (long long)ttl_s);
     }
     if (rc == 0)
         rc = er_store_commit(lc->store, err);

@@ -1,8 +1,6 @@
 /* outbox: the relay thread (see outbox_int.h). A row is deleted only after
  * the broker acknowledged it, so a crash republishes at worst (consumers
  * drop duplicates by event id); nothing committed is ever lost. */
-#include "worker/outbox_int.h"
-
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +10,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "worker/kafka_int.h"
+#include "worker/outbox_int.h"
 #include "worker/store_int.h"
 
 #define BATCH_ROWS   500
@@ -95,8 +94,9 @@ static int relay_batch(struct er_outbox *ob, struct er_err *err)
         rd_kafka_headers_t *hdrs = headers_from(r->headers_json);
         rd_kafka_resp_err_t kerr;
 
-        kerr = er_kafka_produce(ob->rk, r->topic, r->key, r->key_len,
-                                r->value, r->value_len, hdrs);
+        kerr = (rd_kafka_resp_err_t)er_kafka_produce(ob->rk, r->topic, r->key,
+                                                     r->key_len, r->value,
+                                                     r->value_len, hdrs, NULL);
         if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
             rd_kafka_headers_destroy(hdrs);
             rd_kafka_flush(ob->rk, FLUSH_MS);

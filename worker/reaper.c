@@ -1,11 +1,10 @@
 /* reaper: the TTL sweep thread (see reaper_int.h). It wakes every
  * min(ttl/4, 30 s) and expires up to 100 stale leases per pass. */
-#include "worker/reaper_int.h"
-
 #include <pthread.h>
 #include <time.h>
 
 #include "worker/lifecycle_int.h"
+#include "worker/reaper_int.h"
 
 #define PASS_LIMIT 100
 
@@ -59,8 +58,7 @@ static void *reaper_main(void *arg)
     return NULL;
 }
 
-struct er_reaper *er_reaper_new(const struct er_config *cfg,
-                                struct er_err *err)
+struct er_reaper *er_reaper_new(const struct er_config *cfg, struct er_err *err)
 {
     struct er_reaper *r = er_calloc(1, sizeof(*r));
     int64_t quarter_ms;

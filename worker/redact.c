@@ -1,15 +1,15 @@
 /* redact: secret-looking keys are removed or masked (see redact_int.h). */
-#include "worker/redact_int.h"
-
 #include <ctype.h>
 #include <string.h>
 
+#include "worker/redact_int.h"
+
 bool er_redact_key_is_secret(const char *key)
 {
-    static const char *const words[] = { "password", "passwd",     "secret",
-                                         "token",    "apikey",     "api_key",
-                                         "privatekey", "private_key",
-                                         "credential" };
+    static const char *const words[] = {
+        "password", "passwd",     "secret",      "token",     "apikey",
+        "api_key",  "privatekey", "private_key", "credential"
+    };
     char low[128];
     size_t i;
 

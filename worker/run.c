@@ -13,7 +13,7 @@
 #include "worker/store_int.h"
 #include "worker/worker.h"
 
-#define DB_WAIT_MS     30000
+#define DB_WAIT_MS      30000
 #define OUTBOX_DRAIN_MS 5000
 
 volatile sig_atomic_t er_worker_stop;
@@ -97,8 +97,8 @@ int er_worker_run(const struct er_config *cfg)
     consumer = er_consumer_new(cfg, brokers, dispatch, &err);
     if (consumer == NULL)
         goto fail;
-    ER_LOG_INFO("worker", "started: group %s, concurrency %d",
-                cfg->kafka_group, cfg->concurrency);
+    ER_LOG_INFO("worker", "started: group %s, concurrency %d", cfg->kafka_group,
+                cfg->concurrency);
     rc = er_consumer_run(consumer);
     ER_LOG_INFO("worker", "stopping");
     goto out;

@@ -1,8 +1,6 @@
 /* store: PostgreSQL access for the lifecycle, the outbox relay and the
  * reaper (see store_int.h). One connection per struct er_store, one thread
  * at a time. Owns its PGconn; rows handed out live in the caller's arena. */
-#include "worker/store_int.h"
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +8,7 @@
 #include <libpq-fe.h>
 
 #include "schemas/schemas.h"
+#include "worker/store_int.h"
 
 struct er_store {
     PGconn *conn;
@@ -17,27 +16,27 @@ struct er_store {
 };
 
 /* Columns of environment_leases in er_lease_row order, timestamps in ms. */
-#define LEASE_COLS                                                             \
-    "id::text, company_id::text, environment_id::text, "                       \
-    "execution_workspace_id::text, issue_id::text, heartbeat_run_id::text, "   \
-    "status, lease_policy, provider, provider_lease_id, "                      \
-    "(extract(epoch from acquired_at) * 1000)::bigint, "                       \
-    "(extract(epoch from last_used_at) * 1000)::bigint, "                      \
-    "(extract(epoch from expires_at) * 1000)::bigint, "                        \
-    "(extract(epoch from released_at) * 1000)::bigint, "                       \
-    "failure_reason, cleanup_status, metadata::text, "                         \
-    "(extract(epoch from created_at) * 1000)::bigint, "                        \
+#define LEASE_COLS                                                           \
+    "id::text, company_id::text, environment_id::text, "                     \
+    "execution_workspace_id::text, issue_id::text, heartbeat_run_id::text, " \
+    "status, lease_policy, provider, provider_lease_id, "                    \
+    "(extract(epoch from acquired_at) * 1000)::bigint, "                     \
+    "(extract(epoch from last_used_at) * 1000)::bigint, "                    \
+    "(extract(epoch from expires_at) * 1000)::bigint, "                      \
+    "(extract(epoch from released_at) * 1000)::bigint, "                     \
+    "failure_reason, cleanup_status, metadata::text, "                       \
+    "(extract(epoch from created_at) * 1000)::bigint, "                      \
     "(extract(epoch from updated_at) * 1000)::bigint"
 
-#define ENV_COLS                                                               \
-    "id::text, company_id::text, name, description, driver, status, "          \
-    "config::text, metadata::text, "                                           \
-    "(extract(epoch from created_at) * 1000)::bigint, "                        \
+#define ENV_COLS                                                      \
+    "id::text, company_id::text, name, description, driver, status, " \
+    "config::text, metadata::text, "                                  \
+    "(extract(epoch from created_at) * 1000)::bigint, "               \
     "(extract(epoch from updated_at) * 1000)::bigint"
 
-#define ACTIVITY_COLS                                                          \
-    "id::text, company_id::text, actor_type, actor_id, action, entity_type, "  \
-    "entity_id, agent_id::text, run_id::text, details::text, "                 \
+#define ACTIVITY_COLS                                                         \
+    "id::text, company_id::text, actor_type, actor_id, action, entity_type, " \
+    "entity_id, agent_id::text, run_id::text, details::text, "                \
     "(extract(epoch from created_at) * 1000)::bigint"
 
 static void notice_to_log(void *arg, const char *message)
@@ -85,8 +84,8 @@ static int result_to_err(PGconn *conn, const PGresult *res, const char *what,
 /* Run one parameterised statement. Text parameters, except those whose
  * lengths[i] is non-zero, which are sent as binary (bytea). Returns the
  * result (caller PQclears) or NULL with err set. */
-static PGresult *exec(struct er_store *store, const char *what,
-                      const char *sql, int nparams, const char *const *values,
+static PGresult *exec(struct er_store *store, const char *what, const char *sql,
+                      int nparams, const char *const *values,
                       const int *lengths, struct er_err *err)
 {
     int formats[16] = { 0 };
@@ -212,10 +211,9 @@ static int one_lease(struct er_store *store, const char *what, const char *sql,
 }
 
 static int many_leases(struct er_store *store, const char *what,
-                       const char *sql, int nparams,
-                       const char *const *values, struct er_arena *arena,
-                       struct er_lease_row **rows, size_t *row_cnt,
-                       struct er_err *err)
+                       const char *sql, int nparams, const char *const *values,
+                       struct er_arena *arena, struct er_lease_row **rows,
+                       size_t *row_cnt, struct er_err *err)
 {
     PGresult *res = exec(store, what, sql, nparams, values, NULL, err);
     int n;
@@ -449,9 +447,9 @@ int er_store_outbox_add(struct er_store *store, const char *topic,
 int er_store_relay_lock(struct er_store *store, bool *is_held,
                         struct er_err *err)
 {
-    PGresult *res = exec(store, "relay lock",
-                         "SELECT pg_try_advisory_lock(7295104812)", 0, NULL,
-                         NULL, err);
+    PGresult *res =
+        exec(store, "relay lock", "SELECT pg_try_advisory_lock(7295104812)", 0,
+             NULL, NULL, err);
 
     *is_held = false;
     if (res == NULL)
@@ -536,8 +534,8 @@ int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
     er_buf_init(&arr, 64 * 1024 * 1024);
     rc = er_buf_append(&arr, "{", 1);
     for (i = 0; i < id_cnt && rc == 0; i++)
-        rc = er_buf_printf(&arr, "%s%lld", i == 0 ? "" : ",",
-                           (long long)ids[i]);
+        rc =
+            er_buf_printf(&arr, "%s%lld", i == 0 ? "" : ",", (long long)ids[i]);
     if (rc == 0)
         rc = er_buf_append(&arr, "}", 1);
     if (rc != 0) {
@@ -556,9 +554,9 @@ int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
 int er_store_outbox_count(struct er_store *store, int64_t *cnt,
                           struct er_err *err)
 {
-    PGresult *res = exec(store, "outbox count",
-                         "SELECT count(*) FROM envrun.outbox", 0, NULL, NULL,
-                         err);
+    PGresult *res =
+        exec(store, "outbox count", "SELECT count(*) FROM envrun.outbox", 0,
+             NULL, NULL, err);
 
     *cnt = 0;
     if (res == NULL)
@@ -615,10 +613,10 @@ int er_store_env_get(struct er_store *store, const char *id,
                      struct er_err *err)
 {
     const char *params[] = { id };
-    PGresult *res = exec(store, "load environment",
-                         "SELECT " ENV_COLS
-                         " FROM environments WHERE id = $1::uuid",
-                         1, params, NULL, err);
+    PGresult *res =
+        exec(store, "load environment",
+             "SELECT " ENV_COLS " FROM environments WHERE id = $1::uuid", 1,
+             params, NULL, err);
     int rc;
 
     if (res == NULL)
@@ -633,8 +631,7 @@ int er_store_env_get(struct er_store *store, const char *id,
 
 /* ---- leases ---- */
 
-int er_store_lease_insert(struct er_store *store,
-                          const struct er_lease_row *in,
+int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
                           struct er_arena *arena, struct er_lease_row *out,
                           struct er_err *err)
 {
@@ -848,9 +845,11 @@ int er_store_activity_insert(struct er_store *store,
                              struct er_arena *arena,
                              struct er_activity_row *out, struct er_err *err)
 {
-    const char *params[] = { in->company_id,  in->actor_type, in->actor_id,
-                             in->action,      in->entity_type, in->entity_id,
-                             in->agent_id,    in->run_id,      in->details_json };
+    const char *params[] = {
+        in->company_id, in->actor_type,  in->actor_id,
+        in->action,     in->entity_type, in->entity_id,
+        in->agent_id,   in->run_id,      in->details_json
+    };
     PGresult *res = exec(
         store, "activity insert",
         "INSERT INTO activity_log (company_id, actor_type, actor_id, action, "

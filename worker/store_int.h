@@ -145,8 +145,7 @@ int er_store_env_get(struct er_store *store, const char *id,
  * execution_workspace_id, issue_id, heartbeat_run_id, lease_policy,
  * provider, provider_lease_id, expires_at_ms and metadata_json; out gets the
  * row as stored. ER_ECONFLICT (class SKIP) on the single-flight index. */
-int er_store_lease_insert(struct er_store *store,
-                          const struct er_lease_row *in,
+int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
                           struct er_arena *arena, struct er_lease_row *out,
                           struct er_err *err);
 /* Load and lock one lease. ER_ENOTFOUND when missing. */

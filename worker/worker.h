@@ -25,7 +25,7 @@ struct er_config {
     char topic_prefix[128];
     char database_url[ER_CONFIG_STR_MAX];
     char schema_registry_url[ER_CONFIG_STR_MAX];
-    int concurrency; /* 1..1024 */
+    int concurrency;     /* 1..1024 */
     char http_addr[128]; /* host:port; "" disables the endpoint */
     bool log_is_json;
     enum er_log_level log_level;
@@ -54,8 +54,8 @@ enum er_config_status er_config_load(struct er_config *cfg, int argc,
 const char *er_config_usage(void);
 /* Full topic name: prefix + suffix ("envrun." + "commands"); out_len bytes.
  */
-void er_config_topic(const struct er_config *cfg, const char *suffix,
-                     char *out, size_t out_len);
+void er_config_topic(const struct er_config *cfg, const char *suffix, char *out,
+                     size_t out_len);
 
 /* ================================================================
  * Metrics (metrics.c): process-wide atomic counters, Prometheus text.
@@ -117,9 +117,8 @@ struct er_devstack_pg *er_devstack_pg_start(const char *base_dir,
  * valid until er_devstack_pg_stop. */
 const char *er_devstack_pg_conninfo(const struct er_devstack_pg *pg);
 /* Create database `name` and write its connection string into out. */
-int er_devstack_pg_create_db(const struct er_devstack_pg *pg,
-                             const char *name, char *out, size_t out_len,
-                             struct er_err *err);
+int er_devstack_pg_create_db(const struct er_devstack_pg *pg, const char *name,
+                             char *out, size_t out_len, struct er_err *err);
 /* Stop the cluster (fast shutdown) and remove its directory. NULL is ok. */
 void er_devstack_pg_stop(struct er_devstack_pg *pg);
 
@@ -136,6 +135,23 @@ const char *er_devstack_kafka_bootstraps(const struct er_devstack_kafka *k);
  * in tests; borrowed. */
 void *er_devstack_kafka_mock(struct er_devstack_kafka *k);
 void er_devstack_kafka_stop(struct er_devstack_kafka *k);
+
+/* ================================================================
+ * Kafka helpers (kafka.c), shared with envrunctl and the tests
+ * ================================================================ */
+
+struct rd_kafka_s;         /* rd_kafka_t */
+struct rd_kafka_headers_s; /* rd_kafka_headers_t */
+
+/* Queue one message (copied) on topic with librdkafka's default
+ * partitioner; key may be NULL; msg_opaque goes to the delivery report.
+ * hdrs (may be NULL) is taken over on success and left to the caller on
+ * failure. Uses rd_kafka_produceva, not the RD_KAFKA_V_* macros, whose type
+ * checks are GNU statement expressions that clang -Wpedantic rejects.
+ * Returns the rd_kafka_resp_err_t code (0: queued). */
+int er_kafka_produce(struct rd_kafka_s *rk, const char *topic, const void *key,
+                     size_t key_len, const void *value, size_t value_len,
+                     struct rd_kafka_headers_s *hdrs, void *msg_opaque);
 
 /* ================================================================
  * The worker as a whole (run.c)

@@ -19,7 +19,8 @@
 #define RUNS         20
 #define CMDS_PER_RUN 10
 #define CMDS         (RUNS * CMDS_PER_RUN)
-#define KILL_AFTER   20 /* results seen before the SIGKILL */
+#define KILLS        2
+#define WAVE_GAP_MS  100
 #define FINISH_MS    120000
 
 static const char *const worker_env[] = {
@@ -178,6 +179,24 @@ static void check_activity(struct er_harness *h)
     json_decref(ids);
 }
 
+/* SIGKILL the worker and start a new one in its place. */
+static struct er_harness_worker *
+kill_and_restart(struct er_harness *h, struct er_harness_worker *w,
+                 const struct er_harness_worker_opts *opts, int *kills,
+                 int waves_sent)
+{
+    assert_int_equal(er_harness_worker_stop(w, SIGKILL, 5000), 128 + SIGKILL);
+    er_harness_poll(h, 0);
+    print_message("crash_test: kill %d with %zu results seen, %d of %d "
+                  "waves sent\n",
+                  *kills + 1, er_harness_count(h, ER_HARNESS_RESULTS),
+                  waves_sent, CMDS_PER_RUN);
+    (*kills)++;
+    w = er_harness_worker_start(h, opts);
+    ER_HARNESS_NON_NULL(w);
+    return w;
+}
+
 static void crash_kill_mid_stream_and_restart(void **state)
 {
     struct er_harness *h;
@@ -192,7 +211,10 @@ static void crash_kill_mid_stream_and_restart(void **state)
         ER_CMD_REALIZE, ER_CMD_RELEASE, ER_CMD_ACQUIRE, ER_CMD_REALIZE,
         ER_CMD_RELEASE, ER_CMD_ACQUIRE,
     };
-    size_t seen_at_kill;
+    /* The first kill in the middle of the waves; the second soon after the
+     * restarted worker resumes, while it works through the backlog. */
+    size_t kill_at[KILLS] = { 40, 0 };
+    int kills = 0;
     int64_t t0;
     int i;
     int r;
@@ -220,39 +242,49 @@ static void crash_kill_mid_stream_and_restart(void **state)
             }
         }
     }
-    /* Interleave the runs, as a scheduler would. */
-    for (i = 0; i < CMDS_PER_RUN; i++) {
-        for (r = 0; r < RUNS; r++) {
-            struct er_harness_cmd *c = &cmds[r * CMDS_PER_RUN + i];
+    for (r = 0; r < RUNS; r++) {
+        for (i = 0; i < CMDS_PER_RUN; i++)
+            ids[r * CMDS_PER_RUN + i] = cmds[r * CMDS_PER_RUN + i].command_id;
+    }
 
-            ids[r * CMDS_PER_RUN + i] = c->command_id;
-            assert_int_equal(er_harness_send(h, &c->cmd), 0);
+    /* The scheduler sends step i of every run, wave after wave, while the
+     * worker runs; the worker is killed when the results seen pass each
+     * threshold and restarted at once, and the waves go on meanwhile. */
+    w = er_harness_worker_start(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    for (i = 0; i < CMDS_PER_RUN; i++) {
+        for (r = 0; r < RUNS; r++)
+            assert_int_equal(
+                er_harness_send(h, &cmds[r * CMDS_PER_RUN + i].cmd), 0);
+        assert_int_equal(er_harness_flush(h), 0);
+        if (i == 0 && !er_harness_wait_total(h, ER_HARNESS_RESULTS, 1,
+                                             ER_HARNESS_FIRST_WAIT_MS)) {
+            er_harness_worker_dump_log(w, 4000);
+            er_harness_fail(__FILE__, __LINE__, "no first result");
+        }
+        er_harness_poll(h, WAVE_GAP_MS);
+        if (kills < KILLS &&
+            er_harness_count(h, ER_HARNESS_RESULTS) >= kill_at[kills]) {
+            w = kill_and_restart(h, w, &opts, &kills, i + 1);
+            if (kills < KILLS)
+                kill_at[kills] = er_harness_count(h, ER_HARNESS_RESULTS) + 15;
         }
     }
-    assert_int_equal(er_harness_flush(h), 0);
-
-    w = er_harness_worker_start(h, &opts);
-    ER_HARNESS_NON_NULL(w);
-    if (!er_harness_wait_total(h, ER_HARNESS_RESULTS, KILL_AFTER,
-                               ER_HARNESS_FIRST_WAIT_MS)) {
-        er_harness_worker_dump_log(w, 4000);
-        er_harness_fail(__FILE__, __LINE__, "no results before the kill");
+    while (kills < KILLS) {
+        if (kill_at[kills] == 0)
+            kill_at[kills] = er_harness_count(h, ER_HARNESS_RESULTS) + 15;
+        assert_true(er_harness_wait_total(h, ER_HARNESS_RESULTS, kill_at[kills],
+                                          FINISH_MS));
+        w = kill_and_restart(h, w, &opts, &kills, CMDS_PER_RUN);
     }
-    assert_int_equal(er_harness_worker_stop(w, SIGKILL, 5000), 128 + SIGKILL);
-    er_harness_poll(h, 0);
-    seen_at_kill = er_harness_count(h, ER_HARNESS_RESULTS);
-    print_message("crash_test: killed with %zu of %d results seen\n",
-                  seen_at_kill, CMDS);
 
     t0 = er_time_mono_ms();
-    w = er_harness_worker_start(h, &opts);
-    ER_HARNESS_NON_NULL(w);
     if (!er_harness_wait_results(h, ids, CMDS, FINISH_MS)) {
         er_harness_worker_dump_log(w, 4000);
         er_harness_fail(__FILE__, __LINE__,
                         "not every command has a result after restart");
     }
-    print_message("crash_test: restart finished in %lld ms\n",
+    print_message("crash_test: all results %lld ms after the last wave\n",
                   (long long)(er_time_mono_ms() - t0));
     /* Let the outbox drain: every lease has its events. */
     assert_true(er_harness_wait_total(h, ER_HARNESS_ACTIVITY, 7 * RUNS,

@@ -248,8 +248,9 @@ static void canonical_form_rejects_what_is_not_a_schema(void **state)
         "{\"type\":\"fixed\",\"name\":\"f\",\"size\":\"4\"}",
         "{\"type\":\"fixed\",\"name\":\"f\",\"size\":-1}",
         "{\"type\":\"array\"}",
-        "[\"int\",{\"type\":\"enum\",\"name\":\"e\",\"symbols\":[]},"
-        "{\"type\":\"enum\",\"name\":\"e\",\"symbols\":[]}]",
+        /* One literal on purpose: the same enum named twice in a union. */
+        ("[\"int\",{\"type\":\"enum\",\"name\":\"e\",\"symbols\":[]},"
+         "{\"type\":\"enum\",\"name\":\"e\",\"symbols\":[]}]"),
         "{\"type\":\"record\",\"name\":\"\",\"fields\":[]}",
         "{\"type\":\"record\",\"name\":\"r\",\"namespace\":5,\"fields\":[]}",
     };

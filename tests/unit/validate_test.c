@@ -111,10 +111,9 @@ static void validate_accepts_null_or_empty_environment(void **state)
 static void validate_rejects_bad_uuids_naming_the_field(void **state)
 {
     struct er_run_command cmd;
-    static char *const bad[] = {
-        "", "not-a-uuid", RUN_ID "0", "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeeg",
-        "aaaaaaaa_bbbb-4ccc-8ddd-eeeeeeeeeeee"
-    };
+    static char *const bad[] = { "", "not-a-uuid", RUN_ID "0",
+                                 "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeeg",
+                                 "aaaaaaaa_bbbb-4ccc-8ddd-eeeeeeeeeeee" };
     size_t i;
 
     (void)state;
@@ -294,8 +293,7 @@ static void validate_checks_runtime_overlay_json(void **state)
         struct er_err err;
 
         assert_int_equal(er_validate_command(&cmd, &err), ER_EINVAL);
-        assert_true(strncmp(err.msg, "runtimeOverlayJson: not JSON", 28) ==
-                    0);
+        assert_true(strncmp(err.msg, "runtimeOverlayJson: not JSON", 28) == 0);
     }
 }
 
@@ -325,8 +323,7 @@ static void validate_checks_traceparent(void **state)
     cmd.traceparent = TP;
     assert_valid(&cmd);
     /* Any version but ff; flags are free. */
-    cmd.traceparent =
-        "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff";
+    cmd.traceparent = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff";
     assert_valid(&cmd);
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cmd.traceparent = bad[i];
@@ -419,8 +416,8 @@ static void validate_checks_host_api_token_without_quoting_it(void **state)
     assert_int_equal(
         er_secret_set(&cmd.host_api_token, over, ER_CMD_TOKEN_MAX + 1), 0);
     assert_invalid(&cmd, "hostApiToken: longer than 8192 bytes");
-    assert_int_equal(
-        er_secret_set(&cmd.host_api_token, over, ER_CMD_TOKEN_MAX), 0);
+    assert_int_equal(er_secret_set(&cmd.host_api_token, over, ER_CMD_TOKEN_MAX),
+                     0);
     assert_valid(&cmd);
     assert_int_equal(er_secret_set(&cmd.host_api_token, "ss\xffss", 5), 0);
     assert_int_equal(er_validate_command(&cmd, &err), ER_EINVAL);
