@@ -245,6 +245,21 @@ struct er_consumer *er_consumer_new(const struct er_config *cfg,
     char errstr[512];
     rd_kafka_resp_err_t kerr;
     int32_t p;
+    /* Eager assignment: librdkafka 2.0.2's cooperative-sticky assignor has
+     * known bugs (DESIGN.md). Offsets are committed by hand, after the
+     * step's transaction. A broker may hold a fetch for fetch.wait.max.ms
+     * (the mock cluster does), which adds to every command's latency: 100
+     * ms, not the 500 ms default. ENVRUN_KAFKA_PROPS overrides these, but
+     * not group.id or enable.auto.commit=false, set after it. */
+    const char *const defaults[] = {
+        "auto.offset.reset",
+        "earliest",
+        "partition.assignment.strategy",
+        "range,roundrobin",
+        "fetch.wait.max.ms",
+        "100",
+        NULL,
+    };
 
     if (c == NULL) {
         er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
@@ -255,19 +270,16 @@ struct er_consumer *er_consumer_new(const struct er_config *cfg,
     c->dispatch = dispatch;
     c->max_inflight = (size_t)cfg->concurrency * 64;
     er_config_topic(cfg, "commands", c->topic, sizeof(c->topic));
-    conf = er_kafka_conf_new(brokers, cfg->kafka_props, "consumer", errstr,
+    conf = er_kafka_conf_new(brokers, defaults, cfg->kafka_props, errstr,
                              sizeof(errstr));
-    /* Eager assignment: librdkafka 2.0.2's cooperative-sticky assignor has
-     * known bugs (DESIGN.md). Offsets are committed by hand. */
-    if (conf == NULL ||
-        rd_kafka_conf_set(conf, "group.id", cfg->kafka_group, errstr,
+    if (conf == NULL) {
+        er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "consumer config: %s",
+                   errstr);
+        goto fail;
+    }
+    if (rd_kafka_conf_set(conf, "group.id", cfg->kafka_group, errstr,
                           sizeof(errstr)) != RD_KAFKA_CONF_OK ||
         rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr,
-                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr,
-                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "partition.assignment.strategy",
-                          "range,roundrobin", errstr,
                           sizeof(errstr)) != RD_KAFKA_CONF_OK) {
         er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "consumer config: %s",
                    errstr);

@@ -34,17 +34,23 @@ static void on_error(rd_kafka_t *rk, int code, const char *reason, void *opaque)
     ER_LOG_WARN("rdkafka", "%s: %s", rd_kafka_err2name(code), reason);
 }
 
-rd_kafka_conf_t *er_kafka_conf_new(const char *brokers, const char *props,
-                                   const char *fac, char *errstr,
+rd_kafka_conf_t *er_kafka_conf_new(const char *brokers,
+                                   const char *const *defaults,
+                                   const char *props, char *errstr,
                                    size_t errstr_len)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     const char *p = props != NULL ? props : "";
+    size_t i;
 
-    (void)fac;
     if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr,
                           errstr_len) != RD_KAFKA_CONF_OK)
         goto fail;
+    for (i = 0; defaults != NULL && defaults[i] != NULL; i += 2) {
+        if (rd_kafka_conf_set(conf, defaults[i], defaults[i + 1], errstr,
+                              errstr_len) != RD_KAFKA_CONF_OK)
+            goto fail;
+    }
     while (*p != '\0') {
         const char *end = strchr(p, ',');
         size_t len = end != NULL ? (size_t)(end - p) : strlen(p);

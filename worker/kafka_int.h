@@ -8,12 +8,15 @@
 
 #include <librdkafka/rdkafka.h>
 
-/* A new conf with bootstrap.servers = brokers, the `k=v,k=v` properties of
- * props applied verbatim (props may be NULL or ""), and log/error callbacks
- * into er_log with facility fac (a string literal). Returns NULL with errstr
- * (errstr_len bytes) naming the property that was refused. */
-rd_kafka_conf_t *er_kafka_conf_new(const char *brokers, const char *props,
-                                   const char *fac, char *errstr,
+/* A new conf with bootstrap.servers = brokers, then the defaults (a
+ * NULL-terminated list of name, value, name, value ...; may be NULL), then
+ * the `k=v,k=v` properties of props verbatim (props may be NULL or ""), so
+ * ENVRUN_KAFKA_PROPS overrides our defaults; log and error callbacks go
+ * into er_log. Returns NULL with errstr (errstr_len bytes) naming the
+ * property that was refused. */
+rd_kafka_conf_t *er_kafka_conf_new(const char *brokers,
+                                   const char *const *defaults,
+                                   const char *props, char *errstr,
                                    size_t errstr_len);
 
 #endif

@@ -201,6 +201,9 @@ struct er_outbox *er_outbox_new(const struct er_config *cfg,
 {
     struct er_outbox *ob = er_calloc(1, sizeof(*ob));
     rd_kafka_conf_t *conf = NULL;
+    /* Idempotence is set after ENVRUN_KAFKA_PROPS: per-key order and no
+     * duplicates from retries depend on it. */
+    const char *const defaults[] = { "linger.ms", "2", NULL };
     char errstr[512];
 
     if (ob == NULL) {
@@ -214,13 +217,11 @@ struct er_outbox *er_outbox_new(const struct er_config *cfg,
     if (ob->store == NULL)
         goto fail;
 
-    conf = er_kafka_conf_new(brokers, cfg->kafka_props, "outbox", errstr,
+    conf = er_kafka_conf_new(brokers, defaults, cfg->kafka_props, errstr,
                              sizeof(errstr));
     if (conf == NULL ||
         rd_kafka_conf_set(conf, "enable.idempotence", "true", errstr,
-                          sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "linger.ms", "2", errstr, sizeof(errstr)) !=
-            RD_KAFKA_CONF_OK) {
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK) {
         er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "producer config: %s",
                    errstr);
         goto fail;

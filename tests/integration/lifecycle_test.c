@@ -494,6 +494,66 @@ static void lifecycle_realize_updates_execution_workspace(void **state)
     json_decref(rows);
 }
 
+/* hostApiToken is never stored in clear, logged or published (contract.md
+ * 4, 6): not in the worker's debug log, the output topics or any row. */
+static void lifecycle_host_api_token_never_leaks(void **state)
+{
+    static const char *const env[] = { "ENVRUN_LOG_LEVEL=debug", NULL };
+    const struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness *h;
+    struct er_harness_worker *w;
+    struct er_harness_run run;
+    struct er_harness_cmd acq;
+    struct er_harness_cmd rea;
+    struct er_harness_cmd rel;
+    char token[64];
+    char uuid[37];
+    const json_t *res;
+    int t;
+
+    h = er_harness_new("lifecycle_secret", 1, NULL);
+    ER_HARNESS_NON_NULL(h);
+    *state = h;
+    w = er_harness_worker_start(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    er_harness_run_init(&run);
+    er_uuid_v4(uuid);
+    snprintf(token, sizeof(token), "tok-%s", uuid);
+
+    er_harness_cmd_acquire(&acq, &run);
+    er_harness_cmd_realize(&rea, &run, h->dir);
+    assert_int_equal(
+        er_secret_set(&rea.cmd.host_api_token, token, strlen(token)), 0);
+    er_harness_cmd_release(&rel, &run, ER_RELEASE_RELEASED);
+    assert_int_equal(er_harness_send(h, &acq.cmd), 0);
+    assert_int_equal(er_harness_send(h, &rea.cmd), 0);
+    assert_int_equal(er_harness_send(h, &rel.cmd), 0);
+    er_secret_fini(&rea.cmd.host_api_token);
+    res = er_harness_wait_result(h, rel.command_id, ER_HARNESS_FIRST_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    ER_HARNESS_ASSERT_STR(er_harness_wait_result(h, rea.command_id, 0),
+                          "outcome", "ok");
+    assert_true(er_harness_wait_total(h, ER_HARNESS_LEASE_EVENTS, 3,
+                                      ER_HARNESS_WAIT_MS));
+    assert_true(
+        er_harness_wait_total(h, ER_HARNESS_ACTIVITY, 2, ER_HARNESS_WAIT_MS));
+    er_harness_poll(h, ER_HARNESS_QUIET_MS);
+
+    /* The upstream's own command carries it; nothing else may. */
+    assert_true(er_harness_topic_contains(h, ER_HARNESS_COMMANDS, token));
+    for (t = 0; t < ER_HARNESS_TOPIC_CNT; t++) {
+        if (t != ER_HARNESS_COMMANDS &&
+            er_harness_topic_contains(h, (enum er_harness_topic)t, token))
+            er_harness_fail(__FILE__, __LINE__, "token published on topic %d",
+                            t);
+    }
+    assert_int_equal(er_harness_pg_rows_containing(h->db_url, token), 0);
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+    assert_true(er_harness_worker_log_contains(w, "\"level\":\"debug\""));
+    assert_false(er_harness_worker_log_contains(w, token));
+}
+
 #define RACE_RUNS 8
 
 /* ensureLocalEnvironment is race-safe (2.2): runs of one company acquiring

@@ -147,7 +147,8 @@ static int conninfo_with_db(const char *conninfo, const char *db, char *out,
         if (o->val == NULL || strcmp(o->keyword, "dbname") == 0)
             continue;
         if (er_buf_printf(&buf, "%s=", o->keyword) != 0 ||
-            append_quoted(&buf, o->val) != 0 || er_buf_append(&buf, " ", 1))
+            append_quoted(&buf, o->val) != 0 ||
+            er_buf_append(&buf, " ", 1) != 0)
             goto out;
     }
     if (er_buf_printf(&buf, "dbname=") != 0 || append_quoted(&buf, db) != 0)
@@ -719,8 +720,9 @@ char *er_harness_worker_log(const struct er_harness_worker *w)
     er_buf_init(&buf, 256u * 1024u * 1024u);
     fd = open(w->log_path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
-        while ((r = read(fd, chunk, sizeof(chunk))) > 0) {
-            if (er_buf_append(&buf, chunk, (size_t)r) != 0)
+        for (;;) {
+            r = read(fd, chunk, sizeof(chunk));
+            if (r <= 0 || er_buf_append(&buf, chunk, (size_t)r) != 0)
                 break;
         }
         close(fd);
@@ -1170,6 +1172,36 @@ size_t er_harness_find_key(const struct er_harness *h,
     return n;
 }
 
+static bool has_bytes(const uint8_t *p, size_t len, const char *needle)
+{
+    size_t n = strlen(needle);
+    size_t i;
+
+    if (p == NULL || n == 0 || len < n)
+        return false;
+    for (i = 0; i + n <= len; i++) {
+        if (memcmp(p + i, needle, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool er_harness_topic_contains(const struct er_harness *h,
+                               enum er_harness_topic topic, const char *needle)
+{
+    const struct rec_list *list = &h->priv->recs[topic];
+    size_t i;
+
+    for (i = 0; i < list->len; i++) {
+        const struct er_harness_record *r = &list->v[i];
+
+        if (has_bytes((const uint8_t *)r->key, r->key_len, needle) ||
+            has_bytes(r->value, r->value_len, needle))
+            return true;
+    }
+    return false;
+}
+
 struct key_arg {
     enum er_harness_topic topic;
     const char *key;
@@ -1490,6 +1522,39 @@ out:
     PQclear(res);
     PQfinish(conn);
     return n;
+}
+
+long long er_harness_pg_rows_containing(const char *conninfo,
+                                        const char *needle)
+{
+    json_t *tables;
+    long long total = 0;
+    size_t i;
+
+    tables = er_harness_pg_query(
+        conninfo,
+        "SELECT format('%I.%I', table_schema, table_name) AS t FROM "
+        "information_schema.tables WHERE table_schema IN ('public', "
+        "'envrun') AND table_type = 'BASE TABLE'",
+        0, NULL);
+    if (tables == NULL)
+        return -1;
+    for (i = 0; i < json_array_size(tables); i++) {
+        char sql[512];
+        long long n;
+
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM %s x WHERE strpos(x::text, $1) > 0",
+                 er_harness_json_str(json_array_get(tables, i), "t"));
+        n = er_harness_pg_count(conninfo, sql, 1, &needle);
+        if (n < 0) {
+            total = -1;
+            break;
+        }
+        total += n;
+    }
+    json_decref(tables);
+    return total;
 }
 
 int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,

@@ -224,6 +224,9 @@ size_t er_harness_find_key(const struct er_harness *h,
                            enum er_harness_topic topic, const char *key,
                            const struct er_harness_record **out,
                            size_t out_max);
+/* True when some record of topic has needle in its key or value bytes. */
+bool er_harness_topic_contains(const struct er_harness *h,
+                               enum er_harness_topic topic, const char *needle);
 /* Wait until at least n records of topic have key. */
 bool er_harness_wait_key(struct er_harness *h, enum er_harness_topic topic,
                          const char *key, size_t n, int timeout_ms);
@@ -314,6 +317,10 @@ json_t *er_harness_pg_query(const char *conninfo, const char *sql, int nparams,
  * an integer; -1 on error or no row. */
 long long er_harness_pg_count(const char *conninfo, const char *sql,
                               int nparams, const char *const *params);
+/* Rows of every table in the schemas public and envrun whose text form
+ * contains needle (to look for leaked secrets); -1 on error. */
+long long er_harness_pg_rows_containing(const char *conninfo,
+                                        const char *needle);
 /* Run sql (several statements allowed when nparams is 0). Returns 0 or -1
  * after printing the error. */
 int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,
