@@ -29,7 +29,8 @@
 
 #include "worker/worker.h"
 
-#define PG_BIN_DIR        "/usr/lib/postgresql/15/bin"
+#define PG_INITDB         "/usr/lib/postgresql/15/bin/initdb"
+#define PG_CTL            "/usr/lib/postgresql/15/bin/pg_ctl"
 #define PG_USER           "postgres"
 #define PG_START_TRIES    5
 #define PG_READY_WAIT_MS  30000
@@ -166,18 +167,8 @@ static bool wait_ready(const char *conninfo, int timeout_ms)
 static int pg_ctl_start(struct er_devstack_pg *pg, int port)
 {
     char opts[DEVSTACK_DIR_MAX + 256];
-    char *argv[] = { PG_BIN_DIR "/pg_ctl",
-                     "-D",
-                     pg->data_dir,
-                     "-l",
-                     pg->log_path,
-                     "-o",
-                     opts,
-                     "-w",
-                     "-t",
-                     "30",
-                     "start",
-                     NULL };
+    char *argv[] = { PG_CTL, "-D", pg->data_dir, "-l", pg->log_path, "-o",
+                     opts,   "-w", "-t",         "30", "start",      NULL };
 
     /* pg_ctl hands -o to a shell: the directory is quoted, and it contains
      * no quote (checked at creation). */
@@ -191,16 +182,8 @@ static int pg_ctl_start(struct er_devstack_pg *pg, int port)
 
 static int pg_ctl_stop(struct er_devstack_pg *pg)
 {
-    char *argv[] = { PG_BIN_DIR "/pg_ctl",
-                     "-D",
-                     pg->data_dir,
-                     "-m",
-                     "fast",
-                     "-w",
-                     "-t",
-                     "30",
-                     "stop",
-                     NULL };
+    char *argv[] = { PG_CTL, "-D", pg->data_dir, "-m",   "fast",
+                     "-w",   "-t", "30",         "stop", NULL };
 
     return run_tool(pg, argv);
 }
@@ -277,18 +260,10 @@ struct er_devstack_pg *er_devstack_pg_start(const char *base_dir,
                                             struct er_err *err)
 {
     struct er_devstack_pg *pg = NULL;
-    char *initdb_argv[] = { PG_BIN_DIR "/initdb",
-                            "-D",
-                            NULL,
-                            "-A",
-                            "trust",
-                            "-U",
-                            PG_USER,
-                            "-E",
-                            "UTF8",
-                            "--locale=C",
-                            "--no-sync",
-                            "--no-instructions",
+    char *initdb_argv[] = { PG_INITDB,    "-D",        NULL,
+                            "-A",         "trust",     "-U",
+                            PG_USER,      "-E",        "UTF8",
+                            "--locale=C", "--no-sync", "--no-instructions",
                             NULL };
     int tries;
     int rc;
