@@ -12,8 +12,9 @@
 #include "worker/dispatch_int.h"
 #include "worker/kafka_int.h"
 
-#define MAX_PARTITIONS 1024
-#define DONE_BATCH     256
+#define MAX_PARTITIONS   1024
+#define DONE_BATCH       256
+#define MIN_INFLIGHT_CAP 4096
 
 /* Offsets of one partition in arrival order; done ones are popped from the
  * front, and the commit point is the first not done. */
@@ -268,7 +269,12 @@ struct er_consumer *er_consumer_new(const struct er_config *cfg,
     for (p = 0; p < MAX_PARTITIONS; p++)
         tracker_reset(&c->parts[p]);
     c->dispatch = dispatch;
+    /* Pausing drops what librdkafka prefetched and resuming costs a fetch
+     * round trip, so the bound is generous: queued jobs are small (a
+     * command is at most 1 MiB, typically about 1 KiB). */
     c->max_inflight = (size_t)cfg->concurrency * 64;
+    if (c->max_inflight < MIN_INFLIGHT_CAP)
+        c->max_inflight = MIN_INFLIGHT_CAP;
     er_config_topic(cfg, "commands", c->topic, sizeof(c->topic));
     conf = er_kafka_conf_new(brokers, defaults, cfg->kafka_props, errstr,
                              sizeof(errstr));
