@@ -32,9 +32,11 @@ static const char *const worker_env[] = {
 
 static int teardown(void **state)
 {
+    int rc = er_harness_stop_workers(*state) ? 0 : -1;
+
     er_harness_destroy(*state);
     *state = NULL;
-    return 0;
+    return rc;
 }
 
 /* Every result of a command is byte-identical and ok. */

@@ -30,10 +30,12 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
+    int rc = er_harness_stop_workers(h) ? 0 : -1;
+
     (void)state;
     er_harness_destroy(h);
     h = NULL;
-    return 0;
+    return rc;
 }
 
 /* The single-object encoding of a command, into out (caller finis it). */
@@ -42,7 +44,7 @@ static void encode(const struct er_run_command *cmd, struct er_buf *out)
     struct er_err err;
 
     er_err_clear(&err);
-    er_buf_init(out, 4u * 1024u * 1024u);
+    er_buf_init(out, (size_t)4 * 1024 * 1024);
     if (er_codec_command_encode(cmd, out, &err) != 0)
         er_harness_fail(__FILE__, __LINE__, "encode: %s", err.msg);
 }

@@ -43,10 +43,12 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
+    int rc = er_harness_stop_workers(h) ? 0 : -1;
+
     (void)state;
     er_harness_destroy(h);
     h = NULL;
-    return 0;
+    return rc;
 }
 
 /* Send and wait for the result of a command. */

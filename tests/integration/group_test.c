@@ -21,9 +21,11 @@
 
 static int teardown(void **state)
 {
+    int rc = er_harness_stop_workers(*state) ? 0 : -1;
+
     er_harness_destroy(*state);
     *state = NULL;
-    return 0;
+    return rc;
 }
 
 /* Random runs, but spread so every partition holds at least two of them:

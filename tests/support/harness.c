@@ -30,11 +30,11 @@
 
 #include "worker/worker.h"
 
-#define MAX_WORKERS     16
-#define POLL_SLICE_MS   100
-#define FLUSH_MS        10000
-#define JSON_MAX_BYTES  (8u * 1024u * 1024u)
-#define VALUE_MAX_BYTES (1024u * 1024u)
+#define MAX_WORKERS    16
+#define POLL_SLICE_MS  100
+#define FLUSH_MS       10000
+#define JSON_MAX_BYTES ((size_t)8 * 1024 * 1024)
+#define MAX_DBS        8
 
 extern char **environ;
 
@@ -60,7 +60,9 @@ struct er_harness_priv {
     struct rec_list recs[ER_HARNESS_TOPIC_CNT];
     struct er_harness_worker *workers[MAX_WORKERS];
     int worker_cnt;
-    int delivery_errors; /* failed deliveries since the last flush */
+    int delivery_errors;   /* failed deliveries since the last flush */
+    char dbs[MAX_DBS][64]; /* databases made for this test */
+    int db_cnt;
 };
 
 /* ----------------------------------------------------------------
@@ -425,6 +427,8 @@ struct er_harness *er_harness_new(const char *name, int partition_cnt,
     snprintf(h->db_name, sizeof(h->db_name), "it_%s_%s", name, hex);
     if (create_db(h->db_name, h->db_url, sizeof(h->db_url)) != 0)
         goto fail;
+    snprintf(h->priv->dbs[h->priv->db_cnt++], sizeof(h->priv->dbs[0]), "%s",
+             h->db_name);
 
     h->priv->kafka = er_devstack_kafka_start(1, partition_cnt, h->prefix, &err);
     if (h->priv->kafka == NULL) {
@@ -443,6 +447,24 @@ struct er_harness *er_harness_new(const char *name, int partition_cnt,
 fail:
     er_harness_destroy(h);
     return NULL;
+}
+
+/* On a server of the test's own (ENVRUN_TEST_PG_URL) drop the databases
+ * unless ENVRUN_TEST_KEEP_DB is set; a dev-stack cluster goes at exit. */
+static void drop_dbs(struct er_harness *h)
+{
+    const char *keep = getenv("ENVRUN_TEST_KEEP_DB");
+    char sql[128];
+    int i;
+
+    if (process_pg != NULL || (keep != NULL && keep[0] != '\0'))
+        return;
+    for (i = 0; i < h->priv->db_cnt; i++) {
+        snprintf(sql, sizeof(sql),
+                 "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)",
+                 h->priv->dbs[i]);
+        er_harness_pg_exec(process_pg_url, sql, 0, NULL);
+    }
 }
 
 static void record_fini(struct er_harness_record *r)
@@ -478,6 +500,7 @@ void er_harness_destroy(struct er_harness *h)
             rd_kafka_destroy(h->priv->producer);
         }
         er_devstack_kafka_stop(h->priv->kafka);
+        drop_dbs(h);
         for (i = 0; i < ER_HARNESS_TOPIC_CNT; i++) {
             for (j = 0; j < h->priv->recs[i].len; j++)
                 record_fini(&h->priv->recs[i].v[j]);
@@ -488,6 +511,45 @@ void er_harness_destroy(struct er_harness *h)
     er_free(h);
 }
 
+bool er_harness_stop_workers(struct er_harness *h)
+{
+    static const char *const marks[] = { "Sanitizer", "runtime error:",
+                                         "assertion failed:" };
+    bool is_clean = true;
+    int i;
+    size_t m;
+
+    if (h == NULL || h->priv == NULL)
+        return true;
+    for (i = 0; i < h->priv->worker_cnt; i++) {
+        struct er_harness_worker *w = h->priv->workers[i];
+        char *log = NULL;
+
+        if (w->pid > 0) {
+            int rc = er_harness_worker_stop(w, SIGTERM, 15000);
+
+            if (rc != 0) {
+                fprintf(stderr, "harness: %s: SIGTERM gave exit %d\n",
+                        w->log_path, rc);
+                is_clean = false;
+            }
+        }
+        log = er_harness_worker_log(w);
+
+        for (m = 0; log != NULL && m < sizeof(marks) / sizeof(marks[0]); m++) {
+            const char *hit = strstr(log, marks[m]);
+
+            if (hit != NULL) {
+                fprintf(stderr, "harness: %s reports: %.2000s\n", w->log_path,
+                        hit);
+                is_clean = false;
+            }
+        }
+        er_free(log);
+    }
+    return is_clean;
+}
+
 void *er_harness_mock(struct er_harness *h)
 {
     return er_devstack_kafka_mock(h->priv->kafka);
@@ -496,14 +558,22 @@ void *er_harness_mock(struct er_harness *h)
 int er_harness_db_new(struct er_harness *h, const char *tag, char *url,
                       size_t url_len)
 {
-    char name[128];
+    char *name;
     char hex[9];
+    int n;
 
-    if (!is_name(tag, 16))
+    if (!is_name(tag, 10) || h->priv->db_cnt >= MAX_DBS)
         return -1;
     rand_hex8(hex);
-    snprintf(name, sizeof(name), "it_%s_%s_%s", h->name, tag, hex);
-    return create_db(name, url, url_len);
+    /* Room enough: "it_" + 40 + "_" + 10 + "_" + 8 is 63, PostgreSQL's cap. */
+    name = h->priv->dbs[h->priv->db_cnt];
+    n = snprintf(name, sizeof(h->priv->dbs[0]), "it_%s_%s_%s", h->name, tag,
+                 hex);
+    if (n < 0 || (size_t)n >= sizeof(h->priv->dbs[0]) ||
+        create_db(name, url, url_len) != 0)
+        return -1;
+    h->priv->db_cnt++;
+    return 0;
 }
 
 void er_harness_topic_name(const struct er_harness *h, const char *suffix,
@@ -717,7 +787,7 @@ char *er_harness_worker_log(const struct er_harness_worker *w)
     size_t len;
     int fd;
 
-    er_buf_init(&buf, 256u * 1024u * 1024u);
+    er_buf_init(&buf, (size_t)256 * 1024 * 1024);
     fd = open(w->log_path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         for (;;) {
@@ -809,7 +879,7 @@ int er_harness_worker_http_get(const struct er_harness_worker *w,
         close(fd);
         return -1;
     }
-    er_buf_init(&buf, 16u * 1024u * 1024u);
+    er_buf_init(&buf, (size_t)16 * 1024 * 1024);
     for (;;) {
         int64_t left = deadline - er_time_mono_ms();
 
@@ -967,16 +1037,28 @@ int er_harness_produce(struct er_harness *h, const char *suffix,
 {
     char topic[128];
     size_t key_len = key != NULL ? strlen(key) : 0;
-    rd_kafka_resp_err_t kerr;
+    rd_kafka_vu_t vu[4];
+    rd_kafka_error_t *error;
 
     er_harness_topic_name(h, suffix, topic, sizeof(topic));
-    kerr = rd_kafka_producev(
-        h->priv->producer, RD_KAFKA_V_TOPIC(topic),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, key_len),
-        RD_KAFKA_V_VALUE((void *)(uintptr_t)value, value_len), RD_KAFKA_V_END);
-    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    /* The array form: the producev() macros use statement expressions,
+     * which clang's -Wpedantic rejects. */
+    memset(vu, 0, sizeof(vu));
+    vu[0].vtype = RD_KAFKA_VTYPE_TOPIC;
+    vu[0].u.cstr = topic;
+    vu[1].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
+    vu[1].u.i = RD_KAFKA_MSG_F_COPY;
+    vu[2].vtype = RD_KAFKA_VTYPE_KEY;
+    vu[2].u.mem.ptr = (void *)(uintptr_t)key;
+    vu[2].u.mem.size = key_len;
+    vu[3].vtype = RD_KAFKA_VTYPE_VALUE;
+    vu[3].u.mem.ptr = (void *)(uintptr_t)value;
+    vu[3].u.mem.size = value_len;
+    error = rd_kafka_produceva(h->priv->producer, vu, 4);
+    if (error != NULL) {
         fprintf(stderr, "harness: produce to %s: %s\n", topic,
-                rd_kafka_err2str(kerr));
+                rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
         return -1;
     }
     rd_kafka_poll(h->priv->producer, 0);
@@ -991,7 +1073,7 @@ int er_harness_send(struct er_harness *h, const struct er_run_command *cmd)
     int rc;
 
     er_err_clear(&err);
-    er_buf_init(&buf, 4u * 1024u * 1024u);
+    er_buf_init(&buf, (size_t)4 * 1024 * 1024);
     if (er_codec_command_encode(cmd, &buf, &err) != 0) {
         fprintf(stderr, "harness: encode: %s\n", err.msg);
         er_buf_fini(&buf);

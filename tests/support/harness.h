@@ -74,13 +74,23 @@ struct er_harness {
  * bytes. Returns NULL after printing why. */
 struct er_harness *er_harness_new(const char *name, int partition_cnt,
                                   const char *prefix);
-/* Kill the workers still running, stop the mock cluster, free the records.
- * The database and the log directory are kept for post-mortems. NULL ok. */
+/* Kill the workers still running (SIGKILL; see er_harness_stop_workers for
+ * a clean stop), stop the mock cluster, free the records. The log directory
+ * is kept for post-mortems; the databases too on the dev-stack cluster
+ * (removed at exit anyway), and on an ENVRUN_TEST_PG_URL server only with
+ * ENVRUN_TEST_KEEP_DB set. NULL ok. */
 void er_harness_destroy(struct er_harness *h);
+/* Stop the workers still running (SIGTERM; SIGKILL after 15 s) and check
+ * every worker's log. False (after printing why) when a worker ignored
+ * SIGTERM or a log reports a sanitizer finding ("Sanitizer", "runtime
+ * error:") or a failed ER_ASSERT; teardowns then return -1, failing the
+ * test. */
+bool er_harness_stop_workers(struct er_harness *h);
 /* The mock cluster (rd_kafka_mock_cluster_t *) for fault injection. */
 void *er_harness_mock(struct er_harness *h);
-/* Create another fresh empty database; its connection string goes to
- * url (url_len bytes). Returns 0, or -1 after printing why. */
+/* Create another fresh empty database named after the test and tag
+ * ([a-z0-9_], at most 10 bytes); its connection string goes to url (url_len
+ * bytes). Returns 0, or -1 after printing why. */
 int er_harness_db_new(struct er_harness *h, const char *tag, char *url,
                       size_t url_len);
 /* Full topic name for a suffix ("results") into out. */
