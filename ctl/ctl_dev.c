@@ -5,12 +5,8 @@
  * are started with posix_spawn). Owns the stack, the children and a
  * private directory for their logs, all gone when it returns. */
 
-/* nftw() and its FTW_* flags are X/Open System Interfaces, not base POSIX. */
-#define _XOPEN_SOURCE 700
-
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <signal.h>
 #include <spawn.h>
@@ -97,18 +93,6 @@ struct demo {
     int activity_cnt;
     struct demo_cmd cmds[DEMO_CMD_CNT];
 };
-
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    if (flag == FTW_DP)
-        rmdir(path);
-    else
-        unlink(path);
-    return 0; /* remove as much as possible */
-}
 
 static void sleep_ms(int ms)
 {
@@ -390,7 +374,7 @@ static bool dev_stop(struct dev *dev, bool keep_dir)
         if (keep_dir)
             printf("# kept %s\n", dev->dir);
         else
-            nftw(dev->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+            er_devstack_rmtree(dev->dir);
     }
     return is_clean;
 }

@@ -184,22 +184,6 @@ const char *er_ctl_util_topic_short(const char *prefix, const char *full)
     return full;
 }
 
-/* librdkafka's log lines go through er_log (STYLE.md 7); syslog levels. */
-static void kafka_log(const rd_kafka_t *rk, int level, const char *fac,
-                      const char *buf)
-{
-    enum er_log_level lvl = ER_LOG_DEBUG;
-
-    (void)rk;
-    if (level <= 3)
-        lvl = ER_LOG_ERROR;
-    else if (level == 4)
-        lvl = ER_LOG_WARN;
-    else if (level <= 6)
-        lvl = ER_LOG_INFO;
-    er_log_kv(lvl, "rdkafka", buf, "rdfac", fac, NULL);
-}
-
 /* Transport errors are retried by librdkafka itself and already appear in
  * its log; only a fatal error (the idempotent producer gave up) is news. */
 static void kafka_error(rd_kafka_t *rk, int code, const char *reason,
@@ -292,7 +276,7 @@ rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
     const char *props;
 
     conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, kafka_log);
+    rd_kafka_conf_set_log_cb(conf, er_kafka_on_log);
     rd_kafka_conf_set_error_cb(conf, kafka_error);
     if (conf_set(conf, "bootstrap.servers", brokers, err) != 0)
         goto fail;

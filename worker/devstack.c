@@ -118,8 +118,7 @@ static int run_tool(const struct er_devstack_pg *pg, char *const argv[])
     return WEXITSTATUS(status);
 }
 
-/* A port that was free a moment ago: bind 127.0.0.1:0 and read it back. */
-static int free_port(void)
+int er_devstack_free_port(void)
 {
     struct sockaddr_in addr;
     socklen_t addr_len = sizeof(addr);
@@ -198,6 +197,11 @@ static int rm_entry(const char *path, const struct stat *st, int flag,
     else
         unlink(path);
     return 0; /* remove as much as possible */
+}
+
+void er_devstack_rmtree(const char *path)
+{
+    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Look up the postgres user (only when root: initdb refuses to run as root).
@@ -289,7 +293,7 @@ struct er_devstack_pg *er_devstack_pg_start(const char *base_dir,
     /* The port is free when picked but another process may take it before
      * the postmaster binds it: try a few. */
     for (tries = 0; tries < PG_START_TRIES; tries++) {
-        pg->port = free_port();
+        pg->port = er_devstack_free_port();
         if (pg->port <= 0)
             continue;
         if (pg_ctl_start(pg, pg->port) == 0)
@@ -389,29 +393,13 @@ void er_devstack_pg_stop(struct er_devstack_pg *pg)
     if (pg->is_running && pg_ctl_stop(pg) != 0)
         ER_LOG_WARN("devstack", "pg_ctl stop failed, see %s", pg->out_path);
     if (pg->dir[0] != '\0')
-        nftw(pg->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        er_devstack_rmtree(pg->dir);
     er_free(pg);
 }
 
 /* ----------------------------------------------------------------
  * Kafka mock cluster
  * ---------------------------------------------------------------- */
-
-static void kafka_log(const rd_kafka_t *rk, int level, const char *fac,
-                      const char *buf)
-{
-    enum er_log_level lvl = ER_LOG_DEBUG;
-
-    (void)rk;
-    /* syslog levels: 0..3 error, 4 warning, 5..6 notice/info, 7 debug. */
-    if (level <= 3)
-        lvl = ER_LOG_ERROR;
-    else if (level == 4)
-        lvl = ER_LOG_WARN;
-    else if (level <= 6)
-        lvl = ER_LOG_INFO;
-    er_log(lvl, "rdkafka", "%s: %s", fac, buf);
-}
 
 struct er_devstack_kafka *er_devstack_kafka_start(int broker_cnt,
                                                   int partition_cnt,
@@ -442,7 +430,7 @@ struct er_devstack_kafka *er_devstack_kafka_start(int broker_cnt,
     /* The handle exists only to own the mock cluster. It has no bootstrap
      * servers, about which it would warn: keep its log to errors. */
     conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, kafka_log);
+    rd_kafka_conf_set_log_cb(conf, er_kafka_on_log);
     if (rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) !=
         RD_KAFKA_CONF_OK) {
         er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "mock conf: %s", errstr);

@@ -6,17 +6,20 @@
 #include "worker/kafka_int.h"
 #include "worker/worker.h"
 
-static void on_log(const rd_kafka_t *rk, int level, const char *fac,
-                   const char *buf)
+void er_kafka_on_log(const struct rd_kafka_s *rk, int level, const char *fac,
+                     const char *buf)
 {
     enum er_log_level lvl = ER_LOG_DEBUG;
 
     (void)rk;
-    if (level <= 3) /* syslog levels: 3 error, 4 warning */
+    /* syslog levels: 0..3 error, 4 warning, 5..6 notice/info, 7 debug. */
+    if (level <= 3)
         lvl = ER_LOG_ERROR;
     else if (level == 4)
         lvl = ER_LOG_WARN;
-    er_log(lvl, "rdkafka", "%s: %s", fac, buf);
+    else if (level <= 6)
+        lvl = ER_LOG_INFO;
+    er_log_kv(lvl, "rdkafka", buf, "rdfac", fac, (const char *)NULL);
 }
 
 static void on_error(rd_kafka_t *rk, int code, const char *reason, void *opaque)
@@ -77,7 +80,7 @@ rd_kafka_conf_t *er_kafka_conf_new(const char *brokers,
         if (*p == ',')
             p++;
     }
-    rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_log_cb(conf, er_kafka_on_log);
     rd_kafka_conf_set_error_cb(conf, on_error);
     return conf;
 fail:

@@ -119,6 +119,12 @@ const char *er_devstack_pg_conninfo(const struct er_devstack_pg *pg);
 /* Create database `name` and write its connection string into out. */
 int er_devstack_pg_create_db(const struct er_devstack_pg *pg, const char *name,
                              char *out, size_t out_len, struct er_err *err);
+/* A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read
+ * it back, close), or -1. */
+int er_devstack_free_port(void);
+/* Remove a directory tree, as much of it as can be removed (no links are
+ * followed). */
+void er_devstack_rmtree(const char *path);
 /* Stop the cluster (fast shutdown) and remove its directory. NULL is ok. */
 void er_devstack_pg_stop(struct er_devstack_pg *pg);
 
@@ -142,6 +148,11 @@ void er_devstack_kafka_stop(struct er_devstack_kafka *k);
 
 struct rd_kafka_s;         /* rd_kafka_t */
 struct rd_kafka_headers_s; /* rd_kafka_headers_t */
+
+/* librdkafka's log_cb (set with rd_kafka_conf_set_log_cb): each line goes
+ * to er_log with facility rdkafka; syslog levels map to ours. */
+void er_kafka_on_log(const struct rd_kafka_s *rk, int level, const char *fac,
+                     const char *buf);
 
 /* Queue one message (copied) on topic with librdkafka's default
  * partitioner; key may be NULL; msg_opaque goes to the delivery report.

@@ -201,26 +201,6 @@ static void sleep_ms(int ms)
     }
 }
 
-static int free_port(void)
-{
-    struct sockaddr_in addr;
-    socklen_t addr_len = sizeof(addr);
-    int fd;
-    int port = -1;
-
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    memset(&addr, 0, sizeof(addr));
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&addr, &addr_len) == 0)
-        port = ntohs(addr.sin_port);
-    close(fd);
-    return port;
-}
-
 static bool is_name(const char *s, size_t max_len)
 {
     size_t i;
@@ -652,7 +632,7 @@ er_harness_worker_start(struct er_harness *h,
     snprintf(num, sizeof(num), "%d",
              opts->concurrency > 0 ? opts->concurrency : 4);
     if (opts->has_http) {
-        w->http_port = free_port();
+        w->http_port = er_devstack_free_port();
         snprintf(addr, sizeof(addr), "127.0.0.1:%d", w->http_port);
     } else {
         snprintf(addr, sizeof(addr), "off");
