@@ -398,6 +398,40 @@ static int single_flight(struct step *st, const struct er_env_row *env,
     return lease_event(lc, &upd, err);
 }
 
+/* Insert the lease (3.3.1). A unique violation of the single-flight index
+ * means another writer (the control plane shares the database and does not
+ * take our advisory lock) won the race: a conflict, deferred (3.3.1 step
+ * 4). Returns 1 when the result says so. */
+static int insert_lease(struct step *st, const struct er_env_row *env,
+                        const struct er_lease_row *in, struct er_lease_row *out,
+                        struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    struct er_err ierr;
+    int rc;
+
+    rc = er_store_savepoint(lc->store, err);
+    if (rc != 0)
+        return rc;
+    er_err_clear(&ierr);
+    rc = er_store_lease_insert(lc->store, in, &lc->arena, out, &ierr);
+    if (rc == ER_ECONFLICT) {
+        rc = er_store_savepoint_rollback(lc->store, err);
+        if (rc != 0)
+            return rc;
+        fail(st, ER_OUTCOME_DEFERRED, ER_EC_LEASE_CONFLICT,
+             "Execution workspace for environment \"%s\" is already leased "
+             "by another active run; deferring.",
+             env->name);
+        return 1;
+    }
+    if (rc != 0) {
+        *err = ierr;
+        return rc;
+    }
+    return er_store_savepoint_release(lc->store, err);
+}
+
 static int do_acquire(struct step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
@@ -482,9 +516,11 @@ static int do_acquire(struct step *st, struct er_err *err)
             rc = oom(err);
             goto out;
         }
-        rc = er_store_lease_insert(lc->store, &in, &lc->arena, &lease, err);
-        if (rc != 0)
+        rc = insert_lease(st, &env, &in, &lease, err);
+        if (rc != 0) {
+            rc = rc > 0 ? 0 : rc;
             goto out;
+        }
         rc = lease_event(lc, &lease, err);
         if (rc != 0)
             goto out;
@@ -904,7 +940,7 @@ static int do_release(struct step *st, struct er_err *err)
             goto out;
         rc = release_one(st, &rows[i], status, &upd, &is_released, &lease_err,
                          err);
-        if (rc != 0 && err->cls == ER_ERRCLASS_FATAL) {
+        if (rc != 0 && err->cls == ER_ERRCLASS_SKIP) {
             /* This lease's SQL failed for good: record it, go on. */
             lease_err = er_arena_strdup(&lc->arena, err->msg);
             er_err_clear(err);
@@ -1121,9 +1157,29 @@ out:
     return rc;
 }
 
+/* The error code a step of kind reports when the database refused it. */
+static enum er_error_code refused_code(enum er_cmd_kind kind)
+{
+    switch (kind) {
+    case ER_CMD_ACQUIRE:
+        return ER_EC_LEASE_ACQUIRE_FAILED;
+    case ER_CMD_REALIZE:
+        return ER_EC_WORKSPACE_REALIZATION_FAILED;
+    case ER_CMD_RELEASE:
+        break;
+    }
+    return ER_EC_LEASE_RELEASE_FAILED;
+}
+
+/* Decode, validate, replay or run one command. With refused non-NULL the
+ * first attempt's transaction was rolled back because the database refused
+ * the command's data (a control-plane foreign key, say): this attempt
+ * records only an error result saying so, so the command is answered and
+ * the worker goes on. */
 static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
                     const uint8_t *value, size_t value_len,
-                    const struct er_msg_coords *coords, struct er_err *err)
+                    const struct er_msg_coords *coords,
+                    const struct er_err *refused, struct er_err *err)
 {
     struct er_run_command cmd;
     struct er_err why;
@@ -1167,6 +1223,13 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
     st.res.kind = cmd.kind;
     st.res.outcome = ER_OUTCOME_OK;
     st.res.error_code = ER_EC_NONE;
+    if (refused != NULL) {
+        fail(&st, ER_OUTCOME_ERROR, refused_code(cmd.kind),
+             "The database refused the %s: %s", er_codec_kind_name(cmd.kind),
+             refused->msg);
+        rc = 0;
+        goto finish;
+    }
     switch (cmd.kind) {
     case ER_CMD_ACQUIRE:
         rc = do_acquire(&st, err);
@@ -1180,6 +1243,7 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
     }
     if (rc != 0)
         goto out;
+finish:
     rc = finish(&st, err);
     if (rc != 0)
         goto out;
@@ -1236,17 +1300,33 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                       size_t key_len, const uint8_t *value, size_t value_len,
                       const struct er_msg_coords *coords, struct er_err *err)
 {
-    int rc;
+    struct er_err refused;
+    int attempt;
+    int rc = 0;
 
-    er_arena_reset(&lc->arena);
-    rc = er_store_begin(lc->store, err);
-    if (rc != 0)
-        return rc;
-    rc = run_step(lc, key, key_len, value, value_len, coords, err);
-    if (rc == 0)
-        rc = er_store_commit(lc->store, err);
-    if (rc != 0)
+    /* Attempt 0 runs the step; attempt 1 only happens when the database
+     * refused the step's data (class SKIP) and records that as the
+     * command's error result (see run_step). */
+    for (attempt = 0; attempt < 2; attempt++) {
+        er_arena_reset(&lc->arena);
+        rc = er_store_begin(lc->store, err);
+        if (rc != 0)
+            break;
+        rc = run_step(lc, key, key_len, value, value_len, coords,
+                      attempt == 0 ? NULL : &refused, err);
+        if (rc == 0)
+            rc = er_store_commit(lc->store, err);
+        if (rc == 0)
+            break;
         er_store_rollback(lc->store);
+        if (attempt > 0 || err->cls != ER_ERRCLASS_SKIP)
+            break;
+        refused = *err;
+        er_err_clear(err);
+        ER_LOG_WARN("lifecycle", "step at partition %d offset %lld refused: %s",
+                    (int)coords->partition, (long long)coords->offset,
+                    refused.msg);
+    }
     er_arena_reset(&lc->arena);
     return rc;
 }

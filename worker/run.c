@@ -64,6 +64,11 @@ int er_worker_run(const struct er_config *cfg)
         ER_LOG_ERR("worker", "codec: %s", err.msg);
         return 1;
     }
+    if (cfg->schema_registry_url[0] != '\0')
+        ER_LOG_WARN("worker", "ENVRUN_SCHEMA_REGISTRY_URL is set but the "
+                              "registry is not supported yet: values stay "
+                              "single-object encoded and Confluent-framed "
+                              "commands are dead-lettered");
     if (brokers[0] == '\0') {
         /* Dev mode: an in-process mock cluster (contract.md 2). */
         dev = er_devstack_kafka_start(1, 4, cfg->topic_prefix, &err);

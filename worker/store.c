@@ -71,6 +71,12 @@ static int result_to_err(PGconn *conn, const PGresult *res, const char *what,
         return er_err_set(err, ER_ECONFLICT, ER_ERRCLASS_RETRY,
                           "%s rejected (sqlstate %s): %.*s", what, state,
                           (int)n, msg);
+    /* Class 22 (data exception) and 23 (integrity constraint, e.g. a
+     * control-plane foreign key): the command's data was refused. */
+    if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0)
+        return er_err_set(err, ER_EPG, ER_ERRCLASS_SKIP,
+                          "%s rejected (sqlstate %s): %.*s", what, state,
+                          (int)n, msg);
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "40", 2) == 0 ||
         strncmp(state, "53", 2) == 0 || strncmp(state, "57P", 3) == 0)
         return er_err_set(err, ER_EPG, ER_ERRCLASS_RETRY,
@@ -660,8 +666,6 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
         "$6, $7, $8, to_timestamp($9::bigint / 1000.0), $10::jsonb) "
         "RETURNING " LEASE_COLS,
         10, params, arena, out, err);
-    if (rc == ER_ECONFLICT && err != NULL)
-        err->cls = ER_ERRCLASS_SKIP; /* the single-flight index said no */
     return rc;
 }
 

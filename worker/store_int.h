@@ -3,7 +3,9 @@
  * structs whose strings live in the caller's arena. Every statement is
  * parameterised. Failures are classified here, once, from the SQLSTATE:
  * connection loss, serialization failures, deadlocks and unique races are
- * RETRY; anything else is FATAL (a bug or a broken database). */
+ * RETRY; data the database refuses (classes 22 and 23, e.g. a control-plane
+ * foreign key) is SKIP; anything else is FATAL (a bug or a broken
+ * database). */
 #ifndef ER_WORKER_STORE_INT_H
 #define ER_WORKER_STORE_INT_H
 
@@ -144,7 +146,7 @@ int er_store_env_get(struct er_store *store, const char *id,
 /* Insert a new active lease from in's company_id, environment_id,
  * execution_workspace_id, issue_id, heartbeat_run_id, lease_policy,
  * provider, provider_lease_id, expires_at_ms and metadata_json; out gets the
- * row as stored. ER_ECONFLICT (class SKIP) on the single-flight index. */
+ * row as stored. ER_ECONFLICT on the single-flight unique index. */
 int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
                           struct er_arena *arena, struct er_lease_row *out,
                           struct er_err *err);

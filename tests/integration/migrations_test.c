@@ -422,9 +422,13 @@ static void migrations_existing_control_plane_tables(void **state)
     struct er_harness *h;
     struct er_harness_worker *w;
     struct er_harness_run run;
+    struct er_harness_run ghost;
     struct er_harness_cmd acq;
+    struct er_harness_cmd acq2;
+    struct er_harness_cmd rel;
     char issue_id[37];
     const json_t *res;
+    const char *msg;
     char *before;
     char *after;
 
@@ -472,6 +476,33 @@ static void migrations_existing_control_plane_tables(void **state)
                                          "WHERE run_id = $1",
                                          1, (const char *[]){ run.run_id }),
                      1);
+
+    /* A run the control plane does not know: its foreign key refuses the
+     * lease. The command is answered (lease_acquire_failed, with the
+     * SQLSTATE), nothing is left behind, and the worker carries on. */
+    er_harness_run_init_same_company(&ghost, &run);
+    er_harness_cmd_acquire(&acq2, &ghost);
+    assert_int_equal(er_harness_send(h, &acq2.cmd), 0);
+    res = er_harness_wait_result(h, acq2.command_id, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "error");
+    ER_HARNESS_ASSERT_STR(res, "errorCode", "lease_acquire_failed");
+    msg = er_harness_json_str(res, "errorMessage");
+    ER_HARNESS_NON_NULL(msg);
+    assert_non_null(strstr(msg, "The database refused the acquire: "));
+    assert_non_null(strstr(msg, "sqlstate 23503"));
+    assert_int_equal(er_harness_pg_count(h->db_url,
+                                         "SELECT count(*) FROM "
+                                         "environment_leases WHERE "
+                                         "company_id = $1",
+                                         1, (const char *[]){ run.company_id }),
+                     1);
+    er_harness_cmd_release(&rel, &run, ER_RELEASE_RELEASED);
+    assert_int_equal(er_harness_send(h, &rel.cmd), 0);
+    res = er_harness_wait_result(h, rel.command_id, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_true(er_harness_worker_is_alive(w));
     stop_clean(w);
     er_free(after);
     after = public_snapshot(h->db_url);
