@@ -2,6 +2,7 @@
  * Thread-safe (read-only tables). */
 #include "drivers/driver.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const struct er_driver_ops *const drivers[] = {
@@ -17,6 +18,26 @@ const struct er_driver_ops *er_driver_find(const char *name)
             return drivers[i];
     }
     return NULL;
+}
+
+static char secrets_dir[4096];
+
+void er_driver_setup(const char *dir)
+{
+    snprintf(secrets_dir, sizeof(secrets_dir), "%s", dir != NULL ? dir : "");
+}
+
+const char *er_driver_secrets_dir(void)
+{
+    return secrets_dir;
+}
+
+void er_driver_exec_result_fini(struct er_driver_exec_result *res)
+{
+    er_free(res->out);
+    res->out = NULL;
+    er_free(res->err_text);
+    res->err_text = NULL;
 }
 
 void er_driver_acquired_fini(struct er_driver_acquired *acq)

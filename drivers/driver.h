@@ -6,6 +6,8 @@
 #ifndef ER_DRIVERS_DRIVER_H
 #define ER_DRIVERS_DRIVER_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -24,6 +26,11 @@ struct er_driver_env {
 
 /* Who asks for the lease (domain.md 3.3). */
 struct er_driver_lease_ctx {
+    /* The id the lease row will get. It is derived from the command id, so
+     * a replayed acquire (after a crash between the driver's side effect
+     * and the commit) names the same lease and the driver can adopt what
+     * the first attempt made (a per-lease remote directory, say). */
+    const char *lease_id;
     const char *company_id;
     const char *agent_id;
     const char *heartbeat_run_id; /* NULL for an ad-hoc probe */
@@ -66,6 +73,29 @@ struct er_driver_realized {
     json_t *record; /* owned: the workspaceRealization record (2.6) */
 };
 
+/* One command to run in the environment (domain.md 4, execute). */
+struct er_driver_exec {
+    const char *command;     /* program, e.g. "bash" */
+    const char *const *args; /* NULL-terminated, may be NULL */
+    const char *cwd;         /* remote working directory, or NULL */
+    const char *const *env;  /* "K=v" NULL-terminated, may be NULL */
+    const char *stdin_data;  /* may be NULL */
+    size_t stdin_len;
+    int64_t timeout_ms;      /* > 0; SIGTERM, then SIGKILL 5 s later */
+    size_t max_output_bytes; /* cap per stream; 0: 128 KiB */
+};
+
+/* Its outcome. A non-zero exit is a result, not an error. */
+struct er_driver_exec_result {
+    int exit_code;   /* -1 when there is none (killed, timed out) */
+    char signal[16]; /* "SIGTERM" ..., "" when none */
+    bool is_timed_out;
+    char *out; /* owned (er_free), NUL-terminated, capped */
+    size_t out_len;
+    char *err_text; /* stderr, owned, NUL-terminated, capped */
+    size_t err_len;
+};
+
 /* What release decided for the row. */
 struct er_driver_released {
     const char *status;         /* the final lease status, static */
@@ -89,7 +119,26 @@ struct er_driver_ops {
     int (*release)(const struct er_driver_env *env,
                    const struct er_driver_lease *lease, const char *status,
                    struct er_driver_released *out, struct er_err *err);
+    /* Optional: run a command (the provision command, 3.4 step 3). */
+    int (*execute)(const struct er_driver_env *env,
+                   const struct er_driver_lease *lease,
+                   const struct er_driver_exec *req,
+                   struct er_driver_exec_result *out, struct er_err *err);
+    /* The execution target of domain.md 3.6 for a lease (lease may be NULL
+     * at acquire, where the transport spec is wanted: 3.2 step 4). Returns
+     * a new object, JSON null when the driver has none, or NULL with err
+     * set. Never carries a private key or any secret value. */
+    json_t *(*target)(const struct er_driver_env *env,
+                      const struct er_driver_lease *lease,
+                      const char *adapter_type, struct er_err *err);
 };
+
+/* Process-wide driver settings, set once at start-up before any driver
+ * runs: the directory of `file:`/secret_ref secrets (contract.md 6; may be
+ * NULL or ""). */
+void er_driver_setup(const char *secrets_dir);
+/* The directory given to er_driver_setup, or "" (borrowed). */
+const char *er_driver_secrets_dir(void);
 
 /* The driver registered under name ("local"), or NULL when that driver is
  * not built (yet). Borrowed, valid for the process lifetime. */
@@ -99,6 +148,7 @@ const struct er_driver_ops *er_driver_find(const char *name);
  * or partly filled. */
 void er_driver_acquired_fini(struct er_driver_acquired *acq);
 void er_driver_realized_fini(struct er_driver_realized *res);
+void er_driver_exec_result_fini(struct er_driver_exec_result *res);
 
 /* Build the workspaceRealization record every built-in driver returns
  * (domain.md 2.6). remote_path and host may be NULL; sync_strategy,

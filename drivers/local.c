@@ -62,9 +62,28 @@ static int local_release(const struct er_driver_env *env,
     return 0;
 }
 
+/* {kind: local, environmentId, leaseId} for any adapter (3.6). */
+static json_t *local_target(const struct er_driver_env *env,
+                            const struct er_driver_lease *lease,
+                            const char *adapter_type, struct er_err *err)
+{
+    json_t *t;
+
+    (void)adapter_type;
+    if (lease == NULL)
+        return json_null(); /* no transport spec at acquire (3.2 step 4) */
+    t = json_pack("{s:s, s:s, s:s}", "kind", "local", "environmentId", env->id,
+                  "leaseId", lease->id);
+    if (t == NULL)
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
+    return t;
+}
+
 const struct er_driver_ops er_local_driver = {
     .name = "local",
     .acquire = local_acquire,
     .realize = local_realize,
     .release = local_release,
+    .execute = NULL, /* provision commands never run for local (3.4) */
+    .target = local_target,
 };

@@ -15,11 +15,13 @@
 #include "worker/redact_int.h"
 #include "worker/store_int.h"
 
-#define ARENA_MAX  (64u * 1024 * 1024)
-#define ENCODE_MAX (8u * 1024 * 1024)
-#define TOPIC_MAX  256
-#define SUPERSEDED "superseded: stale single-flight workspace lease"
-#define REAPED     "lease_expired"
+#define ARENA_MAX            (64u * 1024 * 1024)
+#define ENCODE_MAX           (8u * 1024 * 1024)
+#define TOPIC_MAX            256
+#define SUPERSEDED           "superseded: stale single-flight workspace lease"
+#define REAPED               "lease_expired"
+/* domain.md 3.4 step 3: the provision command runs at most 300 s. */
+#define PROVISION_TIMEOUT_MS 300000
 
 struct er_lifecycle {
     struct er_store *store;
@@ -446,7 +448,9 @@ static int do_acquire(struct step *st, struct er_err *err)
     struct er_err derr;
     json_t *config = NULL;
     json_t *details = NULL;
+    json_t *transport = NULL;
     struct actor who;
+    char lease_id[37];
     bool is_reentrant = false;
     int rc;
 
@@ -486,7 +490,11 @@ static int do_acquire(struct step *st, struct er_err *err)
     if (!is_reentrant) {
         denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
                                        env.driver, env.status,     config };
-        ctx = (struct er_driver_lease_ctx){ cmd->company_id,
+        rc = er_store_lease_id_for(lc->store, cmd->command_id, lease_id, err);
+        if (rc != 0)
+            goto out;
+        ctx = (struct er_driver_lease_ctx){ lease_id,
+                                            cmd->company_id,
                                             cmd->agent_id,
                                             cmd->heartbeat_run_id,
                                             cmd->issue_id,
@@ -502,6 +510,7 @@ static int do_acquire(struct step *st, struct er_err *err)
             goto out;
         }
         memset(&in, 0, sizeof(in));
+        in.id = lease_id;
         in.company_id = cmd->company_id;
         in.environment_id = env.id;
         in.execution_workspace_id = cmd->execution_workspace_id;
@@ -542,14 +551,28 @@ static int do_acquire(struct step *st, struct er_err *err)
 
     st->res.lease_id = lease.id;
     /* executionTransport: the SSH spec or null (domain.md 3.2 step 4). */
+    er_err_clear(&derr);
+    denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
+                                   env.driver, env.status,     config };
+    transport = ops->target != NULL
+                    ? ops->target(&denv, NULL, cmd->adapter_type, &derr)
+                    : json_null();
+    if (transport == NULL) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_TRANSPORT_RESOLUTION_FAILED,
+             "Failed to resolve execution transport for \"%s\": %s", env.name,
+             derr.msg);
+        rc = 0;
+        goto out;
+    }
     st->result = json_pack(
-        "{s:o, s:o, s:{s:o, s:o}, s:n}", "environment", env_to_json(&env),
+        "{s:o, s:o, s:{s:o, s:o}, s:O}", "environment", env_to_json(&env),
         "lease", lease_to_json(&lease), "leaseContext", "executionWorkspaceId",
         jstr(cmd->execution_workspace_id), "executionWorkspaceMode",
-        jstr(cmd->execution_workspace_mode), "executionTransport");
+        jstr(cmd->execution_workspace_mode), "executionTransport", transport);
     if (st->result == NULL)
         rc = oom(err);
 out:
+    json_decref(transport);
     json_decref(details);
     json_decref(config);
     er_driver_acquired_fini(&acq);
@@ -653,6 +676,109 @@ static const char *jget_str(const json_t *obj, const char *key)
     return NULL;
 }
 
+/* The first non-blank line of text (length via *len), or NULL. */
+static const char *first_line(const char *text, int *len)
+{
+    const char *p = text;
+
+    while (p != NULL && *p != '\0') {
+        const char *end = strchr(p, '\n');
+        size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+        size_t i;
+
+        for (i = 0; i < n; i++) {
+            if (!isspace((unsigned char)p[i])) {
+                while (n > 0 && isspace((unsigned char)p[n - 1]))
+                    n--;
+                *len = (int)(n > 512 ? 512 : n);
+                return p;
+            }
+        }
+        p = end != NULL ? end + 1 : NULL;
+    }
+    return NULL;
+}
+
+/* Step 3 of domain.md 3.4: run the runtime overlay's provisionCommand as
+ * `bash -lc <cmd>` with env exactly {SHELL=/bin/bash}, 300 s, in the
+ * realized cwd (else the lease's remoteCwd, else the host cwd). Returns 1
+ * when the result already says it failed. */
+static int provision(struct step *st, const struct er_driver_ops *ops,
+                     const struct er_driver_env *denv,
+                     const struct er_driver_lease *dlease,
+                     const struct er_env_row *env, const char *driver,
+                     const json_t *overlay, const char *realized_cwd,
+                     const char *remote_cwd, const char *host_cwd,
+                     struct er_err *err)
+{
+    const char *cmd_text = jget_str(overlay, "provisionCommand");
+    const char *args[] = { "-lc", cmd_text, NULL };
+    const char *envv[] = { "SHELL=/bin/bash", NULL };
+    struct er_driver_exec req;
+    struct er_driver_exec_result res;
+    struct er_err derr;
+    char detail[800];
+    const char *line;
+    int line_len = 0;
+    int rc;
+
+    (void)err;
+    if (cmd_text == NULL || strcmp(driver, "local") == 0)
+        return 0;
+    if (ops->execute == NULL) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+             "Failed to provision workspace for environment \"%s\" (%s): "
+             "Environment driver \"%s\" does not support command execution.",
+             env->name, driver, driver);
+        return 1;
+    }
+    memset(&req, 0, sizeof(req));
+    memset(&res, 0, sizeof(res));
+    req.command = "bash";
+    req.args = args;
+    req.cwd = realized_cwd != NULL ? realized_cwd
+              : remote_cwd != NULL ? remote_cwd
+                                   : host_cwd;
+    req.env = envv;
+    req.timeout_ms = PROVISION_TIMEOUT_MS;
+    er_err_clear(&derr);
+    rc = ops->execute(denv, dlease, &req, &res, &derr);
+    if (rc != 0) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+             "Failed to provision workspace for environment \"%s\" (%s): %s",
+             env->name, driver, derr.msg);
+        er_driver_exec_result_fini(&res);
+        return 1;
+    }
+    if (res.exit_code == 0 && !res.is_timed_out) {
+        er_driver_exec_result_fini(&res);
+        return 0;
+    }
+    /* `exit code <n|null>[ (signal S)][: first non-blank line]`. */
+    if (res.is_timed_out) {
+        snprintf(detail, sizeof(detail), "provision command timed out");
+    } else {
+        char code[16];
+
+        if (res.exit_code < 0)
+            snprintf(code, sizeof(code), "null");
+        else
+            snprintf(code, sizeof(code), "%d", res.exit_code);
+        line = first_line(res.err_text, &line_len);
+        if (line == NULL)
+            line = first_line(res.out, &line_len);
+        snprintf(detail, sizeof(detail), "exit code %s%s%s%s%s%.*s", code,
+                 res.signal[0] != '\0' ? " (signal " : "", res.signal,
+                 res.signal[0] != '\0' ? ")" : "", line != NULL ? ": " : "",
+                 line != NULL ? line_len : 0, line != NULL ? line : "");
+    }
+    fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+         "Failed to provision workspace for environment \"%s\" (%s): %s",
+         env->name, driver, detail);
+    er_driver_exec_result_fini(&res);
+    return 1;
+}
+
 static int do_realize(struct step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
@@ -746,8 +872,13 @@ static int do_realize(struct step *st, struct er_err *err)
         rc = 0;
         goto out;
     }
-    /* Step 3, the provision command, never runs for the local driver and
-     * no other driver is built yet. */
+    /* Step 3: the provision command (never for local). */
+    rc = provision(st, ops, &denv, &dlease, &env, driver, overlay, real.cwd,
+                   jget_str(meta, "remoteCwd"), jget_str(ws, "cwd"), err);
+    if (rc != 0) {
+        rc = rc > 0 ? 0 : rc;
+        goto out;
+    }
 
     /* Step 4: persist the record on the lease and the workspace. */
     json_object_set(meta, "workspaceRealization", real.record);
@@ -778,9 +909,22 @@ static int do_realize(struct step *st, struct er_err *err)
             goto out;
     }
 
-    /* Step 5: the execution target (domain.md 3.6, local). */
-    target = json_pack("{s:s, s:s, s:s}", "kind", "local", "environmentId",
-                       env.id, "leaseId", lease.id);
+    /* Step 5: the execution target (domain.md 3.6). A driver without one
+     * gives null, which is not an error. */
+    json_decref(meta);
+    meta = jparse(upd.metadata_json);
+    dlease.metadata = meta;
+    er_err_clear(&derr);
+    target = ops->target != NULL
+                 ? ops->target(&denv, &dlease, cmd->adapter_type, &derr)
+                 : json_null();
+    if (target == NULL) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_TRANSPORT_RESOLUTION_FAILED,
+             "Failed to resolve execution target for \"%s\": %s", env.name,
+             derr.msg);
+        rc = 0;
+        goto out;
+    }
     st->result = json_pack("{s:o, s:O, s:o, s:n}", "lease", lease_to_json(&upd),
                            "workspaceRealization", real.record,
                            "executionTarget", target, "bridge");

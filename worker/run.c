@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "drivers/driver.h"
 #include "schemas/schemas.h"
 #include "worker/consumer_int.h"
 #include "worker/dispatch_int.h"
@@ -60,6 +61,7 @@ int er_worker_run(const struct er_config *cfg)
     int rc = 1;
 
     er_err_clear(&err);
+    er_driver_setup(cfg->secrets_dir);
     if (er_codec_init(&err) != 0) {
         ER_LOG_ERR("worker", "codec: %s", err.msg);
         return 1;

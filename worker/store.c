@@ -643,6 +643,7 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
 {
     char expires[24];
     const char *params[] = {
+        in->id,
         in->company_id,
         in->environment_id,
         in->execution_workspace_id,
@@ -659,14 +660,30 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
     snprintf(expires, sizeof(expires), "%lld", (long long)in->expires_at_ms);
     rc = one_lease(
         store, "lease insert",
-        "INSERT INTO environment_leases (company_id, environment_id, "
+        "INSERT INTO environment_leases (id, company_id, environment_id, "
         "execution_workspace_id, issue_id, heartbeat_run_id, status, "
         "lease_policy, provider, provider_lease_id, expires_at, metadata) "
-        "VALUES ($1::uuid, $2::uuid, $3::uuid, $4::uuid, $5::uuid, 'active', "
-        "$6, $7, $8, to_timestamp($9::bigint / 1000.0), $10::jsonb) "
+        "VALUES (COALESCE($1::uuid, gen_random_uuid()), $2::uuid, $3::uuid, "
+        "$4::uuid, $5::uuid, $6::uuid, 'active', $7, $8, $9, "
+        "to_timestamp($10::bigint / 1000.0), $11::jsonb) "
         "RETURNING " LEASE_COLS,
-        10, params, arena, out, err);
+        11, params, arena, out, err);
     return rc;
+}
+
+int er_store_lease_id_for(struct er_store *store, const char *command_id,
+                          char out[37], struct er_err *err)
+{
+    const char *params[] = { command_id };
+    PGresult *res =
+        exec(store, "lease id", "SELECT md5('envrun-lease:' || $1)::uuid::text",
+             1, params, NULL, err);
+
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    snprintf(out, 37, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
 }
 
 int er_store_lease_get(struct er_store *store, const char *id,

@@ -143,10 +143,16 @@ int er_store_env_get(struct er_store *store, const char *id,
 
 /* ---- leases ---- */
 
-/* Insert a new active lease from in's company_id, environment_id,
- * execution_workspace_id, issue_id, heartbeat_run_id, lease_policy,
- * provider, provider_lease_id, expires_at_ms and metadata_json; out gets the
- * row as stored. ER_ECONFLICT on the single-flight unique index. */
+/* The id a lease acquired by command_id gets: a UUID derived from the
+ * command id (md5), so a replayed acquire names the same lease. out must
+ * hold 37 bytes. */
+int er_store_lease_id_for(struct er_store *store, const char *command_id,
+                          char out[37], struct er_err *err);
+/* Insert a new active lease from in's id (NULL: a random one), company_id,
+ * environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
+ * lease_policy, provider, provider_lease_id, expires_at_ms and metadata_json;
+ * out gets the row as stored. ER_ECONFLICT on the single-flight unique index.
+ */
 int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
                           struct er_arena *arena, struct er_lease_row *out,
                           struct er_err *err);
