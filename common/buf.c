@@ -87,8 +87,11 @@ uint8_t *er_buf_take(struct er_buf *buf, size_t *len)
 {
     uint8_t *p;
 
-    if (buf->data == NULL && reserve(buf, 0) != 0)
-        return NULL;
+    if (buf->data == NULL) {
+        if (reserve(buf, 0) != 0)
+            return NULL;
+        buf->data[0] = '\0'; /* never written: hand out "" */
+    }
     p = buf->data;
     if (len != NULL)
         *len = buf->len;

@@ -963,28 +963,32 @@ static json_t *released_details(const struct er_env_row *env,
         jstr(failure_reason != NULL ? failure_reason : upd->failure_reason));
 }
 
-/* Release one lease. Returns 0 and fills *released (NULL when the lease
- * was skipped), or an error; a driver failure is a per-lease message. */
-static int release_one(struct step *st, const struct er_lease_row *lease,
-                       const char *status, struct er_lease_row *upd,
-                       bool *is_released, char **lease_err, struct er_err *err)
+/* Release one lease through its driver (3.3.2 step 2): the driver is the
+ * lease's metadata.driver, else the environment's. row_reason is written
+ * to failure_reason when the driver gives none (the reaper's
+ * lease_expired); detail_reason is the activity's failureReason (the
+ * caller's, 3.5 step 4). On success *is_released is set (false when the
+ * environment is gone: skipped silently) and env gets the environment. A
+ * driver failure is not an error: *lease_err gets its message. */
+static int release_lease(struct er_lifecycle *lc,
+                         const struct er_lease_row *lease, const char *status,
+                         const char *row_reason, const char *detail_reason,
+                         const struct actor *who, struct er_env_row *env,
+                         struct er_lease_row *upd, bool *is_released,
+                         char **lease_err, struct er_err *err)
 {
-    struct er_lifecycle *lc = st->lc;
-    const struct er_run_command *cmd = st->cmd;
-    struct er_env_row env;
     const struct er_driver_ops *ops;
     struct er_driver_released rel = { status, NULL, NULL };
     struct er_err derr;
     json_t *meta = NULL;
     json_t *config = NULL;
     json_t *details = NULL;
-    struct actor who;
     const char *driver;
     int rc;
 
     *is_released = false;
     *lease_err = NULL;
-    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena, &env,
+    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena, env,
                           err);
     if (rc == ER_ENOTFOUND)
         return 0; /* environment gone: skip silently (3.3.2 step 2) */
@@ -992,21 +996,21 @@ static int release_one(struct step *st, const struct er_lease_row *lease,
         return rc;
     meta = jparse(lease->metadata_json);
     driver = jget_str(meta, "driver") != NULL ? jget_str(meta, "driver")
-                                              : env.driver;
+                                              : env->driver;
     ops = er_driver_find(driver);
     if (ops != NULL && ops->release != NULL) {
         struct er_driver_env denv;
         struct er_driver_lease dlease;
 
-        config = json_loads(env.config_json, 0, NULL);
+        config = json_loads(env->config_json, 0, NULL);
         if (config == NULL)
             config = json_object();
         if (!json_is_object(meta)) {
             json_decref(meta);
             meta = json_object();
         }
-        denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
-                                       env.driver, env.status,     config };
+        denv = (struct er_driver_env){ env->id,     env->company_id, env->name,
+                                       env->driver, env->status,     config };
         dlease = (struct er_driver_lease){ lease->id,
                                            lease->status,
                                            lease->lease_policy,
@@ -1022,29 +1026,23 @@ static int release_one(struct step *st, const struct er_lease_row *lease,
             goto out;
         }
     }
-    rc = er_store_lease_set_status(lc->store, lease->id, rel.status,
-                                   rel.failure_reason, rel.cleanup_status,
-                                   &lc->arena, upd, err);
+    rc = er_store_lease_set_status(
+        lc->store, lease->id, rel.status,
+        rel.failure_reason != NULL ? rel.failure_reason : row_reason,
+        rel.cleanup_status, &lc->arena, upd, err);
     if (rc != 0)
         goto out;
     rc = lease_event(lc, upd, err);
     if (rc != 0)
         goto out;
-    details = released_details(&env, upd, cmd->failure_reason);
+    details = released_details(env, upd, detail_reason);
     if (details == NULL) {
         rc = oom(err);
         goto out;
     }
-    who = step_actor(st);
-    rc = activity(lc, &who, "environment.lease_released", upd, details, err);
-    if (rc == 0) {
+    rc = activity(lc, who, "environment.lease_released", upd, details, err);
+    if (rc == 0)
         *is_released = true;
-        if (st->res.environment_id == NULL) {
-            /* The result names the first released lease's environment. */
-            st->res.environment_id = env.id;
-            st->res.driver = env.driver;
-        }
-    }
 out:
     json_decref(details);
     json_decref(config);
@@ -1063,6 +1061,7 @@ static int do_release(struct step *st, struct er_err *err)
     size_t err_cnt = 0;
     json_t *released = json_array();
     json_t *errors = json_array();
+    struct actor who = step_actor(st);
     int rc;
 
     if (released == NULL || errors == NULL) {
@@ -1075,6 +1074,7 @@ static int do_release(struct step *st, struct er_err *err)
         goto out;
     for (i = 0; i < cnt; i++) {
         struct er_lease_row upd;
+        struct er_env_row env;
         bool is_released = false;
         char *lease_err = NULL;
 
@@ -1082,8 +1082,8 @@ static int do_release(struct step *st, struct er_err *err)
         rc = er_store_savepoint(lc->store, err);
         if (rc != 0)
             goto out;
-        rc = release_one(st, &rows[i], status, &upd, &is_released, &lease_err,
-                         err);
+        rc = release_lease(lc, &rows[i], status, NULL, cmd->failure_reason,
+                           &who, &env, &upd, &is_released, &lease_err, err);
         if (rc != 0 && err->cls == ER_ERRCLASS_SKIP) {
             /* This lease's SQL failed for good: record it, go on. */
             lease_err = er_arena_strdup(&lc->arena, err->msg);
@@ -1109,8 +1109,12 @@ static int do_release(struct step *st, struct er_err *err)
             goto out;
         if (is_released) {
             json_array_append_new(released, json_string(rows[i].id));
-            if (st->res.lease_id == NULL)
+            if (st->res.lease_id == NULL) {
+                /* The result names the first released lease. */
                 st->res.lease_id = rows[i].id;
+                st->res.environment_id = env.id;
+                st->res.driver = env.driver;
+            }
         }
     }
     if (err_cnt > 0)
@@ -1495,24 +1499,22 @@ int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
         struct er_env_row env;
         struct actor who = { rows[i].company_id, "system", "envrun-reaper",
                              NULL, rows[i].heartbeat_run_id };
-        json_t *details;
+        bool is_released = false;
+        char *lease_err = NULL;
 
-        rc = er_store_lease_set_status(lc->store, rows[i].id, "expired", REAPED,
-                                       NULL, &lc->arena, &upd, err);
-        if (rc == 0)
-            rc = lease_event(lc, &upd, err);
-        if (rc == 0)
-            rc = er_store_env_get(lc->store, upd.environment_id, &lc->arena,
-                                  &env, err);
+        /* Through the driver, so an ssh lease's remote side is cleaned up
+         * too; a lease whose driver cannot release it stays active and is
+         * tried again on the next pass. */
+        rc = release_lease(lc, &rows[i], "expired", REAPED, NULL, &who, &env,
+                           &upd, &is_released, &lease_err, err);
         if (rc != 0)
             break;
-        details = released_details(&env, &upd, NULL);
-        rc = details != NULL ? activity(lc, &who, "environment.lease_released",
-                                        &upd, details, err)
-                             : oom(err);
-        json_decref(details);
-        ER_LOG_INFO("reaper", "lease %s expired after %lld s unused", upd.id,
-                    (long long)ttl_s);
+        if (lease_err != NULL)
+            ER_LOG_WARN("reaper", "lease %s not expired: %s", rows[i].id,
+                        lease_err);
+        else if (is_released)
+            ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
+                        upd.id, (long long)ttl_s);
     }
     if (rc == 0)
         rc = er_store_commit(lc->store, err);
