@@ -7,6 +7,7 @@
 
 static const struct er_driver_ops *const drivers[] = {
     &er_local_driver,
+    &er_ssh_driver,
 };
 
 const struct er_driver_ops *er_driver_find(const char *name)
@@ -77,6 +78,37 @@ json_t *er_driver_realization_record(const struct er_driver_env *env,
                                      const char *sync_prepare,
                                      const char *sync_back, const char *summary)
 {
+    return er_driver_realization_record_remote(
+        env, lease, ws, remote_path, NULL, sync_strategy, sync_prepare,
+        sync_back, summary);
+}
+
+/* Add the connection facts to rec.remote; rec is freed on failure. */
+static json_t *add_remote(json_t *rec, const struct er_driver_remote *remote)
+{
+    json_t *obj = json_object_get(rec, "remote");
+    int rc = 0;
+
+    if (remote->host != NULL)
+        rc |= json_object_set_new(obj, "host", json_string(remote->host));
+    if (remote->port != 0)
+        rc |= json_object_set_new(obj, "port", json_integer(remote->port));
+    if (remote->username != NULL)
+        rc |=
+            json_object_set_new(obj, "username", json_string(remote->username));
+    if (rc != 0) {
+        json_decref(rec);
+        return NULL;
+    }
+    return rec;
+}
+
+json_t *er_driver_realization_record_remote(
+    const struct er_driver_env *env, const struct er_driver_lease *lease,
+    const struct er_driver_workspace *ws, const char *remote_path,
+    const struct er_driver_remote *remote, const char *sync_strategy,
+    const char *sync_prepare, const char *sync_back, const char *summary)
+{
     const json_t *source = json_object_get(ws->request, "source");
     const json_t *overlay = json_object_get(ws->request, "runtimeOverlay");
     const char *provider =
@@ -121,5 +153,7 @@ json_t *er_driver_realization_record(const struct er_driver_env *env,
         "providerMetadata", json_null(),
         /* summary */
         "summary", summary);
+    if (rec != NULL && remote != NULL)
+        rec = add_remote(rec, remote);
     return rec;
 }

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <jansson.h>
 
@@ -160,7 +161,213 @@ json_t *er_driver_realization_record(
     const char *sync_strategy, const char *sync_prepare, const char *sync_back,
     const char *summary);
 
+/* Connection facts a remote driver adds to the record's `remote` object
+ * (domain.md 2.6: host, port, username). NULL members are left out. */
+struct er_driver_remote {
+    const char *host;
+    int port; /* 0: left out */
+    const char *username;
+};
+
+/* er_driver_realization_record with the facts of remote (may be NULL, which
+ * gives exactly er_driver_realization_record's record) in `remote`. */
+json_t *er_driver_realization_record_remote(
+    const struct er_driver_env *env, const struct er_driver_lease *lease,
+    const struct er_driver_workspace *ws, const char *remote_path,
+    const struct er_driver_remote *remote, const char *sync_strategy,
+    const char *sync_prepare, const char *sync_back, const char *summary);
+
 /* The local driver (local.c). */
 extern const struct er_driver_ops er_local_driver;
+
+/* ================================================================
+ * proc (proc.c): run a program as a child process without a shell:
+ * argv, pipes for stdin/stdout/stderr, a poll loop with a deadline and
+ * capped capture. Used by the ssh driver (the `ssh`, `git` and `tar`
+ * clients) and meant for the sandbox driver. Thread-safe: no global
+ * state; SIGPIPE is blocked in the calling thread while a call runs.
+ * ================================================================ */
+
+#define ER_PROC_DEFAULT_MAX_OUTPUT (128u * 1024u) /* bytes per stream */
+#define ER_PROC_DEFAULT_GRACE_MS   5000           /* SIGTERM -> SIGKILL */
+
+/* Called once when the deadline passes, before SIGTERM goes to the child,
+ * with the stderr captured so far (NUL-terminated, may be empty). The ssh
+ * driver kills the remote process group here. */
+typedef void er_proc_timeout_fn(void *arg, const char *err_text,
+                                size_t err_len);
+
+struct er_proc_opts {
+    /* argv[0] is a path, or a name looked up in the worker's PATH. */
+    const char *const *argv;
+    const char *const *envp; /* "K=v" list; NULL: the worker's own */
+    const char *cwd;         /* NULL: the worker's */
+    /* Written to the child's stdin, which is then closed; with NULL the
+     * child reads stdin_fd, or /dev/null when that is -1. */
+    const char *stdin_data;
+    size_t stdin_len;
+    int stdin_fd;       /* >= 0: the child's stdin (borrowed, not closed) */
+    int stdout_fd;      /* >= 0: the child's stdout instead of a capture */
+    int stderr_fd;      /* >= 0: the child's stderr instead of a capture */
+    int64_t timeout_ms; /* <= 0: no deadline */
+    int64_t grace_ms;   /* SIGTERM -> SIGKILL; <= 0: 5000 */
+    size_t max_output_bytes;        /* cap per captured stream; 0: 128 KiB */
+    er_proc_timeout_fn *on_timeout; /* optional */
+    void *on_timeout_arg;
+};
+
+/* How a child ended and what it wrote. A non-zero exit is a result. */
+struct er_proc_result {
+    int exit_code; /* -1 when killed by a signal */
+    int signal;    /* the terminating signal, 0 when none */
+    bool is_timed_out;
+    char *out; /* owned (er_free), NUL-terminated, capped; NULL if not
+                * captured */
+    size_t out_len;
+    bool is_out_truncated;
+    char *err_text; /* stderr, like out */
+    size_t err_len;
+    bool is_err_truncated;
+};
+
+/* Zero opts and set the three fds to -1 (no redirection). */
+void er_proc_opts_init(struct er_proc_opts *opts);
+
+/* Run opts->argv to completion. The child gets its own process group, an
+ * empty signal mask, default signal actions and no descriptors but 0-2;
+ * at the deadline on_timeout runs, the group gets SIGTERM and, grace_ms
+ * later, SIGKILL. The call returns once the child has been reaped (no
+ * zombie), even if grandchildren still hold its pipes. Returns 0 with res
+ * filled (free with er_proc_result_fini), or ER_EIO when the program
+ * cannot be started (not found, bad cwd; err says which), ER_ENOMEM. */
+int er_proc_run(const struct er_proc_opts *opts, struct er_proc_result *res,
+                struct er_err *err);
+
+/* Start opts->argv without waiting: stdin, stdout and stderr come from
+ * the opts' fds or /dev/null (stdin_data, timeout_ms and the caps are
+ * ignored). Reap the child with er_proc_wait. Errors as er_proc_run. */
+int er_proc_spawn(const struct er_proc_opts *opts, pid_t *pid,
+                  struct er_err *err);
+
+/* Wait for a child of er_proc_spawn; after timeout_ms (<= 0: none) its
+ * group gets SIGKILL. Fills the exit fields of res (out stays NULL). */
+void er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res);
+
+/* Free what res owns (out, err_text); res may be zeroed or partly filled. */
+void er_proc_result_fini(struct er_proc_result *res);
+
+/* "SIGTERM" for SIGTERM and so on, "SIG<n>" for others, "" for 0. */
+void er_proc_signal_name(int sig, char *buf, size_t buf_len);
+
+/* ================================================================
+ * secretref (secretref.c): secret references of contract.md 6. A
+ * reference is {"type":"secret_ref","secretId":"<id>"} (an optional
+ * "version" is accepted and ignored) or the string "file:<id>", both read
+ * from the file <er_driver_secrets_dir()>/<id>, or "env:NAME", the value
+ * of the worker's environment variable NAME. Ids must not contain '/' nor
+ * start with '.'. Error messages name the field and the id or variable,
+ * never any part of the value. Thread-safe (reads only).
+ * ================================================================ */
+
+#define ER_SECRETREF_MAX_BYTES (64u * 1024u) /* largest secret accepted */
+
+/* Check the shape of ref (a JSON object or string) without reading the
+ * secret. field names it in messages ("privateKeySecretRef"). Returns 0 or
+ * ER_EINVAL. */
+int er_secretref_check(const json_t *ref, const char *field,
+                       struct er_err *err);
+
+/* Resolve ref into secret (caller's storage, replaced; wipe it with
+ * er_secret_fini as soon as it is used). The value is the raw bytes of the
+ * file or variable, not trimmed. Returns 0, ER_EINVAL (bad reference,
+ * empty or oversized value), ER_ENOTFOUND (no such file or variable),
+ * ER_EIO or ER_ENOMEM. */
+int er_secretref_resolve(const json_t *ref, const char *field,
+                         struct er_secret *secret, struct er_err *err);
+
+/* ================================================================
+ * ssh (ssh.c): the ssh driver of domain.md 4.2 over the OpenSSH client,
+ * with one multiplexed connection per lease. The functions below are the
+ * driver's pure parts, public so unit tests can reach them.
+ * ================================================================ */
+
+extern const struct er_driver_ops er_ssh_driver;
+
+#define ER_SSH_NAME_MAX        255  /* longest host or username */
+#define ER_SSH_PATH_MAX        4096 /* longest remoteWorkspacePath */
+#define ER_SSH_CONTROL_DIR_MAX 64   /* /tmp/envrun-ssh-<uid>/<16 hex> */
+
+/* A validated SSH environment config (domain.md 4.2, plus the envrun keys
+ * workspaceIsolation and connectTimeoutS). Borrowed pointers live as long
+ * as the config object they came from. */
+struct er_ssh_config {
+    char host[ER_SSH_NAME_MAX + 1];     /* trimmed */
+    int port;                           /* 1..65535, default 22 */
+    char username[ER_SSH_NAME_MAX + 1]; /* trimmed */
+    /* Absolute, without a trailing slash (but "/" itself). */
+    char remote_workspace_path[ER_SSH_PATH_MAX];
+    const json_t *private_key_ref;    /* borrowed; NULL: ssh's defaults */
+    const char *known_hosts;          /* borrowed; NULL when absent or blank */
+    bool is_strict_host_key_checking; /* default true */
+    bool is_per_lease; /* workspaceIsolation "per_lease" (default "shared") */
+    int connect_timeout_s; /* connectTimeoutS, 1..300, default 10 */
+};
+
+/* Validate config into cfg. On failure err->msg is the first problem, as
+ * a sentence (`SSH environments require a host.`, `SSH environment config
+ * has an unknown key: <k>` ...). Returns 0 or ER_EINVAL. */
+int er_ssh_config_parse(const json_t *config, struct er_ssh_config *cfg,
+                        struct er_err *err);
+
+/* Append s to buf as one single-quoted POSIX shell word (a quote becomes
+ * '"'"'). Returns 0, ER_E2BIG or ER_ENOMEM. */
+ER_NODISCARD int er_ssh_quote(struct er_buf *buf, const char *s);
+
+/* Check "K=v" entries (env may be NULL): each must have a '=' and every K
+ * must match ^[A-Za-z_][A-Za-z0-9_]*$, else ER_EINVAL with `Invalid SSH
+ * environment variable key: <k>` (the value is never shown). */
+int er_ssh_env_check(const char *const *env, struct er_err *err);
+
+/* The control directory of a lease: /tmp/envrun-ssh-<euid>/<the first 16
+ * hex digits of a UUID lease id, or a 64-bit hash of any other id>. Written
+ * to out (ER_SSH_CONTROL_DIR_MAX bytes); nothing is created. */
+void er_ssh_control_dir(const char *lease_id, char out[ER_SSH_CONTROL_DIR_MAX]);
+
+/* Which ssh invocation er_ssh_argv_build makes. */
+enum er_ssh_argv_kind {
+    ER_SSH_ARGV_SETUP, /* start the master connection: needs key_path when
+                        * the config has a private key */
+    ER_SSH_ARGV_RUN,   /* run remote_cmd through the master */
+    ER_SSH_ARGV_CHECK, /* ssh -O check */
+    ER_SSH_ARGV_EXIT,  /* ssh -O exit */
+};
+
+/* An ssh argv and the storage of its option strings. */
+struct er_ssh_argv {
+    const char *argv[48]; /* NULL-terminated */
+    size_t argc;
+    char connect_timeout[32];
+    char known_hosts[ER_SSH_CONTROL_DIR_MAX + 48];
+    char control_path[ER_SSH_CONTROL_DIR_MAX + 32];
+    char port[8];
+};
+
+/* Build the ssh argv: BatchMode, ConnectTimeout, host key options, one
+ * ControlMaster=auto connection under ctl_dir with ControlPersist, then
+ * -p, -l, the host and remote_cmd (RUN and SETUP; may be NULL otherwise).
+ * cfg, ctl_dir, key_path and remote_cmd are borrowed by argv. */
+void er_ssh_argv_build(const struct er_ssh_config *cfg, const char *ctl_dir,
+                       enum er_ssh_argv_kind kind, const char *key_path,
+                       const char *remote_cmd, struct er_ssh_argv *argv);
+
+/* The remote script of execute: print `<marker><pgid>` on stderr first (so
+ * a timeout can kill the remote process group), source the login profiles
+ * if present (errors ignored), cd to cwd (may be NULL), then `exec env
+ * K='v' ... '<command>' '<args>' ...`. Appended to script. Returns 0, or
+ * ER_EINVAL (bad env key or command, message as er_ssh_env_check),
+ * ER_E2BIG, ER_ENOMEM. */
+int er_ssh_exec_script(const struct er_driver_exec *req, const char *cwd,
+                       const char *marker, struct er_buf *script,
+                       struct er_err *err);
 
 #endif

@@ -644,6 +644,14 @@ er_harness_worker_start(struct er_harness *h,
     owned[owned_cnt++] = env_pair("ENVRUN_HTTP_ADDR", addr);
     owned[owned_cnt++] = env_pair("ENVRUN_LOG_FORMAT", "json");
     owned[owned_cnt++] = env_pair("ENVRUN_CONCURRENCY", num);
+    /* librdkafka 2.0.2's mock cluster can hold a group join (two members
+     * starting together, or one after a member left) until a session times
+     * out: 45 s by default. A short session keeps every test's group
+     * settling within its waits. A test's own ENVRUN_KAFKA_PROPS (an extra,
+     * first in envp) wins. */
+    owned[owned_cnt++] =
+        env_pair("ENVRUN_KAFKA_PROPS",
+                 "session.timeout.ms=6000,heartbeat.interval.ms=500");
     for (i = 0; i < owned_cnt; i++) {
         if (owned[i] == NULL)
             goto fail;

@@ -118,10 +118,12 @@ struct er_harness_worker {
 
 /* Spawn ER_BUILD_DIR/envrun-worker (or $ENVRUN_TEST_WORKER_BIN) with
  * ENVRUN_KAFKA_BROKERS, ENVRUN_DATABASE_URL, ENVRUN_TOPIC_PREFIX,
- * ENVRUN_HTTP_ADDR, ENVRUN_LOG_FORMAT=json, ENVRUN_CONCURRENCY, then the
- * extras; other ENVRUN_* variables of the test's environment are dropped.
- * The worker dies with the test process (PR_SET_PDEATHSIG). Owned by the
- * harness (it kills and reaps it at destroy). NULL after printing why. */
+ * ENVRUN_HTTP_ADDR, ENVRUN_LOG_FORMAT=json, ENVRUN_CONCURRENCY,
+ * ENVRUN_KAFKA_PROPS with a 6 s group session (the mock cluster can stall
+ * a join until a session times out), then the extras; other ENVRUN_* variables
+ * of the test's environment are dropped. The worker dies with the test process
+ * (PR_SET_PDEATHSIG). Owned by the harness (it kills and reaps it at destroy).
+ * NULL after printing why. */
 struct er_harness_worker *
 er_harness_worker_start(struct er_harness *h,
                         const struct er_harness_worker_opts *opts);
@@ -335,5 +337,147 @@ long long er_harness_pg_rows_containing(const char *conninfo,
  * after printing the error. */
 int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,
                        const char *const *params);
+
+/* ================================================================
+ * SSH (tests/support/harness_ssh.c): the sshd that
+ * scripts/test-services.sh starts, and the remote side as its user sees
+ * it. Not thread-safe, like the rest of the harness.
+ * ================================================================ */
+
+/* A test's view of the sshd. The paths and texts come from the
+ * ENVRUN_TEST_SSH_* variables; the rest is made for the test. */
+struct er_harness_ssh {
+    char host[256];
+    int port;
+    char user[64];
+    char home[ER_HARNESS_PATH_MAX];             /* the user's home */
+    char key_path[ER_HARNESS_PATH_MAX];         /* ENVRUN_TEST_SSH_KEY */
+    char known_hosts_path[ER_HARNESS_PATH_MAX]; /* _KNOWN_HOSTS */
+    char log_path[ER_HARNESS_PATH_MAX];         /* _LOG: sshd's log */
+    char pid_path[ER_HARNESS_PATH_MAX];         /* _PID_FILE: listener's */
+    /* The test's remote directory: _WORKSPACE_ROOT/<test name>, emptied
+     * by er_harness_ssh_new and owned by the user. */
+    char root[ER_HARNESS_PATH_MAX];
+    char *private_key; /* the key file's text (er_malloc) */
+    char *known_hosts; /* the known_hosts file's text (er_malloc) */
+    /* <h->dir>/secrets (0700): the worker's ENVRUN_SECRETS_DIR; holds the
+     * key as the 0600 file secret_id. */
+    char secrets_dir[ER_HARNESS_PATH_MAX + 16];
+    char secret_id[37];
+    /* <h->dir>/tmp, emptied: the worker's TMPDIR. */
+    char tmp_dir[ER_HARNESS_PATH_MAX + 16];
+    /* ENVRUN_SECRETS_DIR, TMPDIR and ENVRUN_LOG_LEVEL=debug, NULL-
+     * terminated, for er_harness_worker_opts.env. Valid until destroy. */
+    const char *worker_env[4];
+    char env_text[3][ER_HARNESS_PATH_MAX + 64];
+    /* Base64 lines of the key's body that carry secret bytes, for leak
+     * checks (the first line is the same for every OpenSSH key). */
+    char *key_lines[64];
+    size_t key_line_cnt;
+    char mounts[4][ER_HARNESS_PATH_MAX + 64]; /* to unmount at destroy */
+    int mount_cnt;
+};
+
+/* Read the ENVRUN_TEST_SSH_* variables of scripts/test-services.sh (all
+ * required: a missing one is printed and gives NULL, so the test fails
+ * rather than skips), write the key into a fresh secrets directory, empty
+ * the worker's TMPDIR and the test's remote directory. NULL after
+ * printing why. Owned by the caller (er_harness_ssh_destroy). */
+struct er_harness_ssh *er_harness_ssh_new(struct er_harness *h);
+/* Unmount what er_harness_ssh_mount_tmpfs mounted and free. The secrets
+ * and remote directories are kept for post-mortems. NULL ok. */
+void er_harness_ssh_destroy(struct er_harness_ssh *ssh);
+/* Write text as another secret (a 0600 file in secrets_dir); its new
+ * random id goes to id. Returns 0 or -1 after printing why. */
+int er_harness_ssh_secret_write(struct er_harness_ssh *ssh, const char *text,
+                                char id[37]);
+/* The config of an `ssh` environment on the test server (domain.md 4.2):
+ * host, port, username, remoteWorkspacePath (remote_path; NULL: root),
+ * privateKeySecretRef {type: secret_ref, secretId: secret_id}, knownHosts
+ * (the server's line), strictHostKeyChecking true, and workspaceIsolation
+ * when isolation is not NULL. New reference; tests change keys with
+ * json_object_set_new before inserting it. */
+json_t *er_harness_ssh_config(const struct er_harness_ssh *ssh,
+                              const char *remote_path, const char *isolation);
+/* Insert an active environment row with driver ssh, name and config for
+ * company_id, as the control plane would; its random id goes to env_id.
+ * Returns 0 or -1 after printing why. */
+int er_harness_ssh_env_insert(struct er_harness *h, const char *company_id,
+                              const char *name, const json_t *config,
+                              char env_id[37]);
+
+/* Run script with `sh -c` as the ssh user on the "remote" side (runuser
+ * as root, else ssh with the test key), with HOME set and a plain PATH,
+ * for at most 60 s. Its stdout goes to *out (NUL-terminated, caller frees
+ * with er_free) when out is not NULL. Returns the exit code, 128 + signal,
+ * or -1 when it could not run or timed out. */
+int er_harness_ssh_remote(const struct er_harness_ssh *ssh, const char *script,
+                          char **out);
+/* er_harness_ssh_remote of a printf-formatted script; true when it exits
+ * 0. */
+bool er_harness_ssh_remote_ok(const struct er_harness_ssh *ssh, const char *fmt,
+                              ...) ER_PRINTF(2, 3);
+/* Run script with `sh -c` locally, as the test process's user, for at most
+ * 120 s; stdout and stderr go to *out as for er_harness_ssh_remote.
+ * Returns the same. */
+int er_harness_ssh_local(const char *script, char **out);
+/* s in single quotes for sh ('\'' for a quote) into out. Returns 0, or -1
+ * when out_len is too small. */
+int er_harness_ssh_quote(const char *s, char *out, size_t out_len);
+
+/* The size of sshd's log now: an offset for er_harness_ssh_log_count. */
+long long er_harness_ssh_log_size(const struct er_harness_ssh *ssh);
+/* Lines of sshd's log past offset from that contain needle (LogLevel
+ * VERBOSE: "Accepted publickey for <user>" once per authentication), or
+ * -1 when the log cannot be read. */
+int er_harness_ssh_log_count(const struct er_harness_ssh *ssh, long long from,
+                             const char *needle);
+/* Live processes below the sshd listener (its sessions and what they
+ * run) whose command name (/proc/PID/comm) is comm, or all of them when
+ * comm is NULL; -1 when the listener is not running. */
+int er_harness_ssh_sessions(const struct er_harness_ssh *ssh, const char *comm);
+/* SIGKILL every live process below the listener (cuts every connection
+ * without stopping the server). Returns how many were signalled, or -1. */
+int er_harness_ssh_kill_sessions(const struct er_harness_ssh *ssh);
+/* Live `ssh` client processes on this machine whose command line names
+ * the test server's port (-p PORT, -oPort=PORT, :PORT ...); a driver's
+ * connection masters show up here. */
+int er_harness_ssh_clients(const struct er_harness_ssh *ssh);
+/* Mount a tmpfs of size_bytes on dir (created if missing), owned by the
+ * ssh user: a remote disk that fills up. Needs root. Returns 0 or -1 after
+ * printing why. Unmounted by er_harness_ssh_destroy. */
+int er_harness_ssh_mount_tmpfs(struct er_harness_ssh *ssh, const char *dir,
+                               size_t size_bytes);
+/* Files under dir changed (ctime) after the file stamp, not under
+ * exclude (may be NULL), that contain a line of the private key: their
+ * paths, one a line, go to *hits (caller frees with er_free; NULL when
+ * none). Returns how many, or -1. */
+int er_harness_ssh_files_with_key(const struct er_harness_ssh *ssh,
+                                  const char *dir, const char *stamp,
+                                  const char *exclude, char **hits);
+/* True when text holds the private key or one of its secret lines. */
+bool er_harness_ssh_text_has_key(const struct er_harness_ssh *ssh,
+                                 const char *text);
+
+/* Make dir (emptied first) a git repository on branch: one commit of
+ * README.md, src/app.txt and gone.txt, then, uncommitted, "v2 uncommitted"
+ * appended to src/app.txt, the untracked new.txt, and gone.txt deleted.
+ * Returns 0 or -1 after printing why. */
+int er_harness_ssh_git_workspace(const char *dir, const char *branch);
+/* Make dir (emptied first) a plain directory: top.txt holding "top",
+ * nested/deep/leaf.txt holding "leaf", and an AppleDouble file ._top.txt
+ * the sync must leave out (domain.md 4.2). Returns 0 or -1. */
+int er_harness_ssh_plain_workspace(const char *dir);
+
+/* The ssh driver's per-lease directory (er_ssh_control_dir: control
+ * socket, known_hosts, key while connecting) exists for lease_id. */
+bool er_harness_ssh_control_dir_exists(const char *lease_id);
+/* The entries of the directory that holds those per-lease directories,
+ * sorted, one a line (er_free); "" when it does not exist. NULL on
+ * failure. Compare two listings with er_harness_ssh_new_lines. */
+char *er_harness_ssh_control_dirs(void);
+/* The lines of after that are not in before, one a line (er_free); ""
+ * when none. */
+char *er_harness_ssh_new_lines(const char *before, const char *after);
 
 #endif
