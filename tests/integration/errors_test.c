@@ -19,26 +19,12 @@ static struct er_harness_worker *worker;
  * exist, so cases can insert rows. */
 static int group_setup(void **state)
 {
-    struct er_harness_run run;
-    struct er_harness_cmd acq;
-
     (void)state;
     h = er_harness_new("errors", 2, NULL);
     if (h == NULL)
         return -1;
-    worker = er_harness_worker_start(h, NULL);
-    if (worker == NULL)
-        return -1;
-    er_harness_run_init(&run);
-    er_harness_cmd_acquire(&acq, &run);
-    if (er_harness_send(h, &acq.cmd) != 0)
-        return -1;
-    if (er_harness_wait_result(h, acq.command_id, ER_HARNESS_FIRST_WAIT_MS) ==
-        NULL) {
-        er_harness_worker_dump_log(worker, 4000);
-        return -1;
-    }
-    return 0;
+    worker = er_harness_worker_start_warm(h, NULL);
+    return worker != NULL ? 0 : -1;
 }
 
 static int group_teardown(void **state)

@@ -28,8 +28,6 @@ static struct er_harness_worker *worker;
 static int group_setup(void **state)
 {
     struct er_harness_worker_opts opts = { 0 };
-    struct er_harness_run run;
-    struct er_harness_cmd acq;
 
     (void)state;
     h = er_harness_new("ssh_cycle", 2, NULL);
@@ -40,19 +38,8 @@ static int group_setup(void **state)
         return -1;
     opts.env = ssh->worker_env;
     opts.concurrency = 4;
-    worker = er_harness_worker_start(h, &opts);
-    if (worker == NULL)
-        return -1;
-    er_harness_run_init(&run);
-    er_harness_cmd_acquire(&acq, &run);
-    if (er_harness_send(h, &acq.cmd) != 0)
-        return -1;
-    if (er_harness_wait_result(h, acq.command_id, ER_HARNESS_FIRST_WAIT_MS) ==
-        NULL) {
-        er_harness_worker_dump_log(worker, 4000);
-        return -1;
-    }
-    return 0;
+    worker = er_harness_worker_start_warm(h, &opts);
+    return worker != NULL ? 0 : -1;
 }
 
 static int group_teardown(void **state)

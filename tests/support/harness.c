@@ -745,6 +745,29 @@ int er_harness_worker_wait_exit(struct er_harness_worker *w, int timeout_ms)
     }
 }
 
+struct er_harness_worker *
+er_harness_worker_start_warm(struct er_harness *h,
+                             const struct er_harness_worker_opts *opts)
+{
+    struct er_harness_worker *w = er_harness_worker_start(h, opts);
+    struct er_harness_run run;
+    struct er_harness_cmd acq;
+
+    if (w == NULL)
+        return NULL;
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&acq, &run);
+    if (er_harness_send(h, &acq.cmd) != 0)
+        return NULL;
+    if (er_harness_wait_result(h, acq.command_id, ER_HARNESS_FIRST_WAIT_MS) ==
+        NULL) {
+        fprintf(stderr, "harness: worker gave no first result\n");
+        er_harness_worker_dump_log(w, 4000);
+        return NULL;
+    }
+    return w;
+}
+
 int er_harness_worker_stop(struct er_harness_worker *w, int sig, int timeout_ms)
 {
     int rc;

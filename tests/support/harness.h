@@ -127,6 +127,13 @@ struct er_harness_worker {
 struct er_harness_worker *
 er_harness_worker_start(struct er_harness *h,
                         const struct er_harness_worker_opts *opts);
+/* er_harness_worker_start, then wait until the worker answers a first
+ * command (an acquire of a fresh run's Local environment): it has migrated
+ * and joined its group, so a test's own waits need not include start-up.
+ * NULL after printing why (and the worker's log). */
+struct er_harness_worker *
+er_harness_worker_start_warm(struct er_harness *h,
+                             const struct er_harness_worker_opts *opts);
 /* Send sig, wait up to timeout_ms, then SIGKILL and wait. Returns the exit
  * code (0..255), 128 + signal number when killed by a signal, or -1. */
 int er_harness_worker_stop(struct er_harness_worker *w, int sig,
