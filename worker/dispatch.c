@@ -23,7 +23,8 @@ struct job {
     size_t value_len;
 };
 
-/* The queue of one run; exists while it has jobs or one is running. */
+/* The queue of one run; exists while it has jobs or one is running, and
+ * is on the ready list exactly when it has jobs and none is running. */
 struct run {
     struct run *next_bucket;
     struct run *next_ready;
@@ -129,18 +130,6 @@ static void ready_push(struct er_dispatch *d, struct run *r)
         d->ready_tail->next_ready = r;
     d->ready_tail = r;
     pthread_cond_signal(&d->work_cv);
-}
-
-static bool run_is_ready_listed(const struct er_dispatch *d,
-                                const struct run *r)
-{
-    const struct run *p;
-
-    for (p = d->ready_head; p != NULL; p = p->next_ready) {
-        if (p == r)
-            return true;
-    }
-    return false;
 }
 
 static void ready_remove(struct er_dispatch *d, struct run *r)
@@ -425,7 +414,9 @@ int er_dispatch_submit(struct er_dispatch *d, const char *run_key,
         r->tail->next = j;
     r->tail = j;
     d->inflight++;
-    if (!r->is_running && !run_is_ready_listed(d, r))
+    /* A run is on the ready list exactly when it has queued jobs and none
+     * running, so only a run whose queue was empty needs pushing. */
+    if (!r->is_running && r->head == j)
         ready_push(d, r);
     er_metrics_inflight((int64_t)d->inflight);
     pthread_mutex_unlock(&d->mu);
