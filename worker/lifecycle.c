@@ -119,6 +119,28 @@ static json_t *env_to_json(const struct er_env_row *e)
         jtime(e->created_at_ms), "updatedAt", jtime(e->updated_at_ms));
 }
 
+/* The driver's view of an environment row and its parsed config
+ * (both borrowed). */
+static struct er_driver_env driver_env(const struct er_env_row *e,
+                                       const json_t *config)
+{
+    return (struct er_driver_env){ e->id,     e->company_id, e->name,
+                                   e->driver, e->status,     config };
+}
+
+/* The driver's view of a lease row and its parsed metadata (borrowed). */
+static struct er_driver_lease driver_lease(const struct er_lease_row *l,
+                                           const json_t *meta)
+{
+    return (struct er_driver_lease){ l->id,
+                                     l->status,
+                                     l->lease_policy,
+                                     l->provider,
+                                     l->provider_lease_id,
+                                     l->heartbeat_run_id,
+                                     meta };
+}
+
 /* ================================================================
  * Outbox writers
  * ================================================================ */
@@ -478,6 +500,7 @@ static int do_acquire(struct step *st, struct er_err *err)
         rc = 0;
         goto out;
     }
+    denv = driver_env(&env, config);
 
     if (cmd->execution_workspace_id != NULL) {
         rc = single_flight(st, &env, &lease, &is_reentrant, err);
@@ -488,8 +511,6 @@ static int do_acquire(struct step *st, struct er_err *err)
     }
 
     if (!is_reentrant) {
-        denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
-                                       env.driver, env.status,     config };
         rc = er_store_lease_id_for(lc->store, cmd->command_id, lease_id, err);
         if (rc != 0)
             goto out;
@@ -552,8 +573,6 @@ static int do_acquire(struct step *st, struct er_err *err)
     st->res.lease_id = lease.id;
     /* executionTransport: the SSH spec or null (domain.md 3.2 step 4). */
     er_err_clear(&derr);
-    denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
-                                   env.driver, env.status,     config };
     transport = ops->target != NULL
                     ? ops->target(&denv, NULL, cmd->adapter_type, &derr)
                     : json_null();
@@ -851,15 +870,8 @@ static int do_realize(struct step *st, struct er_err *err)
         goto out;
     }
 
-    denv = (struct er_driver_env){ env.id,     env.company_id, env.name,
-                                   env.driver, env.status,     config };
-    dlease = (struct er_driver_lease){ lease.id,
-                                       lease.status,
-                                       lease.lease_policy,
-                                       lease.provider,
-                                       lease.provider_lease_id,
-                                       lease.heartbeat_run_id,
-                                       meta };
+    denv = driver_env(&env, config);
+    dlease = driver_lease(&lease, meta);
     dws = (struct er_driver_workspace){ jget_str(ws, "cwd"),
                                         jget_str(meta, "remoteCwd"),
                                         cmd->requested_mode, request };
@@ -1009,15 +1021,8 @@ static int release_lease(struct er_lifecycle *lc,
             json_decref(meta);
             meta = json_object();
         }
-        denv = (struct er_driver_env){ env->id,     env->company_id, env->name,
-                                       env->driver, env->status,     config };
-        dlease = (struct er_driver_lease){ lease->id,
-                                           lease->status,
-                                           lease->lease_policy,
-                                           lease->provider,
-                                           lease->provider_lease_id,
-                                           lease->heartbeat_run_id,
-                                           meta };
+        denv = driver_env(env, config);
+        dlease = driver_lease(lease, meta);
         er_err_clear(&derr);
         rc = ops->release(&denv, &dlease, status, &rel, &derr);
         if (rc != 0) {
