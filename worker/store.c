@@ -9,11 +9,7 @@
 
 #include "schemas/schemas.h"
 #include "worker/store_int.h"
-
-struct er_store {
-    PGconn *conn;
-    char *conninfo;
-};
+#include "worker/store_sql_int.h"
 
 /* Columns of environment_leases in er_lease_row order, timestamps in ms. */
 #define LEASE_COLS                                                           \
@@ -53,8 +49,8 @@ static void notice_to_log(void *arg, const char *message)
 /* Classify a failed result once, from its SQLSTATE (PostgreSQL appendix A):
  * class 08 connection, 40 transaction rollback, 53 resources, 57P0x shutdown
  * are transient; 23505 is a unique race the caller may retry. */
-static int result_to_err(PGconn *conn, const PGresult *res, const char *what,
-                         struct er_err *err)
+int er_store__result_to_err(PGconn *conn, const PGresult *res, const char *what,
+                            struct er_err *err)
 {
     const char *state =
         res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -90,9 +86,10 @@ static int result_to_err(PGconn *conn, const PGresult *res, const char *what,
 /* Run one parameterised statement. Text parameters, except those whose
  * lengths[i] is non-zero, which are sent as binary (bytea). Returns the
  * result (caller PQclears) or NULL with err set. */
-static PGresult *exec(struct er_store *store, const char *what, const char *sql,
-                      int nparams, const char *const *values,
-                      const int *lengths, struct er_err *err)
+PGresult *er_store__exec(struct er_store *store, const char *what,
+                         const char *sql, int nparams,
+                         const char *const *values, const int *lengths,
+                         struct er_err *err)
 {
     int formats[16] = { 0 };
     PGresult *res;
@@ -106,22 +103,24 @@ static PGresult *exec(struct er_store *store, const char *what, const char *sql,
                        formats, 0);
     if (res == NULL) {
         /* libpq returns NULL only when out of memory or disconnected. */
-        result_to_err(store->conn, NULL, what, err);
+        er_store__result_to_err(store->conn, NULL, what, err);
         return NULL;
     }
     st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        result_to_err(store->conn, res, what, err);
+        er_store__result_to_err(store->conn, res, what, err);
         PQclear(res);
         return NULL;
     }
     return res;
 }
 
-static int exec_cmd(struct er_store *store, const char *what, const char *sql,
-                    int nparams, const char *const *values, struct er_err *err)
+int er_store__exec_cmd(struct er_store *store, const char *what,
+                       const char *sql, int nparams, const char *const *values,
+                       struct er_err *err)
 {
-    PGresult *res = exec(store, what, sql, nparams, values, NULL, err);
+    PGresult *res =
+        er_store__exec(store, what, sql, nparams, values, NULL, err);
 
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
@@ -129,8 +128,8 @@ static int exec_cmd(struct er_store *store, const char *what, const char *sql,
     return 0;
 }
 
-static char *get_str(const PGresult *res, int row, int col,
-                     struct er_arena *arena)
+char *er_store__get_str(const PGresult *res, int row, int col,
+                        struct er_arena *arena)
 {
     if (PQgetisnull(res, row, col))
         return NULL;
@@ -138,14 +137,14 @@ static char *get_str(const PGresult *res, int row, int col,
                             (size_t)PQgetlength(res, row, col));
 }
 
-static int64_t get_i64(const PGresult *res, int row, int col)
+int64_t er_store__get_i64(const PGresult *res, int row, int col)
 {
     if (PQgetisnull(res, row, col))
         return -1;
     return strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-static int oom(struct er_err *err)
+int er_store__oom(struct er_err *err)
 {
     return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY,
                       "out of memory (arena)");
@@ -154,46 +153,46 @@ static int oom(struct er_err *err)
 static int lease_from(const PGresult *res, int row, struct er_arena *arena,
                       struct er_lease_row *out, struct er_err *err)
 {
-    out->id = get_str(res, row, 0, arena);
-    out->company_id = get_str(res, row, 1, arena);
-    out->environment_id = get_str(res, row, 2, arena);
-    out->execution_workspace_id = get_str(res, row, 3, arena);
-    out->issue_id = get_str(res, row, 4, arena);
-    out->heartbeat_run_id = get_str(res, row, 5, arena);
-    out->status = get_str(res, row, 6, arena);
-    out->lease_policy = get_str(res, row, 7, arena);
-    out->provider = get_str(res, row, 8, arena);
-    out->provider_lease_id = get_str(res, row, 9, arena);
-    out->acquired_at_ms = get_i64(res, row, 10);
-    out->last_used_at_ms = get_i64(res, row, 11);
-    out->expires_at_ms = get_i64(res, row, 12);
-    out->released_at_ms = get_i64(res, row, 13);
-    out->failure_reason = get_str(res, row, 14, arena);
-    out->cleanup_status = get_str(res, row, 15, arena);
-    out->metadata_json = get_str(res, row, 16, arena);
-    out->created_at_ms = get_i64(res, row, 17);
-    out->updated_at_ms = get_i64(res, row, 18);
+    out->id = er_store__get_str(res, row, 0, arena);
+    out->company_id = er_store__get_str(res, row, 1, arena);
+    out->environment_id = er_store__get_str(res, row, 2, arena);
+    out->execution_workspace_id = er_store__get_str(res, row, 3, arena);
+    out->issue_id = er_store__get_str(res, row, 4, arena);
+    out->heartbeat_run_id = er_store__get_str(res, row, 5, arena);
+    out->status = er_store__get_str(res, row, 6, arena);
+    out->lease_policy = er_store__get_str(res, row, 7, arena);
+    out->provider = er_store__get_str(res, row, 8, arena);
+    out->provider_lease_id = er_store__get_str(res, row, 9, arena);
+    out->acquired_at_ms = er_store__get_i64(res, row, 10);
+    out->last_used_at_ms = er_store__get_i64(res, row, 11);
+    out->expires_at_ms = er_store__get_i64(res, row, 12);
+    out->released_at_ms = er_store__get_i64(res, row, 13);
+    out->failure_reason = er_store__get_str(res, row, 14, arena);
+    out->cleanup_status = er_store__get_str(res, row, 15, arena);
+    out->metadata_json = er_store__get_str(res, row, 16, arena);
+    out->created_at_ms = er_store__get_i64(res, row, 17);
+    out->updated_at_ms = er_store__get_i64(res, row, 18);
     if (out->id == NULL || out->status == NULL || out->lease_policy == NULL)
-        return oom(err);
+        return er_store__oom(err);
     return 0;
 }
 
 static int env_from(const PGresult *res, int row, struct er_arena *arena,
                     struct er_env_row *out, struct er_err *err)
 {
-    out->id = get_str(res, row, 0, arena);
-    out->company_id = get_str(res, row, 1, arena);
-    out->name = get_str(res, row, 2, arena);
-    out->description = get_str(res, row, 3, arena);
-    out->driver = get_str(res, row, 4, arena);
-    out->status = get_str(res, row, 5, arena);
-    out->config_json = get_str(res, row, 6, arena);
-    out->metadata_json = get_str(res, row, 7, arena);
-    out->created_at_ms = get_i64(res, row, 8);
-    out->updated_at_ms = get_i64(res, row, 9);
+    out->id = er_store__get_str(res, row, 0, arena);
+    out->company_id = er_store__get_str(res, row, 1, arena);
+    out->name = er_store__get_str(res, row, 2, arena);
+    out->description = er_store__get_str(res, row, 3, arena);
+    out->driver = er_store__get_str(res, row, 4, arena);
+    out->status = er_store__get_str(res, row, 5, arena);
+    out->config_json = er_store__get_str(res, row, 6, arena);
+    out->metadata_json = er_store__get_str(res, row, 7, arena);
+    out->created_at_ms = er_store__get_i64(res, row, 8);
+    out->updated_at_ms = er_store__get_i64(res, row, 9);
     if (out->id == NULL || out->name == NULL || out->driver == NULL ||
         out->status == NULL || out->config_json == NULL)
-        return oom(err);
+        return er_store__oom(err);
     return 0;
 }
 
@@ -203,7 +202,8 @@ static int one_lease(struct er_store *store, const char *what, const char *sql,
                      struct er_arena *arena, struct er_lease_row *out,
                      struct er_err *err)
 {
-    PGresult *res = exec(store, what, sql, nparams, values, NULL, err);
+    PGresult *res =
+        er_store__exec(store, what, sql, nparams, values, NULL, err);
     int rc;
 
     if (res == NULL)
@@ -221,7 +221,8 @@ static int many_leases(struct er_store *store, const char *what,
                        struct er_arena *arena, struct er_lease_row **rows,
                        size_t *row_cnt, struct er_err *err)
 {
-    PGresult *res = exec(store, what, sql, nparams, values, NULL, err);
+    PGresult *res =
+        er_store__exec(store, what, sql, nparams, values, NULL, err);
     int n;
     int i;
     int rc = 0;
@@ -234,7 +235,7 @@ static int many_leases(struct er_store *store, const char *what,
     if (n > 0) {
         *rows = er_arena_alloc(arena, sizeof(**rows) * (size_t)n);
         if (*rows == NULL) {
-            rc = oom(err);
+            rc = er_store__oom(err);
             goto out;
         }
     }
@@ -315,7 +316,7 @@ int er_store_migrate(struct er_store *store, struct er_err *err)
     res = PQexec(store->conn, er_embed_migrations_sql);
     if (res == NULL || (PQresultStatus(res) != PGRES_COMMAND_OK &&
                         PQresultStatus(res) != PGRES_TUPLES_OK)) {
-        rc = result_to_err(store->conn, res, "migrations", err);
+        rc = er_store__result_to_err(store->conn, res, "migrations", err);
         PQclear(res);
         er_store_rollback(store);
         return rc;
@@ -330,12 +331,12 @@ int er_store_begin(struct er_store *store, struct er_err *err)
 
     if (rc != 0)
         return rc;
-    return exec_cmd(store, "begin", "BEGIN", 0, NULL, err);
+    return er_store__exec_cmd(store, "begin", "BEGIN", 0, NULL, err);
 }
 
 int er_store_commit(struct er_store *store, struct er_err *err)
 {
-    return exec_cmd(store, "commit", "COMMIT", 0, NULL, err);
+    return er_store__exec_cmd(store, "commit", "COMMIT", 0, NULL, err);
 }
 
 void er_store_rollback(struct er_store *store)
@@ -350,19 +351,20 @@ void er_store_rollback(struct er_store *store)
 
 int er_store_savepoint(struct er_store *store, struct er_err *err)
 {
-    return exec_cmd(store, "savepoint", "SAVEPOINT er_step", 0, NULL, err);
+    return er_store__exec_cmd(store, "savepoint", "SAVEPOINT er_step", 0, NULL,
+                              err);
 }
 
 int er_store_savepoint_rollback(struct er_store *store, struct er_err *err)
 {
-    return exec_cmd(store, "rollback to savepoint",
-                    "ROLLBACK TO SAVEPOINT er_step", 0, NULL, err);
+    return er_store__exec_cmd(store, "rollback to savepoint",
+                              "ROLLBACK TO SAVEPOINT er_step", 0, NULL, err);
 }
 
 int er_store_savepoint_release(struct er_store *store, struct er_err *err)
 {
-    return exec_cmd(store, "release savepoint", "RELEASE SAVEPOINT er_step", 0,
-                    NULL, err);
+    return er_store__exec_cmd(store, "release savepoint",
+                              "RELEASE SAVEPOINT er_step", 0, NULL, err);
 }
 
 /* ---- processed commands ---- */
@@ -384,7 +386,7 @@ int er_store_processed_get(struct er_store *store, const char *command_id,
                        "WHERE command_id = $1",
                        1, NULL, params, NULL, NULL, 1);
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        rc = result_to_err(store->conn, res, "processed lookup", err);
+        rc = er_store__result_to_err(store->conn, res, "processed lookup", err);
         goto out;
     }
     if (PQntuples(res) == 0) {
@@ -394,7 +396,7 @@ int er_store_processed_get(struct er_store *store, const char *command_id,
     *result_len = (size_t)PQgetlength(res, 0, 0);
     *result = er_arena_alloc(arena, *result_len + 1);
     if (*result == NULL) {
-        rc = oom(err);
+        rc = er_store__oom(err);
         goto out;
     }
     memcpy(*result, PQgetvalue(res, 0, 0), *result_len);
@@ -413,161 +415,13 @@ int er_store_processed_put(struct er_store *store, const char *command_id,
     PGresult *res;
 
     ER_ASSERT(result_len > 0 && result_len < INT32_MAX);
-    res = exec(store, "processed insert",
-               "INSERT INTO envrun.processed_commands "
-               "(command_id, kind, heartbeat_run_id, result) "
-               "VALUES ($1, $2, $3, $4)",
-               4, params, lengths, err);
+    res = er_store__exec(store, "processed insert",
+                         "INSERT INTO envrun.processed_commands "
+                         "(command_id, kind, heartbeat_run_id, result) "
+                         "VALUES ($1, $2, $3, $4)",
+                         4, params, lengths, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
-    PQclear(res);
-    return 0;
-}
-
-/* ---- outbox ---- */
-
-int er_store_outbox_add(struct er_store *store, const char *topic,
-                        const uint8_t *key, size_t key_len,
-                        const uint8_t *value, size_t value_len,
-                        const char *headers_json, struct er_err *err)
-{
-    const char *params[] = { topic, (const char *)key, (const char *)value,
-                             headers_json };
-    /* A zero length would mean "text"; an empty key is sent as NULL. */
-    const int lengths[] = { 0, (int)key_len, (int)value_len, 0 };
-    PGresult *res;
-
-    if (key_len == 0)
-        params[1] = NULL;
-    ER_ASSERT(value_len > 0 && value_len < INT32_MAX && key_len < INT32_MAX);
-    res = exec(store, "outbox insert",
-               "INSERT INTO envrun.outbox (topic, msg_key, msg_value, headers) "
-               "VALUES ($1, $2, $3, $4::jsonb)",
-               4, params, lengths, err);
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    PQclear(res);
-    return 0;
-}
-
-int er_store_relay_lock(struct er_store *store, bool *is_held,
-                        struct er_err *err)
-{
-    PGresult *res =
-        exec(store, "relay lock", "SELECT pg_try_advisory_lock(7295104812)", 0,
-             NULL, NULL, err);
-
-    *is_held = false;
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    *is_held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
-    return 0;
-}
-
-int er_store_outbox_fetch(struct er_store *store, int limit,
-                          struct er_arena *arena, struct er_outbox_row **rows,
-                          size_t *row_cnt, struct er_err *err)
-{
-    char lim[24];
-    const char *params[] = { lim };
-    PGresult *res = NULL;
-    int n;
-    int i;
-    int rc = 0;
-
-    *rows = NULL;
-    *row_cnt = 0;
-    snprintf(lim, sizeof(lim), "%d", limit);
-    /* Binary results: the key and value come back as raw bytes. */
-    res = PQexecParams(store->conn,
-                       "SELECT id, topic, msg_key, msg_value, headers::text "
-                       "FROM envrun.outbox ORDER BY id LIMIT $1::int",
-                       1, NULL, params, NULL, NULL, 1);
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        rc = result_to_err(store->conn, res, "outbox fetch", err);
-        goto out;
-    }
-    n = PQntuples(res);
-    if (n == 0)
-        goto out;
-    *rows = er_arena_alloc(arena, sizeof(**rows) * (size_t)n);
-    if (*rows == NULL) {
-        rc = oom(err);
-        goto out;
-    }
-    for (i = 0; i < n; i++) {
-        struct er_outbox_row *r = &(*rows)[i];
-        const unsigned char *idp = (const unsigned char *)PQgetvalue(res, i, 0);
-        uint64_t id = 0;
-        int b;
-
-        for (b = 0; b < 8; b++) /* int8 in network byte order */
-            id = (id << 8) | idp[b];
-        r->id = (int64_t)id;
-        r->topic = get_str(res, i, 1, arena);
-        if (!PQgetisnull(res, i, 2)) {
-            r->key_len = (size_t)PQgetlength(res, i, 2);
-            r->key = (uint8_t *)er_arena_strndup(arena, PQgetvalue(res, i, 2),
-                                                 r->key_len);
-        }
-        r->value_len = (size_t)PQgetlength(res, i, 3);
-        r->value = (uint8_t *)er_arena_strndup(arena, PQgetvalue(res, i, 3),
-                                               r->value_len);
-        r->headers_json = get_str(res, i, 4, arena);
-        if (r->topic == NULL || r->value == NULL ||
-            (!PQgetisnull(res, i, 2) && r->key == NULL)) {
-            rc = oom(err);
-            goto out;
-        }
-    }
-    *row_cnt = (size_t)n;
-out:
-    PQclear(res);
-    return rc;
-}
-
-int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
-                           size_t id_cnt, struct er_err *err)
-{
-    struct er_buf arr;
-    size_t i;
-    int rc = 0;
-    const char *params[1];
-
-    if (id_cnt == 0)
-        return 0;
-    er_buf_init(&arr, 64 * 1024 * 1024);
-    rc = er_buf_append(&arr, "{", 1);
-    for (i = 0; i < id_cnt && rc == 0; i++)
-        rc =
-            er_buf_printf(&arr, "%s%lld", i == 0 ? "" : ",", (long long)ids[i]);
-    if (rc == 0)
-        rc = er_buf_append(&arr, "}", 1);
-    if (rc != 0) {
-        er_buf_fini(&arr);
-        return er_err_set(err, rc, ER_ERRCLASS_RETRY, "outbox delete: %s",
-                          er_errname(rc));
-    }
-    params[0] = (const char *)arr.data;
-    rc = exec_cmd(store, "outbox delete",
-                  "DELETE FROM envrun.outbox WHERE id = ANY($1::bigint[])", 1,
-                  params, err);
-    er_buf_fini(&arr);
-    return rc;
-}
-
-int er_store_outbox_count(struct er_store *store, int64_t *cnt,
-                          struct er_err *err)
-{
-    PGresult *res =
-        exec(store, "outbox count", "SELECT count(*) FROM envrun.outbox", 0,
-             NULL, NULL, err);
-
-    *cnt = 0;
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    *cnt = get_i64(res, 0, 0);
     PQclear(res);
     return 0;
 }
@@ -584,24 +438,26 @@ int er_store_env_ensure_local(struct er_store *store, const char *company_id,
 
     /* domain.md 2.2: insert, and on a conflict with the one-local-per-
      * company index read the winner's row. */
-    res = exec(store, "ensure local environment",
-               "INSERT INTO environments (company_id, name, description, "
-               "driver, status, config, metadata) VALUES ($1, 'Local', "
-               "'Default execution environment for Paperclip runs on this "
-               "machine.', 'local', 'active', '{}'::jsonb, "
-               "'{\"managedByPaperclip\": true, \"defaultForCompany\": "
-               "true}'::jsonb) "
-               "ON CONFLICT (company_id, driver) WHERE driver = 'local' "
-               "DO NOTHING RETURNING " ENV_COLS,
-               1, params, NULL, err);
+    res = er_store__exec(
+        store, "ensure local environment",
+        "INSERT INTO environments (company_id, name, description, "
+        "driver, status, config, metadata) VALUES ($1, 'Local', "
+        "'Default execution environment for Paperclip runs on this "
+        "machine.', 'local', 'active', '{}'::jsonb, "
+        "'{\"managedByPaperclip\": true, \"defaultForCompany\": "
+        "true}'::jsonb) "
+        "ON CONFLICT (company_id, driver) WHERE driver = 'local' "
+        "DO NOTHING RETURNING " ENV_COLS,
+        1, params, NULL, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     if (PQntuples(res) == 0) {
         PQclear(res);
-        res = exec(store, "load local environment",
-                   "SELECT " ENV_COLS " FROM environments WHERE company_id = "
-                   "$1 AND driver = 'local' ORDER BY created_at LIMIT 1",
-                   1, params, NULL, err);
+        res = er_store__exec(
+            store, "load local environment",
+            "SELECT " ENV_COLS " FROM environments WHERE company_id = "
+            "$1 AND driver = 'local' ORDER BY created_at LIMIT 1",
+            1, params, NULL, err);
         if (res == NULL)
             return err != NULL ? err->code : ER_EPG;
     }
@@ -619,10 +475,10 @@ int er_store_env_get(struct er_store *store, const char *id,
                      struct er_err *err)
 {
     const char *params[] = { id };
-    PGresult *res =
-        exec(store, "load environment",
-             "SELECT " ENV_COLS " FROM environments WHERE id = $1::uuid", 1,
-             params, NULL, err);
+    PGresult *res = er_store__exec(store, "load environment",
+                                   "SELECT " ENV_COLS
+                                   " FROM environments WHERE id = $1::uuid",
+                                   1, params, NULL, err);
     int rc;
 
     if (res == NULL)
@@ -675,9 +531,9 @@ int er_store_lease_id_for(struct er_store *store, const char *command_id,
                           char out[37], struct er_err *err)
 {
     const char *params[] = { command_id };
-    PGresult *res =
-        exec(store, "lease id", "SELECT md5('envrun-lease:' || $1)::uuid::text",
-             1, params, NULL, err);
+    PGresult *res = er_store__exec(
+        store, "lease id", "SELECT md5('envrun-lease:' || $1)::uuid::text", 1,
+        params, NULL, err);
 
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
@@ -725,10 +581,11 @@ int er_store_lease_active_for_workspace(struct er_store *store,
     /* Without the single-flight unique index (a control-plane database
      * that predates it) two acquires could both see "no lease" and insert;
      * the lock makes the check-then-insert atomic. */
-    rc = exec_cmd(store, "workspace lock",
-                  "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || "
-                  "$2, 7295104813))",
-                  2, params, err);
+    rc = er_store__exec_cmd(
+        store, "workspace lock",
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || "
+        "$2, 7295104813))",
+        2, params, err);
     if (rc != 0)
         return rc;
     return one_lease(store, "load workspace lease",
@@ -747,9 +604,9 @@ int er_store_run_is_live(struct er_store *store, const char *run_id,
     PGresult *res = NULL;
 
     *is_live = true;
-    res = exec(store, "heartbeat_runs lookup",
-               "SELECT to_regclass('heartbeat_runs') IS NOT NULL", 0, NULL,
-               NULL, err);
+    res = er_store__exec(store, "heartbeat_runs lookup",
+                         "SELECT to_regclass('heartbeat_runs') IS NOT NULL", 0,
+                         NULL, NULL, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
@@ -757,9 +614,10 @@ int er_store_run_is_live(struct er_store *store, const char *run_id,
         return 0;
     }
     PQclear(res);
-    res = exec(store, "heartbeat run status",
-               "SELECT status FROM heartbeat_runs WHERE id = $1::uuid", 1,
-               params, NULL, err);
+    res =
+        er_store__exec(store, "heartbeat run status",
+                       "SELECT status FROM heartbeat_runs WHERE id = $1::uuid",
+                       1, params, NULL, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     if (PQntuples(res) == 0) {
@@ -825,16 +683,17 @@ int er_store_lease_next_version(struct er_store *store, const char *id,
                                 int64_t *version, struct er_err *err)
 {
     const char *params[] = { id };
-    PGresult *res = exec(store, "lease version",
-                         "INSERT INTO envrun.lease_state (lease_id, version) "
-                         "VALUES ($1::uuid, 1) ON CONFLICT (lease_id) DO "
-                         "UPDATE SET version = envrun.lease_state.version + 1 "
-                         "RETURNING version",
-                         1, params, NULL, err);
+    PGresult *res =
+        er_store__exec(store, "lease version",
+                       "INSERT INTO envrun.lease_state (lease_id, version) "
+                       "VALUES ($1::uuid, 1) ON CONFLICT (lease_id) DO "
+                       "UPDATE SET version = envrun.lease_state.version + 1 "
+                       "RETURNING version",
+                       1, params, NULL, err);
 
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
-    *version = get_i64(res, 0, 0);
+    *version = er_store__get_i64(res, 0, 0);
     PQclear(res);
     return 0;
 }
@@ -871,7 +730,7 @@ int er_store_activity_insert(struct er_store *store,
         in->action,     in->entity_type, in->entity_id,
         in->agent_id,   in->run_id,      in->details_json
     };
-    PGresult *res = exec(
+    PGresult *res = er_store__exec(
         store, "activity insert",
         "INSERT INTO activity_log (company_id, actor_type, actor_id, action, "
         "entity_type, entity_id, agent_id, run_id, details) VALUES ($1::uuid, "
@@ -882,19 +741,19 @@ int er_store_activity_insert(struct er_store *store,
 
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
-    out->id = get_str(res, 0, 0, arena);
-    out->company_id = get_str(res, 0, 1, arena);
-    out->actor_type = get_str(res, 0, 2, arena);
-    out->actor_id = get_str(res, 0, 3, arena);
-    out->action = get_str(res, 0, 4, arena);
-    out->entity_type = get_str(res, 0, 5, arena);
-    out->entity_id = get_str(res, 0, 6, arena);
-    out->agent_id = get_str(res, 0, 7, arena);
-    out->run_id = get_str(res, 0, 8, arena);
-    out->details_json = get_str(res, 0, 9, arena);
-    out->created_at_ms = get_i64(res, 0, 10);
+    out->id = er_store__get_str(res, 0, 0, arena);
+    out->company_id = er_store__get_str(res, 0, 1, arena);
+    out->actor_type = er_store__get_str(res, 0, 2, arena);
+    out->actor_id = er_store__get_str(res, 0, 3, arena);
+    out->action = er_store__get_str(res, 0, 4, arena);
+    out->entity_type = er_store__get_str(res, 0, 5, arena);
+    out->entity_id = er_store__get_str(res, 0, 6, arena);
+    out->agent_id = er_store__get_str(res, 0, 7, arena);
+    out->run_id = er_store__get_str(res, 0, 8, arena);
+    out->details_json = er_store__get_str(res, 0, 9, arena);
+    out->created_at_ms = er_store__get_i64(res, 0, 10);
     if (out->id == NULL || out->action == NULL || out->entity_id == NULL)
-        rc = oom(err);
+        rc = er_store__oom(err);
     PQclear(res);
     return rc;
 }
@@ -905,12 +764,13 @@ int er_store_workspace_merge_metadata(struct er_store *store, const char *id,
                                       struct er_err *err)
 {
     const char *params[] = { id, company_id, patch_json };
-    PGresult *res = exec(store, "execution workspace metadata",
-                         "UPDATE execution_workspaces SET metadata = "
-                         "COALESCE(metadata, '{}'::jsonb) || $3::jsonb, "
-                         "updated_at = now() WHERE id = $1::uuid AND "
-                         "company_id = $2::uuid",
-                         3, params, NULL, err);
+    PGresult *res =
+        er_store__exec(store, "execution workspace metadata",
+                       "UPDATE execution_workspaces SET metadata = "
+                       "COALESCE(metadata, '{}'::jsonb) || $3::jsonb, "
+                       "updated_at = now() WHERE id = $1::uuid AND "
+                       "company_id = $2::uuid",
+                       3, params, NULL, err);
 
     *is_found = false;
     if (res == NULL)

@@ -174,5 +174,60 @@ CREATE TABLE IF NOT EXISTS envrun.lease_state (
     version bigint NOT NULL
 );
 
-INSERT INTO envrun.schema_migrations (version) VALUES (1)
+-- The operation journal (DESIGN.md, three phases): one row per remote
+-- operation a step or the reaper starts, recorded before the driver works
+-- (state started) and closed in the transaction that records the outcome
+-- (done, failed or rolled_back). A row left started (or interrupted, when
+-- a new owner of its partition took over) is work a crash cut short: the
+-- redelivered command resumes it, the reaper finishes what nobody will.
+CREATE TABLE IF NOT EXISTS envrun.operations (
+    id bigserial PRIMARY KEY,
+    command_id text NOT NULL,
+    company_id uuid NOT NULL,
+    lease_id uuid NOT NULL,
+    environment_id uuid,
+    kind text NOT NULL,
+    state text NOT NULL,
+    attempt integer NOT NULL DEFAULT 1,
+    topic text,
+    partition_id integer,
+    generation bigint,
+    detail jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (command_id, kind, lease_id)
+);
+CREATE INDEX IF NOT EXISTS operations_open_idx
+    ON envrun.operations (topic, partition_id)
+    WHERE state IN ('started', 'interrupted');
+CREATE INDEX IF NOT EXISTS operations_lease_idx
+    ON envrun.operations (lease_id);
+
+-- Fencing: the generation of each commands partition's current owner.
+-- A worker bumps it when it is assigned the partition; every write that
+-- records a step's outcome holds the row FOR SHARE and checks it, so a
+-- worker that lost the partition can no longer write for it.
+CREATE TABLE IF NOT EXISTS envrun.partition_fence (
+    topic text NOT NULL,
+    partition_id integer NOT NULL,
+    generation bigint NOT NULL,
+    owner text NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition_id)
+);
+
+-- Outbox rows the broker refused for good (too large, unknown topic),
+-- kept with the reason instead of wedging the relay.
+CREATE TABLE IF NOT EXISTS envrun.outbox_quarantine (
+    id bigint PRIMARY KEY,
+    topic text NOT NULL,
+    msg_key bytea,
+    msg_value bytea NOT NULL,
+    headers jsonb,
+    created_at timestamptz NOT NULL,
+    reason text NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO envrun.schema_migrations (version) VALUES (1), (2)
     ON CONFLICT (version) DO NOTHING;

@@ -15,7 +15,7 @@ check() { # header regex, allowed path regex
   done < <(grep -rlE "#include[[:space:]]*<$hdr" --include='*.c' --include='*.h' \
              common schemas worker drivers bridge ctl 2>/dev/null)
 }
-check 'libpq-fe\.h' '^worker/(store[a-z_]*|devstack)\.c$'
+check 'libpq-fe\.h' '^worker/(store[a-z_]*|devstack)\.c$|^worker/store_sql_int\.h$'
 check 'librdkafka/' '^worker/(consumer|outbox|run|devstack|kafka)[a-z_]*\.c$|^worker/kafka_int\.h$|^ctl/'
 check 'avro\.h' '^schemas/'
 check 'curl/' '^bridge/[^/]+\.c$|^schemas/registry\.c$'
