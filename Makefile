@@ -15,7 +15,7 @@ FORMAT_DIRS = common schemas worker drivers bridge ctl tests
 FORMAT_FILES = find $(FORMAT_DIRS) -path tests/fuzz/corpus -prune -o \
 	-type f \( -name '*.c' -o -name '*.h' \) -print 2>/dev/null
 
-.PHONY: all deps build demo test format fuzz bench clean
+.PHONY: all deps build demo test format fuzz bench soak clean
 
 all: build
 
@@ -23,7 +23,7 @@ deps:
 	bash scripts/install-deps.sh
 
 build:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DER_FAULTS=OFF
 	cmake --build $(BUILD) -j$(JOBS)
 
 demo: deps build
@@ -33,18 +33,23 @@ demo: deps build
 # integration again under gcc's ASan+UBSan, then the format check. Every
 # stage runs even when an earlier one failed, so one run reports all of
 # them; the throwaway services are stopped however the recipe ends.
-test: deps build
+# Test builds compile the fault points (-DER_FAULTS=ON) the fault-matrix
+# test kills the worker at; `make build` (and so `make demo`) configures the
+# same directory without them, as a release build.
+test: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DER_FAULTS=ON
+	cmake --build $(BUILD) -j$(JOBS)
 	@set -u; failed=""; \
 	trap 'bash scripts/test-services.sh stop $(SERVICES)' EXIT; \
 	trap 'exit 130' INT TERM; \
 	bash scripts/test-services.sh start $(SERVICES) || exit 1; \
 	. $(SERVICES)/env; export ENVRUN_TEST_PG_URL; \
-	echo "== ctest ($(BUILD), all labels but bench)"; \
-	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) -LE bench \
+	echo "== ctest ($(BUILD), all labels but bench and soak)"; \
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) -LE 'bench|soak' \
 		|| failed="$$failed ctest"; \
 	echo "== ASan+UBSan build ($(BUILD_ASAN))"; \
 	if CC=gcc cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug \
-		-DER_SANITIZE=address,undefined \
+		-DER_SANITIZE=address,undefined -DER_FAULTS=ON \
 		&& cmake --build $(BUILD_ASAN) -j$(JOBS); then \
 		echo "== ctest ($(BUILD_ASAN), unit + integration)"; \
 		ASAN_OPTIONS=detect_leaks=1 \
@@ -96,6 +101,19 @@ bench: build
 	bash scripts/test-services.sh start $(SERVICES) || exit 1; \
 	. $(SERVICES)/env; export ENVRUN_TEST_PG_URL; \
 	ctest --test-dir $(BUILD) --output-on-failure -L bench
+
+# Three workers, SOAK_SECONDS of mixed local and ssh runs with random
+# SIGKILLs (tests/soak/); prints commands, results, duplicates and losses.
+SOAK_SECONDS ?= 600
+soak: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DER_FAULTS=ON
+	cmake --build $(BUILD) -j$(JOBS)
+	@set -u; \
+	trap 'bash scripts/test-services.sh stop $(SERVICES)' EXIT; \
+	bash scripts/test-services.sh start $(SERVICES) || exit 1; \
+	. $(SERVICES)/env; export ENVRUN_TEST_PG_URL; \
+	ENVRUN_TEST_SOAK_S=$(SOAK_SECONDS) \
+		ctest --test-dir $(BUILD) --output-on-failure -V -L soak
 
 clean:
 	bash scripts/test-services.sh stop $(SERVICES)

@@ -37,7 +37,9 @@ enum er_errcode {
     ER_ECONFLICT = -9, /* unique violation or fencing loss */
     ER_ESCHEMA = -10,  /* unknown schema fingerprint or framing */
     ER_ETIMEDOUT = -11,
-    ER_EDRIVER = -12, /* a driver operation failed */
+    ER_EDRIVER = -12,   /* a driver operation failed */
+    ER_EFENCED = -13,   /* the partition moved to another worker */
+    ER_ECANCELED = -14, /* the work was cancelled (rebalance, shutdown) */
 };
 
 enum er_errclass {
@@ -175,5 +177,16 @@ void er_time_iso(int64_t ms, char out[32]);
 int er_uuid_v4(char out[37]);
 /* True when s (of len bytes) has the 8-4-4-4-12 hex shape of a UUID. */
 bool er_uuid_is_valid(const char *s, size_t len);
+
+/* ================================================================
+ * Fault points (fault.c), for the fault-matrix tests
+ * ================================================================ */
+/* A named place where a test may kill the process. In a build configured
+ * with ER_FAULTS (test builds only) the variable ENVRUN_TEST_FAULT names
+ * one point as "name" or "name:N"; the N-th time (default 1) any thread
+ * reaches that point, the process logs it and kills itself with SIGKILL,
+ * as a crash at exactly that instant would. In other builds, and when the
+ * variable is unset, nothing happens. Thread-safe. */
+void er_fault_point(const char *name);
 
 #endif

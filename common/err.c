@@ -64,6 +64,10 @@ const char *er_errname(int code)
         return "ER_ETIMEDOUT";
     case ER_EDRIVER:
         return "ER_EDRIVER";
+    case ER_EFENCED:
+        return "ER_EFENCED";
+    case ER_ECANCELED:
+        return "ER_ECANCELED";
     default:
         return "ER_E?";
     }

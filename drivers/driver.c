@@ -21,6 +21,16 @@ const struct er_driver_ops *er_driver_find(const char *name)
     return NULL;
 }
 
+void er_driver_sweep_all(er_driver_in_use_fn *is_in_use, void *arg)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++) {
+        if (drivers[i]->sweep != NULL)
+            drivers[i]->sweep(is_in_use, arg);
+    }
+}
+
 static char secrets_dir[4096];
 
 void er_driver_setup(const char *dir)
@@ -31,6 +41,18 @@ void er_driver_setup(const char *dir)
 const char *er_driver_secrets_dir(void)
 {
     return secrets_dir;
+}
+
+static char installation[40];
+
+void er_driver_set_installation(const char *id)
+{
+    snprintf(installation, sizeof(installation), "%s", id != NULL ? id : "");
+}
+
+const char *er_driver_installation(void)
+{
+    return installation;
 }
 
 void er_driver_exec_result_fini(struct er_driver_exec_result *res)

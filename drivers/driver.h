@@ -6,6 +6,7 @@
 #ifndef ER_DRIVERS_DRIVER_H
 #define ER_DRIVERS_DRIVER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -104,12 +105,22 @@ struct er_driver_released {
     const char *failure_reason; /* NULL: leave the column as it is */
 };
 
+/* Whether a lease still needs what a driver keeps on this host for it.
+ * lease_tag is the first 16 hex digits of the lease id without dashes
+ * (the name of the ssh driver's control directory). The lifecycle answers
+ * from the database: an active lease, or an operation on it in flight. */
+typedef bool er_driver_in_use_fn(const char *lease_tag, void *arg);
+
 /* A driver. Optional operations are NULL; the runtime then answers with
  * the "does not support ..." messages of domain.md 4. On failure an
  * operation returns a negative ER_E* code and puts the cause (one sentence,
  * no secrets) in err->msg; the lifecycle wraps it in the spec's message. */
 struct er_driver_ops {
     const char *name;
+    /* The driver's operations act outside this host's database (a remote
+     * host, a sandbox): the lifecycle journals them and runs them with no
+     * transaction open. false for local, whose operations only compute. */
+    bool is_remote;
     int (*acquire)(const struct er_driver_env *env,
                    const struct er_driver_lease_ctx *ctx,
                    struct er_driver_acquired *out, struct er_err *err);
@@ -132,7 +143,13 @@ struct er_driver_ops {
     json_t *(*target)(const struct er_driver_env *env,
                       const struct er_driver_lease *lease,
                       const char *adapter_type, struct er_err *err);
+    /* Optional: remove what a crash can leave on this host (connection
+     * sockets, key files) for leases is_in_use says are done with. */
+    void (*sweep)(er_driver_in_use_fn *is_in_use, void *arg);
 };
+
+/* Run every driver's sweep (start-up, assignments, reaper passes). */
+void er_driver_sweep_all(er_driver_in_use_fn *is_in_use, void *arg);
 
 /* Process-wide driver settings, set once at start-up before any driver
  * runs: the directory of `file:`/secret_ref secrets (contract.md 6; may be
@@ -140,6 +157,13 @@ struct er_driver_ops {
 void er_driver_setup(const char *secrets_dir);
 /* The directory given to er_driver_setup, or "" (borrowed). */
 const char *er_driver_secrets_dir(void);
+/* The id of the envrun installation (database) this process works for,
+ * set once at start-up after the migrations (NULL or "": none). Drivers
+ * mark what they keep on the host with it, and sweep only what carries
+ * it: another database's workers may share the host. */
+void er_driver_set_installation(const char *id);
+/* The id given to er_driver_set_installation, or "" (borrowed). */
+const char *er_driver_installation(void);
 
 /* The driver registered under name ("local"), or NULL when that driver is
  * not built (yet). Borrowed, valid for the process lifetime. */
@@ -255,6 +279,15 @@ void er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res);
 
 /* Free what res owns (out, err_text); res may be zeroed or partly filled. */
 void er_proc_result_fini(struct er_proc_result *res);
+
+/* Cancellation for the calling thread. While *flag (borrowed; NULL: none)
+ * is true, er_proc_run and er_proc_wait on this thread end their child as
+ * a deadline does (on_timeout, SIGTERM, SIGKILL after the grace) and
+ * report is_timed_out. The dispatcher sets it around each step, so a
+ * rebalance or a drain can stop a long remote command. */
+void er_proc_set_cancel(const atomic_bool *flag);
+/* Whether the calling thread's cancellation flag is set. */
+bool er_proc_is_cancelled(void);
 
 /* "SIGTERM" for SIGTERM and so on, "SIG<n>" for others, "" for 0. */
 void er_proc_signal_name(int sig, char *buf, size_t buf_len);

@@ -338,6 +338,19 @@ static void fill_status(int status, struct er_proc_result *res)
     }
 }
 
+/* The calling thread's cancellation flag (er_proc_set_cancel). */
+static _Thread_local const atomic_bool *cancel_flag;
+
+void er_proc_set_cancel(const atomic_bool *flag)
+{
+    cancel_flag = flag;
+}
+
+bool er_proc_is_cancelled(void)
+{
+    return cancel_flag != NULL && atomic_load(cancel_flag);
+}
+
 static void kill_group(pid_t pid, int sig)
 {
     if (kill(-pid, sig) != 0)
@@ -363,7 +376,8 @@ void er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res)
             res->signal = 0;
             return;
         }
-        if (!is_killed && deadline >= 0 && mono_ms() >= deadline) {
+        if (!is_killed && ((deadline >= 0 && mono_ms() >= deadline) ||
+                           er_proc_is_cancelled())) {
             res->is_timed_out = true;
             kill_group(pid, SIGKILL);
             is_killed = true;
@@ -459,7 +473,8 @@ static void check_deadline(struct run *run)
     const struct er_proc_opts *opts = run->opts;
     int64_t now = mono_ms();
 
-    if (!run->is_timed_out && run->deadline >= 0 && now >= run->deadline) {
+    if (!run->is_timed_out && ((run->deadline >= 0 && now >= run->deadline) ||
+                               er_proc_is_cancelled())) {
         run->is_timed_out = true;
         if (opts->on_timeout != NULL) {
             const struct er_buf *eb = &run->cap[1].buf;

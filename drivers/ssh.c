@@ -4,6 +4,8 @@
  * while that connection is set up; the workspace goes over it as a git
  * bundle or a tar stream; commands run through `sh -lc`. Thread-safe: no
  * global state, but one lease must not be worked on by two threads. */
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -735,9 +737,16 @@ static int private_dir(const char *path, struct er_err *err)
     return 0;
 }
 
+static int write_private_file(const char *path, const char *data, size_t len,
+                              bool is_new, struct er_err *err);
+
+/* The control directory, marked (file "owner") with the installation id,
+ * so only a sweep of the same installation may remove it (ssh_sweep). */
 static int control_dir_make(const struct conn *conn, struct er_err *err)
 {
     char base[ER_SSH_CONTROL_DIR_MAX];
+    char owner[ER_SSH_CONTROL_DIR_MAX + 16];
+    const char *id = er_driver_installation();
     char *slash;
     int rc;
 
@@ -746,13 +755,20 @@ static int control_dir_make(const struct conn *conn, struct er_err *err)
     ER_ASSERT(slash != NULL);
     *slash = '\0';
     rc = private_dir(base, err);
-    return rc != 0 ? rc : private_dir(conn->ctl_dir, err);
+    if (rc == 0)
+        rc = private_dir(conn->ctl_dir, err);
+    if (rc != 0 || id[0] == '\0')
+        return rc;
+    snprintf(owner, sizeof(owner), "%s/owner", conn->ctl_dir);
+    return write_private_file(owner, id, strlen(id), false, err);
 }
 
 static void control_dir_remove(const struct conn *conn)
 {
     char path[ER_SSH_CONTROL_DIR_MAX + 16];
 
+    snprintf(path, sizeof(path), "%s/owner", conn->ctl_dir);
+    unlink(path);
     snprintf(path, sizeof(path), "%s/known_hosts", conn->ctl_dir);
     unlink(path);
     snprintf(path, sizeof(path), "%s/m", conn->ctl_dir);
@@ -815,7 +831,9 @@ static int key_write(const struct conn *conn, char *key_dir, size_t dir_len,
     char ebuf[128];
     int rc;
 
-    snprintf(key_dir, dir_len, "/tmp/envrun-key-XXXXXX");
+    /* The pid in the name lets a sweep tell a dead worker's key from a
+     * live one's (ssh_sweep). */
+    snprintf(key_dir, dir_len, "/tmp/envrun-key-%ld-XXXXXX", (long)getpid());
     if (mkdtemp(key_dir) == NULL) {
         rc = er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
                         "cannot create a private key directory: %s",
@@ -2171,11 +2189,139 @@ static json_t *ssh_target(const struct er_driver_env *env,
     return target;
 }
 
+/* ================================================================
+ * sweep: what a crash can leave on this host
+ * ================================================================ */
+
+/* Key directories /tmp/envrun-key-<pid>-XXXXXX of processes that are gone:
+ * a worker killed while a connection was opening. */
+static void sweep_keys(void)
+{
+    DIR *d = opendir("/tmp");
+    struct dirent *e;
+
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        char path[300];
+        char *end = NULL;
+        long pid;
+
+        if (strncmp(e->d_name, "envrun-key-", 11) != 0)
+            continue;
+        pid = strtol(e->d_name + 11, &end, 10);
+        if (end == e->d_name + 11 || *end != '-' || pid <= 0)
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* alive, or not ours to judge */
+        snprintf(path, sizeof(path), "/tmp/%s/id", e->d_name);
+        unlink(path);
+        snprintf(path, sizeof(path), "/tmp/%s", e->d_name);
+        if (rmdir(path) == 0)
+            er_log(ER_LOG_INFO, FAC,
+                   "swept the key directory of dead "
+                   "process %ld",
+                   pid);
+    }
+    closedir(d);
+}
+
+/* Whether the control directory dir carries this installation's mark. */
+static bool is_own_dir(const char *dir)
+{
+    const char *id = er_driver_installation();
+    char path[ER_SSH_CONTROL_DIR_MAX + 16];
+    char text[48];
+    ssize_t n;
+    int fd;
+
+    if (id[0] == '\0')
+        return false;
+    snprintf(path, sizeof(path), "%s/owner", dir);
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return false;
+    n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    text[n] = '\0';
+    text[strcspn(text, "\n")] = '\0';
+    return strcmp(text, id) == 0;
+}
+
+/* Control directories of leases that no longer need them: close the
+ * master connection (ssh -O exit on its socket) and remove the directory.
+ */
+static void sweep_control_dirs(er_driver_in_use_fn *is_in_use, void *arg)
+{
+    char base[ER_SSH_CONTROL_DIR_MAX];
+    char *slash;
+    DIR *d;
+    struct dirent *e;
+
+    er_ssh_control_dir("sweep", base);
+    slash = strrchr(base, '/');
+    ER_ASSERT(slash != NULL);
+    *slash = '\0';
+    d = opendir(base);
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        struct conn conn;
+        char sock[ER_SSH_CONTROL_DIR_MAX + 16];
+        struct stat st;
+        size_t i;
+
+        if (strlen(e->d_name) != 16)
+            continue;
+        for (i = 0; i < 16 && isxdigit((unsigned char)e->d_name[i]); i++)
+            ;
+        if (i != 16)
+            continue;
+        memset(&conn, 0, sizeof(conn));
+        /* base is /tmp/envrun-ssh-<uid>: the two always fit. */
+        snprintf(conn.ctl_dir, sizeof(conn.ctl_dir), "%.*s/%.16s",
+                 (int)(sizeof(conn.ctl_dir) - 18), base, e->d_name);
+        /* Only this installation's, and only when its lease is done. */
+        if (!is_own_dir(conn.ctl_dir) || is_in_use(e->d_name, arg))
+            continue;
+        snprintf(sock, sizeof(sock), "%s/m", conn.ctl_dir);
+        if (lstat(sock, &st) == 0) {
+            const char *argv[] = { "ssh",  "-S",           sock, "-O",
+                                   "exit", "envrun-sweep", NULL };
+            struct er_proc_opts opts;
+            struct er_proc_result res;
+            struct er_err perr;
+
+            er_proc_opts_init(&opts);
+            opts.argv = argv;
+            opts.timeout_ms = CHECK_TIMEOUT_MS;
+            if (er_proc_run(&opts, &res, &perr) == 0)
+                er_proc_result_fini(&res);
+        }
+        control_dir_remove(&conn);
+        er_log(ER_LOG_INFO, FAC,
+               "swept the connection directory %s of a "
+               "lease that is done",
+               e->d_name);
+    }
+    closedir(d);
+}
+
+static void ssh_sweep(er_driver_in_use_fn *is_in_use, void *arg)
+{
+    sweep_keys();
+    sweep_control_dirs(is_in_use, arg);
+}
+
 const struct er_driver_ops er_ssh_driver = {
     .name = "ssh",
+    .is_remote = true,
     .acquire = ssh_acquire,
     .realize = ssh_realize,
     .release = ssh_release,
     .execute = ssh_execute,
     .target = ssh_target,
+    .sweep = ssh_sweep,
 };

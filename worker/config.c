@@ -24,6 +24,7 @@ enum opt_id {
     OPT_LOG_FORMAT,
     OPT_LOG_LEVEL,
     OPT_LEASE_TTL_S,
+    OPT_DRAIN_S,
     OPT_SECRETS_DIR,
     OPT_PAPERCLIP_API_URL,
     OPT_CNT,
@@ -53,6 +54,7 @@ static const struct opt opts[OPT_CNT] = {
     [OPT_LOG_FORMAT] = { "ENVRUN_LOG_FORMAT", "log-format", "json", false },
     [OPT_LOG_LEVEL] = { "ENVRUN_LOG_LEVEL", "log-level", "info", false },
     [OPT_LEASE_TTL_S] = { "ENVRUN_LEASE_TTL_S", "lease-ttl-s", "21600", false },
+    [OPT_DRAIN_S] = { "ENVRUN_DRAIN_S", "drain-s", "30", false },
     [OPT_SECRETS_DIR] = { "ENVRUN_SECRETS_DIR", "secrets-dir", "", false },
     [OPT_PAPERCLIP_API_URL] = { "ENVRUN_PAPERCLIP_API_URL", "paperclip-api-url",
                                 "", false },
@@ -91,6 +93,9 @@ static const char usage_text[] =
     "  --lease-ttl-s          ENVRUN_LEASE_TTL_S          (21600)\n"
     "      seconds after which the reaper expires an untouched active lease,\n"
     "      1..31536000\n"
+    "  --drain-s              ENVRUN_DRAIN_S              (30)\n"
+    "      on SIGTERM, seconds the steps in flight may take before they are\n"
+    "      cancelled and left to the journal, 0..3600\n"
     "  --secrets-dir          ENVRUN_SECRETS_DIR          (none)\n"
     "      absolute directory for file: secret refs\n"
     "  --paperclip-api-url    ENVRUN_PAPERCLIP_API_URL    (none)\n"
@@ -447,6 +452,14 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
             return -1;
         }
         cfg->lease_ttl_s = (int64_t)v;
+        return 0;
+    case OPT_DRAIN_S:
+        if (!parse_int(val, 0, 3600, &v)) {
+            fail(errline, errline_len,
+                 "%s: must be an integer 0..3600 (got \"%s\")", name, shown);
+            return -1;
+        }
+        cfg->drain_s = (int)v;
         return 0;
     case OPT_SECRETS_DIR:
         if (val[0] != '\0' && (val[0] != '/' || has_ctl(val))) {

@@ -1,16 +1,22 @@
 /* consumer: the one thread that talks to the consumer group. It polls the
  * commands topic, hands messages to the dispatcher, and commits each
- * partition's offset only up to the first command whose transaction has not
- * committed yet. It pauses fetching while too much is in flight, and on a
- * rebalance finishes the revoked partitions' running steps and commits
- * before letting them go. Owns the rd_kafka_t consumer handle. */
+ * partition's offset only up to the first command whose outcome has not
+ * committed yet. On an assignment it claims each partition's fencing
+ * generation in Postgres and marks what a previous owner left in flight as
+ * interrupted; on a revoke it cancels the partitions' running steps (a
+ * bounded wait), commits and lets them go. It pauses fetching while too
+ * much is in flight. Owns the rd_kafka_t consumer handle and a store
+ * connection for the fence. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "worker/consumer_int.h"
 #include "worker/dispatch_int.h"
 #include "worker/kafka_int.h"
+#include "worker/store_int.h"
 
 #define MAX_PARTITIONS   1024
 #define DONE_BATCH       256
@@ -27,11 +33,15 @@ struct tracker {
     size_t cap;
     int64_t commit_at; /* next offset to commit, -1: nothing new */
     int64_t committed;
+    int64_t generation; /* fence of this assignment; 0: not claimed */
 };
 
 struct er_consumer {
     rd_kafka_t *rk;
     struct er_dispatch *dispatch;
+    struct er_store *store; /* fence claims */
+    char owner[128];        /* host:pid, recorded with each claim */
+    int64_t drain_ms;
     char topic[256];
     struct tracker parts[MAX_PARTITIONS];
     size_t max_inflight;
@@ -118,7 +128,9 @@ static void commit_offsets(struct er_consumer *c, bool is_sync)
             t->commit_at;
     }
     if (list->cnt > 0) {
+        er_fault_point("offset.before_commit");
         kerr = rd_kafka_commit(c->rk, list, is_sync ? 0 : 1);
+        er_fault_point("offset.after_commit");
         if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR || !is_sync) {
             int i;
 
@@ -145,9 +157,59 @@ static void collect_done(struct er_consumer *c)
         for (i = 0; i < n; i++) {
             int32_t p = done[i].partition;
 
-            if (p >= 0 && p < MAX_PARTITIONS && c->parts[p].is_assigned)
+            /* A job of an earlier assignment of the partition says
+             * nothing about this one's offsets. */
+            if (p >= 0 && p < MAX_PARTITIONS && c->parts[p].is_assigned &&
+                done[i].generation == c->parts[p].generation)
                 tracker_done(&c->parts[p], done[i].offset);
         }
+    }
+}
+
+/* Claim partition p's fence and interrupt what a previous owner left in
+ * flight, retrying while Postgres is unreachable. A partition that could
+ * not be claimed (the worker is stopping) keeps generation 0: its steps
+ * fail the fence check and record nothing. */
+static void claim(struct er_consumer *c, int32_t p)
+{
+    int64_t backoff_ms = 100;
+    int64_t last_warn = 0;
+
+    while (!er_worker_stop) {
+        struct er_err err;
+        int64_t gen = 0;
+        int64_t cnt = 0;
+        int rc;
+
+        er_err_clear(&err);
+        rc = er_store_ensure(c->store, &err);
+        if (rc == 0)
+            rc = er_store_journal_fence_claim(c->store, c->topic, p, c->owner,
+                                              &gen, &err);
+        if (rc == 0)
+            rc = er_store_journal_interrupt(c->store, c->topic, p, gen, &cnt,
+                                            &err);
+        if (rc == 0) {
+            c->parts[p].generation = gen;
+            if (cnt > 0)
+                ER_LOG_INFO("consumer",
+                            "partition %d: %lld operations a previous owner "
+                            "left in flight are interrupted; their commands "
+                            "resume them",
+                            (int)p, (long long)cnt);
+            return;
+        }
+        if (er_time_mono_ms() - last_warn >= 10000) {
+            ER_LOG_WARN("consumer", "claiming partition %d failed: %s", (int)p,
+                        err.msg);
+            last_warn = er_time_mono_ms();
+        }
+        {
+            struct timespec ts = { 0, (long)backoff_ms * 1000000 };
+
+            nanosleep(&ts, NULL);
+        }
+        backoff_ms = backoff_ms * 2 > 2000 ? 2000 : backoff_ms * 2;
     }
 }
 
@@ -168,6 +230,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
         for (i = 0; i < (int)cnt; i++) {
             tracker_reset(&c->parts[ids[i]]);
             c->parts[ids[i]].is_assigned = true;
+            claim(c, ids[i]);
         }
         rd_kafka_assign(rk, parts);
         c->is_paused = false;
@@ -224,8 +287,8 @@ static void handle(struct er_consumer *c, const rd_kafka_message_t *msg)
     rc = tracker_push(t, msg->offset);
     if (rc == 0)
         rc = er_dispatch_submit(c->dispatch, run_key, msg->partition,
-                                msg->offset, msg->key, msg->key_len,
-                                msg->payload, msg->len);
+                                msg->offset, t->generation, msg->key,
+                                msg->key_len, msg->payload, msg->len);
     if (rc != 0) {
         /* Out of memory: stop reading; the offset stays uncommitted and the
          * message comes back after a restart. */
@@ -269,6 +332,16 @@ struct er_consumer *er_consumer_new(const struct er_config *cfg,
     for (p = 0; p < MAX_PARTITIONS; p++)
         tracker_reset(&c->parts[p]);
     c->dispatch = dispatch;
+    c->drain_ms = (int64_t)cfg->drain_s * 1000;
+    {
+        char host[64] = "";
+
+        gethostname(host, sizeof(host) - 1);
+        snprintf(c->owner, sizeof(c->owner), "%s:%ld", host, (long)getpid());
+    }
+    c->store = er_store_new(cfg->database_url, err);
+    if (c->store == NULL)
+        goto fail;
     /* Pausing drops what librdkafka prefetched and resuming costs a fetch
      * round trip, so the bound is generous: queued jobs are small (a
      * command is at most 1 MiB, typically about 1 KiB). */
@@ -348,7 +421,8 @@ int er_consumer_run(struct er_consumer *c)
     }
     /* SIGTERM (or a fatal step): finish the steps in flight, commit what
      * committed, leave the group. Queued steps are redelivered. */
-    er_dispatch_drain(c->dispatch);
+    er_metrics_set_draining(true);
+    er_dispatch_drain(c->dispatch, c->drain_ms);
     collect_done(c);
     commit_offsets(c, true);
     rd_kafka_consumer_close(c->rk);
@@ -363,6 +437,7 @@ void er_consumer_destroy(struct er_consumer *c)
         return;
     if (c->rk != NULL)
         rd_kafka_destroy(c->rk);
+    er_store_destroy(c->store);
     for (p = 0; p < MAX_PARTITIONS; p++)
         tracker_reset(&c->parts[p]);
     er_free(c);

@@ -6,18 +6,24 @@
 #include <string.h>
 #include <time.h>
 
+#include "drivers/driver.h"
 #include "worker/dispatch_int.h"
 #include "worker/lifecycle_int.h"
 
 #define RUN_BUCKETS    1024
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+/* How long a revoke or a drain waits for cancelled steps to let go: a
+ * cancelled driver command gets SIGTERM, then SIGKILL 5 s later. */
+#define CANCEL_WAIT_MS 8000
 
 struct job {
     struct job *next;
     int32_t partition;
     int64_t offset;
-    uint8_t *key; /* NULL when the message had none */
+    int64_t generation; /* the fence of the partition's assignment */
+    atomic_bool cancel; /* set by a revoke or a drain */
+    uint8_t *key;       /* NULL when the message had none */
     size_t key_len;
     uint8_t *value;
     size_t value_len;
@@ -32,7 +38,7 @@ struct run {
     struct job *head;
     struct job *tail;
     bool is_running;
-    int32_t running_partition;
+    struct job *running; /* the job a thread works on, or NULL */
 };
 
 struct done_node {
@@ -59,6 +65,7 @@ struct er_dispatch {
     size_t inflight; /* queued + running */
     size_t running;
     bool is_stopping;
+    bool is_draining; /* SIGTERM: steps that would retry give up instead */
     bool has_failed;
     char fail_msg[ER_ERR_MSG_MAX];
     void (*on_commit)(void *);
@@ -66,6 +73,8 @@ struct er_dispatch {
     struct worker_thread *threads;
     int thread_cnt;
 };
+
+static bool part_in(int32_t p, const int32_t *parts, size_t cnt);
 
 static size_t hash_key(const char *s)
 {
@@ -157,12 +166,35 @@ static void sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
+/* Wait on cv until pred(d, arg) is false or deadline (monotonic ms). */
+static void wait_while(struct er_dispatch *d,
+                       bool (*pred)(const struct er_dispatch *, const void *),
+                       const void *arg, int64_t deadline_ms)
+{
+    while (pred(d, arg)) {
+        struct timespec ts;
+        int64_t left = deadline_ms - er_time_mono_ms();
+
+        if (left <= 0)
+            return;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        left = left < 100 ? left : 100;
+        ts.tv_nsec += (long)left * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&d->idle_cv, &d->mu, &ts);
+    }
+}
+
 /* Run one job until it commits, the worker stops, or a fatal error.
  * Returns true when committed. */
-static bool run_job(struct worker_thread *t, const struct job *j)
+static bool run_job(struct worker_thread *t, struct job *j)
 {
     struct er_dispatch *d = t->d;
-    struct er_msg_coords coords = { j->partition, j->offset };
+    struct er_msg_coords coords = { j->partition, j->offset, j->generation,
+                                    &j->cancel };
     int64_t backoff = BACKOFF_MIN_MS;
     int64_t last_log = 0;
 
@@ -172,10 +204,21 @@ static bool run_job(struct worker_thread *t, const struct job *j)
         int rc;
 
         er_err_clear(&err);
+        er_proc_set_cancel(&j->cancel);
         rc = er_lifecycle_step(t->lc, j->key, j->key_len, j->value,
                                j->value_len, &coords, &err);
+        er_proc_set_cancel(NULL);
         if (rc == 0)
             return true;
+        if (err.code == ER_EFENCED || err.code == ER_ECANCELED) {
+            /* Not ours to record any more: the next owner of the
+             * partition gets the command again (its offset is not
+             * committed here) and resumes from the journal. */
+            er_log(ER_LOG_WARN, "dispatch",
+                   "step at partition %d offset %lld left unrecorded: %s",
+                   (int)j->partition, (long long)j->offset, err.msg);
+            return false;
+        }
         if (err.cls != ER_ERRCLASS_RETRY) {
             pthread_mutex_lock(&d->mu);
             if (!d->has_failed) {
@@ -205,9 +248,9 @@ static bool run_job(struct worker_thread *t, const struct job *j)
         sleep_ms(backoff);
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
         pthread_mutex_lock(&d->mu);
-        is_stopping = d->is_stopping;
+        is_stopping = d->is_stopping || d->is_draining;
         pthread_mutex_unlock(&d->mu);
-        if (is_stopping)
+        if (is_stopping || atomic_load(&j->cancel))
             return false; /* not committed: it will be delivered again */
     }
 }
@@ -237,7 +280,7 @@ static void *thread_main(void *arg)
         if (r->head == NULL)
             r->tail = NULL;
         r->is_running = true;
-        r->running_partition = j->partition;
+        r->running = j;
         d->running++;
         pthread_mutex_unlock(&d->mu);
 
@@ -252,6 +295,7 @@ static void *thread_main(void *arg)
         if (dn != NULL) {
             dn->done.partition = j->partition;
             dn->done.offset = j->offset;
+            dn->done.generation = j->generation;
             if (d->done_tail == NULL)
                 d->done_head = dn;
             else
@@ -262,6 +306,7 @@ static void *thread_main(void *arg)
          * committed yet; the command is redelivered and replayed. */
         job_free(j);
         r->is_running = false;
+        r->running = NULL;
         d->running--;
         d->inflight--;
         if (r->head != NULL)
@@ -315,11 +360,36 @@ fail:
     return NULL;
 }
 
-void er_dispatch_drain(struct er_dispatch *d)
+/* Set the cancel flag of every running job whose partition is in parts
+ * (all of them when parts is NULL). */
+static void cancel_running(struct er_dispatch *d, const int32_t *parts,
+                           size_t cnt)
+{
+    size_t b;
+
+    for (b = 0; b < RUN_BUCKETS; b++) {
+        struct run *r;
+
+        for (r = d->buckets[b]; r != NULL; r = r->next_bucket) {
+            if (r->running != NULL &&
+                (parts == NULL || part_in(r->running->partition, parts, cnt)))
+                atomic_store(&r->running->cancel, true);
+        }
+    }
+}
+
+static bool any_running(const struct er_dispatch *d, const void *arg)
+{
+    (void)arg;
+    return d->running > 0;
+}
+
+void er_dispatch_drain(struct er_dispatch *d, int64_t drain_ms)
 {
     size_t b;
 
     pthread_mutex_lock(&d->mu);
+    d->is_draining = true;
     for (b = 0; b < RUN_BUCKETS; b++) {
         struct run *r = d->buckets[b];
 
@@ -341,8 +411,17 @@ void er_dispatch_drain(struct er_dispatch *d)
             r = next;
         }
     }
-    while (d->running > 0)
-        pthread_cond_wait(&d->idle_cv, &d->mu);
+    /* The steps in flight may finish within drain_ms; then they are
+     * cancelled (their journal entries stay open for the next owner). */
+    wait_while(d, any_running, NULL, er_time_mono_ms() + drain_ms);
+    if (d->running > 0) {
+        ER_LOG_WARN("dispatch",
+                    "%zu steps still running after the drain period: "
+                    "cancelling them",
+                    d->running);
+        cancel_running(d, NULL, 0);
+        wait_while(d, any_running, NULL, er_time_mono_ms() + CANCEL_WAIT_MS);
+    }
     er_metrics_inflight((int64_t)d->inflight);
     pthread_mutex_unlock(&d->mu);
 }
@@ -355,7 +434,7 @@ void er_dispatch_destroy(struct er_dispatch *d)
     if (d == NULL)
         return;
     if (d->threads != NULL) {
-        er_dispatch_drain(d);
+        er_dispatch_drain(d, 0);
         pthread_mutex_lock(&d->mu);
         d->is_stopping = true;
         pthread_cond_broadcast(&d->work_cv);
@@ -378,8 +457,9 @@ void er_dispatch_destroy(struct er_dispatch *d)
 }
 
 int er_dispatch_submit(struct er_dispatch *d, const char *run_key,
-                       int32_t partition, int64_t offset, const void *key,
-                       size_t key_len, const void *value, size_t value_len)
+                       int32_t partition, int64_t offset, int64_t generation,
+                       const void *key, size_t key_len, const void *value,
+                       size_t value_len)
 {
     struct job *j = er_calloc(1, sizeof(*j));
     struct run *r;
@@ -388,6 +468,8 @@ int er_dispatch_submit(struct er_dispatch *d, const char *run_key,
         return ER_ENOMEM;
     j->partition = partition;
     j->offset = offset;
+    j->generation = generation;
+    atomic_init(&j->cancel, false);
     if (key != NULL && key_len > 0) {
         j->key = er_malloc(key_len);
         if (j->key == NULL)
@@ -466,16 +548,22 @@ static bool part_in(int32_t p, const int32_t *parts, size_t cnt)
     return false;
 }
 
-static bool any_running_in(const struct er_dispatch *d, const int32_t *parts,
-                           size_t cnt)
+struct part_set {
+    const int32_t *parts;
+    size_t cnt;
+};
+
+static bool any_running_in(const struct er_dispatch *d, const void *arg)
 {
+    const struct part_set *ps = arg;
     size_t b;
 
     for (b = 0; b < RUN_BUCKETS; b++) {
         const struct run *r;
 
         for (r = d->buckets[b]; r != NULL; r = r->next_bucket) {
-            if (r->is_running && part_in(r->running_partition, parts, cnt))
+            if (r->running != NULL &&
+                part_in(r->running->partition, ps->parts, ps->cnt))
                 return true;
         }
     }
@@ -517,8 +605,19 @@ void er_dispatch_drop_partitions(struct er_dispatch *d,
             r = next;
         }
     }
-    while (any_running_in(d, partitions, cnt))
-        pthread_cond_wait(&d->idle_cv, &d->mu);
+    /* A revoke never waits for a long step: the running ones are
+     * cancelled (a driver command is stopped, nothing is recorded) and
+     * waited for a bounded time; one that still runs then is fenced off
+     * by the next owner's generation. */
+    {
+        struct part_set ps = { partitions, cnt };
+
+        cancel_running(d, partitions, cnt);
+        wait_while(d, any_running_in, &ps, er_time_mono_ms() + CANCEL_WAIT_MS);
+        if (any_running_in(d, &ps))
+            ER_LOG_WARN("dispatch", "a cancelled step of a revoked partition "
+                                    "still runs; its outcome will be fenced");
+    }
     er_metrics_inflight((int64_t)d->inflight);
     pthread_mutex_unlock(&d->mu);
 }

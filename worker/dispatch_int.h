@@ -20,6 +20,7 @@ struct er_dispatch;
 struct er_done {
     int32_t partition;
     int64_t offset;
+    int64_t generation; /* of the assignment the job came from */
 };
 
 /* Start thread_cnt threads, each with its own lifecycle (database
@@ -31,21 +32,25 @@ struct er_dispatch *er_dispatch_new(const struct er_config *cfg, int thread_cnt,
 void er_dispatch_destroy(struct er_dispatch *d);
 
 /* Queue a copy of one message for the run named by run_key (the Kafka key,
- * or a unique stand-in when the message has none). Errors: ER_ENOMEM. */
+ * or a unique stand-in when the message has none); generation is the fence
+ * of the partition's current assignment. Errors: ER_ENOMEM. */
 int er_dispatch_submit(struct er_dispatch *d, const char *run_key,
-                       int32_t partition, int64_t offset, const void *key,
-                       size_t key_len, const void *value, size_t value_len);
+                       int32_t partition, int64_t offset, int64_t generation,
+                       const void *key, size_t key_len, const void *value,
+                       size_t value_len);
 /* Move up to cap finished jobs into out; returns how many. */
 size_t er_dispatch_take_done(struct er_dispatch *d, struct er_done *out,
                              size_t cap);
 /* Jobs queued or running. */
 size_t er_dispatch_inflight(struct er_dispatch *d);
-/* Drop the queued jobs of these partitions and wait until none of theirs
- * is running (a rebalance took them away). */
+/* Drop the queued jobs of these partitions, cancel their running ones and
+ * wait a bounded time (about 8 s) for them (a rebalance took the
+ * partitions away; a step still running after that is fenced off). */
 void er_dispatch_drop_partitions(struct er_dispatch *d,
                                  const int32_t *partitions, size_t cnt);
-/* Drop every queued job and wait for the running ones (shutdown). */
-void er_dispatch_drain(struct er_dispatch *d);
+/* Drop every queued job, give the running ones drain_ms to finish, then
+ * cancel them and wait a bounded time (shutdown). */
+void er_dispatch_drain(struct er_dispatch *d, int64_t drain_ms);
 /* Whether a thread met a fatal error; msg gets its text. */
 bool er_dispatch_failed(struct er_dispatch *d, char *msg, size_t msg_len);
 /* Wake whoever waits for outbox rows: called after each commit. The

@@ -1,8 +1,10 @@
-/* lifecycle: one command, one transaction (domain.md 3.1-3.5, 3.8 and
- * contract.md 3-4). Domain outcomes (environment_not_found, ...) are
- * results, committed like successes; only machinery failures return an
- * error. Not thread-safe: one struct er_lifecycle per dispatcher thread.
- * Owns its store connection, arena and encode buffer. */
+/* lifecycle: one command's step (domain.md 3.1-3.5, 3.8 and contract.md
+ * 3-4). A step with remote work runs in three phases around the operation
+ * journal (DESIGN.md); a local one is one transaction. Domain outcomes
+ * (environment_not_found, ...) are results, committed like successes; only
+ * machinery failures return an error. Not thread-safe: one struct
+ * er_lifecycle per dispatcher thread. Owns its store connection, arena and
+ * encode buffer. */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,10 +25,21 @@
 /* domain.md 3.4 step 3: the provision command runs at most 300 s. */
 #define PROVISION_TIMEOUT_MS 300000
 
+/* A remote acquisition to release once the step's outcome committed (see
+ * undo_acquire); lease_id NULL when none. Arena strings. */
+struct undo {
+    const char *command_id;
+    const char *lease_id;
+    const char *environment_id;
+    const char *detail_json; /* {driver, metadata} */
+};
+
 struct er_lifecycle {
     struct er_store *store;
-    struct er_arena arena; /* reset per command */
-    struct er_buf enc;     /* scratch for one encoded value */
+    struct undo undo;               /* set by the step, run after its commit */
+    struct er_arena arena;          /* reset per command */
+    struct er_buf enc;              /* scratch for one encoded value */
+    char topic_commands[TOPIC_MAX]; /* the fence's topic */
     char topic_results[TOPIC_MAX];
     char topic_lease_events[TOPIC_MAX];
     char topic_activity[TOPIC_MAX];
@@ -36,6 +49,7 @@ struct er_lifecycle {
 /* The state of one step: the command, its result, the result's key. */
 struct step {
     struct er_lifecycle *lc;
+    const struct er_msg_coords *coords;
     const struct er_run_command *cmd;
     const uint8_t *key; /* result key: the command's key, else its id */
     size_t key_len;
@@ -291,6 +305,77 @@ static int activity(struct er_lifecycle *lc, const struct actor *who,
 }
 
 /* ================================================================
+ * Phases and the journal (DESIGN.md: intent, effect, outcome)
+ * ================================================================ */
+
+/* Inside the open transaction: stop unless the step's partition is still
+ * ours (ER_EFENCED). Holds the fence row until the transaction ends, so a
+ * new owner's claim waits for this transaction. */
+static int fence(struct er_lifecycle *lc, const struct er_msg_coords *coords,
+                 struct er_err *err)
+{
+    if (coords == NULL || coords->generation < 0)
+        return 0;
+    return er_store_journal_fence_check(lc->store, lc->topic_commands,
+                                        coords->partition, coords->generation,
+                                        err);
+}
+
+/* Phase 1: record that the step is about to run kind on lease_id. */
+static int journal(struct step *st, const char *kind, const char *lease_id,
+                   const char *environment_id, struct er_err *err)
+{
+    const struct er_msg_coords *co = st->coords;
+    struct er_op op = { st->cmd->command_id,
+                        st->cmd->company_id,
+                        lease_id,
+                        environment_id,
+                        kind,
+                        st->lc->topic_commands,
+                        co != NULL ? co->partition : -1,
+                        co != NULL ? co->generation : -1 };
+    int attempt = 0;
+    int rc;
+
+    rc = er_store_journal_start(st->lc->store, &op, &attempt, err);
+    if (rc == 0 && attempt > 1)
+        er_log_kv(ER_LOG_INFO, "lifecycle", "resuming an interrupted operation",
+                  "commandId", st->cmd->command_id, "kind", kind, "leaseId",
+                  lease_id, (const char *)NULL);
+    return rc;
+}
+
+/* End of phase 1: commit the journal entries, so the driver works with no
+ * transaction open and no lock held. */
+static int intent_commit(struct step *st, struct er_err *err)
+{
+    int rc;
+
+    er_fault_point("intent.before_commit");
+    rc = er_store_commit(st->lc->store, err);
+    if (rc == 0)
+        er_fault_point("intent.after_commit");
+    return rc;
+}
+
+/* Phase 3 starts: a new transaction under the fence. A step cancelled
+ * during its effect records nothing: the partition's next owner gets the
+ * command again and resumes from the journal. */
+static int outcome_begin(struct step *st, struct er_err *err)
+{
+    const struct er_msg_coords *co = st->coords;
+    int rc;
+
+    if (co != NULL && co->cancel != NULL && atomic_load(co->cancel))
+        return er_err_set(err, ER_ECANCELED, ER_ERRCLASS_SKIP,
+                          "step cancelled before its outcome was recorded");
+    rc = er_store_begin(st->lc->store, err);
+    if (rc != 0)
+        return rc;
+    return fence(st->lc, co, err);
+}
+
+/* ================================================================
  * Results
  * ================================================================ */
 
@@ -456,6 +541,34 @@ static int insert_lease(struct step *st, const struct er_env_row *env,
     return er_store_savepoint_release(lc->store, err);
 }
 
+/* The lease a remote acquire made cannot be recorded: another run holds
+ * the workspace now (the result says deferred). The journal keeps what the
+ * driver acquired (state rolling_back) in the outcome transaction; after it
+ * commits, finish_undos releases it through the driver and closes the
+ * entry. A crash in between leaves the entry for the reaper's sweep. */
+static int undo_acquire(struct step *st, const struct er_driver_env *denv,
+                        const char *lease_id,
+                        const struct er_driver_acquired *acq,
+                        struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    struct undo *u = &lc->undo;
+    json_t *detail;
+
+    detail = json_pack("{s:s, s:O}", "driver", denv->driver, "metadata",
+                       acq->metadata);
+    u->detail_json = detail != NULL ? jdump(&lc->arena, detail) : NULL;
+    json_decref(detail);
+    u->command_id = st->cmd->command_id;
+    u->lease_id = er_arena_strdup(&lc->arena, lease_id);
+    u->environment_id = denv->id;
+    if (u->detail_json == NULL || u->lease_id == NULL)
+        return oom(err);
+    return er_store_journal_close(lc->store, u->command_id, "acquire",
+                                  u->lease_id, "rolling_back", u->detail_json,
+                                  err);
+}
+
 static int do_acquire(struct step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
@@ -474,6 +587,7 @@ static int do_acquire(struct step *st, struct er_err *err)
     struct actor who;
     char lease_id[37];
     bool is_reentrant = false;
+    int drc;
     int rc;
 
     memset(&acq, 0, sizeof(acq));
@@ -521,14 +635,37 @@ static int do_acquire(struct step *st, struct er_err *err)
                                             cmd->issue_id,
                                             cmd->execution_workspace_id,
                                             cmd->execution_workspace_mode };
+        if (ops->is_remote) {
+            rc = journal(st, "acquire", lease_id, env.id, err);
+            if (rc == 0)
+                rc = intent_commit(st, err);
+            if (rc != 0)
+                goto out;
+        }
         er_err_clear(&derr);
-        rc = ops->acquire(&denv, &ctx, &acq, &derr);
-        if (rc != 0) {
+        er_fault_point("driver.before");
+        drc = ops->acquire(&denv, &ctx, &acq, &derr);
+        er_fault_point("driver.after");
+        if (ops->is_remote) {
+            rc = outcome_begin(st, err);
+            if (rc != 0)
+                goto out;
+        }
+        if (drc != 0) {
             fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
                  "Failed to acquire lease for environment \"%s\" (%s): %s",
                  env.name, env.driver, derr.msg);
-            rc = 0;
             goto out;
+        }
+        if (ops->is_remote && cmd->execution_workspace_id != NULL) {
+            /* The workspace lock ended with phase 1: check again. */
+            rc = single_flight(st, &env, &lease, &is_reentrant, err);
+            if (rc > 0 || (rc == 0 && is_reentrant))
+                rc = undo_acquire(st, &denv, lease_id, &acq, err);
+            if (rc != 0 || st->res.outcome != ER_OUTCOME_OK)
+                goto out;
+            if (is_reentrant)
+                goto done; /* the run's own lease, found meanwhile */
         }
         memset(&in, 0, sizeof(in));
         in.id = lease_id;
@@ -547,6 +684,8 @@ static int do_acquire(struct step *st, struct er_err *err)
             goto out;
         }
         rc = insert_lease(st, &env, &in, &lease, err);
+        if (rc > 0 && ops->is_remote)
+            rc = undo_acquire(st, &denv, lease_id, &acq, err);
         if (rc != 0) {
             rc = rc > 0 ? 0 : rc;
             goto out;
@@ -570,6 +709,7 @@ static int do_acquire(struct step *st, struct er_err *err)
             goto out;
     }
 
+done:
     st->res.lease_id = lease.id;
     /* executionTransport: the SSH spec or null (domain.md 3.2 step 4). */
     er_err_clear(&derr);
@@ -718,65 +858,43 @@ static const char *first_line(const char *text, int *len)
     return NULL;
 }
 
-/* Step 3 of domain.md 3.4: run the runtime overlay's provisionCommand as
- * `bash -lc <cmd>` with env exactly {SHELL=/bin/bash}, 300 s, in the
- * realized cwd (else the lease's remoteCwd, else the host cwd). Returns 1
- * when the result already says it failed. */
-static int provision(struct step *st, const struct er_driver_ops *ops,
-                     const struct er_driver_env *denv,
-                     const struct er_driver_lease *dlease,
-                     const struct er_env_row *env, const char *driver,
-                     const json_t *overlay, const char *realized_cwd,
-                     const char *remote_cwd, const char *host_cwd,
-                     struct er_err *err)
+/* Run the provision command (domain.md 3.4 step 3) through the driver:
+ * `bash -lc <cmd>` with env exactly {SHELL=/bin/bash}, 300 s, in cwd.
+ * Success leaves detail empty; a failure puts the spec's detail in it
+ * (`exit code <n|null>[ (signal S)][: first non-blank line]`, `provision
+ * command timed out`, or the driver's error). */
+static void run_provision(const struct er_driver_ops *ops,
+                          const struct er_driver_env *denv,
+                          const struct er_driver_lease *dlease,
+                          const char *cmd_text, const char *cwd, char *detail,
+                          size_t detail_len)
 {
-    const char *cmd_text = jget_str(overlay, "provisionCommand");
     const char *args[] = { "-lc", cmd_text, NULL };
     const char *envv[] = { "SHELL=/bin/bash", NULL };
     struct er_driver_exec req;
     struct er_driver_exec_result res;
     struct er_err derr;
-    char detail[800];
     const char *line;
     int line_len = 0;
     int rc;
 
-    (void)err;
-    if (cmd_text == NULL || strcmp(driver, "local") == 0)
-        return 0;
-    if (ops->execute == NULL) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-             "Failed to provision workspace for environment \"%s\" (%s): "
-             "Environment driver \"%s\" does not support command execution.",
-             env->name, driver, driver);
-        return 1;
-    }
+    detail[0] = '\0';
     memset(&req, 0, sizeof(req));
     memset(&res, 0, sizeof(res));
     req.command = "bash";
     req.args = args;
-    req.cwd = realized_cwd != NULL ? realized_cwd
-              : remote_cwd != NULL ? remote_cwd
-                                   : host_cwd;
+    req.cwd = cwd;
     req.env = envv;
     req.timeout_ms = PROVISION_TIMEOUT_MS;
     er_err_clear(&derr);
+    er_fault_point("driver.before");
     rc = ops->execute(denv, dlease, &req, &res, &derr);
+    er_fault_point("driver.after");
     if (rc != 0) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-             "Failed to provision workspace for environment \"%s\" (%s): %s",
-             env->name, driver, derr.msg);
-        er_driver_exec_result_fini(&res);
-        return 1;
-    }
-    if (res.exit_code == 0 && !res.is_timed_out) {
-        er_driver_exec_result_fini(&res);
-        return 0;
-    }
-    /* `exit code <n|null>[ (signal S)][: first non-blank line]`. */
-    if (res.is_timed_out) {
-        snprintf(detail, sizeof(detail), "provision command timed out");
-    } else {
+        snprintf(detail, detail_len, "%s", derr.msg);
+    } else if (res.is_timed_out) {
+        snprintf(detail, detail_len, "provision command timed out");
+    } else if (res.exit_code != 0) {
         char code[16];
 
         if (res.exit_code < 0)
@@ -786,15 +904,89 @@ static int provision(struct step *st, const struct er_driver_ops *ops,
         line = first_line(res.err_text, &line_len);
         if (line == NULL)
             line = first_line(res.out, &line_len);
-        snprintf(detail, sizeof(detail), "exit code %s%s%s%s%s%.*s", code,
+        snprintf(detail, detail_len, "exit code %s%s%s%s%s%.*s", code,
                  res.signal[0] != '\0' ? " (signal " : "", res.signal,
                  res.signal[0] != '\0' ? ")" : "", line != NULL ? ": " : "",
                  line != NULL ? line_len : 0, line != NULL ? line : "");
     }
+    er_driver_exec_result_fini(&res);
+}
+
+/* Step 3 of domain.md 3.4, for every driver but local, in the realized cwd
+ * (else the lease's remoteCwd, else the host cwd). For a remote driver the
+ * journal records the provision operation and its outcome, so a step
+ * resumed after a crash does not run the command a second time: it takes
+ * the recorded outcome. Returns 1 when the result already says it failed.
+ */
+static int provision(struct step *st, const struct er_driver_ops *ops,
+                     const struct er_driver_env *denv,
+                     const struct er_driver_lease *dlease,
+                     const struct er_env_row *env, const char *driver,
+                     const json_t *overlay, const char *realized_cwd,
+                     const char *remote_cwd, const char *host_cwd,
+                     struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const char *cmd_text = jget_str(overlay, "provisionCommand");
+    char detail[800];
+    char *state = NULL;
+    char *recorded = NULL;
+    json_t *rec = NULL;
+    int rc;
+
+    if (cmd_text == NULL || strcmp(driver, "local") == 0)
+        return 0;
+    if (ops->execute == NULL) {
+        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+             "Failed to provision workspace for environment \"%s\" (%s): "
+             "Environment driver \"%s\" does not support command execution.",
+             env->name, driver, driver);
+        return 1;
+    }
+    rc = er_store_journal_get(lc->store, st->cmd->command_id, "provision",
+                              dlease->id, &lc->arena, &state, &recorded, err);
+    if (rc != 0 && rc != ER_ENOTFOUND)
+        return rc;
+    if (rc == 0 && strcmp(state, "done") == 0) {
+        /* Ran to the end in an earlier attempt: its outcome stands. */
+        rec = jparse(recorded);
+        snprintf(detail, sizeof(detail), "%s",
+                 jget_str(rec, "failure") != NULL ? jget_str(rec, "failure")
+                                                  : "");
+        json_decref(rec);
+        rec = NULL;
+        er_log_kv(ER_LOG_INFO, "lifecycle",
+                  "provision command ran before: its outcome is reused",
+                  "commandId", st->cmd->command_id, "leaseId", dlease->id,
+                  (const char *)NULL);
+    } else {
+        rc = journal(st, "provision", dlease->id, env->id, err);
+        if (rc != 0)
+            return rc;
+        run_provision(ops, denv, dlease, cmd_text,
+                      realized_cwd != NULL ? realized_cwd
+                      : remote_cwd != NULL ? remote_cwd
+                                           : host_cwd,
+                      detail, sizeof(detail));
+        if (er_proc_is_cancelled())
+            return er_err_set(err, ER_ECANCELED, ER_ERRCLASS_SKIP,
+                              "provision cancelled");
+        rec = detail[0] != '\0' ? json_pack("{s:s}", "failure", detail)
+                                : json_object();
+        recorded = rec != NULL ? jdump(&lc->arena, rec) : NULL;
+        json_decref(rec);
+        if (recorded == NULL)
+            return oom(err);
+        rc = er_store_journal_close(lc->store, st->cmd->command_id, "provision",
+                                    dlease->id, "done", recorded, err);
+        if (rc != 0)
+            return rc;
+    }
+    if (detail[0] == '\0')
+        return 0;
     fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
          "Failed to provision workspace for environment \"%s\" (%s): %s",
          env->name, driver, detail);
-    er_driver_exec_result_fini(&res);
     return 1;
 }
 
@@ -821,6 +1013,8 @@ static int do_realize(struct step *st, struct er_err *err)
     json_t *target = NULL;
     char *text;
     bool is_found = false;
+    int drc;
+    int prc = 0;
     int rc;
 
     memset(&real, 0, sizeof(real));
@@ -875,21 +1069,51 @@ static int do_realize(struct step *st, struct er_err *err)
     dws = (struct er_driver_workspace){ jget_str(ws, "cwd"),
                                         jget_str(meta, "remoteCwd"),
                                         cmd->requested_mode, request };
+    if (ops->is_remote) {
+        rc = journal(st, "realize", lease.id, env.id, err);
+        if (rc == 0)
+            rc = intent_commit(st, err);
+        if (rc != 0)
+            goto out;
+    }
     er_err_clear(&derr);
-    rc = ops->realize(&denv, &dlease, &dws, &real, &derr);
-    if (rc != 0) {
+    er_fault_point("driver.before");
+    drc = ops->realize(&denv, &dlease, &dws, &real, &derr);
+    er_fault_point("driver.after");
+    /* Step 3: the provision command (never for local). */
+    if (drc == 0)
+        prc =
+            provision(st, ops, &denv, &dlease, &env, driver, overlay, real.cwd,
+                      jget_str(meta, "remoteCwd"), jget_str(ws, "cwd"), err);
+    if (prc < 0) {
+        rc = prc;
+        goto out;
+    }
+    if (ops->is_remote) {
+        rc = outcome_begin(st, err);
+        if (rc != 0)
+            goto out;
+    }
+    if (drc != 0) {
         fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
              "Failed to realize workspace for environment \"%s\" (%s): %s",
              env.name, driver, derr.msg);
-        rc = 0;
         goto out;
     }
-    /* Step 3: the provision command (never for local). */
-    rc = provision(st, ops, &denv, &dlease, &env, driver, overlay, real.cwd,
-                   jget_str(meta, "remoteCwd"), jget_str(ws, "cwd"), err);
-    if (rc != 0) {
-        rc = rc > 0 ? 0 : rc;
+    if (prc > 0)
         goto out;
+    if (ops->is_remote) {
+        /* The lease may have changed while no lock was held. */
+        rc = er_store_lease_get(lc->store, lease.id, &lc->arena, &lease, err);
+        if (rc != 0)
+            goto out;
+        if (strcmp(lease.status, "active") != 0) {
+            fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+                 "Failed to realize workspace for environment \"%s\" (%s): "
+                 "lease \"%s\" is not active (status: %s).",
+                 env.name, driver, lease.id, lease.status);
+            goto out;
+        }
     }
 
     /* Step 4: persist the record on the lease and the workspace. */
@@ -975,83 +1199,124 @@ static json_t *released_details(const struct er_env_row *env,
         jstr(failure_reason != NULL ? failure_reason : upd->failure_reason));
 }
 
-/* Release one lease through its driver (3.3.2 step 2): the driver is the
- * lease's metadata.driver, else the environment's. row_reason is written
- * to failure_reason when the driver gives none (the reaper's
- * lease_expired); detail_reason is the activity's failureReason (the
- * caller's, 3.5 step 4). On success *is_released is set (false when the
- * environment is gone: skipped silently) and env gets the environment. A
- * driver failure is not an error: *lease_err gets its message. */
-static int release_lease(struct er_lifecycle *lc,
-                         const struct er_lease_row *lease, const char *status,
-                         const char *row_reason, const char *detail_reason,
-                         const struct actor *who, struct er_env_row *env,
-                         struct er_lease_row *upd, bool *is_released,
-                         char **lease_err, struct er_err *err)
+/* One lease on its way out (3.3.2 step 2): its environment, the driver
+ * that releases it (the lease's metadata.driver, else the environment's)
+ * and what the driver decided. Arena strings. */
+struct release_item {
+    struct er_lease_row lease;
+    struct er_env_row env;
+    bool has_env; /* false: the environment is gone, skip silently */
+    const struct er_driver_ops *ops; /* NULL: a plain status update */
+    struct er_driver_released rel;
+    char *lease_err; /* the driver's failure, or NULL */
+};
+
+/* Phase 1 of a release: load the environment and pick the driver. */
+static int release_prepare(struct er_lifecycle *lc,
+                           const struct er_lease_row *lease, const char *status,
+                           struct release_item *it, struct er_err *err)
 {
-    const struct er_driver_ops *ops;
-    struct er_driver_released rel = { status, NULL, NULL };
-    struct er_err derr;
-    json_t *meta = NULL;
-    json_t *config = NULL;
-    json_t *details = NULL;
+    json_t *meta;
     const char *driver;
     int rc;
 
-    *is_released = false;
-    *lease_err = NULL;
-    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena, env,
-                          err);
+    memset(it, 0, sizeof(*it));
+    it->lease = *lease;
+    it->rel.status = status;
+    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena,
+                          &it->env, err);
     if (rc == ER_ENOTFOUND)
-        return 0; /* environment gone: skip silently (3.3.2 step 2) */
+        return 0;
     if (rc != 0)
         return rc;
+    it->has_env = true;
     meta = jparse(lease->metadata_json);
     driver = jget_str(meta, "driver") != NULL ? jget_str(meta, "driver")
-                                              : env->driver;
-    ops = er_driver_find(driver);
-    if (ops != NULL && ops->release != NULL) {
-        struct er_driver_env denv;
-        struct er_driver_lease dlease;
+                                              : it->env.driver;
+    it->ops = er_driver_find(driver);
+    if (it->ops != NULL && it->ops->release == NULL)
+        it->ops = NULL;
+    json_decref(meta);
+    return 0;
+}
 
-        config = json_loads(env->config_json, 0, NULL);
-        if (config == NULL)
-            config = json_object();
-        if (!json_is_object(meta)) {
-            json_decref(meta);
-            meta = json_object();
-        }
-        denv = driver_env(env, config);
-        dlease = driver_lease(lease, meta);
-        er_err_clear(&derr);
-        rc = ops->release(&denv, &dlease, status, &rel, &derr);
-        if (rc != 0) {
-            *lease_err = er_arena_strdup(&lc->arena, derr.msg);
-            rc = *lease_err == NULL ? oom(err) : 0;
-            goto out;
-        }
+/* Phase 2: the driver's release (teardown, cleanup, removal), outside any
+ * transaction when the driver is remote. A driver failure is not an
+ * error: it->lease_err gets its message. */
+static int release_effect(struct er_lifecycle *lc, struct release_item *it,
+                          struct er_err *err)
+{
+    struct er_driver_env denv;
+    struct er_driver_lease dlease;
+    struct er_err derr;
+    json_t *meta = NULL;
+    json_t *config = NULL;
+    int rc;
+
+    if (!it->has_env || it->ops == NULL)
+        return 0;
+    config = json_loads(it->env.config_json, 0, NULL);
+    if (config == NULL)
+        config = json_object();
+    meta = jparse(it->lease.metadata_json);
+    if (!json_is_object(meta)) {
+        json_decref(meta);
+        meta = json_object();
     }
-    rc = er_store_lease_set_status(
-        lc->store, lease->id, rel.status,
-        rel.failure_reason != NULL ? rel.failure_reason : row_reason,
-        rel.cleanup_status, &lc->arena, upd, err);
-    if (rc != 0)
-        goto out;
-    rc = lease_event(lc, upd, err);
-    if (rc != 0)
-        goto out;
-    details = released_details(env, upd, detail_reason);
-    if (details == NULL) {
-        rc = oom(err);
-        goto out;
+    denv = driver_env(&it->env, config);
+    dlease = driver_lease(&it->lease, meta);
+    er_err_clear(&derr);
+    er_fault_point("driver.before");
+    rc = it->ops->release(&denv, &dlease, it->rel.status, &it->rel, &derr);
+    er_fault_point("driver.after");
+    if (rc != 0) {
+        it->lease_err = er_arena_strdup(&lc->arena, derr.msg);
+        rc = it->lease_err == NULL ? oom(err) : 0;
     }
-    rc = activity(lc, who, "environment.lease_released", upd, details, err);
-    if (rc == 0)
-        *is_released = true;
-out:
-    json_decref(details);
     json_decref(config);
     json_decref(meta);
+    return rc;
+}
+
+/* Phase 3: move the row to its final status with its LeaseEvent and the
+ * environment.lease_released activity (3.8). row_reason is written to
+ * failure_reason when the driver gives none (the reaper's lease_expired);
+ * detail_reason is the activity's failureReason (the caller's, 3.5 step
+ * 4). The row is locked again first: when it is no longer active (released
+ * by another path while no lock was held) *is_released stays false. */
+static int release_record(struct er_lifecycle *lc, struct release_item *it,
+                          const char *row_reason, const char *detail_reason,
+                          const struct actor *who, struct er_lease_row *upd,
+                          bool *is_released, struct er_err *err)
+{
+    struct er_lease_row cur;
+    json_t *details = NULL;
+    int rc;
+
+    *is_released = false;
+    if (!it->has_env)
+        return 0; /* environment gone: skip silently (3.3.2 step 2) */
+    rc = er_store_lease_get(lc->store, it->lease.id, &lc->arena, &cur, err);
+    if (rc == ER_ENOTFOUND || (rc == 0 && strcmp(cur.status, "active") != 0))
+        return 0;
+    if (rc != 0)
+        return rc;
+    rc = er_store_lease_set_status(
+        lc->store, it->lease.id, it->rel.status,
+        it->rel.failure_reason != NULL ? it->rel.failure_reason : row_reason,
+        it->rel.cleanup_status, &lc->arena, upd, err);
+    if (rc != 0)
+        return rc;
+    rc = lease_event(lc, upd, err);
+    if (rc != 0)
+        return rc;
+    details = released_details(&it->env, upd, detail_reason);
+    if (details == NULL)
+        return oom(err);
+    rc = activity(lc, who, "environment.lease_released", upd, details, err);
+    json_decref(details);
+    if (rc == 0)
+        *is_released = true;
     return rc;
 }
 
@@ -1061,9 +1326,11 @@ static int do_release(struct step *st, struct er_err *err)
     const struct er_run_command *cmd = st->cmd;
     const char *status = er_codec_release_status_name(cmd->release_status);
     struct er_lease_row *rows = NULL;
+    struct release_item *items = NULL;
     size_t cnt = 0;
     size_t i;
     size_t err_cnt = 0;
+    bool is_remote = false;
     json_t *released = json_array();
     json_t *errors = json_array();
     struct actor who = step_actor(st);
@@ -1077,48 +1344,80 @@ static int do_release(struct step *st, struct er_err *err)
                                        &lc->arena, &rows, &cnt, err);
     if (rc != 0)
         goto out;
+    items = cnt > 0 ? er_arena_alloc(&lc->arena, sizeof(*items) * cnt) : NULL;
+    if (cnt > 0 && items == NULL) {
+        rc = oom(err);
+        goto out;
+    }
     for (i = 0; i < cnt; i++) {
-        struct er_lease_row upd;
-        struct er_env_row env;
-        bool is_released = false;
-        char *lease_err = NULL;
-
-        /* Each lease on its own (3.3.2 step 3): a savepoint per lease. */
-        rc = er_store_savepoint(lc->store, err);
+        rc = release_prepare(lc, &rows[i], status, &items[i], err);
         if (rc != 0)
             goto out;
-        rc = release_lease(lc, &rows[i], status, NULL, cmd->failure_reason,
-                           &who, &env, &upd, &is_released, &lease_err, err);
-        if (rc != 0 && err->cls == ER_ERRCLASS_SKIP) {
-            /* This lease's SQL failed for good: record it, go on. */
-            lease_err = er_arena_strdup(&lc->arena, err->msg);
-            er_err_clear(err);
-            rc = 0;
-        }
-        if (rc != 0)
-            goto out;
-        if (lease_err != NULL) {
-            rc = er_store_savepoint_rollback(lc->store, err);
+        if (items[i].ops != NULL && items[i].ops->is_remote) {
+            is_remote = true;
+            rc = journal(st, "release", rows[i].id, items[i].env.id, err);
             if (rc != 0)
                 goto out;
-            ER_LOG_WARN("lifecycle", "lease %s not released: %s", rows[i].id,
-                        lease_err);
-            json_array_append_new(errors,
-                                  json_pack("{s:s, s:s}", "leaseId", rows[i].id,
-                                            "message", lease_err));
+        }
+    }
+    if (is_remote) {
+        rc = intent_commit(st, err);
+        if (rc != 0)
+            goto out;
+    }
+    /* Each lease on its own (3.3.2 step 3). */
+    for (i = 0; i < cnt; i++) {
+        rc = release_effect(lc, &items[i], err);
+        if (rc != 0)
+            goto out;
+    }
+    if (is_remote) {
+        rc = outcome_begin(st, err);
+        if (rc != 0)
+            goto out;
+    }
+    for (i = 0; i < cnt; i++) {
+        struct release_item *it = &items[i];
+        struct er_lease_row upd;
+        bool is_released = false;
+
+        if (it->lease_err == NULL) {
+            /* A savepoint per lease: one lease's refused SQL is recorded
+             * as its error and the others go on. */
+            rc = er_store_savepoint(lc->store, err);
+            if (rc != 0)
+                goto out;
+            rc = release_record(lc, it, NULL, cmd->failure_reason, &who, &upd,
+                                &is_released, err);
+            if (rc != 0 && err->cls == ER_ERRCLASS_SKIP &&
+                err->code != ER_EFENCED) {
+                it->lease_err = er_arena_strdup(&lc->arena, err->msg);
+                er_err_clear(err);
+                rc = it->lease_err == NULL ? oom(err) : 0;
+                if (rc == 0)
+                    rc = er_store_savepoint_rollback(lc->store, err);
+            } else if (rc == 0) {
+                rc = er_store_savepoint_release(lc->store, err);
+            }
+            if (rc != 0)
+                goto out;
+        }
+        if (it->lease_err != NULL) {
+            ER_LOG_WARN("lifecycle", "lease %s not released: %s", it->lease.id,
+                        it->lease_err);
+            json_array_append_new(errors, json_pack("{s:s, s:s}", "leaseId",
+                                                    it->lease.id, "message",
+                                                    it->lease_err));
             err_cnt++;
             continue;
         }
-        rc = er_store_savepoint_release(lc->store, err);
-        if (rc != 0)
-            goto out;
         if (is_released) {
-            json_array_append_new(released, json_string(rows[i].id));
+            json_array_append_new(released, json_string(it->lease.id));
             if (st->res.lease_id == NULL) {
                 /* The result names the first released lease. */
-                st->res.lease_id = rows[i].id;
-                st->res.environment_id = env.id;
-                st->res.driver = env.driver;
+                st->res.lease_id = it->lease.id;
+                st->res.environment_id = it->env.id;
+                st->res.driver = it->env.driver;
             }
         }
     }
@@ -1135,6 +1434,51 @@ out:
     json_decref(released);
     json_decref(errors);
     return rc;
+}
+
+/* Release what an acquire made but could not record (undo_acquire) once
+ * the step's outcome committed, then close its journal entry as
+ * rolled_back. A failure is logged and leaves the entry rolling_back for
+ * the next attempt. */
+static void undo_finish(struct er_lifecycle *lc, const struct undo *u)
+{
+    struct er_lease_row row;
+    struct release_item it;
+    struct er_err e;
+    json_t *detail = jparse(u->detail_json);
+    const json_t *meta = json_object_get(detail, "metadata");
+    const char *driver = jget_str(detail, "driver");
+    char *meta_json = NULL;
+    int rc;
+
+    er_err_clear(&e);
+    memset(&row, 0, sizeof(row));
+    row.id = u->lease_id;
+    row.environment_id = u->environment_id;
+    row.status = "active";
+    row.lease_policy = "ephemeral";
+    meta_json = meta != NULL ? jdump(&lc->arena, meta) : NULL;
+    row.metadata_json = meta_json;
+    rc = release_prepare(lc, &row, "expired", &it, &e);
+    if (rc == 0 && driver != NULL)
+        it.ops = er_driver_find(driver);
+    if (rc == 0)
+        rc = release_effect(lc, &it, &e);
+    if (rc == 0 && it.lease_err == NULL &&
+        (it.rel.cleanup_status == NULL ||
+         strcmp(it.rel.cleanup_status, "failed") != 0))
+        rc = er_store_journal_close(lc->store, u->command_id, "acquire",
+                                    u->lease_id, "rolled_back", NULL, &e);
+    else if (rc == 0)
+        rc = er_err_set(&e, ER_EDRIVER, ER_ERRCLASS_RETRY, "%s",
+                        it.lease_err != NULL ? it.lease_err
+                                             : "its cleanup failed");
+    if (rc != 0)
+        er_log_kv(ER_LOG_WARN, "lifecycle",
+                  "an unrecorded acquisition was not released", "commandId",
+                  u->command_id, "leaseId", u->lease_id, "reason", e.msg,
+                  (const char *)NULL);
+    json_decref(detail);
 }
 
 /* ================================================================
@@ -1159,6 +1503,11 @@ static int finish(struct step *st, struct er_err *err)
     if (rc != 0)
         return rc;
     rc = outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
+    if (rc != 0)
+        return rc;
+    rc = er_store_journal_close_command(
+        lc->store, st->res.command_id,
+        st->res.outcome == ER_OUTCOME_OK ? "done" : "failed", err);
     if (rc != 0)
         return rc;
     return er_store_processed_put(
@@ -1367,6 +1716,7 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
     }
 
     st.lc = lc;
+    st.coords = coords;
     st.cmd = &cmd;
     st.key = key;
     st.key_len = key_len;
@@ -1427,6 +1777,7 @@ struct er_lifecycle *er_lifecycle_new(const struct er_config *cfg,
     }
     er_arena_init(&lc->arena, ARENA_MAX);
     er_buf_init(&lc->enc, ENCODE_MAX);
+    er_config_topic(cfg, "commands", lc->topic_commands, TOPIC_MAX);
     er_config_topic(cfg, "results", lc->topic_results, TOPIC_MAX);
     er_config_topic(cfg, "lease-events", lc->topic_lease_events, TOPIC_MAX);
     er_config_topic(cfg, "activity", lc->topic_activity, TOPIC_MAX);
@@ -1436,6 +1787,7 @@ struct er_lifecycle *er_lifecycle_new(const struct er_config *cfg,
         er_lifecycle_destroy(lc);
         return NULL;
     }
+    er_store_set_lease_ttl(lc->store, cfg->lease_ttl_s);
     return lc;
 }
 
@@ -1462,17 +1814,26 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
      * command's error result (see run_step). */
     for (attempt = 0; attempt < 2; attempt++) {
         er_arena_reset(&lc->arena);
+        memset(&lc->undo, 0, sizeof(lc->undo));
         rc = er_store_begin(lc->store, err);
-        if (rc != 0)
-            break;
-        rc = run_step(lc, key, key_len, value, value_len, coords,
-                      attempt == 0 ? NULL : &refused, err);
         if (rc == 0)
+            rc = fence(lc, coords, err);
+        if (rc == 0)
+            rc = run_step(lc, key, key_len, value, value_len, coords,
+                          attempt == 0 ? NULL : &refused, err);
+        if (rc == 0) {
+            er_fault_point("outcome.before_commit");
             rc = er_store_commit(lc->store, err);
-        if (rc == 0)
+        }
+        if (rc == 0) {
+            er_fault_point("outcome.after_commit");
+            if (lc->undo.lease_id != NULL)
+                undo_finish(lc, &lc->undo);
             break;
+        }
         er_store_rollback(lc->store);
-        if (attempt > 0 || err->cls != ER_ERRCLASS_SKIP)
+        if (attempt > 0 || err->cls != ER_ERRCLASS_SKIP ||
+            err->code == ER_EFENCED || err->code == ER_ECANCELED)
             break;
         refused = *err;
         er_err_clear(err);
@@ -1484,49 +1845,127 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
     return rc;
 }
 
+/* er_driver_in_use_fn over the lifecycle's store; when the database
+ * cannot answer, everything counts as in use. */
+static bool tag_in_use(const char *tag, void *arg)
+{
+    struct er_lifecycle *lc = arg;
+    struct er_err err;
+    bool is_in_use = true;
+
+    er_err_clear(&err);
+    if (er_store_lease_tag_in_use(lc->store, tag, &is_in_use, &err) != 0)
+        return true;
+    return is_in_use;
+}
+
+void er_lifecycle_sweep_host(struct er_lifecycle *lc)
+{
+    struct er_err err;
+
+    er_err_clear(&err);
+    if (er_store_ensure(lc->store, &err) != 0)
+        return;
+    er_driver_sweep_all(tag_in_use, lc);
+}
+
 int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                       int *reaped, struct er_err *err)
 {
     struct er_lease_row *rows = NULL;
+    struct release_item *items = NULL;
+    bool *is_claimed = NULL;
     size_t cnt = 0;
     size_t i;
     int rc;
 
     *reaped = 0;
     er_arena_reset(&lc->arena);
+    /* Phase 1: pick stale leases (SKIP LOCKED: not one another worker's
+     * pass or a step holds) and claim each in the journal, so no other
+     * reaper works on it while this one runs the driver unlocked. */
     rc = er_store_begin(lc->store, err);
-    if (rc != 0)
-        return rc;
-    rc = er_store_lease_stale(lc->store, ttl_s, limit, &lc->arena, &rows, &cnt,
-                              err);
+    if (rc == 0)
+        rc = er_store_lease_stale(lc->store, ttl_s, limit, &lc->arena, &rows,
+                                  &cnt, err);
+    if (rc == 0 && cnt > 0) {
+        items = er_arena_alloc(&lc->arena, sizeof(*items) * cnt);
+        is_claimed = er_arena_alloc(&lc->arena, sizeof(*is_claimed) * cnt);
+        if (items == NULL || is_claimed == NULL)
+            rc = oom(err);
+    }
     for (i = 0; rc == 0 && i < cnt; i++) {
-        struct er_lease_row upd;
-        struct er_env_row env;
-        struct actor who = { rows[i].company_id, "system", "envrun-reaper",
-                             NULL, rows[i].heartbeat_run_id };
-        bool is_released = false;
-        char *lease_err = NULL;
+        char *op_id = er_arena_alloc(&lc->arena, 48);
+        struct er_op op;
 
-        /* Through the driver, so an ssh lease's remote side is cleaned up
-         * too; a lease whose driver cannot release it stays active and is
-         * tried again on the next pass. */
-        rc = release_lease(lc, &rows[i], "expired", REAPED, NULL, &who, &env,
-                           &upd, &is_released, &lease_err, err);
-        if (rc != 0)
+        if (op_id == NULL) {
+            rc = oom(err);
             break;
-        if (lease_err != NULL)
-            ER_LOG_WARN("reaper", "lease %s not expired: %s", rows[i].id,
-                        lease_err);
-        else if (is_released)
-            ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
-                        upd.id, (long long)ttl_s);
+        }
+        snprintf(op_id, 48, "reap:%s", rows[i].id);
+        op = (struct er_op){ op_id,      rows[i].company_id,
+                             rows[i].id, rows[i].environment_id,
+                             "reap",     NULL,
+                             -1,         -1 };
+        rc = er_store_journal_claim(lc->store, &op, &is_claimed[i], err);
+        if (rc == 0 && is_claimed[i])
+            rc = release_prepare(lc, &rows[i], "expired", &items[i], err);
     }
     if (rc == 0)
         rc = er_store_commit(lc->store, err);
     if (rc != 0)
-        er_store_rollback(lc->store);
-    else
-        *reaped = (int)cnt;
+        goto fail;
+    /* Phase 2: each lease's cleanup through its driver, no lock held. */
+    for (i = 0; i < cnt; i++) {
+        if (is_claimed[i] && release_effect(lc, &items[i], err) != 0)
+            goto fail;
+    }
+    /* Phase 3: one short transaction per lease, so one that cannot be
+     * cleaned up never holds back the others; it stays active and its
+     * claim's backoff decides when the next pass tries again. */
+    for (i = 0; i < cnt; i++) {
+        struct release_item *it = &items[i];
+        struct actor who = { rows[i].company_id, "system", "envrun-reaper",
+                             NULL, rows[i].heartbeat_run_id };
+        struct er_lease_row upd;
+        bool is_released = false;
+        const char *state = "done";
+        char op_id[48];
+
+        if (!is_claimed[i])
+            continue;
+        rc = er_store_begin(lc->store, err);
+        if (rc != 0)
+            goto fail;
+        if (it->lease_err != NULL ||
+            (it->rel.cleanup_status != NULL &&
+             strcmp(it->rel.cleanup_status, "failed") == 0)) {
+            ER_LOG_WARN("reaper", "lease %s not expired: %s", rows[i].id,
+                        it->lease_err != NULL ? it->lease_err
+                                              : "its cleanup failed");
+            state = "failed";
+        } else {
+            rc = release_record(lc, it, REAPED, NULL, &who, &upd, &is_released,
+                                err);
+        }
+        snprintf(op_id, sizeof(op_id), "reap:%s", rows[i].id);
+        if (rc == 0)
+            rc = er_store_journal_close(lc->store, op_id, "reap", rows[i].id,
+                                        state, NULL, err);
+        if (rc == 0)
+            rc = er_store_commit(lc->store, err);
+        if (rc != 0)
+            goto fail;
+        if (is_released) {
+            ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
+                        upd.id, (long long)ttl_s);
+            (*reaped)++;
+        }
+    }
+    er_arena_reset(&lc->arena);
+    return 0;
+fail:
+    er_store_rollback(lc->store);
     er_arena_reset(&lc->arena);
     return rc;
 }

@@ -5,6 +5,7 @@
 #ifndef ER_WORKER_LIFECYCLE_INT_H
 #define ER_WORKER_LIFECYCLE_INT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,28 +19,52 @@ struct er_lifecycle *er_lifecycle_new(const struct er_config *cfg,
                                       struct er_err *err);
 void er_lifecycle_destroy(struct er_lifecycle *lc);
 
-/* Where a message came from, for logs. */
+/* Where a message came from, and the fence its step works under. */
 struct er_msg_coords {
     int32_t partition;
     int64_t offset;
+    /* The partition's generation when the consumer was assigned it; every
+     * transaction of the step checks it (-1: unfenced, for tools). */
+    int64_t generation;
+    /* Set when the step must stop (its partition was revoked, the worker
+     * drains); may be NULL. A cancelled step records no outcome. */
+    const atomic_bool *cancel;
 };
 
 /* Handle one delivered `commands` message (key may be NULL): decode and
- * validate it, run its step, and commit the result, events and processed
- * record in one transaction; a message that cannot be decoded or validated
- * is dead-lettered through the outbox in the same way. A command id seen
- * before gets its stored result again and changes nothing else. Returns 0
- * when the transaction committed (the offset may be committed); otherwise
- * rolls back and returns err with class RETRY (try again after backoff) or
- * FATAL. */
+ * validate it and run its step. A step whose driver works outside the
+ * database (ssh) runs in three phases (DESIGN.md): a short transaction
+ * journals the operation in envrun.operations and commits, the driver
+ * works with no transaction open, and a second transaction records the
+ * outcome: lease rows, activity, the processed command, the outbox rows and
+ * the journal entry's close. A local step, and one decided before any
+ * effect, is one transaction. A message that cannot be decoded or validated
+ * is dead-lettered through the outbox. A command id seen before gets its
+ * stored result again and changes nothing else. Every transaction checks
+ * the fence of coords. Returns 0 when the outcome committed (the offset may
+ * be committed); otherwise rolls back and returns err: class RETRY (try
+ * again after backoff), FATAL, or code ER_EFENCED / ER_ECANCELED (the
+ * partition is gone or the step was cancelled: drop the message, do not
+ * commit its offset; the journal tells the next owner where it stopped). */
 int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                       size_t key_len, const uint8_t *value, size_t value_len,
                       const struct er_msg_coords *coords, struct er_err *err);
 
+/* Remove what a crash can leave on this host (the drivers' sweeps: key
+ * files of dead processes, connections of leases that are done), asking
+ * the database which leases still need theirs. */
+void er_lifecycle_sweep_host(struct er_lifecycle *lc);
+
 /* The reaper's pass: expire (status expired, failure reason
- * `lease_expired`) up to limit active leases untouched for ttl_s seconds or
- * past expires_at, with their LeaseEvents and environment.lease_released
- * activity, in one transaction. *reaped gets how many. */
+ * `lease_expired`) up to limit active leases untouched for ttl_s seconds,
+ * past expires_at, or (with Paperclip's heartbeat_runs) of a run that ended
+ * and unchanged for 5 minutes. Each is claimed in the journal in a short
+ * transaction (FOR UPDATE SKIP LOCKED, so workers never take one lease
+ * twice), cleaned up through its driver with no transaction open, and
+ * recorded with its LeaseEvent and environment.lease_released activity in a
+ * transaction of its own. A lease whose cleanup fails stays active and is
+ * tried again after a backoff; the others go on. *reaped gets how many
+ * were expired. */
 int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                       int *reaped, struct er_err *err);
 

@@ -3,12 +3,19 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "worker/worker.h"
 
+/* The first SIGTERM (or SIGINT) drains: no new commands, the steps in
+ * flight get ENVRUN_DRAIN_S, the outbox is flushed, offsets committed, the
+ * group left. A second one exits at once: what was in flight is journaled
+ * and its offsets are not committed, so the next owner resumes it. */
 static void on_signal(int sig)
 {
     (void)sig;
+    if (er_worker_stop)
+        _exit(1);
     er_worker_stop = 1;
 }
 

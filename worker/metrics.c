@@ -29,10 +29,17 @@ static atomic_uint_fast64_t dlq_cnt;
 static atomic_uint_fast64_t retry_cnt;
 static atomic_uint_fast64_t replay_cnt;
 static atomic_uint_fast64_t outbox_published_cnt;
+static atomic_uint_fast64_t outbox_quarantined_cnt;
 static atomic_int_fast64_t outbox_backlog;
 static atomic_int_fast64_t inflight;
 static atomic_bool is_db_ready;
 static atomic_bool is_kafka_ready;
+/* The relay's parts are kept apart from the consumer's (which sets
+ * is_kafka_ready on assignment) so neither overwrites the other. They are
+ * stored negated so that zero-initialised means "fine until told". */
+static atomic_bool is_relay_db_down;
+static atomic_bool is_producer_down;
+static atomic_bool is_shutting_down;
 
 static int name_index(const char *const *names, int cnt, const char *s)
 {
@@ -88,6 +95,11 @@ void er_metrics_outbox_published(uint64_t n)
     atomic_fetch_add_explicit(&outbox_published_cnt, n, memory_order_relaxed);
 }
 
+void er_metrics_outbox_quarantined(uint64_t n)
+{
+    atomic_fetch_add_explicit(&outbox_quarantined_cnt, n, memory_order_relaxed);
+}
+
 void er_metrics_outbox_backlog(int64_t n)
 {
     atomic_store_explicit(&outbox_backlog, n, memory_order_relaxed);
@@ -108,9 +120,34 @@ void er_metrics_set_kafka_ready(bool is_ready)
     atomic_store(&is_kafka_ready, is_ready);
 }
 
+void er_metrics_set_relay_db_ready(bool is_ready)
+{
+    atomic_store(&is_relay_db_down, !is_ready);
+}
+
+void er_metrics_set_producer_ready(bool is_ready)
+{
+    atomic_store(&is_producer_down, !is_ready);
+}
+
+void er_metrics_set_draining(bool is_draining)
+{
+    atomic_store(&is_shutting_down, is_draining);
+}
+
+static bool db_is_ready(void)
+{
+    return atomic_load(&is_db_ready) && !atomic_load(&is_relay_db_down);
+}
+
+static bool kafka_is_ready(void)
+{
+    return atomic_load(&is_kafka_ready) && !atomic_load(&is_producer_down);
+}
+
 bool er_metrics_is_ready(void)
 {
-    return atomic_load(&is_db_ready) && atomic_load(&is_kafka_ready);
+    return db_is_ready() && kafka_is_ready() && !atomic_load(&is_shutting_down);
 }
 
 static int put_head(struct er_buf *out, const char *name, const char *type,
@@ -200,14 +237,21 @@ static int put_ready(struct er_buf *out)
     int rc;
 
     rc = put_head(out, "envrun_ready", "gauge",
-                  "1 when the part is ready (db: reachable and migrated; "
-                  "kafka: in its consumer group).");
+                  "1 when the part is ready (db: migrated, and reachable "
+                  "from the outbox relay; kafka: in its consumer group, "
+                  "and the relay's producer reaches a broker).");
     if (rc == 0)
         rc = er_buf_printf(out, "envrun_ready{part=\"db\"} %d\n",
-                           atomic_load(&is_db_ready) ? 1 : 0);
+                           db_is_ready() ? 1 : 0);
     if (rc == 0)
         rc = er_buf_printf(out, "envrun_ready{part=\"kafka\"} %d\n",
-                           atomic_load(&is_kafka_ready) ? 1 : 0);
+                           kafka_is_ready() ? 1 : 0);
+    if (rc == 0)
+        rc = put_head(out, "envrun_draining", "gauge",
+                      "1 once the worker is shutting down (not ready).");
+    if (rc == 0)
+        rc = er_buf_printf(out, "envrun_draining %d\n",
+                           atomic_load(&is_shutting_down) ? 1 : 0);
     return rc;
 }
 
@@ -235,6 +279,11 @@ int er_metrics_render(struct er_buf *out)
         rc = put_counter(out, "envrun_outbox_published_total",
                          "Outbox rows published to Kafka.",
                          &outbox_published_cnt);
+    if (rc == 0)
+        rc = put_counter(out, "envrun_outbox_quarantined_total",
+                         "Outbox rows the broker refused for good, moved to "
+                         "envrun.outbox_quarantine.",
+                         &outbox_quarantined_cnt);
     if (rc == 0)
         rc = put_gauge(out, "envrun_outbox_backlog",
                        "Outbox rows waiting to be published.", &outbox_backlog);

@@ -1,5 +1,7 @@
 /* reaper: the TTL sweep thread (see reaper_int.h). It wakes every
- * min(ttl/4, 30 s) and expires up to 100 stale leases per pass. */
+ * min(ttl/4, 30 s), expires stale leases 100 at a time through the journal
+ * (er_lifecycle_reap) and sweeps what crashes left on this host. Every
+ * worker runs one; Postgres keeps two from reaping one lease. */
 #include <pthread.h>
 #include <time.h>
 
@@ -24,6 +26,8 @@ static void *reaper_main(void *arg)
     struct er_reaper *r = arg;
     int64_t last_warn = 0;
 
+    /* What a crash of this or another worker on this host left behind. */
+    er_lifecycle_sweep_host(r->lc);
     pthread_mutex_lock(&r->mu);
     while (!r->is_stopping) {
         struct timespec ts;
@@ -48,6 +52,7 @@ static void *reaper_main(void *arg)
             er_err_clear(&err);
             rc = er_lifecycle_reap(r->lc, r->ttl_s, PASS_LIMIT, &reaped, &err);
         } while (rc == 0 && reaped == PASS_LIMIT);
+        er_lifecycle_sweep_host(r->lc);
         if (rc != 0 && er_time_mono_ms() - last_warn >= 60000) {
             ER_LOG_WARN("reaper", "sweep failed: %s", err.msg);
             last_warn = er_time_mono_ms();

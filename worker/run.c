@@ -19,9 +19,12 @@
 
 volatile sig_atomic_t er_worker_stop;
 
-/* Connect and migrate, retrying while the database is not up yet. */
+/* Connect and migrate, retrying while the database is not up yet; then
+ * tell the drivers which installation they work for. */
 static int migrate(const struct er_config *cfg)
 {
+    char installation[40];
+
     int64_t deadline = er_time_mono_ms() + DB_WAIT_MS;
     struct er_err err;
 
@@ -32,9 +35,13 @@ static int migrate(const struct er_config *cfg)
         er_err_clear(&err);
         store = er_store_new(cfg->database_url, &err);
         rc = store != NULL ? er_store_migrate(store, &err) : err.code;
-        er_store_destroy(store);
         if (rc == 0)
+            rc = er_store_installation_id(store, installation, &err);
+        er_store_destroy(store);
+        if (rc == 0) {
+            er_driver_set_installation(installation);
             return 0;
+        }
         if (err.cls != ER_ERRCLASS_RETRY || er_time_mono_ms() > deadline ||
             er_worker_stop) {
             ER_LOG_ERR("worker", "database not ready: %s", err.msg);

@@ -260,6 +260,7 @@ struct er_store *er_store_new(const char *conninfo, struct er_err *err)
         er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
         return NULL;
     }
+    snprintf(store->lease_ttl_s, sizeof(store->lease_ttl_s), "21600");
     store->conninfo = er_strdup(conninfo);
     if (store->conninfo == NULL) {
         er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
@@ -271,6 +272,12 @@ struct er_store *er_store_new(const char *conninfo, struct er_err *err)
 fail:
     er_store_destroy(store);
     return NULL;
+}
+
+void er_store_set_lease_ttl(struct er_store *store, int64_t ttl_s)
+{
+    snprintf(store->lease_ttl_s, sizeof(store->lease_ttl_s), "%lld",
+             (long long)ttl_s);
 }
 
 void er_store_destroy(struct er_store *store)
@@ -293,7 +300,15 @@ int er_store_ensure(struct er_store *store, struct er_err *err)
     store->conn = PQconnectdb(store->conninfo);
     if (store->conn != NULL && PQstatus(store->conn) == CONNECTION_OK) {
         PQsetNoticeProcessor(store->conn, notice_to_log, NULL);
-        return 0;
+        /* A worker paused (SIGSTOP) inside a transaction would hold its row
+         * locks and its fence row, and so block the next owner's claim,
+         * for as long as it stays paused. No transaction of ours waits on
+         * a driver, so one idle this long is such a worker's: the server
+         * ends it. */
+        return er_store__exec_cmd(store, "session setup",
+                                  "SET idle_in_transaction_session_timeout "
+                                  "= '60s'",
+                                  0, NULL, err);
     }
     /* libpq's message names host and port, never the password. */
     msg = store->conn != NULL ? PQerrorMessage(store->conn) : "out of memory";
@@ -323,6 +338,22 @@ int er_store_migrate(struct er_store *store, struct er_err *err)
     }
     PQclear(res);
     return er_store_commit(store, err);
+}
+
+int er_store_installation_id(struct er_store *store, char out[40],
+                             struct er_err *err)
+{
+    PGresult *res = er_store__exec(store, "installation id",
+                                   "SELECT id::text FROM envrun.installation",
+                                   0, NULL, NULL, err);
+
+    out[0] = '\0';
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    if (PQntuples(res) > 0)
+        snprintf(out, 40, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
 }
 
 int er_store_begin(struct er_store *store, struct er_err *err)
@@ -510,6 +541,7 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
         in->provider_lease_id,
         in->expires_at_ms >= 0 ? expires : NULL,
         in->metadata_json,
+        store->lease_ttl_s,
     };
     int rc;
 
@@ -521,9 +553,10 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
         "lease_policy, provider, provider_lease_id, expires_at, metadata) "
         "VALUES (COALESCE($1::uuid, gen_random_uuid()), $2::uuid, $3::uuid, "
         "$4::uuid, $5::uuid, $6::uuid, 'active', $7, $8, $9, "
-        "to_timestamp($10::bigint / 1000.0), $11::jsonb) "
+        "COALESCE(to_timestamp($10::bigint / 1000.0), "
+        "now() + make_interval(secs => $12::bigint)), $11::jsonb) "
         "RETURNING " LEASE_COLS,
-        11, params, arena, out, err);
+        12, params, arena, out, err);
     return rc;
 }
 
@@ -638,13 +671,14 @@ int er_store_lease_set_metadata(struct er_store *store, const char *id,
                                 struct er_arena *arena,
                                 struct er_lease_row *out, struct er_err *err)
 {
-    const char *params[] = { id, metadata_json };
+    const char *params[] = { id, metadata_json, store->lease_ttl_s };
 
     return one_lease(store, "lease metadata update",
                      "UPDATE environment_leases SET metadata = $2::jsonb, "
-                     "last_used_at = now(), updated_at = now() "
+                     "last_used_at = now(), updated_at = now(), "
+                     "expires_at = now() + make_interval(secs => $3::bigint) "
                      "WHERE id = $1::uuid RETURNING " LEASE_COLS,
-                     2, params, arena, out, err);
+                     3, params, arena, out, err);
 }
 
 int er_store_lease_set_status(struct er_store *store, const char *id,
@@ -670,13 +704,14 @@ int er_store_lease_touch(struct er_store *store, const char *id,
                          struct er_arena *arena, struct er_lease_row *out,
                          struct er_err *err)
 {
-    const char *params[] = { id };
+    const char *params[] = { id, store->lease_ttl_s };
 
     return one_lease(store, "lease touch",
                      "UPDATE environment_leases SET last_used_at = now(), "
-                     "updated_at = now() WHERE id = $1::uuid "
-                     "RETURNING " LEASE_COLS,
-                     1, params, arena, out, err);
+                     "updated_at = now(), "
+                     "expires_at = now() + make_interval(secs => $2::bigint) "
+                     "WHERE id = $1::uuid RETURNING " LEASE_COLS,
+                     2, params, arena, out, err);
 }
 
 int er_store_lease_next_version(struct er_store *store, const char *id,
@@ -705,17 +740,68 @@ int er_store_lease_stale(struct er_store *store, int64_t ttl_s, int limit,
     char ttl[24];
     char lim[24];
     const char *params[] = { ttl, lim };
+    PGresult *res;
+    bool has_runs;
 
     snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_s);
     snprintf(lim, sizeof(lim), "%d", limit);
-    /* SKIP LOCKED: a lease a step is working on is not stale. */
-    return many_leases(store, "load stale leases",
-                       "SELECT " LEASE_COLS " FROM environment_leases "
-                       "WHERE status = 'active' AND (last_used_at < now() - "
-                       "make_interval(secs => $1::bigint) OR expires_at <= "
-                       "now()) ORDER BY last_used_at LIMIT $2::int "
-                       "FOR UPDATE SKIP LOCKED",
-                       2, params, arena, rows, row_cnt, err);
+    res = er_store__exec(store, "heartbeat_runs lookup",
+                         "SELECT to_regclass('heartbeat_runs') IS NOT NULL", 0,
+                         NULL, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    has_runs = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    /* Stale: untouched for the TTL or past expires_at; with Paperclip's
+     * heartbeat_runs, also a lease whose run ended (status no longer
+     * queued, scheduled_retry or running) and that has not changed for 5
+     * minutes: the release that never came (upstream #13515). SKIP LOCKED:
+     * a lease a step or another reaper holds is not taken; a lease in its
+     * cleanup backoff is left for later. */
+    return many_leases(
+        store, "load stale leases",
+        has_runs
+            ? "SELECT " LEASE_COLS " FROM environment_leases l "
+              "WHERE status = 'active' AND (last_used_at < now() - "
+              "make_interval(secs => $1::bigint) OR expires_at <= now() "
+              "OR (last_used_at < now() - interval '5 min' AND EXISTS ("
+              "SELECT 1 FROM heartbeat_runs r WHERE r.id = "
+              "l.heartbeat_run_id AND r.status NOT IN ('queued', "
+              "'scheduled_retry', 'running')))) "
+              "AND NOT EXISTS (SELECT 1 FROM envrun.operations o WHERE "
+              "o.command_id = 'reap:' || l.id::text AND o.kind = 'reap' AND "
+              "o.lease_id = l.id AND " ER_STORE_REAP_BACKOFF_SQL ") "
+              "ORDER BY last_used_at LIMIT $2::int FOR UPDATE SKIP LOCKED"
+            : "SELECT " LEASE_COLS " FROM environment_leases l "
+              "WHERE status = 'active' AND (last_used_at < now() - "
+              "make_interval(secs => $1::bigint) OR expires_at <= now()) "
+              "AND NOT EXISTS (SELECT 1 FROM envrun.operations o WHERE "
+              "o.command_id = 'reap:' || l.id::text AND o.kind = 'reap' AND "
+              "o.lease_id = l.id AND " ER_STORE_REAP_BACKOFF_SQL ") "
+              "ORDER BY last_used_at LIMIT $2::int FOR UPDATE SKIP LOCKED",
+        2, params, arena, rows, row_cnt, err);
+}
+
+int er_store_lease_tag_in_use(struct er_store *store, const char *tag,
+                              bool *is_in_use, struct er_err *err)
+{
+    const char *params[] = { tag };
+    PGresult *res;
+
+    *is_in_use = true;
+    res = er_store__exec(
+        store, "lease tag lookup",
+        "SELECT EXISTS (SELECT 1 FROM environment_leases WHERE status = "
+        "'active' AND left(replace(id::text, '-', ''), 16) = $1) OR EXISTS "
+        "(SELECT 1 FROM envrun.operations WHERE state IN ('started', "
+        "'interrupted', 'rolling_back') AND "
+        "left(replace(lease_id::text, '-', ''), 16) = $1)",
+        1, params, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    *is_in_use = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
 }
 
 /* ---- activity and execution workspaces ---- */

@@ -75,20 +75,36 @@ struct er_outbox_row {
     char *topic;
     uint8_t *key; /* NULL for a null key */
     size_t key_len;
-    uint8_t *value;
+    uint8_t *value; /* the first value_len bytes of the stored value */
     size_t value_len;
-    char *headers_json; /* NULL or a JSON object of string values */
+    size_t value_full_len; /* the stored value's length (>= value_len) */
+    char *headers_json;    /* NULL or a JSON object of string values */
+};
+
+/* An outbox row to move to envrun.outbox_quarantine, and why. */
+struct er_outbox_quarantine {
+    int64_t id;
+    const char *reason;
 };
 
 /* Connect (conninfo is a libpq string or URI). Errors: NULL, err set with
  * class RETRY when the server is unreachable. */
 struct er_store *er_store_new(const char *conninfo, struct er_err *err);
 void er_store_destroy(struct er_store *store);
+/* The lease TTL (ENVRUN_LEASE_TTL_S): every insert, touch and metadata
+ * update of an active lease sets expires_at to now + ttl_s (21600 until
+ * set). */
+void er_store_set_lease_ttl(struct er_store *store, int64_t ttl_s);
 /* Make sure the connection is usable, reconnecting when it was lost. */
 int er_store_ensure(struct er_store *store, struct er_err *err);
 
 /* Apply schemas/sql/migrations.sql in one transaction (advisory-locked). */
 int er_store_migrate(struct er_store *store, struct er_err *err);
+
+/* This database's installation id (envrun.installation, made by the
+ * migrations) into out; "" when there is none. */
+int er_store_installation_id(struct er_store *store, char out[40],
+                             struct er_err *err);
 
 int er_store_begin(struct er_store *store, struct er_err *err);
 int er_store_commit(struct er_store *store, struct er_err *err);
@@ -111,6 +127,68 @@ int er_store_processed_put(struct er_store *store, const char *command_id,
                            const uint8_t *result, size_t result_len,
                            struct er_err *err);
 
+/* ---- operation journal and fencing (store_journal.c) ---- */
+
+/* One remote operation of a step, as the journal records it. */
+struct er_op {
+    const char *command_id; /* the command, or "reap:<lease id>" */
+    const char *company_id;
+    const char *lease_id;
+    const char *environment_id; /* may be NULL */
+    const char *kind;           /* acquire, realize, provision, release, reap */
+    const char *topic;          /* the commands topic; NULL for the reaper */
+    int32_t partition;
+    int64_t generation; /* the fence the step works under */
+};
+
+/* Record that op is about to start (state started), or that it starts
+ * again (attempt + 1). *attempt gets the attempt number (1 the first time).
+ * Commit before the driver works. */
+int er_store_journal_start(struct er_store *store, const struct er_op *op,
+                           int *attempt, struct er_err *err);
+/* The reaper's claim on op (kind reap): start it unless another reaper
+ * holds it (started less than 10 minutes ago) or its last attempt failed
+ * within the backoff (15 s times 2^attempt: 30 s after the first, at most
+ * an hour). *is_claimed says whether this caller may work on it. */
+int er_store_journal_claim(struct er_store *store, const struct er_op *op,
+                           bool *is_claimed, struct er_err *err);
+/* The state and detail (JSON text, NULL when none) of one operation.
+ * ER_ENOTFOUND when it was never started. */
+int er_store_journal_get(struct er_store *store, const char *command_id,
+                         const char *kind, const char *lease_id,
+                         struct er_arena *arena, char **state,
+                         char **detail_json, struct er_err *err);
+/* Set one operation's state (done, failed, rolled_back) and, when
+ * detail_json is not NULL, its detail. */
+int er_store_journal_close(struct er_store *store, const char *command_id,
+                           const char *kind, const char *lease_id,
+                           const char *state, const char *detail_json,
+                           struct er_err *err);
+/* Close every operation of a command still started or interrupted with
+ * state: the outcome transaction does it, so the journal and the command's
+ * result commit together. */
+int er_store_journal_close_command(struct er_store *store,
+                                   const char *command_id, const char *state,
+                                   struct er_err *err);
+/* Mark the operations of (topic, partition) that a previous owner left
+ * started as interrupted; *cnt gets how many. A new owner does this when
+ * it is assigned the partition: the redelivered commands resume them. */
+int er_store_journal_interrupt(struct er_store *store, const char *topic,
+                               int32_t partition, int64_t generation,
+                               int64_t *cnt, struct er_err *err);
+/* Become the owner of (topic, partition): bump its generation and return
+ * it. Waits until the transactions of the previous owner that checked the
+ * fence have ended. */
+int er_store_journal_fence_claim(struct er_store *store, const char *topic,
+                                 int32_t partition, const char *owner,
+                                 int64_t *generation, struct er_err *err);
+/* Inside a transaction: lock (topic, partition)'s fence row FOR SHARE until
+ * the transaction ends and check that its generation is still generation.
+ * ER_EFENCED (class SKIP) when another worker owns the partition now. */
+int er_store_journal_fence_check(struct er_store *store, const char *topic,
+                                 int32_t partition, int64_t generation,
+                                 struct er_err *err);
+
 /* ---- outbox ---- */
 
 /* Queue a message; headers_json may be NULL. */
@@ -118,15 +196,34 @@ int er_store_outbox_add(struct er_store *store, const char *topic,
                         const uint8_t *key, size_t key_len,
                         const uint8_t *value, size_t value_len,
                         const char *headers_json, struct er_err *err);
-/* Try to become the one relay of the cluster (session advisory lock). */
-int er_store_relay_lock(struct er_store *store, bool *is_held,
+/* Try to become the one relay of the cluster (a session advisory lock).
+ * *session gets the database session holding it now (its backend pid), or
+ * 0 when another session holds it. */
+int er_store_relay_lock(struct er_store *store, int *session,
                         struct er_err *err);
-/* Up to limit rows in id order (arena copies). */
-int er_store_outbox_fetch(struct er_store *store, int limit,
-                          struct er_arena *arena, struct er_outbox_row **rows,
-                          size_t *row_cnt, struct er_err *err);
+/* er_store_ensure for the relay, whose lock is held by session (0: not
+ * held). A lost connection takes its session's lock with it, so when the
+ * connection was lost or replaced since the lock was taken *session becomes
+ * 0, and the relay must lock again before it publishes. */
+int er_store_relay_ensure(struct er_store *store, int *session,
+                          struct er_err *err);
+/* The oldest rows in id order (arena copies): at most row_max rows, and no
+ * more than byte_max bytes of keys and values together, but always the
+ * first row. Only the first value_max bytes of a value are fetched;
+ * value_full_len says how long it is. */
+int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
+                          size_t value_max, struct er_arena *arena,
+                          struct er_outbox_row **rows, size_t *row_cnt,
+                          struct er_err *err);
 int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
                            size_t id_cnt, struct er_err *err);
+/* In one transaction: copy the rows of quarantine (q_cnt entries, may be
+ * 0) with their reasons into envrun.outbox_quarantine, then delete them and
+ * the delivered rows ids (id_cnt, may be 0) from envrun.outbox. */
+int er_store_outbox_settle(struct er_store *store, const int64_t *ids,
+                           size_t id_cnt,
+                           const struct er_outbox_quarantine *quarantine,
+                           size_t q_cnt, struct er_err *err);
 int er_store_outbox_count(struct er_store *store, int64_t *cnt,
                           struct er_err *err);
 
@@ -203,6 +300,12 @@ int er_store_lease_next_version(struct er_store *store, const char *id,
 int er_store_lease_stale(struct er_store *store, int64_t ttl_s, int limit,
                          struct er_arena *arena, struct er_lease_row **rows,
                          size_t *row_cnt, struct er_err *err);
+
+/* Whether a lease whose id starts with tag (16 hex digits, no dashes) is
+ * active or has an operation in flight: what a driver keeps on this host
+ * for it is still needed. */
+int er_store_lease_tag_in_use(struct er_store *store, const char *tag,
+                              bool *is_in_use, struct er_err *err);
 
 /* ---- activity and execution workspaces ---- */
 

@@ -33,40 +33,100 @@ int er_store_outbox_add(struct er_store *store, const char *topic,
     return 0;
 }
 
-int er_store_relay_lock(struct er_store *store, bool *is_held,
+int er_store_relay_lock(struct er_store *store, int *session,
                         struct er_err *err)
 {
     PGresult *res = er_store__exec(store, "relay lock",
                                    "SELECT pg_try_advisory_lock(7295104812)", 0,
                                    NULL, NULL, err);
 
-    *is_held = false;
+    *session = 0;
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
-    *is_held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+        PQclear(res);
+        return 0;
+    }
     PQclear(res);
+    *session = PQbackendPID(store->conn);
+    /* The lock is the session's: a relay paused (SIGSTOP) or hung while
+     * holding it would stop every worker's publishing. A working relay
+     * queries at least every second, so a session idle this long is such
+     * a relay's: the server ends it and another relay takes over. */
+    return er_store__exec_cmd(store, "relay session",
+                              "SET idle_session_timeout = '30s'", 0, NULL, err);
+}
+
+int er_store_relay_ensure(struct er_store *store, int *session,
+                          struct er_err *err)
+{
+    int rc;
+
+    /* er_store_ensure reconnects a connection libpq marked bad; any other
+     * path that reconnected shows as a new backend pid. */
+    if (store->conn == NULL || PQstatus(store->conn) != CONNECTION_OK)
+        *session = 0;
+    rc = er_store_ensure(store, err);
+    if (rc != 0) {
+        *session = 0;
+        return rc;
+    }
+    if (*session != 0 && PQbackendPID(store->conn) != *session)
+        *session = 0;
     return 0;
 }
 
-int er_store_outbox_fetch(struct er_store *store, int limit,
-                          struct er_arena *arena, struct er_outbox_row **rows,
-                          size_t *row_cnt, struct er_err *err)
+/* An int8 column of a binary result (network byte order). */
+static int64_t get_be_i64(const PGresult *res, int row, int col)
 {
-    char lim[24];
-    const char *params[] = { lim };
+    const unsigned char *p = (const unsigned char *)PQgetvalue(res, row, col);
+    uint64_t v = 0;
+    int b;
+
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
+        return -1;
+    for (b = 0; b < 8; b++)
+        v = (v << 8) | p[b];
+    return (int64_t)v;
+}
+
+int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
+                          size_t value_max, struct er_arena *arena,
+                          struct er_outbox_row **rows, size_t *row_cnt,
+                          struct er_err *err)
+{
+    char rows_txt[24];
+    char bytes_txt[24];
+    char value_txt[24];
+    const char *params[] = { rows_txt, bytes_txt, value_txt };
     PGresult *res = NULL;
     int n;
     int i;
     int rc = 0;
 
+    ER_ASSERT(row_max > 0 && value_max > 0 && value_max <= INT32_MAX);
     *rows = NULL;
     *row_cnt = 0;
-    snprintf(lim, sizeof(lim), "%d", limit);
-    /* Binary results: the key and value come back as raw bytes. */
-    res = PQexecParams(store->conn,
-                       "SELECT id, topic, msg_key, msg_value, headers::text "
-                       "FROM envrun.outbox ORDER BY id LIMIT $1::int",
-                       1, NULL, params, NULL, NULL, 1);
+    snprintf(rows_txt, sizeof(rows_txt), "%d", row_max);
+    snprintf(bytes_txt, sizeof(bytes_txt), "%zu", byte_max);
+    snprintf(value_txt, sizeof(value_txt), "%zu", value_max);
+    /* The running sum over the id order makes the batch a prefix: the
+     * first row always, then rows while keys and (capped) values fit in
+     * byte_max. octet_length() reads a TOASTed value's size without
+     * detoasting it. Binary results: keys and values come back as raw
+     * bytes. */
+    res = PQexecParams(
+        store->conn,
+        "SELECT id, topic, msg_key, substring(msg_value FROM 1 FOR $3::int), "
+        "octet_length(msg_value)::bigint, headers::text "
+        "FROM (SELECT o.*, row_number() OVER w AS rn, "
+        "sum(coalesce(octet_length(o.msg_key), 0) + "
+        "least(octet_length(o.msg_value), $3::int)) OVER w AS run_bytes "
+        "FROM envrun.outbox o "
+        "WINDOW w AS (ORDER BY o.id ROWS UNBOUNDED PRECEDING) "
+        "ORDER BY o.id LIMIT $1::int) b "
+        "WHERE b.rn = 1 OR b.run_bytes <= $2::bigint ORDER BY b.id",
+        3, NULL, params, NULL, NULL, 1);
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
         rc = er_store__result_to_err(store->conn, res, "outbox fetch", err);
         goto out;
@@ -81,13 +141,10 @@ int er_store_outbox_fetch(struct er_store *store, int limit,
     }
     for (i = 0; i < n; i++) {
         struct er_outbox_row *r = &(*rows)[i];
-        const unsigned char *idp = (const unsigned char *)PQgetvalue(res, i, 0);
-        uint64_t id = 0;
-        int b;
+        int64_t full_len = get_be_i64(res, i, 4);
 
-        for (b = 0; b < 8; b++) /* int8 in network byte order */
-            id = (id << 8) | idp[b];
-        r->id = (int64_t)id;
+        memset(r, 0, sizeof(*r));
+        r->id = get_be_i64(res, i, 0);
         r->topic = er_store__get_str(res, i, 1, arena);
         if (!PQgetisnull(res, i, 2)) {
             r->key_len = (size_t)PQgetlength(res, i, 2);
@@ -97,9 +154,12 @@ int er_store_outbox_fetch(struct er_store *store, int limit,
         r->value_len = (size_t)PQgetlength(res, i, 3);
         r->value = (uint8_t *)er_arena_strndup(arena, PQgetvalue(res, i, 3),
                                                r->value_len);
-        r->headers_json = er_store__get_str(res, i, 4, arena);
+        r->value_full_len =
+            full_len > (int64_t)r->value_len ? (size_t)full_len : r->value_len;
+        r->headers_json = er_store__get_str(res, i, 5, arena);
         if (r->topic == NULL || r->value == NULL ||
-            (!PQgetisnull(res, i, 2) && r->key == NULL)) {
+            (!PQgetisnull(res, i, 2) && r->key == NULL) ||
+            (!PQgetisnull(res, i, 5) && r->headers_json == NULL)) {
             rc = er_store__oom(err);
             goto out;
         }
@@ -120,7 +180,7 @@ int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
 
     if (id_cnt == 0)
         return 0;
-    er_buf_init(&arr, 64 * 1024 * 1024);
+    er_buf_init(&arr, (size_t)64 * 1024 * 1024);
     rc = er_buf_append(&arr, "{", 1);
     for (i = 0; i < id_cnt && rc == 0; i++)
         rc =
@@ -138,6 +198,47 @@ int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
         "DELETE FROM envrun.outbox WHERE id = ANY($1::bigint[])", 1, params,
         err);
     er_buf_fini(&arr);
+    return rc;
+}
+
+int er_store_outbox_settle(struct er_store *store, const int64_t *ids,
+                           size_t id_cnt,
+                           const struct er_outbox_quarantine *quarantine,
+                           size_t q_cnt, struct er_err *err)
+{
+    size_t i;
+    int rc;
+
+    if (q_cnt == 0)
+        return er_store_outbox_delete(store, ids, id_cnt, err);
+    /* Not er_store_begin: it would reconnect a lost connection silently,
+     * and the relay must see a new session (its lock is gone). */
+    rc = er_store__exec_cmd(store, "begin", "BEGIN", 0, NULL, err);
+    if (rc != 0)
+        return rc;
+    for (i = 0; i < q_cnt && rc == 0; i++) {
+        char id[24];
+        const char *params[] = { id, quarantine[i].reason };
+
+        snprintf(id, sizeof(id), "%lld", (long long)quarantine[i].id);
+        /* The row is copied and deleted by one statement, so it is moved
+         * or, if it is already gone, nothing happens. */
+        rc = er_store__exec_cmd(
+            store, "outbox quarantine",
+            "WITH moved AS (DELETE FROM envrun.outbox WHERE id = $1::bigint "
+            "RETURNING id, topic, msg_key, msg_value, headers, created_at) "
+            "INSERT INTO envrun.outbox_quarantine (id, topic, msg_key, "
+            "msg_value, headers, created_at, reason) "
+            "SELECT id, topic, msg_key, msg_value, headers, created_at, $2 "
+            "FROM moved",
+            2, params, err);
+    }
+    if (rc == 0)
+        rc = er_store_outbox_delete(store, ids, id_cnt, err);
+    if (rc == 0)
+        rc = er_store_commit(store, err);
+    if (rc != 0)
+        er_store_rollback(store);
     return rc;
 }
 

@@ -13,7 +13,18 @@
 struct er_store {
     PGconn *conn;
     char *conninfo;
+    char lease_ttl_s[24]; /* expires_at = now() + this, as text */
 };
+
+/* The reaper's backoff after a failed cleanup of a lease: 15 s times
+ * 2^attempt (30 s after the first failure), at most an hour; a claim left
+ * started by a reaper that died is taken over after 10 minutes. Used by
+ * the stale-lease query (store.c) and the claim (store_journal.c); o is
+ * the envrun.operations row of the lease's reap. */
+#define ER_STORE_REAP_BACKOFF_SQL                                          \
+    "((o.state = 'started' AND o.updated_at > now() - interval '10 min') " \
+    "OR (o.state <> 'started' AND o.updated_at > now() - make_interval("   \
+    "secs => least(3600, 15 * power(2, least(o.attempt, 8))))))"
 
 /* Fill err from a failed result (NULL: connection lost or OOM) and return
  * its code: class 08/40/53/57P and unique races RETRY, 22/23 SKIP, the

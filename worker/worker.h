@@ -30,6 +30,7 @@ struct er_config {
     bool log_is_json;
     enum er_log_level log_level;
     int64_t lease_ttl_s; /* > 0 */
+    int drain_s;         /* SIGTERM: steps in flight may take this long */
     char secrets_dir[ER_CONFIG_STR_MAX];
     char paperclip_api_url[ER_CONFIG_STR_MAX];
 };
@@ -68,12 +69,26 @@ void er_metrics_dlq(void);
 void er_metrics_retry(void);
 void er_metrics_replay(void);
 void er_metrics_outbox_published(uint64_t n);
+/* Count n outbox rows moved to envrun.outbox_quarantine (the broker refused
+ * them for good); envrun_outbox_quarantined_total. */
+void er_metrics_outbox_quarantined(uint64_t n);
 void er_metrics_outbox_backlog(int64_t n);
 void er_metrics_inflight(int64_t n);
 /* Readiness parts: the database is reachable and migrated; the consumer is
  * in its group. /readyz answers 200 only when all are true. */
 void er_metrics_set_db_ready(bool is_ready);
 void er_metrics_set_kafka_ready(bool is_ready);
+/* The outbox relay's own parts, separate flags so they never overwrite the
+ * ones above: its database connection answers (false while it cannot
+ * connect or query), and its producer reaches a broker (false after
+ * librdkafka reported all brokers down, true again after a delivery or a
+ * metadata answer). Both are true until set; a false one makes /readyz
+ * answer 503 and shows in envrun_ready{part="db"} or {part="kafka"}. */
+void er_metrics_set_relay_db_ready(bool is_ready);
+void er_metrics_set_producer_ready(bool is_ready);
+/* The worker is shutting down (SIGTERM): /readyz answers 503 from now on
+ * so no new traffic is routed to it; envrun_draining shows it. */
+void er_metrics_set_draining(bool is_draining);
 bool er_metrics_is_ready(void);
 /* Render every metric in the Prometheus text format into out. */
 int er_metrics_render(struct er_buf *out);

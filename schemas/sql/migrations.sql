@@ -229,5 +229,16 @@ CREATE TABLE IF NOT EXISTS envrun.outbox_quarantine (
     quarantined_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- This database's envrun installation: one random id, made once. A
+-- worker marks what it keeps on its host (the ssh driver's connection
+-- directories) with it, so its sweep never touches what workers of
+-- another database on the same host keep.
+CREATE TABLE IF NOT EXISTS envrun.installation (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    is_singleton boolean NOT NULL DEFAULT true UNIQUE
+);
+INSERT INTO envrun.installation (is_singleton) VALUES (true)
+    ON CONFLICT (is_singleton) DO NOTHING;
+
 INSERT INTO envrun.schema_migrations (version) VALUES (1), (2)
     ON CONFLICT (version) DO NOTHING;

@@ -1678,3 +1678,159 @@ out:
     PQfinish(conn);
     return rc;
 }
+
+/* ================================================================
+ * Invariants after crashes
+ * ================================================================ */
+
+void er_harness_check_results(struct er_harness *h, const char *const *ids,
+                              size_t id_cnt, const char *outcome)
+{
+    const struct er_harness_record *recs[16];
+    size_t n;
+    size_t i;
+    size_t j;
+    size_t redelivered = 0;
+
+    for (i = 0; i < id_cnt; i++) {
+        n = er_harness_find(h, ER_HARNESS_RESULTS, "commandId", ids[i], recs,
+                            16);
+        assert_true(n >= 1 && n <= 16);
+        if (outcome != NULL)
+            ER_HARNESS_ASSERT_STR(recs[0]->json, "outcome", outcome);
+        for (j = 1; j < n; j++) {
+            assert_int_equal(recs[j]->value_len, recs[0]->value_len);
+            assert_memory_equal(recs[j]->value, recs[0]->value,
+                                recs[0]->value_len);
+        }
+        redelivered += n - 1;
+    }
+    print_message("%s: %zu results re-sent after a restart\n", h->name,
+                  redelivered);
+}
+
+void er_harness_check_lease_events(struct er_harness *h, long long released_cnt,
+                                   long long other_cnt)
+{
+    json_t *leases = json_object(); /* leaseId -> {eventId: index} */
+    json_t *rows;
+    size_t i;
+    size_t cnt = er_harness_count(h, ER_HARNESS_LEASE_EVENTS);
+    const char *lease_id;
+    json_t *events;
+
+    for (i = 0; i < cnt; i++) {
+        const struct er_harness_record *rec =
+            er_harness_get(h, ER_HARNESS_LEASE_EVENTS, i);
+        const char *lid = er_harness_json_str(rec->json, "leaseId");
+        const char *eid = er_harness_json_str(rec->json, "eventId");
+        json_t *seen;
+
+        ER_HARNESS_NON_NULL(lid);
+        ER_HARNESS_NON_NULL(eid);
+        ER_HARNESS_NON_NULL(rec->key);
+        assert_string_equal(rec->key, lid);
+        events = json_object_get(leases, lid);
+        if (events == NULL) {
+            events = json_object();
+            json_object_set_new(leases, lid, events);
+        }
+        seen = json_object_get(events, eid);
+        if (seen != NULL) {
+            const struct er_harness_record *first = er_harness_get(
+                h, ER_HARNESS_LEASE_EVENTS, (size_t)json_integer_value(seen));
+
+            assert_int_equal(first->value_len, rec->value_len);
+            assert_memory_equal(first->value, rec->value, rec->value_len);
+            continue;
+        }
+        json_object_set_new(events, eid, json_integer((json_int_t)i));
+    }
+
+    rows = er_harness_pg_query(h->db_url,
+                               "SELECT id::text, status FROM "
+                               "environment_leases",
+                               0, NULL);
+    ER_HARNESS_NON_NULL(rows);
+    assert_int_equal(json_array_size(rows), json_object_size(leases));
+    for (i = 0; i < json_array_size(rows); i++) {
+        const json_t *row = json_array_get(rows, i);
+        const char *status = er_harness_json_str(row, "status");
+        long long want =
+            strcmp(status, "released") == 0 ? released_cnt : other_cnt;
+        bool has_version[65] = { false };
+        const char *eid;
+        json_t *idx;
+        const char *last_status = NULL;
+
+        lease_id = er_harness_json_str(row, "id");
+        events = json_object_get(leases, lease_id);
+        if (events == NULL)
+            er_harness_fail(__FILE__, __LINE__, "lease %s has no events",
+                            lease_id);
+        /* Without an expectation, the count is the version the database
+         * gave the lease's last event. */
+        if (want <= 0)
+            want = er_harness_pg_count(
+                h->db_url,
+                "SELECT version FROM envrun.lease_state WHERE lease_id = "
+                "$1::uuid",
+                1, &lease_id);
+        if (want < 1 || want > 64)
+            er_harness_fail(__FILE__, __LINE__,
+                            "lease %s: %lld events expected", lease_id, want);
+        if ((long long)json_object_size(events) != want)
+            er_harness_fail(__FILE__, __LINE__,
+                            "lease %s (%s) has %zu distinct events, want %lld",
+                            lease_id, status, json_object_size(events), want);
+        json_object_foreach(events, eid, idx)
+        {
+            const struct er_harness_record *rec = er_harness_get(
+                h, ER_HARNESS_LEASE_EVENTS, (size_t)json_integer_value(idx));
+            json_int_t version =
+                json_integer_value(er_harness_json_at(rec->json, "version"));
+
+            if (version < 1 || version > want || has_version[version])
+                er_harness_fail(__FILE__, __LINE__,
+                                "lease %s: event %s has version %lld", lease_id,
+                                eid, (long long)version);
+            has_version[version] = true;
+            if (version == want)
+                last_status = er_harness_json_str(rec->json, "status");
+        }
+        ER_HARNESS_NON_NULL(last_status);
+        assert_string_equal(last_status, status);
+    }
+    json_decref(rows);
+    json_decref(leases);
+}
+
+void er_harness_check_activity(struct er_harness *h)
+{
+    json_t *ids = json_object(); /* id -> true */
+    json_t *rows;
+    size_t cnt = er_harness_count(h, ER_HARNESS_ACTIVITY);
+    size_t i;
+
+    for (i = 0; i < cnt; i++) {
+        const struct er_harness_record *rec =
+            er_harness_get(h, ER_HARNESS_ACTIVITY, i);
+        const char *id = er_harness_json_str(rec->json, "id");
+
+        ER_HARNESS_NON_NULL(id);
+        json_object_set_new(ids, id, json_true());
+    }
+    rows = er_harness_pg_query(h->db_url, "SELECT id::text FROM activity_log",
+                               0, NULL);
+    ER_HARNESS_NON_NULL(rows);
+    assert_int_equal(json_array_size(rows), json_object_size(ids));
+    for (i = 0; i < json_array_size(rows); i++) {
+        const char *id = er_harness_json_str(json_array_get(rows, i), "id");
+
+        if (json_object_get(ids, id) == NULL)
+            er_harness_fail(__FILE__, __LINE__,
+                            "activity_log row %s has no event", id);
+    }
+    json_decref(rows);
+    json_decref(ids);
+}

@@ -265,6 +265,27 @@ bool er_harness_wait_results(struct er_harness *h, const char *const *ids,
                              size_t id_cnt, int timeout_ms);
 
 /* ================================================================
+ * Invariants after crashes and restarts (contract.md 3: at-least-once on
+ * the wire, effectively-once in effect). Each fails the running test.
+ * ================================================================ */
+
+/* Every one of the id_cnt commands has at least one result, every copy
+ * of a command's result is byte-identical, and (unless outcome is NULL)
+ * the outcome is outcome. Prints how many results were sent again. */
+void er_harness_check_results(struct er_harness *h, const char *const *ids,
+                              size_t id_cnt, const char *outcome);
+/* Lease events: every event's key is its lease; copies of one event id are
+ * identical; per lease the distinct events carry versions 1..n once each,
+ * where n is released_cnt for a lease now released, other_cnt for any
+ * other (0: the version envrun.lease_state holds); the last one's status
+ * is the row's; every row of environment_leases has events and no event
+ * names a lease without a row. */
+void er_harness_check_lease_events(struct er_harness *h, long long released_cnt,
+                                   long long other_cnt);
+/* Activity events and activity_log rows match one to one by id. */
+void er_harness_check_activity(struct er_harness *h);
+
+/* ================================================================
  * JSON helpers
  * ================================================================ */
 
@@ -412,6 +433,19 @@ json_t *er_harness_ssh_config(const struct er_harness_ssh *ssh,
 int er_harness_ssh_env_insert(struct er_harness *h, const char *company_id,
                               const char *name, const json_t *config,
                               char env_id[37]);
+
+/* Insert, as er_harness_ssh_env_insert does, an ssh environment with
+ * per_lease isolation whose remoteWorkspacePath is ssh->root/ws (that path
+ * goes to remote, remote_len bytes). Returns 0 or -1 after printing why. */
+int er_harness_ssh_per_lease_env(struct er_harness *h,
+                                 const struct er_harness_ssh *ssh,
+                                 const char *company_id, const char *name,
+                                 char *remote, size_t remote_len,
+                                 char env_id[37]);
+/* ssh->worker_env followed by extra (may be NULL), NULL-terminated, into
+ * out: an er_harness_worker_opts.env. */
+void er_harness_ssh_worker_env_with(const struct er_harness_ssh *ssh,
+                                    const char *extra, const char *out[8]);
 
 /* Run script with `sh -c` as the ssh user on the "remote" side (runuser
  * as root, else ssh with the test key), with HOME set and a plain PATH,

@@ -1061,3 +1061,34 @@ char *er_harness_ssh_new_lines(const char *before, const char *after)
     }
     return (char *)er_buf_take(&buf, &len);
 }
+
+int er_harness_ssh_per_lease_env(struct er_harness *h,
+                                 const struct er_harness_ssh *ssh,
+                                 const char *company_id, const char *name,
+                                 char *remote, size_t remote_len,
+                                 char env_id[37])
+{
+    json_t *config;
+    int rc;
+
+    snprintf(remote, remote_len, "%s/ws", ssh->root);
+    config = er_harness_ssh_config(ssh, remote, "per_lease");
+    if (config == NULL)
+        return -1;
+    rc = er_harness_ssh_env_insert(h, company_id, name, config, env_id);
+    json_decref(config);
+    return rc;
+}
+
+void er_harness_ssh_worker_env_with(const struct er_harness_ssh *ssh,
+                                    const char *extra, const char *out[8])
+{
+    size_t n = 0;
+    size_t i;
+
+    for (i = 0; ssh->worker_env[i] != NULL && n < 6; i++)
+        out[n++] = ssh->worker_env[i];
+    if (extra != NULL)
+        out[n++] = extra;
+    out[n] = NULL;
+}
