@@ -11,57 +11,17 @@
 
 #include <jansson.h>
 
-#include "drivers/driver.h"
-#include "schemas/schemas.h"
-#include "worker/lifecycle_int.h"
+#include "worker/lifecycle_step_int.h"
 #include "worker/redact_int.h"
-#include "worker/store_int.h"
 
-#define ARENA_MAX            (64u * 1024 * 1024)
-#define ENCODE_MAX           (8u * 1024 * 1024)
-#define TOPIC_MAX            256
-#define SUPERSEDED           "superseded: stale single-flight workspace lease"
-#define REAPED               "lease_expired"
-/* domain.md 3.4 step 3: the provision command runs at most 300 s. */
-#define PROVISION_TIMEOUT_MS 300000
-
-/* A remote acquisition to release once the step's outcome committed (see
- * undo_acquire); lease_id NULL when none. Arena strings. */
-struct undo {
-    const char *command_id;
-    const char *lease_id;
-    const char *environment_id;
-    const char *detail_json; /* {driver, metadata} */
-};
-
-struct er_lifecycle {
-    struct er_store *store;
-    struct undo undo;               /* set by the step, run after its commit */
-    struct er_arena arena;          /* reset per command */
-    struct er_buf enc;              /* scratch for one encoded value */
-    char topic_commands[TOPIC_MAX]; /* the fence's topic */
-    char topic_results[TOPIC_MAX];
-    char topic_lease_events[TOPIC_MAX];
-    char topic_activity[TOPIC_MAX];
-    char topic_dlq[TOPIC_MAX];
-};
-
-/* The state of one step: the command, its result, the result's key. */
-struct step {
-    struct er_lifecycle *lc;
-    const struct er_msg_coords *coords;
-    const struct er_run_command *cmd;
-    const uint8_t *key; /* result key: the command's key, else its id */
-    size_t key_len;
-    struct er_command_result res;
-    json_t *result; /* owned: becomes resultJson */
-};
+#define ARENA_MAX  (64u * 1024 * 1024)
+#define ENCODE_MAX (8u * 1024 * 1024)
 
 /* ================================================================
  * JSON helpers
  * ================================================================ */
 
-static json_t *jstr(const char *s)
+json_t *er_lifecycle__jstr(const char *s)
 {
     return s != NULL ? json_string(s) : json_null();
 }
@@ -77,7 +37,7 @@ static json_t *jtime(int64_t ms)
 }
 
 /* Parse JSON text of a column; NULL text gives JSON null. */
-static json_t *jparse(const char *text)
+json_t *er_lifecycle__jparse(const char *text)
 {
     json_t *v;
 
@@ -87,7 +47,7 @@ static json_t *jparse(const char *text)
     return v != NULL ? v : json_null();
 }
 
-static char *jdump(struct er_arena *arena, const json_t *v)
+char *er_lifecycle__jdump(struct er_arena *arena, const json_t *v)
 {
     char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     char *d;
@@ -99,9 +59,24 @@ static char *jdump(struct er_arena *arena, const json_t *v)
     return d;
 }
 
-static json_t *lease_to_json(const struct er_lease_row *l)
+const char *er_lifecycle__jget_str(const json_t *obj, const char *key)
 {
-    json_t *meta = jparse(l->metadata_json);
+    const json_t *v = json_object_get(obj, key);
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    size_t i;
+
+    if (s == NULL)
+        return NULL;
+    for (i = 0; s[i] != '\0'; i++) {
+        if (!isspace((unsigned char)s[i]))
+            return s; /* non-blank */
+    }
+    return NULL;
+}
+
+json_t *er_lifecycle__lease_to_json(const struct er_lease_row *l)
+{
+    json_t *meta = er_lifecycle__jparse(l->metadata_json);
 
     er_redact_json(meta, false);
     return json_pack(
@@ -109,42 +84,46 @@ static json_t *lease_to_json(const struct er_lease_row *l)
         " s:o, s:o, s:o, s:o, s:o, s:o}",
         "id", l->id, "companyId", l->company_id, "environmentId",
         l->environment_id, "executionWorkspaceId",
-        jstr(l->execution_workspace_id), "issueId", jstr(l->issue_id),
-        "heartbeatRunId", jstr(l->heartbeat_run_id), "status", l->status,
-        "leasePolicy", l->lease_policy, "provider", jstr(l->provider),
-        "providerLeaseId", jstr(l->provider_lease_id), "acquiredAt",
+        er_lifecycle__jstr(l->execution_workspace_id), "issueId",
+        er_lifecycle__jstr(l->issue_id), "heartbeatRunId",
+        er_lifecycle__jstr(l->heartbeat_run_id), "status", l->status,
+        "leasePolicy", l->lease_policy, "provider",
+        er_lifecycle__jstr(l->provider), "providerLeaseId",
+        er_lifecycle__jstr(l->provider_lease_id), "acquiredAt",
         jtime(l->acquired_at_ms), "lastUsedAt", jtime(l->last_used_at_ms),
         "expiresAt", jtime(l->expires_at_ms), "releasedAt",
-        jtime(l->released_at_ms), "failureReason", jstr(l->failure_reason),
-        "cleanupStatus", jstr(l->cleanup_status), "metadata", meta, "createdAt",
+        jtime(l->released_at_ms), "failureReason",
+        er_lifecycle__jstr(l->failure_reason), "cleanupStatus",
+        er_lifecycle__jstr(l->cleanup_status), "metadata", meta, "createdAt",
         jtime(l->created_at_ms), "updatedAt", jtime(l->updated_at_ms));
 }
 
-static json_t *env_to_json(const struct er_env_row *e)
+json_t *er_lifecycle__env_to_json(const struct er_env_row *e)
 {
-    json_t *config = jparse(e->config_json);
+    json_t *config = er_lifecycle__jparse(e->config_json);
 
     er_redact_json(config, false);
-    return json_pack(
-        "{s:s, s:s, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}", "id", e->id,
-        "companyId", e->company_id, "name", e->name, "description",
-        jstr(e->description), "driver", e->driver, "status", e->status,
-        "config", config, "metadata", jparse(e->metadata_json), "createdAt",
-        jtime(e->created_at_ms), "updatedAt", jtime(e->updated_at_ms));
+    return json_pack("{s:s, s:s, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}", "id",
+                     e->id, "companyId", e->company_id, "name", e->name,
+                     "description", er_lifecycle__jstr(e->description),
+                     "driver", e->driver, "status", e->status, "config", config,
+                     "metadata", er_lifecycle__jparse(e->metadata_json),
+                     "createdAt", jtime(e->created_at_ms), "updatedAt",
+                     jtime(e->updated_at_ms));
 }
 
 /* The driver's view of an environment row and its parsed config
  * (both borrowed). */
-static struct er_driver_env driver_env(const struct er_env_row *e,
-                                       const json_t *config)
+struct er_driver_env er_lifecycle__driver_env(const struct er_env_row *e,
+                                              const json_t *config)
 {
     return (struct er_driver_env){ e->id,     e->company_id, e->name,
                                    e->driver, e->status,     config };
 }
 
 /* The driver's view of a lease row and its parsed metadata (borrowed). */
-static struct er_driver_lease driver_lease(const struct er_lease_row *l,
-                                           const json_t *meta)
+struct er_driver_lease er_lifecycle__driver_lease(const struct er_lease_row *l,
+                                                  const json_t *meta)
 {
     return (struct er_driver_lease){ l->id,
                                      l->status,
@@ -159,7 +138,7 @@ static struct er_driver_lease driver_lease(const struct er_lease_row *l,
  * Outbox writers
  * ================================================================ */
 
-static int oom(struct er_err *err)
+int er_lifecycle__oom(struct er_err *err)
 {
     return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
 }
@@ -173,8 +152,8 @@ static int outbox(struct er_lifecycle *lc, const char *topic,
 }
 
 /* Queue a LeaseEvent for the row as it now is, with the next version. */
-static int lease_event(struct er_lifecycle *lc, const struct er_lease_row *l,
-                       struct er_err *err)
+int er_lifecycle__lease_event(struct er_lifecycle *lc,
+                              const struct er_lease_row *l, struct er_err *err)
 {
     struct er_lease_event ev;
     char event_id[37];
@@ -188,9 +167,10 @@ static int lease_event(struct er_lifecycle *lc, const struct er_lease_row *l,
         return rc;
     if (er_uuid_v4(event_id) != 0)
         return er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY, "getrandom failed");
-    meta = jparse(l->metadata_json);
+    meta = er_lifecycle__jparse(l->metadata_json);
     er_redact_json(meta, false);
-    meta_json = json_is_null(meta) ? NULL : jdump(&lc->arena, meta);
+    meta_json =
+        json_is_null(meta) ? NULL : er_lifecycle__jdump(&lc->arena, meta);
     json_decref(meta);
     ev.event_id = event_id;
     ev.occurred_at_ms = l->updated_at_ms;
@@ -221,30 +201,20 @@ static int lease_event(struct er_lifecycle *lc, const struct er_lease_row *l,
                   strlen(l->id), NULL, err);
 }
 
-/* Write an activity_log row and queue its ActivityEvent. A row the
- * database refuses (a control-plane foreign key, say) is logged and
- * skipped: domain.md 3.2 step 3 says logging must not fail the step. */
-/* Who an activity row is attributed to (domain.md 3.8). */
-struct actor {
-    const char *company_id;
-    const char *type; /* agent or system */
-    const char *id;
-    const char *agent_id; /* may be NULL */
-    const char *run_id;   /* may be NULL */
-};
-
-static struct actor step_actor(const struct step *st)
+struct er_actor er_lifecycle__step_actor(const struct er_step *st)
 {
     const struct er_run_command *cmd = st->cmd;
-    struct actor a = { cmd->company_id, "agent", cmd->agent_id, cmd->agent_id,
-                       cmd->heartbeat_run_id };
+    struct er_actor a = { cmd->company_id, "agent", cmd->agent_id,
+                          cmd->agent_id, cmd->heartbeat_run_id };
 
     return a;
 }
 
-static int activity(struct er_lifecycle *lc, const struct actor *who,
-                    const char *action, const struct er_lease_row *l,
-                    json_t *details, struct er_err *err)
+/* A row the database refuses (a control-plane foreign key, say) is logged
+ * and skipped: domain.md 3.2 step 3 says logging must not fail the step. */
+int er_lifecycle__activity(struct er_lifecycle *lc, const struct er_actor *who,
+                           const char *action, const struct er_lease_row *l,
+                           json_t *details, struct er_err *err)
 {
     struct er_activity_row in;
     struct er_activity_row row;
@@ -262,9 +232,9 @@ static int activity(struct er_lifecycle *lc, const struct actor *who,
     in.entity_id = l->id;
     in.agent_id = who->agent_id;
     in.run_id = who->run_id;
-    in.details_json = jdump(&lc->arena, details);
+    in.details_json = er_lifecycle__jdump(&lc->arena, details);
     if (in.details_json == NULL)
-        return oom(err);
+        return er_lifecycle__oom(err);
 
     rc = er_store_savepoint(lc->store, err);
     if (rc != 0)
@@ -322,8 +292,9 @@ static int fence(struct er_lifecycle *lc, const struct er_msg_coords *coords,
 }
 
 /* Phase 1: record that the step is about to run kind on lease_id. */
-static int journal(struct step *st, const char *kind, const char *lease_id,
-                   const char *environment_id, struct er_err *err)
+int er_lifecycle__journal(struct er_step *st, const char *kind,
+                          const char *lease_id, const char *environment_id,
+                          struct er_err *err)
 {
     const struct er_msg_coords *co = st->coords;
     struct er_op op = { st->cmd->command_id,
@@ -347,7 +318,7 @@ static int journal(struct step *st, const char *kind, const char *lease_id,
 
 /* End of phase 1: commit the journal entries, so the driver works with no
  * transaction open and no lock held. */
-static int intent_commit(struct step *st, struct er_err *err)
+int er_lifecycle__intent_commit(struct er_step *st, struct er_err *err)
 {
     int rc;
 
@@ -361,7 +332,7 @@ static int intent_commit(struct step *st, struct er_err *err)
 /* Phase 3 starts: a new transaction under the fence. A step cancelled
  * during its effect records nothing: the partition's next owner gets the
  * command again and resumes from the journal. */
-static int outcome_begin(struct step *st, struct er_err *err)
+int er_lifecycle__outcome_begin(struct er_step *st, struct er_err *err)
 {
     const struct er_msg_coords *co = st->coords;
     int rc;
@@ -379,12 +350,8 @@ static int outcome_begin(struct step *st, struct er_err *err)
  * Results
  * ================================================================ */
 
-/* Make the step's result a domain failure with a formatted message. */
-static void fail(struct step *st, enum er_outcome outcome,
-                 enum er_error_code code, const char *fmt, ...) ER_PRINTF(4, 5);
-
-static void fail(struct step *st, enum er_outcome outcome,
-                 enum er_error_code code, const char *fmt, ...)
+void er_lifecycle__fail(struct er_step *st, enum er_outcome outcome,
+                        enum er_error_code code, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -397,1088 +364,10 @@ static void fail(struct step *st, enum er_outcome outcome,
     st->res.error_message = er_arena_strdup(&st->lc->arena, msg);
 }
 
-static void set_env(struct step *st, const struct er_env_row *env)
+void er_lifecycle__set_env(struct er_step *st, const struct er_env_row *env)
 {
     st->res.environment_id = env->id;
     st->res.driver = env->driver;
-}
-
-/* ================================================================
- * acquire (domain.md 3.1-3.3)
- * ================================================================ */
-
-/* resolveEnvironment: 0 with env filled, or 1 when the result already says
- * why not (environment_not_found / environment_inactive). */
-static int resolve_env(struct step *st, struct er_env_row *env,
-                       struct er_err *err)
-{
-    const struct er_run_command *cmd = st->cmd;
-    struct er_lifecycle *lc = st->lc;
-    const char *id = cmd->selected_environment_id;
-    int rc;
-
-    if (id == NULL || id[0] == '\0') {
-        rc = er_store_env_ensure_local(lc->store, cmd->company_id, &lc->arena,
-                                       env, err);
-        if (rc != 0)
-            return rc;
-    } else {
-        rc = er_store_env_get(lc->store, id, &lc->arena, env, err);
-        if (rc == ER_ENOTFOUND) {
-            st->res.environment_id = id;
-            fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_NOT_FOUND,
-                 "Environment \"%s\" not found.", id);
-            return 1;
-        }
-        if (rc != 0)
-            return rc;
-        if (strcmp(env->company_id, cmd->company_id) != 0) {
-            /* Cross-company access is "not found" (domain.md 1). */
-            st->res.environment_id = id;
-            fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_NOT_FOUND,
-                 "Environment \"%s\" does not belong to this company.", id);
-            return 1;
-        }
-    }
-    if (strcmp(env->status, "active") != 0) {
-        set_env(st, env);
-        fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_INACTIVE,
-             "Environment \"%s\" is not active (status: %s).", env->name,
-             env->status);
-        return 1;
-    }
-    return 0;
-}
-
-/* The single-flight guard of domain.md 3.3.1, before the driver runs so a
- * conflicting acquire has no side effect. Returns 0 to go on, 1 when the
- * result is decided (conflict), and sets *reentrant to the run's own lease
- * when it already holds one. */
-static int single_flight(struct step *st, const struct er_env_row *env,
-                         struct er_lease_row *reentrant, bool *is_reentrant,
-                         struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    const struct er_run_command *cmd = st->cmd;
-    struct er_lease_row cur;
-    struct er_lease_row upd;
-    bool is_live = true;
-    int rc;
-
-    *is_reentrant = false;
-    rc = er_store_lease_active_for_workspace(
-        lc->store, env->id, cmd->execution_workspace_id, &lc->arena, &cur, err);
-    if (rc == ER_ENOTFOUND)
-        return 0;
-    if (rc != 0)
-        return rc;
-    if (cur.heartbeat_run_id != NULL && cmd->heartbeat_run_id != NULL &&
-        strcmp(cur.heartbeat_run_id, cmd->heartbeat_run_id) == 0) {
-        rc =
-            er_store_lease_touch(lc->store, cur.id, &lc->arena, reentrant, err);
-        if (rc != 0)
-            return rc;
-        *is_reentrant = true;
-        return 0;
-    }
-    if (cur.heartbeat_run_id != NULL &&
-        (cur.expires_at_ms < 0 || cur.expires_at_ms > er_time_now_ms())) {
-        rc = er_store_run_is_live(lc->store, cur.heartbeat_run_id, &is_live,
-                                  err);
-        if (rc != 0)
-            return rc;
-        if (is_live) {
-            set_env(st, env);
-            fail(st, ER_OUTCOME_DEFERRED, ER_EC_LEASE_CONFLICT,
-                 "Execution workspace for environment \"%s\" is already "
-                 "leased by another active run; deferring.",
-                 env->name);
-            return 1;
-        }
-    }
-    /* Stale: supersede it, keeping a failure reason it already has. */
-    rc = er_store_lease_set_status(
-        lc->store, cur.id, "expired",
-        cur.failure_reason != NULL ? cur.failure_reason : SUPERSEDED, NULL,
-        &lc->arena, &upd, err);
-    if (rc != 0)
-        return rc;
-    ER_LOG_INFO("lifecycle", "lease %s expired: %s", upd.id, SUPERSEDED);
-    return lease_event(lc, &upd, err);
-}
-
-/* Insert the lease (3.3.1). A unique violation of the single-flight index
- * means another writer (the control plane shares the database and does not
- * take our advisory lock) won the race: a conflict, deferred (3.3.1 step
- * 4). Returns 1 when the result says so. */
-static int insert_lease(struct step *st, const struct er_env_row *env,
-                        const struct er_lease_row *in, struct er_lease_row *out,
-                        struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    struct er_err ierr;
-    int rc;
-
-    rc = er_store_savepoint(lc->store, err);
-    if (rc != 0)
-        return rc;
-    er_err_clear(&ierr);
-    rc = er_store_lease_insert(lc->store, in, &lc->arena, out, &ierr);
-    if (rc == ER_ECONFLICT) {
-        rc = er_store_savepoint_rollback(lc->store, err);
-        if (rc != 0)
-            return rc;
-        fail(st, ER_OUTCOME_DEFERRED, ER_EC_LEASE_CONFLICT,
-             "Execution workspace for environment \"%s\" is already leased "
-             "by another active run; deferring.",
-             env->name);
-        return 1;
-    }
-    if (rc != 0) {
-        *err = ierr;
-        return rc;
-    }
-    return er_store_savepoint_release(lc->store, err);
-}
-
-/* The lease a remote acquire made cannot be recorded: another run holds
- * the workspace now (the result says deferred). The journal keeps what the
- * driver acquired (state rolling_back) in the outcome transaction; after it
- * commits, finish_undos releases it through the driver and closes the
- * entry. A crash in between leaves the entry for the reaper's sweep. */
-static int undo_acquire(struct step *st, const struct er_driver_env *denv,
-                        const char *lease_id,
-                        const struct er_driver_acquired *acq,
-                        struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    struct undo *u = &lc->undo;
-    json_t *detail;
-
-    detail = json_pack("{s:s, s:O}", "driver", denv->driver, "metadata",
-                       acq->metadata);
-    u->detail_json = detail != NULL ? jdump(&lc->arena, detail) : NULL;
-    json_decref(detail);
-    u->command_id = st->cmd->command_id;
-    u->lease_id = er_arena_strdup(&lc->arena, lease_id);
-    u->environment_id = denv->id;
-    if (u->detail_json == NULL || u->lease_id == NULL)
-        return oom(err);
-    return er_store_journal_close(lc->store, u->command_id, "acquire",
-                                  u->lease_id, "rolling_back", u->detail_json,
-                                  err);
-}
-
-static int do_acquire(struct step *st, struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    const struct er_run_command *cmd = st->cmd;
-    struct er_env_row env;
-    struct er_driver_env denv;
-    struct er_driver_lease_ctx ctx;
-    struct er_driver_acquired acq;
-    struct er_lease_row in;
-    struct er_lease_row lease;
-    const struct er_driver_ops *ops;
-    struct er_err derr;
-    json_t *config = NULL;
-    json_t *details = NULL;
-    json_t *transport = NULL;
-    struct actor who;
-    char lease_id[37];
-    bool is_reentrant = false;
-    int drc;
-    int rc;
-
-    memset(&acq, 0, sizeof(acq));
-    rc = resolve_env(st, &env, err);
-    if (rc != 0)
-        return rc > 0 ? 0 : rc;
-    set_env(st, &env);
-
-    ops = er_driver_find(env.driver);
-    if (ops == NULL) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
-             "Failed to acquire lease for environment \"%s\" (%s): "
-             "Environment driver \"%s\" is not registered in the environment "
-             "runtime yet.",
-             env.name, env.driver, env.driver);
-        return 0;
-    }
-    config = json_loads(env.config_json, 0, NULL);
-    if (!json_is_object(config)) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
-             "Failed to acquire lease for environment \"%s\" (%s): "
-             "environment config is not a JSON object.",
-             env.name, env.driver);
-        rc = 0;
-        goto out;
-    }
-    denv = driver_env(&env, config);
-
-    if (cmd->execution_workspace_id != NULL) {
-        rc = single_flight(st, &env, &lease, &is_reentrant, err);
-        if (rc != 0) {
-            rc = rc > 0 ? 0 : rc;
-            goto out;
-        }
-    }
-
-    if (!is_reentrant) {
-        rc = er_store_lease_id_for(lc->store, cmd->command_id, lease_id, err);
-        if (rc != 0)
-            goto out;
-        ctx = (struct er_driver_lease_ctx){ lease_id,
-                                            cmd->company_id,
-                                            cmd->agent_id,
-                                            cmd->heartbeat_run_id,
-                                            cmd->issue_id,
-                                            cmd->execution_workspace_id,
-                                            cmd->execution_workspace_mode };
-        if (ops->is_remote) {
-            rc = journal(st, "acquire", lease_id, env.id, err);
-            if (rc == 0)
-                rc = intent_commit(st, err);
-            if (rc != 0)
-                goto out;
-        }
-        er_err_clear(&derr);
-        er_fault_point("driver.before");
-        drc = ops->acquire(&denv, &ctx, &acq, &derr);
-        er_fault_point("driver.after");
-        if (ops->is_remote) {
-            rc = outcome_begin(st, err);
-            if (rc != 0)
-                goto out;
-        }
-        if (drc != 0) {
-            fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
-                 "Failed to acquire lease for environment \"%s\" (%s): %s",
-                 env.name, env.driver, derr.msg);
-            goto out;
-        }
-        if (ops->is_remote && cmd->execution_workspace_id != NULL) {
-            /* The workspace lock ended with phase 1: check again. */
-            rc = single_flight(st, &env, &lease, &is_reentrant, err);
-            if (rc > 0 || (rc == 0 && is_reentrant))
-                rc = undo_acquire(st, &denv, lease_id, &acq, err);
-            if (rc != 0 || st->res.outcome != ER_OUTCOME_OK)
-                goto out;
-            if (is_reentrant)
-                goto done; /* the run's own lease, found meanwhile */
-        }
-        memset(&in, 0, sizeof(in));
-        in.id = lease_id;
-        in.company_id = cmd->company_id;
-        in.environment_id = env.id;
-        in.execution_workspace_id = cmd->execution_workspace_id;
-        in.issue_id = cmd->issue_id;
-        in.heartbeat_run_id = cmd->heartbeat_run_id;
-        in.lease_policy = acq.lease_policy;
-        in.provider = acq.provider;
-        in.provider_lease_id = acq.provider_lease_id;
-        in.expires_at_ms = acq.expires_at_ms;
-        in.metadata_json = jdump(&lc->arena, acq.metadata);
-        if (in.metadata_json == NULL) {
-            rc = oom(err);
-            goto out;
-        }
-        rc = insert_lease(st, &env, &in, &lease, err);
-        if (rc > 0 && ops->is_remote)
-            rc = undo_acquire(st, &denv, lease_id, &acq, err);
-        if (rc != 0) {
-            rc = rc > 0 ? 0 : rc;
-            goto out;
-        }
-        rc = lease_event(lc, &lease, err);
-        if (rc != 0)
-            goto out;
-        details = json_pack(
-            "{s:s, s:s, s:s, s:o, s:o, s:o}", "environmentId", env.id, "driver",
-            env.driver, "leasePolicy", lease.lease_policy, "provider",
-            jstr(lease.provider), "executionWorkspaceId",
-            jstr(cmd->execution_workspace_id), "issueId", jstr(cmd->issue_id));
-        if (details == NULL) {
-            rc = oom(err);
-            goto out;
-        }
-        who = step_actor(st);
-        rc = activity(lc, &who, "environment.lease_acquired", &lease, details,
-                      err);
-        if (rc != 0)
-            goto out;
-    }
-
-done:
-    st->res.lease_id = lease.id;
-    /* executionTransport: the SSH spec or null (domain.md 3.2 step 4). */
-    er_err_clear(&derr);
-    transport = ops->target != NULL
-                    ? ops->target(&denv, NULL, cmd->adapter_type, &derr)
-                    : json_null();
-    if (transport == NULL) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_TRANSPORT_RESOLUTION_FAILED,
-             "Failed to resolve execution transport for \"%s\": %s", env.name,
-             derr.msg);
-        rc = 0;
-        goto out;
-    }
-    st->result = json_pack(
-        "{s:o, s:o, s:{s:o, s:o}, s:O}", "environment", env_to_json(&env),
-        "lease", lease_to_json(&lease), "leaseContext", "executionWorkspaceId",
-        jstr(cmd->execution_workspace_id), "executionWorkspaceMode",
-        jstr(cmd->execution_workspace_mode), "executionTransport", transport);
-    if (st->result == NULL)
-        rc = oom(err);
-out:
-    json_decref(transport);
-    json_decref(details);
-    json_decref(config);
-    er_driver_acquired_fini(&acq);
-    return rc;
-}
-
-/* ================================================================
- * realize (domain.md 3.4)
- * ================================================================ */
-
-/* The lease a realize works on: leaseId, else the run's newest active
- * lease. Returns 1 when the result already says why there is none. */
-static int realize_lease(struct step *st, struct er_lease_row *lease,
-                         struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    const struct er_run_command *cmd = st->cmd;
-    struct er_lease_row *rows = NULL;
-    size_t cnt = 0;
-    int rc;
-
-    if (cmd->lease_id != NULL) {
-        rc = er_store_lease_get(lc->store, cmd->lease_id, &lc->arena, lease,
-                                err);
-        if (rc == 0 && strcmp(lease->company_id, cmd->company_id) != 0)
-            rc = ER_ENOTFOUND;
-        if (rc == ER_ENOTFOUND) {
-            st->res.lease_id = cmd->lease_id;
-            fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-                 "Failed to realize workspace: lease \"%s\" not found.",
-                 cmd->lease_id);
-            return 1;
-        }
-        return rc;
-    }
-    rc = er_store_lease_active_for_run(lc->store, cmd->heartbeat_run_id,
-                                       &lc->arena, &rows, &cnt, err);
-    if (rc != 0)
-        return rc;
-    if (cnt == 0) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-             "Failed to realize workspace: heartbeat run \"%s\" has no "
-             "active lease.",
-             cmd->heartbeat_run_id);
-        return 1;
-    }
-    *lease = rows[cnt - 1];
-    return 0;
-}
-
-/* The workspaceRealizationRequest of domain.md 2.6. */
-static json_t *realization_request(const struct step *st,
-                                   const struct er_env_row *env,
-                                   const json_t *ws, const json_t *overlay)
-{
-    const struct er_run_command *cmd = st->cmd;
-    const char *keys[] = { "provisionCommand", "teardownCommand",
-                           "cleanupCommand", "workspaceRuntime" };
-    json_t *rto = json_object();
-    json_t *req;
-    size_t i;
-
-    for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-        json_t *v = json_object_get(overlay, keys[i]);
-
-        json_object_set_new(rto, keys[i],
-                            v != NULL ? json_deep_copy(v) : json_null());
-    }
-    req = json_pack(
-        "{s:i, s:s, s:s, s:s, s:o, s:o, s:o, s:o,"
-        " s:{s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?},"
-        " s:o}",
-        "version", 1, "adapterType", cmd->adapter_type, "companyId",
-        cmd->company_id, "environmentId", env->id, "executionWorkspaceId",
-        jstr(cmd->execution_workspace_id), "issueId", jstr(cmd->issue_id),
-        "heartbeatRunId", jstr(cmd->heartbeat_run_id), "requestedMode",
-        jstr(cmd->requested_mode), "source", "kind",
-        json_object_get(ws, "source"), "localPath", json_object_get(ws, "cwd"),
-        "projectId", json_object_get(ws, "projectId"), "projectWorkspaceId",
-        json_object_get(ws, "projectWorkspaceId"), "repoUrl",
-        json_object_get(ws, "repoUrl"), "repoRef",
-        json_object_get(ws, "repoRef"), "strategy",
-        json_object_get(ws, "strategy"), "branchName",
-        json_object_get(ws, "branchName"), "worktreePath",
-        json_object_get(ws, "worktreePath"), "runtimeOverlay", rto);
-    return req;
-}
-
-static const char *jget_str(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
-    size_t i;
-
-    if (s == NULL)
-        return NULL;
-    for (i = 0; s[i] != '\0'; i++) {
-        if (!isspace((unsigned char)s[i]))
-            return s; /* non-blank */
-    }
-    return NULL;
-}
-
-/* The first non-blank line of text (length via *len), or NULL. */
-static const char *first_line(const char *text, int *len)
-{
-    const char *p = text;
-
-    while (p != NULL && *p != '\0') {
-        const char *end = strchr(p, '\n');
-        size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
-        size_t i;
-
-        for (i = 0; i < n; i++) {
-            if (!isspace((unsigned char)p[i])) {
-                while (n > 0 && isspace((unsigned char)p[n - 1]))
-                    n--;
-                *len = (int)(n > 512 ? 512 : n);
-                return p;
-            }
-        }
-        p = end != NULL ? end + 1 : NULL;
-    }
-    return NULL;
-}
-
-/* Run the provision command (domain.md 3.4 step 3) through the driver:
- * `bash -lc <cmd>` with env exactly {SHELL=/bin/bash}, 300 s, in cwd.
- * Success leaves detail empty; a failure puts the spec's detail in it
- * (`exit code <n|null>[ (signal S)][: first non-blank line]`, `provision
- * command timed out`, or the driver's error). */
-static void run_provision(const struct er_driver_ops *ops,
-                          const struct er_driver_env *denv,
-                          const struct er_driver_lease *dlease,
-                          const char *cmd_text, const char *cwd, char *detail,
-                          size_t detail_len)
-{
-    const char *args[] = { "-lc", cmd_text, NULL };
-    const char *envv[] = { "SHELL=/bin/bash", NULL };
-    struct er_driver_exec req;
-    struct er_driver_exec_result res;
-    struct er_err derr;
-    const char *line;
-    int line_len = 0;
-    int rc;
-
-    detail[0] = '\0';
-    memset(&req, 0, sizeof(req));
-    memset(&res, 0, sizeof(res));
-    req.command = "bash";
-    req.args = args;
-    req.cwd = cwd;
-    req.env = envv;
-    req.timeout_ms = PROVISION_TIMEOUT_MS;
-    er_err_clear(&derr);
-    er_fault_point("driver.before");
-    rc = ops->execute(denv, dlease, &req, &res, &derr);
-    er_fault_point("driver.after");
-    if (rc != 0) {
-        snprintf(detail, detail_len, "%s", derr.msg);
-    } else if (res.is_timed_out) {
-        snprintf(detail, detail_len, "provision command timed out");
-    } else if (res.exit_code != 0) {
-        char code[16];
-
-        if (res.exit_code < 0)
-            snprintf(code, sizeof(code), "null");
-        else
-            snprintf(code, sizeof(code), "%d", res.exit_code);
-        line = first_line(res.err_text, &line_len);
-        if (line == NULL)
-            line = first_line(res.out, &line_len);
-        snprintf(detail, detail_len, "exit code %s%s%s%s%s%.*s", code,
-                 res.signal[0] != '\0' ? " (signal " : "", res.signal,
-                 res.signal[0] != '\0' ? ")" : "", line != NULL ? ": " : "",
-                 line != NULL ? line_len : 0, line != NULL ? line : "");
-    }
-    er_driver_exec_result_fini(&res);
-}
-
-/* Step 3 of domain.md 3.4, for every driver but local, in the realized cwd
- * (else the lease's remoteCwd, else the host cwd). For a remote driver the
- * journal records the provision operation and its outcome, so a step
- * resumed after a crash does not run the command a second time: it takes
- * the recorded outcome. Returns 1 when the result already says it failed.
- */
-static int provision(struct step *st, const struct er_driver_ops *ops,
-                     const struct er_driver_env *denv,
-                     const struct er_driver_lease *dlease,
-                     const struct er_env_row *env, const char *driver,
-                     const json_t *overlay, const char *realized_cwd,
-                     const char *remote_cwd, const char *host_cwd,
-                     struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    const char *cmd_text = jget_str(overlay, "provisionCommand");
-    char detail[800];
-    char *state = NULL;
-    char *recorded = NULL;
-    json_t *rec = NULL;
-    int rc;
-
-    if (cmd_text == NULL || strcmp(driver, "local") == 0)
-        return 0;
-    if (ops->execute == NULL) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-             "Failed to provision workspace for environment \"%s\" (%s): "
-             "Environment driver \"%s\" does not support command execution.",
-             env->name, driver, driver);
-        return 1;
-    }
-    rc = er_store_journal_get(lc->store, st->cmd->command_id, "provision",
-                              dlease->id, &lc->arena, &state, &recorded, err);
-    if (rc != 0 && rc != ER_ENOTFOUND)
-        return rc;
-    if (rc == 0 && strcmp(state, "done") == 0) {
-        /* Ran to the end in an earlier attempt: its outcome stands. */
-        rec = jparse(recorded);
-        snprintf(detail, sizeof(detail), "%s",
-                 jget_str(rec, "failure") != NULL ? jget_str(rec, "failure")
-                                                  : "");
-        json_decref(rec);
-        rec = NULL;
-        er_log_kv(ER_LOG_INFO, "lifecycle",
-                  "provision command ran before: its outcome is reused",
-                  "commandId", st->cmd->command_id, "leaseId", dlease->id,
-                  (const char *)NULL);
-    } else {
-        rc = journal(st, "provision", dlease->id, env->id, err);
-        if (rc != 0)
-            return rc;
-        run_provision(ops, denv, dlease, cmd_text,
-                      realized_cwd != NULL ? realized_cwd
-                      : remote_cwd != NULL ? remote_cwd
-                                           : host_cwd,
-                      detail, sizeof(detail));
-        if (er_proc_is_cancelled())
-            return er_err_set(err, ER_ECANCELED, ER_ERRCLASS_SKIP,
-                              "provision cancelled");
-        rec = detail[0] != '\0' ? json_pack("{s:s}", "failure", detail)
-                                : json_object();
-        recorded = rec != NULL ? jdump(&lc->arena, rec) : NULL;
-        json_decref(rec);
-        if (recorded == NULL)
-            return oom(err);
-        rc = er_store_journal_close(lc->store, st->cmd->command_id, "provision",
-                                    dlease->id, "done", recorded, err);
-        if (rc != 0)
-            return rc;
-    }
-    if (detail[0] == '\0')
-        return 0;
-    fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-         "Failed to provision workspace for environment \"%s\" (%s): %s",
-         env->name, driver, detail);
-    return 1;
-}
-
-static int do_realize(struct step *st, struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    const struct er_run_command *cmd = st->cmd;
-    struct er_lease_row lease;
-    struct er_lease_row upd;
-    struct er_env_row env;
-    const struct er_driver_ops *ops;
-    struct er_driver_env denv;
-    struct er_driver_lease dlease;
-    struct er_driver_workspace dws;
-    struct er_driver_realized real;
-    struct er_err derr;
-    const char *driver;
-    json_t *ws = NULL;
-    json_t *overlay = NULL;
-    json_t *meta = NULL;
-    json_t *config = NULL;
-    json_t *request = NULL;
-    json_t *patch = NULL;
-    json_t *target = NULL;
-    char *text;
-    bool is_found = false;
-    int drc;
-    int prc = 0;
-    int rc;
-
-    memset(&real, 0, sizeof(real));
-    rc = realize_lease(st, &lease, err);
-    if (rc != 0)
-        return rc > 0 ? 0 : rc;
-    st->res.lease_id = lease.id;
-    rc = er_store_env_get(lc->store, lease.environment_id, &lc->arena, &env,
-                          err);
-    if (rc != 0)
-        return rc; /* the foreign key guarantees it exists */
-    set_env(st, &env);
-
-    meta = jparse(lease.metadata_json);
-    if (!json_is_object(meta)) {
-        json_decref(meta);
-        meta = json_object();
-    }
-    driver = jget_str(meta, "driver") != NULL ? jget_str(meta, "driver")
-                                              : env.driver;
-    if (strcmp(lease.status, "active") != 0) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-             "Failed to realize workspace for environment \"%s\" (%s): "
-             "lease \"%s\" is not active (status: %s).",
-             env.name, driver, lease.id, lease.status);
-        goto out;
-    }
-    ops = er_driver_find(driver);
-    if (ops == NULL || ops->realize == NULL) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-             "Failed to realize workspace for environment \"%s\" (%s): "
-             "Environment driver \"%s\" does not support workspace "
-             "realization.",
-             env.name, driver, driver);
-        goto out;
-    }
-
-    /* Both are validated as JSON objects (or null) before the step. */
-    ws = json_loads(cmd->workspace_json, 0, NULL);
-    overlay = cmd->runtime_overlay_json != NULL
-                  ? json_loads(cmd->runtime_overlay_json, 0, NULL)
-                  : json_object();
-    config = json_loads(env.config_json, 0, NULL);
-    request = realization_request(st, &env, ws, overlay);
-    if (ws == NULL || overlay == NULL || request == NULL || config == NULL) {
-        rc = oom(err);
-        goto out;
-    }
-
-    denv = driver_env(&env, config);
-    dlease = driver_lease(&lease, meta);
-    dws = (struct er_driver_workspace){ jget_str(ws, "cwd"),
-                                        jget_str(meta, "remoteCwd"),
-                                        cmd->requested_mode, request };
-    if (ops->is_remote) {
-        rc = journal(st, "realize", lease.id, env.id, err);
-        if (rc == 0)
-            rc = intent_commit(st, err);
-        if (rc != 0)
-            goto out;
-    }
-    er_err_clear(&derr);
-    er_fault_point("driver.before");
-    drc = ops->realize(&denv, &dlease, &dws, &real, &derr);
-    er_fault_point("driver.after");
-    /* Step 3: the provision command (never for local). */
-    if (drc == 0)
-        prc =
-            provision(st, ops, &denv, &dlease, &env, driver, overlay, real.cwd,
-                      jget_str(meta, "remoteCwd"), jget_str(ws, "cwd"), err);
-    if (prc < 0) {
-        rc = prc;
-        goto out;
-    }
-    if (ops->is_remote) {
-        rc = outcome_begin(st, err);
-        if (rc != 0)
-            goto out;
-    }
-    if (drc != 0) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-             "Failed to realize workspace for environment \"%s\" (%s): %s",
-             env.name, driver, derr.msg);
-        goto out;
-    }
-    if (prc > 0)
-        goto out;
-    if (ops->is_remote) {
-        /* The lease may have changed while no lock was held. */
-        rc = er_store_lease_get(lc->store, lease.id, &lc->arena, &lease, err);
-        if (rc != 0)
-            goto out;
-        if (strcmp(lease.status, "active") != 0) {
-            fail(st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
-                 "Failed to realize workspace for environment \"%s\" (%s): "
-                 "lease \"%s\" is not active (status: %s).",
-                 env.name, driver, lease.id, lease.status);
-            goto out;
-        }
-    }
-
-    /* Step 4: persist the record on the lease and the workspace. */
-    json_object_set(meta, "workspaceRealization", real.record);
-    text = jdump(&lc->arena, meta);
-    if (text == NULL) {
-        rc = oom(err);
-        goto out;
-    }
-    rc = er_store_lease_set_metadata(lc->store, lease.id, text, &lc->arena,
-                                     &upd, err);
-    if (rc != 0)
-        goto out;
-    rc = lease_event(lc, &upd, err);
-    if (rc != 0)
-        goto out;
-    if (cmd->execution_workspace_id != NULL) {
-        patch = json_pack("{s:O, s:O}", "workspaceRealizationRequest", request,
-                          "workspaceRealization", real.record);
-        text = patch != NULL ? jdump(&lc->arena, patch) : NULL;
-        if (text == NULL) {
-            rc = oom(err);
-            goto out;
-        }
-        rc = er_store_workspace_merge_metadata(
-            lc->store, cmd->execution_workspace_id, cmd->company_id, text,
-            &is_found, err);
-        if (rc != 0)
-            goto out;
-    }
-
-    /* Step 5: the execution target (domain.md 3.6). A driver without one
-     * gives null, which is not an error. */
-    json_decref(meta);
-    meta = jparse(upd.metadata_json);
-    dlease.metadata = meta;
-    er_err_clear(&derr);
-    target = ops->target != NULL
-                 ? ops->target(&denv, &dlease, cmd->adapter_type, &derr)
-                 : json_null();
-    if (target == NULL) {
-        fail(st, ER_OUTCOME_ERROR, ER_EC_TRANSPORT_RESOLUTION_FAILED,
-             "Failed to resolve execution target for \"%s\": %s", env.name,
-             derr.msg);
-        rc = 0;
-        goto out;
-    }
-    st->result = json_pack("{s:o, s:O, s:o, s:n}", "lease", lease_to_json(&upd),
-                           "workspaceRealization", real.record,
-                           "executionTarget", target, "bridge");
-    target = NULL; /* json_pack "o" took it, even on failure */
-    if (st->result == NULL)
-        rc = oom(err);
-out:
-    json_decref(target);
-    json_decref(patch);
-    json_decref(request);
-    json_decref(config);
-    json_decref(overlay);
-    json_decref(ws);
-    json_decref(meta);
-    er_driver_realized_fini(&real);
-    return rc;
-}
-
-/* ================================================================
- * release (domain.md 3.3.2, 3.5)
- * ================================================================ */
-
-/* Details of environment.lease_released (domain.md 3.8); failureReason is
- * the caller's, else the row's (3.5 step 4). */
-static json_t *released_details(const struct er_env_row *env,
-                                const struct er_lease_row *upd,
-                                const char *failure_reason)
-{
-    return json_pack(
-        "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o}", "environmentId",
-        env->id, "driver", env->driver, "leasePolicy", upd->lease_policy,
-        "provider", jstr(upd->provider), "executionWorkspaceId",
-        jstr(upd->execution_workspace_id), "issueId", jstr(upd->issue_id),
-        "status", upd->status, "cleanupStatus", jstr(upd->cleanup_status),
-        "failureReason",
-        jstr(failure_reason != NULL ? failure_reason : upd->failure_reason));
-}
-
-/* One lease on its way out (3.3.2 step 2): its environment, the driver
- * that releases it (the lease's metadata.driver, else the environment's)
- * and what the driver decided. Arena strings. */
-struct release_item {
-    struct er_lease_row lease;
-    struct er_env_row env;
-    bool has_env; /* false: the environment is gone, skip silently */
-    const struct er_driver_ops *ops; /* NULL: a plain status update */
-    struct er_driver_released rel;
-    char *lease_err; /* the driver's failure, or NULL */
-};
-
-/* Phase 1 of a release: load the environment and pick the driver. */
-static int release_prepare(struct er_lifecycle *lc,
-                           const struct er_lease_row *lease, const char *status,
-                           struct release_item *it, struct er_err *err)
-{
-    json_t *meta;
-    const char *driver;
-    int rc;
-
-    memset(it, 0, sizeof(*it));
-    it->lease = *lease;
-    it->rel.status = status;
-    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena,
-                          &it->env, err);
-    if (rc == ER_ENOTFOUND)
-        return 0;
-    if (rc != 0)
-        return rc;
-    it->has_env = true;
-    meta = jparse(lease->metadata_json);
-    driver = jget_str(meta, "driver") != NULL ? jget_str(meta, "driver")
-                                              : it->env.driver;
-    it->ops = er_driver_find(driver);
-    if (it->ops != NULL && it->ops->release == NULL)
-        it->ops = NULL;
-    json_decref(meta);
-    return 0;
-}
-
-/* Phase 2: the driver's release (teardown, cleanup, removal), outside any
- * transaction when the driver is remote. A driver failure is not an
- * error: it->lease_err gets its message. */
-static int release_effect(struct er_lifecycle *lc, struct release_item *it,
-                          struct er_err *err)
-{
-    struct er_driver_env denv;
-    struct er_driver_lease dlease;
-    struct er_err derr;
-    json_t *meta = NULL;
-    json_t *config = NULL;
-    int rc;
-
-    if (!it->has_env || it->ops == NULL)
-        return 0;
-    config = json_loads(it->env.config_json, 0, NULL);
-    if (config == NULL)
-        config = json_object();
-    meta = jparse(it->lease.metadata_json);
-    if (!json_is_object(meta)) {
-        json_decref(meta);
-        meta = json_object();
-    }
-    denv = driver_env(&it->env, config);
-    dlease = driver_lease(&it->lease, meta);
-    er_err_clear(&derr);
-    er_fault_point("driver.before");
-    rc = it->ops->release(&denv, &dlease, it->rel.status, &it->rel, &derr);
-    er_fault_point("driver.after");
-    if (rc != 0) {
-        it->lease_err = er_arena_strdup(&lc->arena, derr.msg);
-        rc = it->lease_err == NULL ? oom(err) : 0;
-    }
-    json_decref(config);
-    json_decref(meta);
-    return rc;
-}
-
-/* Phase 3: move the row to its final status with its LeaseEvent and the
- * environment.lease_released activity (3.8). row_reason is written to
- * failure_reason when the driver gives none (the reaper's lease_expired);
- * detail_reason is the activity's failureReason (the caller's, 3.5 step
- * 4). The row is locked again first: when it is no longer active (released
- * by another path while no lock was held) *is_released stays false. */
-static int release_record(struct er_lifecycle *lc, struct release_item *it,
-                          const char *row_reason, const char *detail_reason,
-                          const struct actor *who, struct er_lease_row *upd,
-                          bool *is_released, struct er_err *err)
-{
-    struct er_lease_row cur;
-    json_t *details = NULL;
-    int rc;
-
-    *is_released = false;
-    if (!it->has_env)
-        return 0; /* environment gone: skip silently (3.3.2 step 2) */
-    rc = er_store_lease_get(lc->store, it->lease.id, &lc->arena, &cur, err);
-    if (rc == ER_ENOTFOUND || (rc == 0 && strcmp(cur.status, "active") != 0))
-        return 0;
-    if (rc != 0)
-        return rc;
-    rc = er_store_lease_set_status(
-        lc->store, it->lease.id, it->rel.status,
-        it->rel.failure_reason != NULL ? it->rel.failure_reason : row_reason,
-        it->rel.cleanup_status, &lc->arena, upd, err);
-    if (rc != 0)
-        return rc;
-    rc = lease_event(lc, upd, err);
-    if (rc != 0)
-        return rc;
-    details = released_details(&it->env, upd, detail_reason);
-    if (details == NULL)
-        return oom(err);
-    rc = activity(lc, who, "environment.lease_released", upd, details, err);
-    json_decref(details);
-    if (rc == 0)
-        *is_released = true;
-    return rc;
-}
-
-static int do_release(struct step *st, struct er_err *err)
-{
-    struct er_lifecycle *lc = st->lc;
-    const struct er_run_command *cmd = st->cmd;
-    const char *status = er_codec_release_status_name(cmd->release_status);
-    struct er_lease_row *rows = NULL;
-    struct release_item *items = NULL;
-    size_t cnt = 0;
-    size_t i;
-    size_t err_cnt = 0;
-    bool is_remote = false;
-    json_t *released = json_array();
-    json_t *errors = json_array();
-    struct actor who = step_actor(st);
-    int rc;
-
-    if (released == NULL || errors == NULL) {
-        rc = oom(err);
-        goto out;
-    }
-    rc = er_store_lease_active_for_run(lc->store, cmd->heartbeat_run_id,
-                                       &lc->arena, &rows, &cnt, err);
-    if (rc != 0)
-        goto out;
-    items = cnt > 0 ? er_arena_alloc(&lc->arena, sizeof(*items) * cnt) : NULL;
-    if (cnt > 0 && items == NULL) {
-        rc = oom(err);
-        goto out;
-    }
-    for (i = 0; i < cnt; i++) {
-        rc = release_prepare(lc, &rows[i], status, &items[i], err);
-        if (rc != 0)
-            goto out;
-        if (items[i].ops != NULL && items[i].ops->is_remote) {
-            is_remote = true;
-            rc = journal(st, "release", rows[i].id, items[i].env.id, err);
-            if (rc != 0)
-                goto out;
-        }
-    }
-    if (is_remote) {
-        rc = intent_commit(st, err);
-        if (rc != 0)
-            goto out;
-    }
-    /* Each lease on its own (3.3.2 step 3). */
-    for (i = 0; i < cnt; i++) {
-        rc = release_effect(lc, &items[i], err);
-        if (rc != 0)
-            goto out;
-    }
-    if (is_remote) {
-        rc = outcome_begin(st, err);
-        if (rc != 0)
-            goto out;
-    }
-    for (i = 0; i < cnt; i++) {
-        struct release_item *it = &items[i];
-        struct er_lease_row upd;
-        bool is_released = false;
-
-        if (it->lease_err == NULL) {
-            /* A savepoint per lease: one lease's refused SQL is recorded
-             * as its error and the others go on. */
-            rc = er_store_savepoint(lc->store, err);
-            if (rc != 0)
-                goto out;
-            rc = release_record(lc, it, NULL, cmd->failure_reason, &who, &upd,
-                                &is_released, err);
-            if (rc != 0 && err->cls == ER_ERRCLASS_SKIP &&
-                err->code != ER_EFENCED) {
-                it->lease_err = er_arena_strdup(&lc->arena, err->msg);
-                er_err_clear(err);
-                rc = it->lease_err == NULL ? oom(err) : 0;
-                if (rc == 0)
-                    rc = er_store_savepoint_rollback(lc->store, err);
-            } else if (rc == 0) {
-                rc = er_store_savepoint_release(lc->store, err);
-            }
-            if (rc != 0)
-                goto out;
-        }
-        if (it->lease_err != NULL) {
-            ER_LOG_WARN("lifecycle", "lease %s not released: %s", it->lease.id,
-                        it->lease_err);
-            json_array_append_new(errors, json_pack("{s:s, s:s}", "leaseId",
-                                                    it->lease.id, "message",
-                                                    it->lease_err));
-            err_cnt++;
-            continue;
-        }
-        if (is_released) {
-            json_array_append_new(released, json_string(it->lease.id));
-            if (st->res.lease_id == NULL) {
-                /* The result names the first released lease. */
-                st->res.lease_id = it->lease.id;
-                st->res.environment_id = it->env.id;
-                st->res.driver = it->env.driver;
-            }
-        }
-    }
-    if (err_cnt > 0)
-        fail(st, ER_OUTCOME_ERROR, ER_EC_LEASE_RELEASE_FAILED,
-             "Failed to release %zu of %zu environment leases for heartbeat "
-             "run \"%s\".",
-             err_cnt, cnt, cmd->heartbeat_run_id);
-    st->result =
-        json_pack("{s:O, s:O}", "released", released, "errors", errors);
-    if (st->result == NULL)
-        rc = oom(err);
-out:
-    json_decref(released);
-    json_decref(errors);
-    return rc;
-}
-
-/* Release what an acquire made but could not record (undo_acquire) once
- * the step's outcome committed, then close its journal entry as
- * rolled_back. A failure is logged and leaves the entry rolling_back for
- * the next attempt. */
-static void undo_finish(struct er_lifecycle *lc, const struct undo *u)
-{
-    struct er_lease_row row;
-    struct release_item it;
-    struct er_err e;
-    json_t *detail = jparse(u->detail_json);
-    const json_t *meta = json_object_get(detail, "metadata");
-    const char *driver = jget_str(detail, "driver");
-    char *meta_json = NULL;
-    int rc;
-
-    er_err_clear(&e);
-    memset(&row, 0, sizeof(row));
-    row.id = u->lease_id;
-    row.environment_id = u->environment_id;
-    row.status = "active";
-    row.lease_policy = "ephemeral";
-    meta_json = meta != NULL ? jdump(&lc->arena, meta) : NULL;
-    row.metadata_json = meta_json;
-    rc = release_prepare(lc, &row, "expired", &it, &e);
-    if (rc == 0 && driver != NULL)
-        it.ops = er_driver_find(driver);
-    if (rc == 0)
-        rc = release_effect(lc, &it, &e);
-    if (rc == 0 && it.lease_err == NULL &&
-        (it.rel.cleanup_status == NULL ||
-         strcmp(it.rel.cleanup_status, "failed") != 0))
-        rc = er_store_journal_close(lc->store, u->command_id, "acquire",
-                                    u->lease_id, "rolled_back", NULL, &e);
-    else if (rc == 0)
-        rc = er_err_set(&e, ER_EDRIVER, ER_ERRCLASS_RETRY, "%s",
-                        it.lease_err != NULL ? it.lease_err
-                                             : "its cleanup failed");
-    if (rc != 0)
-        er_log_kv(ER_LOG_WARN, "lifecycle",
-                  "an unrecorded acquisition was not released", "commandId",
-                  u->command_id, "leaseId", u->lease_id, "reason", e.msg,
-                  (const char *)NULL);
-    json_decref(detail);
 }
 
 /* ================================================================
@@ -1486,7 +375,7 @@ static void undo_finish(struct er_lifecycle *lc, const struct undo *u)
  * ================================================================ */
 
 /* Encode st's result, queue it and record it as the command's result. */
-static int finish(struct step *st, struct er_err *err)
+static int finish(struct er_step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
     int rc;
@@ -1494,9 +383,9 @@ static int finish(struct step *st, struct er_err *err)
     st->res.completed_at_ms = er_time_now_ms();
     if (st->result != NULL) {
         er_redact_json(st->result, false);
-        st->res.result_json = jdump(&lc->arena, st->result);
+        st->res.result_json = er_lifecycle__jdump(&lc->arena, st->result);
         if (st->res.result_json == NULL)
-            return oom(err);
+            return er_lifecycle__oom(err);
     }
     er_buf_reset(&lc->enc);
     rc = er_codec_result_encode(&st->res, &lc->enc, err);
@@ -1581,7 +470,7 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     const char *company_id = cmd != NULL ? cmd->company_id : NULL;
     json_t *headers = NULL;
     char *headers_json = NULL;
-    struct step st;
+    struct er_step st;
     int rc;
 
     memset(&st, 0, sizeof(st));
@@ -1598,10 +487,11 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     }
     headers = json_pack("{s:s, s:s}", "envrun.error", why->msg,
                         "envrun.error.code", dlq_code(why->code));
-    headers_json = headers != NULL ? jdump(&lc->arena, headers) : NULL;
+    headers_json =
+        headers != NULL ? er_lifecycle__jdump(&lc->arena, headers) : NULL;
     json_decref(headers);
     if (headers_json == NULL)
-        return oom(err);
+        return er_lifecycle__oom(err);
     er_buf_reset(&lc->enc);
     rc = er_buf_append(&lc->enc, value, value_len);
     if (rc != 0)
@@ -1648,7 +538,7 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     st.res.error_code = ER_EC_INVALID_COMMAND;
     st.res.error_message = why->msg;
     if (st.res.command_id == NULL || st.res.company_id == NULL) {
-        rc = oom(err);
+        rc = er_lifecycle__oom(err);
         goto out;
     }
     rc = finish(&st, err);
@@ -1685,7 +575,7 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
 {
     struct er_run_command cmd;
     struct er_err why;
-    struct step st;
+    struct er_step st;
     int64_t t0 = er_time_mono_ms();
     int rc;
 
@@ -1727,21 +617,21 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
     st.res.outcome = ER_OUTCOME_OK;
     st.res.error_code = ER_EC_NONE;
     if (refused != NULL) {
-        fail(&st, ER_OUTCOME_ERROR, refused_code(cmd.kind),
-             "The database refused the %s: %s", er_codec_kind_name(cmd.kind),
-             refused->msg);
+        er_lifecycle__fail(&st, ER_OUTCOME_ERROR, refused_code(cmd.kind),
+                           "The database refused the %s: %s",
+                           er_codec_kind_name(cmd.kind), refused->msg);
         rc = 0;
         goto finish;
     }
     switch (cmd.kind) {
     case ER_CMD_ACQUIRE:
-        rc = do_acquire(&st, err);
+        rc = er_lifecycle__acquire(&st, err);
         break;
     case ER_CMD_REALIZE:
-        rc = do_realize(&st, err);
+        rc = er_lifecycle__realize(&st, err);
         break;
     case ER_CMD_RELEASE:
-        rc = do_release(&st, err);
+        rc = er_lifecycle__release(&st, err);
         break;
     }
     if (rc != 0)
@@ -1777,11 +667,14 @@ struct er_lifecycle *er_lifecycle_new(const struct er_config *cfg,
     }
     er_arena_init(&lc->arena, ARENA_MAX);
     er_buf_init(&lc->enc, ENCODE_MAX);
-    er_config_topic(cfg, "commands", lc->topic_commands, TOPIC_MAX);
-    er_config_topic(cfg, "results", lc->topic_results, TOPIC_MAX);
-    er_config_topic(cfg, "lease-events", lc->topic_lease_events, TOPIC_MAX);
-    er_config_topic(cfg, "activity", lc->topic_activity, TOPIC_MAX);
-    er_config_topic(cfg, "commands.dlq", lc->topic_dlq, TOPIC_MAX);
+    er_config_topic(cfg, "commands", lc->topic_commands,
+                    ER_LIFECYCLE_TOPIC_MAX);
+    er_config_topic(cfg, "results", lc->topic_results, ER_LIFECYCLE_TOPIC_MAX);
+    er_config_topic(cfg, "lease-events", lc->topic_lease_events,
+                    ER_LIFECYCLE_TOPIC_MAX);
+    er_config_topic(cfg, "activity", lc->topic_activity,
+                    ER_LIFECYCLE_TOPIC_MAX);
+    er_config_topic(cfg, "commands.dlq", lc->topic_dlq, ER_LIFECYCLE_TOPIC_MAX);
     lc->store = er_store_new(cfg->database_url, err);
     if (lc->store == NULL) {
         er_lifecycle_destroy(lc);
@@ -1828,7 +721,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
         if (rc == 0) {
             er_fault_point("outcome.after_commit");
             if (lc->undo.lease_id != NULL)
-                undo_finish(lc, &lc->undo);
+                er_lifecycle__undo_finish(lc, &lc->undo);
             break;
         }
         er_store_rollback(lc->store);
@@ -1841,131 +734,6 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                     (int)coords->partition, (long long)coords->offset,
                     refused.msg);
     }
-    er_arena_reset(&lc->arena);
-    return rc;
-}
-
-/* er_driver_in_use_fn over the lifecycle's store; when the database
- * cannot answer, everything counts as in use. */
-static bool tag_in_use(const char *tag, void *arg)
-{
-    struct er_lifecycle *lc = arg;
-    struct er_err err;
-    bool is_in_use = true;
-
-    er_err_clear(&err);
-    if (er_store_lease_tag_in_use(lc->store, tag, &is_in_use, &err) != 0)
-        return true;
-    return is_in_use;
-}
-
-void er_lifecycle_sweep_host(struct er_lifecycle *lc)
-{
-    struct er_err err;
-
-    er_err_clear(&err);
-    if (er_store_ensure(lc->store, &err) != 0)
-        return;
-    er_driver_sweep_all(tag_in_use, lc);
-}
-
-int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
-                      int *reaped, struct er_err *err)
-{
-    struct er_lease_row *rows = NULL;
-    struct release_item *items = NULL;
-    bool *is_claimed = NULL;
-    size_t cnt = 0;
-    size_t i;
-    int rc;
-
-    *reaped = 0;
-    er_arena_reset(&lc->arena);
-    /* Phase 1: pick stale leases (SKIP LOCKED: not one another worker's
-     * pass or a step holds) and claim each in the journal, so no other
-     * reaper works on it while this one runs the driver unlocked. */
-    rc = er_store_begin(lc->store, err);
-    if (rc == 0)
-        rc = er_store_lease_stale(lc->store, ttl_s, limit, &lc->arena, &rows,
-                                  &cnt, err);
-    if (rc == 0 && cnt > 0) {
-        items = er_arena_alloc(&lc->arena, sizeof(*items) * cnt);
-        is_claimed = er_arena_alloc(&lc->arena, sizeof(*is_claimed) * cnt);
-        if (items == NULL || is_claimed == NULL)
-            rc = oom(err);
-    }
-    for (i = 0; rc == 0 && i < cnt; i++) {
-        char *op_id = er_arena_alloc(&lc->arena, 48);
-        struct er_op op;
-
-        if (op_id == NULL) {
-            rc = oom(err);
-            break;
-        }
-        snprintf(op_id, 48, "reap:%s", rows[i].id);
-        op = (struct er_op){ op_id,      rows[i].company_id,
-                             rows[i].id, rows[i].environment_id,
-                             "reap",     NULL,
-                             -1,         -1 };
-        rc = er_store_journal_claim(lc->store, &op, &is_claimed[i], err);
-        if (rc == 0 && is_claimed[i])
-            rc = release_prepare(lc, &rows[i], "expired", &items[i], err);
-    }
-    if (rc == 0)
-        rc = er_store_commit(lc->store, err);
-    if (rc != 0)
-        goto fail;
-    /* Phase 2: each lease's cleanup through its driver, no lock held. */
-    for (i = 0; i < cnt; i++) {
-        if (is_claimed[i] && release_effect(lc, &items[i], err) != 0)
-            goto fail;
-    }
-    /* Phase 3: one short transaction per lease, so one that cannot be
-     * cleaned up never holds back the others; it stays active and its
-     * claim's backoff decides when the next pass tries again. */
-    for (i = 0; i < cnt; i++) {
-        struct release_item *it = &items[i];
-        struct actor who = { rows[i].company_id, "system", "envrun-reaper",
-                             NULL, rows[i].heartbeat_run_id };
-        struct er_lease_row upd;
-        bool is_released = false;
-        const char *state = "done";
-        char op_id[48];
-
-        if (!is_claimed[i])
-            continue;
-        rc = er_store_begin(lc->store, err);
-        if (rc != 0)
-            goto fail;
-        if (it->lease_err != NULL ||
-            (it->rel.cleanup_status != NULL &&
-             strcmp(it->rel.cleanup_status, "failed") == 0)) {
-            ER_LOG_WARN("reaper", "lease %s not expired: %s", rows[i].id,
-                        it->lease_err != NULL ? it->lease_err
-                                              : "its cleanup failed");
-            state = "failed";
-        } else {
-            rc = release_record(lc, it, REAPED, NULL, &who, &upd, &is_released,
-                                err);
-        }
-        snprintf(op_id, sizeof(op_id), "reap:%s", rows[i].id);
-        if (rc == 0)
-            rc = er_store_journal_close(lc->store, op_id, "reap", rows[i].id,
-                                        state, NULL, err);
-        if (rc == 0)
-            rc = er_store_commit(lc->store, err);
-        if (rc != 0)
-            goto fail;
-        if (is_released) {
-            ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
-                        upd.id, (long long)ttl_s);
-            (*reaped)++;
-        }
-    }
-    er_arena_reset(&lc->arena);
-    return 0;
-fail:
-    er_store_rollback(lc->store);
     er_arena_reset(&lc->arena);
     return rc;
 }

@@ -1,0 +1,359 @@
+/* lifecycle_acquire: the acquire command (domain.md 3.1-3.3): resolve the
+ * environment, guard the execution workspace (single flight), run the
+ * driver's acquire (journaled, outside any transaction when remote) and
+ * insert the lease. Not thread-safe; see lifecycle_step_int.h. */
+#include <string.h>
+
+#include <jansson.h>
+
+#include "worker/lifecycle_step_int.h"
+
+#define SUPERSEDED "superseded: stale single-flight workspace lease"
+
+/* ================================================================
+ * acquire (domain.md 3.1-3.3)
+ * ================================================================ */
+
+/* resolveEnvironment: 0 with env filled, or 1 when the result already says
+ * why not (environment_not_found / environment_inactive). */
+static int resolve_env(struct er_step *st, struct er_env_row *env,
+                       struct er_err *err)
+{
+    const struct er_run_command *cmd = st->cmd;
+    struct er_lifecycle *lc = st->lc;
+    const char *id = cmd->selected_environment_id;
+    int rc;
+
+    if (id == NULL || id[0] == '\0') {
+        rc = er_store_env_ensure_local(lc->store, cmd->company_id, &lc->arena,
+                                       env, err);
+        if (rc != 0)
+            return rc;
+    } else {
+        rc = er_store_env_get(lc->store, id, &lc->arena, env, err);
+        if (rc == ER_ENOTFOUND) {
+            st->res.environment_id = id;
+            er_lifecycle__fail(st, ER_OUTCOME_ERROR,
+                               ER_EC_ENVIRONMENT_NOT_FOUND,
+                               "Environment \"%s\" not found.", id);
+            return 1;
+        }
+        if (rc != 0)
+            return rc;
+        if (strcmp(env->company_id, cmd->company_id) != 0) {
+            /* Cross-company access is "not found" (domain.md 1). */
+            st->res.environment_id = id;
+            er_lifecycle__fail(
+                st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_NOT_FOUND,
+                "Environment \"%s\" does not belong to this company.", id);
+            return 1;
+        }
+    }
+    if (strcmp(env->status, "active") != 0) {
+        er_lifecycle__set_env(st, env);
+        er_lifecycle__fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_INACTIVE,
+                           "Environment \"%s\" is not active (status: %s).",
+                           env->name, env->status);
+        return 1;
+    }
+    return 0;
+}
+
+/* The single-flight guard of domain.md 3.3.1, before the driver runs so a
+ * conflicting acquire has no side effect. Returns 0 to go on, 1 when the
+ * result is decided (conflict), and sets *reentrant to the run's own lease
+ * when it already holds one. */
+static int single_flight(struct er_step *st, const struct er_env_row *env,
+                         struct er_lease_row *reentrant, bool *is_reentrant,
+                         struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_lease_row cur;
+    struct er_lease_row upd;
+    bool is_live = true;
+    int rc;
+
+    *is_reentrant = false;
+    rc = er_store_lease_active_for_workspace(
+        lc->store, env->id, cmd->execution_workspace_id, &lc->arena, &cur, err);
+    if (rc == ER_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    if (cur.heartbeat_run_id != NULL && cmd->heartbeat_run_id != NULL &&
+        strcmp(cur.heartbeat_run_id, cmd->heartbeat_run_id) == 0) {
+        rc =
+            er_store_lease_touch(lc->store, cur.id, &lc->arena, reentrant, err);
+        if (rc != 0)
+            return rc;
+        *is_reentrant = true;
+        return 0;
+    }
+    if (cur.heartbeat_run_id != NULL &&
+        (cur.expires_at_ms < 0 || cur.expires_at_ms > er_time_now_ms())) {
+        rc = er_store_run_is_live(lc->store, cur.heartbeat_run_id, &is_live,
+                                  err);
+        if (rc != 0)
+            return rc;
+        if (is_live) {
+            er_lifecycle__set_env(st, env);
+            er_lifecycle__fail(
+                st, ER_OUTCOME_DEFERRED, ER_EC_LEASE_CONFLICT,
+                "Execution workspace for environment \"%s\" is already "
+                "leased by another active run; deferring.",
+                env->name);
+            return 1;
+        }
+    }
+    /* Stale: supersede it, keeping a failure reason it already has. */
+    rc = er_store_lease_set_status(
+        lc->store, cur.id, "expired",
+        cur.failure_reason != NULL ? cur.failure_reason : SUPERSEDED, NULL,
+        &lc->arena, &upd, err);
+    if (rc != 0)
+        return rc;
+    ER_LOG_INFO("lifecycle", "lease %s expired: %s", upd.id, SUPERSEDED);
+    return er_lifecycle__lease_event(lc, &upd, err);
+}
+
+/* Insert the lease (3.3.1). A unique violation of the single-flight index
+ * means another writer (the control plane shares the database and does not
+ * take our advisory lock) won the race: a conflict, deferred (3.3.1 step
+ * 4). Returns 1 when the result says so. */
+static int insert_lease(struct er_step *st, const struct er_env_row *env,
+                        const struct er_lease_row *in, struct er_lease_row *out,
+                        struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    struct er_err ierr;
+    int rc;
+
+    rc = er_store_savepoint(lc->store, err);
+    if (rc != 0)
+        return rc;
+    er_err_clear(&ierr);
+    rc = er_store_lease_insert(lc->store, in, &lc->arena, out, &ierr);
+    if (rc == ER_ECONFLICT) {
+        rc = er_store_savepoint_rollback(lc->store, err);
+        if (rc != 0)
+            return rc;
+        er_lifecycle__fail(
+            st, ER_OUTCOME_DEFERRED, ER_EC_LEASE_CONFLICT,
+            "Execution workspace for environment \"%s\" is already leased "
+            "by another active run; deferring.",
+            env->name);
+        return 1;
+    }
+    if (rc != 0) {
+        *err = ierr;
+        return rc;
+    }
+    return er_store_savepoint_release(lc->store, err);
+}
+
+/* The lease a remote acquire made cannot be recorded: another run holds
+ * the workspace now (the result says deferred). The journal keeps what the
+ * driver acquired (state rolling_back) in the outcome transaction; after it
+ * commits, finish_undos releases it through the driver and closes the
+ * entry. A crash in between leaves the entry for the reaper's sweep. */
+static int undo_acquire(struct er_step *st, const struct er_driver_env *denv,
+                        const char *lease_id,
+                        const struct er_driver_acquired *acq,
+                        struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    struct er_undo *u = &lc->undo;
+    json_t *detail;
+
+    detail = json_pack("{s:s, s:O}", "driver", denv->driver, "metadata",
+                       acq->metadata);
+    u->detail_json =
+        detail != NULL ? er_lifecycle__jdump(&lc->arena, detail) : NULL;
+    json_decref(detail);
+    u->command_id = st->cmd->command_id;
+    u->lease_id = er_arena_strdup(&lc->arena, lease_id);
+    u->environment_id = denv->id;
+    if (u->detail_json == NULL || u->lease_id == NULL)
+        return er_lifecycle__oom(err);
+    return er_store_journal_close(lc->store, u->command_id, "acquire",
+                                  u->lease_id, "rolling_back", u->detail_json,
+                                  err);
+}
+
+int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_env_row env;
+    struct er_driver_env denv;
+    struct er_driver_lease_ctx ctx;
+    struct er_driver_acquired acq;
+    struct er_lease_row in;
+    struct er_lease_row lease;
+    const struct er_driver_ops *ops;
+    struct er_err derr;
+    json_t *config = NULL;
+    json_t *details = NULL;
+    json_t *transport = NULL;
+    struct er_actor who;
+    char lease_id[37];
+    bool is_reentrant = false;
+    int drc;
+    int rc;
+
+    memset(&acq, 0, sizeof(acq));
+    rc = resolve_env(st, &env, err);
+    if (rc != 0)
+        return rc > 0 ? 0 : rc;
+    er_lifecycle__set_env(st, &env);
+
+    ops = er_driver_find(env.driver);
+    if (ops == NULL) {
+        er_lifecycle__fail(
+            st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
+            "Failed to acquire lease for environment \"%s\" (%s): "
+            "Environment driver \"%s\" is not registered in the environment "
+            "runtime yet.",
+            env.name, env.driver, env.driver);
+        return 0;
+    }
+    config = json_loads(env.config_json, 0, NULL);
+    if (!json_is_object(config)) {
+        er_lifecycle__fail(
+            st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
+            "Failed to acquire lease for environment \"%s\" (%s): "
+            "environment config is not a JSON object.",
+            env.name, env.driver);
+        rc = 0;
+        goto out;
+    }
+    denv = er_lifecycle__driver_env(&env, config);
+
+    if (cmd->execution_workspace_id != NULL) {
+        rc = single_flight(st, &env, &lease, &is_reentrant, err);
+        if (rc != 0) {
+            rc = rc > 0 ? 0 : rc;
+            goto out;
+        }
+    }
+
+    if (!is_reentrant) {
+        rc = er_store_lease_id_for(lc->store, cmd->command_id, lease_id, err);
+        if (rc != 0)
+            goto out;
+        ctx = (struct er_driver_lease_ctx){ lease_id,
+                                            cmd->company_id,
+                                            cmd->agent_id,
+                                            cmd->heartbeat_run_id,
+                                            cmd->issue_id,
+                                            cmd->execution_workspace_id,
+                                            cmd->execution_workspace_mode };
+        if (ops->is_remote) {
+            rc = er_lifecycle__journal(st, "acquire", lease_id, env.id, err);
+            if (rc == 0)
+                rc = er_lifecycle__intent_commit(st, err);
+            if (rc != 0)
+                goto out;
+        }
+        er_err_clear(&derr);
+        er_fault_point("driver.before");
+        drc = ops->acquire(&denv, &ctx, &acq, &derr);
+        er_fault_point("driver.after");
+        if (ops->is_remote) {
+            rc = er_lifecycle__outcome_begin(st, err);
+            if (rc != 0)
+                goto out;
+        }
+        if (drc != 0) {
+            er_lifecycle__fail(
+                st, ER_OUTCOME_ERROR, ER_EC_LEASE_ACQUIRE_FAILED,
+                "Failed to acquire lease for environment \"%s\" (%s): %s",
+                env.name, env.driver, derr.msg);
+            goto out;
+        }
+        if (ops->is_remote && cmd->execution_workspace_id != NULL) {
+            /* The workspace lock ended with phase 1: check again. */
+            rc = single_flight(st, &env, &lease, &is_reentrant, err);
+            if (rc > 0 || (rc == 0 && is_reentrant))
+                rc = undo_acquire(st, &denv, lease_id, &acq, err);
+            if (rc != 0 || st->res.outcome != ER_OUTCOME_OK)
+                goto out;
+            if (is_reentrant)
+                goto done; /* the run's own lease, found meanwhile */
+        }
+        memset(&in, 0, sizeof(in));
+        in.id = lease_id;
+        in.company_id = cmd->company_id;
+        in.environment_id = env.id;
+        in.execution_workspace_id = cmd->execution_workspace_id;
+        in.issue_id = cmd->issue_id;
+        in.heartbeat_run_id = cmd->heartbeat_run_id;
+        in.lease_policy = acq.lease_policy;
+        in.provider = acq.provider;
+        in.provider_lease_id = acq.provider_lease_id;
+        in.expires_at_ms = acq.expires_at_ms;
+        in.metadata_json = er_lifecycle__jdump(&lc->arena, acq.metadata);
+        if (in.metadata_json == NULL) {
+            rc = er_lifecycle__oom(err);
+            goto out;
+        }
+        rc = insert_lease(st, &env, &in, &lease, err);
+        if (rc > 0 && ops->is_remote)
+            rc = undo_acquire(st, &denv, lease_id, &acq, err);
+        if (rc != 0) {
+            rc = rc > 0 ? 0 : rc;
+            goto out;
+        }
+        rc = er_lifecycle__lease_event(lc, &lease, err);
+        if (rc != 0)
+            goto out;
+        details = json_pack(
+            "{s:s, s:s, s:s, s:o, s:o, s:o}", "environmentId", env.id, "driver",
+            env.driver, "leasePolicy", lease.lease_policy, "provider",
+            er_lifecycle__jstr(lease.provider), "executionWorkspaceId",
+            er_lifecycle__jstr(cmd->execution_workspace_id), "issueId",
+            er_lifecycle__jstr(cmd->issue_id));
+        if (details == NULL) {
+            rc = er_lifecycle__oom(err);
+            goto out;
+        }
+        who = er_lifecycle__step_actor(st);
+        rc = er_lifecycle__activity(lc, &who, "environment.lease_acquired",
+                                    &lease, details, err);
+        if (rc != 0)
+            goto out;
+    }
+
+done:
+    st->res.lease_id = lease.id;
+    /* executionTransport: the SSH spec or null (domain.md 3.2 step 4). */
+    er_err_clear(&derr);
+    transport = ops->target != NULL
+                    ? ops->target(&denv, NULL, cmd->adapter_type, &derr)
+                    : json_null();
+    if (transport == NULL) {
+        er_lifecycle__fail(
+            st, ER_OUTCOME_ERROR, ER_EC_TRANSPORT_RESOLUTION_FAILED,
+            "Failed to resolve execution transport for \"%s\": %s", env.name,
+            derr.msg);
+        rc = 0;
+        goto out;
+    }
+    st->result = json_pack("{s:o, s:o, s:{s:o, s:o}, s:O}", "environment",
+                           er_lifecycle__env_to_json(&env), "lease",
+                           er_lifecycle__lease_to_json(&lease), "leaseContext",
+                           "executionWorkspaceId",
+                           er_lifecycle__jstr(cmd->execution_workspace_id),
+                           "executionWorkspaceMode",
+                           er_lifecycle__jstr(cmd->execution_workspace_mode),
+                           "executionTransport", transport);
+    if (st->result == NULL)
+        rc = er_lifecycle__oom(err);
+out:
+    json_decref(transport);
+    json_decref(details);
+    json_decref(config);
+    er_driver_acquired_fini(&acq);
+    return rc;
+}

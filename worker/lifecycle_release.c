@@ -1,0 +1,445 @@
+/* lifecycle_release: the release command (domain.md 3.3.2, 3.5), the undo
+ * of an unrecorded acquisition, the host sweep and the reaper's pass; each
+ * lease's driver release runs outside any transaction when remote. Not
+ * thread-safe; see lifecycle_step_int.h. */
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "worker/lifecycle_step_int.h"
+
+#define REAPED "lease_expired"
+
+/* ================================================================
+ * release (domain.md 3.3.2, 3.5)
+ * ================================================================ */
+
+/* Details of environment.lease_released (domain.md 3.8); failureReason is
+ * the caller's, else the row's (3.5 step 4). */
+static json_t *released_details(const struct er_env_row *env,
+                                const struct er_lease_row *upd,
+                                const char *failure_reason)
+{
+    return json_pack(
+        "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o}", "environmentId",
+        env->id, "driver", env->driver, "leasePolicy", upd->lease_policy,
+        "provider", er_lifecycle__jstr(upd->provider), "executionWorkspaceId",
+        er_lifecycle__jstr(upd->execution_workspace_id), "issueId",
+        er_lifecycle__jstr(upd->issue_id), "status", upd->status,
+        "cleanupStatus", er_lifecycle__jstr(upd->cleanup_status),
+        "failureReason",
+        er_lifecycle__jstr(failure_reason != NULL ? failure_reason
+                                                  : upd->failure_reason));
+}
+
+/* One lease on its way out (3.3.2 step 2): its environment, the driver
+ * that releases it (the lease's metadata.driver, else the environment's)
+ * and what the driver decided. Arena strings. */
+struct release_item {
+    struct er_lease_row lease;
+    struct er_env_row env;
+    bool has_env; /* false: the environment is gone, skip silently */
+    const struct er_driver_ops *ops; /* NULL: a plain status update */
+    struct er_driver_released rel;
+    char *lease_err; /* the driver's failure, or NULL */
+};
+
+/* Phase 1 of a release: load the environment and pick the driver. */
+static int release_prepare(struct er_lifecycle *lc,
+                           const struct er_lease_row *lease, const char *status,
+                           struct release_item *it, struct er_err *err)
+{
+    json_t *meta;
+    const char *driver;
+    int rc;
+
+    memset(it, 0, sizeof(*it));
+    it->lease = *lease;
+    it->rel.status = status;
+    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena,
+                          &it->env, err);
+    if (rc == ER_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    it->has_env = true;
+    meta = er_lifecycle__jparse(lease->metadata_json);
+    driver = er_lifecycle__jget_str(meta, "driver") != NULL
+                 ? er_lifecycle__jget_str(meta, "driver")
+                 : it->env.driver;
+    it->ops = er_driver_find(driver);
+    if (it->ops != NULL && it->ops->release == NULL)
+        it->ops = NULL;
+    json_decref(meta);
+    return 0;
+}
+
+/* Phase 2: the driver's release (teardown, cleanup, removal), outside any
+ * transaction when the driver is remote. A driver failure is not an
+ * error: it->lease_err gets its message. */
+static int release_effect(struct er_lifecycle *lc, struct release_item *it,
+                          struct er_err *err)
+{
+    struct er_driver_env denv;
+    struct er_driver_lease dlease;
+    struct er_err derr;
+    json_t *meta = NULL;
+    json_t *config = NULL;
+    int rc;
+
+    if (!it->has_env || it->ops == NULL)
+        return 0;
+    config = json_loads(it->env.config_json, 0, NULL);
+    if (config == NULL)
+        config = json_object();
+    meta = er_lifecycle__jparse(it->lease.metadata_json);
+    if (!json_is_object(meta)) {
+        json_decref(meta);
+        meta = json_object();
+    }
+    denv = er_lifecycle__driver_env(&it->env, config);
+    dlease = er_lifecycle__driver_lease(&it->lease, meta);
+    er_err_clear(&derr);
+    er_fault_point("driver.before");
+    rc = it->ops->release(&denv, &dlease, it->rel.status, &it->rel, &derr);
+    er_fault_point("driver.after");
+    if (rc != 0) {
+        it->lease_err = er_arena_strdup(&lc->arena, derr.msg);
+        rc = it->lease_err == NULL ? er_lifecycle__oom(err) : 0;
+    }
+    json_decref(config);
+    json_decref(meta);
+    return rc;
+}
+
+/* Phase 3: move the row to its final status with its LeaseEvent and the
+ * environment.lease_released activity (3.8). row_reason is written to
+ * failure_reason when the driver gives none (the reaper's lease_expired);
+ * detail_reason is the activity's failureReason (the caller's, 3.5 step
+ * 4). The row is locked again first: when it is no longer active (released
+ * by another path while no lock was held) *is_released stays false. */
+static int release_record(struct er_lifecycle *lc, struct release_item *it,
+                          const char *row_reason, const char *detail_reason,
+                          const struct er_actor *who, struct er_lease_row *upd,
+                          bool *is_released, struct er_err *err)
+{
+    struct er_lease_row cur;
+    json_t *details = NULL;
+    int rc;
+
+    *is_released = false;
+    if (!it->has_env)
+        return 0; /* environment gone: skip silently (3.3.2 step 2) */
+    rc = er_store_lease_get(lc->store, it->lease.id, &lc->arena, &cur, err);
+    if (rc == ER_ENOTFOUND || (rc == 0 && strcmp(cur.status, "active") != 0))
+        return 0;
+    if (rc != 0)
+        return rc;
+    rc = er_store_lease_set_status(
+        lc->store, it->lease.id, it->rel.status,
+        it->rel.failure_reason != NULL ? it->rel.failure_reason : row_reason,
+        it->rel.cleanup_status, &lc->arena, upd, err);
+    if (rc != 0)
+        return rc;
+    rc = er_lifecycle__lease_event(lc, upd, err);
+    if (rc != 0)
+        return rc;
+    details = released_details(&it->env, upd, detail_reason);
+    if (details == NULL)
+        return er_lifecycle__oom(err);
+    rc = er_lifecycle__activity(lc, who, "environment.lease_released", upd,
+                                details, err);
+    json_decref(details);
+    if (rc == 0)
+        *is_released = true;
+    return rc;
+}
+
+int er_lifecycle__release(struct er_step *st, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    const char *status = er_codec_release_status_name(cmd->release_status);
+    struct er_lease_row *rows = NULL;
+    struct release_item *items = NULL;
+    size_t cnt = 0;
+    size_t i;
+    size_t err_cnt = 0;
+    bool is_remote = false;
+    json_t *released = json_array();
+    json_t *errors = json_array();
+    struct er_actor who = er_lifecycle__step_actor(st);
+    int rc;
+
+    if (released == NULL || errors == NULL) {
+        rc = er_lifecycle__oom(err);
+        goto out;
+    }
+    rc = er_store_lease_active_for_run(lc->store, cmd->heartbeat_run_id,
+                                       &lc->arena, &rows, &cnt, err);
+    if (rc != 0)
+        goto out;
+    items = cnt > 0 ? er_arena_alloc(&lc->arena, sizeof(*items) * cnt) : NULL;
+    if (cnt > 0 && items == NULL) {
+        rc = er_lifecycle__oom(err);
+        goto out;
+    }
+    for (i = 0; i < cnt; i++) {
+        rc = release_prepare(lc, &rows[i], status, &items[i], err);
+        if (rc != 0)
+            goto out;
+        if (items[i].ops != NULL && items[i].ops->is_remote) {
+            is_remote = true;
+            rc = er_lifecycle__journal(st, "release", rows[i].id,
+                                       items[i].env.id, err);
+            if (rc != 0)
+                goto out;
+        }
+    }
+    if (is_remote) {
+        rc = er_lifecycle__intent_commit(st, err);
+        if (rc != 0)
+            goto out;
+    }
+    /* Each lease on its own (3.3.2 step 3). */
+    for (i = 0; i < cnt; i++) {
+        rc = release_effect(lc, &items[i], err);
+        if (rc != 0)
+            goto out;
+    }
+    if (is_remote) {
+        rc = er_lifecycle__outcome_begin(st, err);
+        if (rc != 0)
+            goto out;
+    }
+    for (i = 0; i < cnt; i++) {
+        struct release_item *it = &items[i];
+        struct er_lease_row upd;
+        bool is_released = false;
+
+        if (it->lease_err == NULL) {
+            /* A savepoint per lease: one lease's refused SQL is recorded
+             * as its error and the others go on. */
+            rc = er_store_savepoint(lc->store, err);
+            if (rc != 0)
+                goto out;
+            rc = release_record(lc, it, NULL, cmd->failure_reason, &who, &upd,
+                                &is_released, err);
+            if (rc != 0 && err->cls == ER_ERRCLASS_SKIP &&
+                err->code != ER_EFENCED) {
+                it->lease_err = er_arena_strdup(&lc->arena, err->msg);
+                er_err_clear(err);
+                rc = it->lease_err == NULL ? er_lifecycle__oom(err) : 0;
+                if (rc == 0)
+                    rc = er_store_savepoint_rollback(lc->store, err);
+            } else if (rc == 0) {
+                rc = er_store_savepoint_release(lc->store, err);
+            }
+            if (rc != 0)
+                goto out;
+        }
+        if (it->lease_err != NULL) {
+            ER_LOG_WARN("lifecycle", "lease %s not released: %s", it->lease.id,
+                        it->lease_err);
+            json_array_append_new(errors, json_pack("{s:s, s:s}", "leaseId",
+                                                    it->lease.id, "message",
+                                                    it->lease_err));
+            err_cnt++;
+            continue;
+        }
+        if (is_released) {
+            json_array_append_new(released, json_string(it->lease.id));
+            if (st->res.lease_id == NULL) {
+                /* The result names the first released lease. */
+                st->res.lease_id = it->lease.id;
+                st->res.environment_id = it->env.id;
+                st->res.driver = it->env.driver;
+            }
+        }
+    }
+    if (err_cnt > 0)
+        er_lifecycle__fail(
+            st, ER_OUTCOME_ERROR, ER_EC_LEASE_RELEASE_FAILED,
+            "Failed to release %zu of %zu environment leases for heartbeat "
+            "run \"%s\".",
+            err_cnt, cnt, cmd->heartbeat_run_id);
+    st->result =
+        json_pack("{s:O, s:O}", "released", released, "errors", errors);
+    if (st->result == NULL)
+        rc = er_lifecycle__oom(err);
+out:
+    json_decref(released);
+    json_decref(errors);
+    return rc;
+}
+
+/* Release what an acquire made but could not record (undo_acquire) once
+ * the step's outcome committed, then close its journal entry as
+ * rolled_back. A failure is logged and leaves the entry rolling_back for
+ * the next attempt. */
+void er_lifecycle__undo_finish(struct er_lifecycle *lc, const struct er_undo *u)
+{
+    struct er_lease_row row;
+    struct release_item it;
+    struct er_err e;
+    json_t *detail = er_lifecycle__jparse(u->detail_json);
+    const json_t *meta = json_object_get(detail, "metadata");
+    const char *driver = er_lifecycle__jget_str(detail, "driver");
+    char *meta_json = NULL;
+    int rc;
+
+    er_err_clear(&e);
+    memset(&row, 0, sizeof(row));
+    row.id = u->lease_id;
+    row.environment_id = u->environment_id;
+    row.status = "active";
+    row.lease_policy = "ephemeral";
+    meta_json = meta != NULL ? er_lifecycle__jdump(&lc->arena, meta) : NULL;
+    row.metadata_json = meta_json;
+    rc = release_prepare(lc, &row, "expired", &it, &e);
+    if (rc == 0 && driver != NULL)
+        it.ops = er_driver_find(driver);
+    if (rc == 0)
+        rc = release_effect(lc, &it, &e);
+    if (rc == 0 && it.lease_err == NULL &&
+        (it.rel.cleanup_status == NULL ||
+         strcmp(it.rel.cleanup_status, "failed") != 0))
+        rc = er_store_journal_close(lc->store, u->command_id, "acquire",
+                                    u->lease_id, "rolled_back", NULL, &e);
+    else if (rc == 0)
+        rc = er_err_set(&e, ER_EDRIVER, ER_ERRCLASS_RETRY, "%s",
+                        it.lease_err != NULL ? it.lease_err
+                                             : "its cleanup failed");
+    if (rc != 0)
+        er_log_kv(ER_LOG_WARN, "lifecycle",
+                  "an unrecorded acquisition was not released", "commandId",
+                  u->command_id, "leaseId", u->lease_id, "reason", e.msg,
+                  (const char *)NULL);
+    json_decref(detail);
+}
+
+/* er_driver_in_use_fn over the lifecycle's store; when the database
+ * cannot answer, everything counts as in use. */
+static bool tag_in_use(const char *tag, void *arg)
+{
+    struct er_lifecycle *lc = arg;
+    struct er_err err;
+    bool is_in_use = true;
+
+    er_err_clear(&err);
+    if (er_store_lease_tag_in_use(lc->store, tag, &is_in_use, &err) != 0)
+        return true;
+    return is_in_use;
+}
+
+void er_lifecycle_sweep_host(struct er_lifecycle *lc)
+{
+    struct er_err err;
+
+    er_err_clear(&err);
+    if (er_store_ensure(lc->store, &err) != 0)
+        return;
+    er_driver_sweep_all(tag_in_use, lc);
+}
+
+int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
+                      int *reaped, struct er_err *err)
+{
+    struct er_lease_row *rows = NULL;
+    struct release_item *items = NULL;
+    bool *is_claimed = NULL;
+    size_t cnt = 0;
+    size_t i;
+    int rc;
+
+    *reaped = 0;
+    er_arena_reset(&lc->arena);
+    /* Phase 1: pick stale leases (SKIP LOCKED: not one another worker's
+     * pass or a step holds) and claim each in the journal, so no other
+     * reaper works on it while this one runs the driver unlocked. */
+    rc = er_store_begin(lc->store, err);
+    if (rc == 0)
+        rc = er_store_lease_stale(lc->store, ttl_s, limit, &lc->arena, &rows,
+                                  &cnt, err);
+    if (rc == 0 && cnt > 0) {
+        items = er_arena_alloc(&lc->arena, sizeof(*items) * cnt);
+        is_claimed = er_arena_alloc(&lc->arena, sizeof(*is_claimed) * cnt);
+        if (items == NULL || is_claimed == NULL)
+            rc = er_lifecycle__oom(err);
+    }
+    for (i = 0; rc == 0 && i < cnt; i++) {
+        char *op_id = er_arena_alloc(&lc->arena, 48);
+        struct er_op op;
+
+        if (op_id == NULL) {
+            rc = er_lifecycle__oom(err);
+            break;
+        }
+        snprintf(op_id, 48, "reap:%s", rows[i].id);
+        op = (struct er_op){ op_id,      rows[i].company_id,
+                             rows[i].id, rows[i].environment_id,
+                             "reap",     NULL,
+                             -1,         -1 };
+        rc = er_store_journal_claim(lc->store, &op, &is_claimed[i], err);
+        if (rc == 0 && is_claimed[i])
+            rc = release_prepare(lc, &rows[i], "expired", &items[i], err);
+    }
+    if (rc == 0)
+        rc = er_store_commit(lc->store, err);
+    if (rc != 0)
+        goto fail;
+    /* Phase 2: each lease's cleanup through its driver, no lock held. */
+    for (i = 0; i < cnt; i++) {
+        if (is_claimed[i] && release_effect(lc, &items[i], err) != 0)
+            goto fail;
+    }
+    /* Phase 3: one short transaction per lease, so one that cannot be
+     * cleaned up never holds back the others; it stays active and its
+     * claim's backoff decides when the next pass tries again. */
+    for (i = 0; i < cnt; i++) {
+        struct release_item *it = &items[i];
+        struct er_actor who = { rows[i].company_id, "system", "envrun-reaper",
+                                NULL, rows[i].heartbeat_run_id };
+        struct er_lease_row upd;
+        bool is_released = false;
+        const char *state = "done";
+        char op_id[48];
+
+        if (!is_claimed[i])
+            continue;
+        rc = er_store_begin(lc->store, err);
+        if (rc != 0)
+            goto fail;
+        if (it->lease_err != NULL ||
+            (it->rel.cleanup_status != NULL &&
+             strcmp(it->rel.cleanup_status, "failed") == 0)) {
+            ER_LOG_WARN("reaper", "lease %s not expired: %s", rows[i].id,
+                        it->lease_err != NULL ? it->lease_err
+                                              : "its cleanup failed");
+            state = "failed";
+        } else {
+            rc = release_record(lc, it, REAPED, NULL, &who, &upd, &is_released,
+                                err);
+        }
+        snprintf(op_id, sizeof(op_id), "reap:%s", rows[i].id);
+        if (rc == 0)
+            rc = er_store_journal_close(lc->store, op_id, "reap", rows[i].id,
+                                        state, NULL, err);
+        if (rc == 0)
+            rc = er_store_commit(lc->store, err);
+        if (rc != 0)
+            goto fail;
+        if (is_released) {
+            ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
+                        upd.id, (long long)ttl_s);
+            (*reaped)++;
+        }
+    }
+    er_arena_reset(&lc->arena);
+    return 0;
+fail:
+    er_store_rollback(lc->store);
+    er_arena_reset(&lc->arena);
+    return rc;
+}
