@@ -171,10 +171,12 @@ static int undo_acquire(struct er_step *st, const struct er_driver_env *denv,
     u->detail_json =
         detail != NULL ? er_lifecycle__jdump(&lc->arena, detail) : NULL;
     json_decref(detail);
-    u->command_id = st->cmd->command_id;
+    /* The undo runs after the step, when the command is freed: copies in
+     * the arena, which lives until the step is over. */
+    u->command_id = er_arena_strdup(&lc->arena, st->cmd->command_id);
     u->lease_id = er_arena_strdup(&lc->arena, lease_id);
     u->environment_id = denv->id;
-    if (u->detail_json == NULL || u->lease_id == NULL)
+    if (u->detail_json == NULL || u->command_id == NULL || u->lease_id == NULL)
         return er_lifecycle__oom(err);
     return er_store_journal_close(lc->store, u->command_id, "acquire",
                                   u->lease_id, "rolling_back", u->detail_json,
@@ -301,7 +303,8 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
         rc = insert_lease(st, &env, &in, &lease, err);
         if (rc > 0 && ops->is_remote)
             rc = undo_acquire(st, &denv, lease_id, &acq, err);
-        if (rc != 0) {
+        /* A conflict decided the result (deferred): no lease to record. */
+        if (rc != 0 || st->res.outcome != ER_OUTCOME_OK) {
             rc = rc > 0 ? 0 : rc;
             goto out;
         }

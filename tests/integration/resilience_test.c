@@ -419,6 +419,121 @@ static void long_provision_blocks_nothing(void **state)
     er_harness_ssh_destroy(ssh);
 }
 
+/* The control plane (which does not take envrun's workspace lock) leases
+ * the execution workspace while the ssh driver is acquiring for another
+ * run: the acquire answers deferred (lease_conflict), and what its driver
+ * made on the host (the per-lease directory, the connection) is released
+ * and its journal entry ends rolled_back. The driver is held up by a
+ * marker-gated sleep in the ssh user's ~/.zprofile, which its login shell
+ * reads. */
+static void workspace_taken_during_acquire_is_rolled_back(void **state)
+{
+    struct er_harness *h;
+    struct er_harness_ssh *ssh;
+    struct er_harness_worker_opts opts = { .concurrency = 2 };
+    struct er_harness_run run;
+    struct er_harness_run other;
+    struct er_harness_cmd acq;
+    const json_t *res;
+    char env_id[37];
+    char ws_id[37];
+    char other_lease[37];
+    char remote[ER_HARNESS_PATH_MAX + 16];
+    const char *p[4];
+    json_t *rows;
+    char lease_id[37];
+    int64_t deadline;
+
+    h = er_harness_new("resil_undo", 1, NULL);
+    ER_HARNESS_NON_NULL(h);
+    *state = h;
+    ssh = er_harness_ssh_new(h);
+    ER_HARNESS_NON_NULL(ssh);
+    opts.env = ssh->worker_env;
+    ER_HARNESS_NON_NULL(er_harness_worker_start_warm(h, &opts));
+    er_harness_run_init(&run);
+    er_harness_run_init_same_company(&other, &run);
+    assert_int_equal(er_harness_ssh_per_lease_env(h, ssh, run.company_id,
+                                                  "Taken", remote,
+                                                  sizeof(remote), env_id),
+                     0);
+    assert_true(er_harness_ssh_remote_ok(
+        ssh, "printf '%%s\\n' '[ -e \"$HOME/.envrun-slow-acquire\" ] && "
+             "sleep 3' > \"$HOME/.zprofile\" && touch "
+             "\"$HOME/.envrun-slow-acquire\""));
+    er_uuid_v4(ws_id);
+    er_harness_cmd_acquire(&acq, &run);
+    acq.cmd.selected_environment_id = env_id;
+    acq.cmd.execution_workspace_id = ws_id;
+    assert_int_equal(er_harness_send(h, &acq.cmd), 0);
+    assert_int_equal(er_harness_flush(h), 0);
+
+    /* Once the acquire is journaled (the driver is working), the control
+     * plane leases the workspace for another live run. */
+    p[0] = acq.command_id;
+    deadline = er_time_mono_ms() + ER_HARNESS_WAIT_MS;
+    while (er_harness_pg_count(h->db_url,
+                               "SELECT count(*) FROM envrun.operations WHERE "
+                               "command_id = $1 AND kind = 'acquire' AND "
+                               "state = 'started'",
+                               1, p) != 1) {
+        assert_true(er_time_mono_ms() < deadline);
+        er_harness_poll(h, 20);
+    }
+    er_uuid_v4(other_lease);
+    p[0] = other_lease;
+    p[1] = run.company_id;
+    p[2] = env_id;
+    p[3] = ws_id;
+    assert_int_equal(
+        er_harness_pg_exec(h->db_url,
+                           "INSERT INTO environment_leases (id, company_id, "
+                           "environment_id, execution_workspace_id, "
+                           "heartbeat_run_id, status, lease_policy, provider) "
+                           "VALUES ($1::uuid, $2::uuid, $3::uuid, $4::uuid, "
+                           "gen_random_uuid(), 'active', 'ephemeral', 'ssh')",
+                           4, p),
+        0);
+    assert_true(er_harness_ssh_remote_ok(
+        ssh, "rm -f \"$HOME/.envrun-slow-acquire\" \"$HOME/.zprofile\""));
+
+    res = er_harness_wait_result(h, acq.command_id, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "deferred");
+    ER_HARNESS_ASSERT_STR(res, "errorCode", "lease_conflict");
+    /* No lease row of ours; the driver's directory is released. */
+    p[0] = acq.command_id;
+    rows = er_harness_pg_query(h->db_url,
+                               "SELECT lease_id::text AS lease_id FROM "
+                               "envrun.operations WHERE command_id = $1 AND "
+                               "kind = 'acquire'",
+                               1, p);
+    ER_HARNESS_NON_NULL(rows);
+    assert_int_equal(json_array_size(rows), 1);
+    snprintf(lease_id, sizeof(lease_id), "%s",
+             er_harness_json_str(json_array_get(rows, 0), "lease_id"));
+    json_decref(rows);
+    deadline = er_time_mono_ms() + ER_HARNESS_WAIT_MS;
+    while (er_harness_pg_count(h->db_url,
+                               "SELECT count(*) FROM envrun.operations WHERE "
+                               "command_id = $1 AND state = 'rolled_back'",
+                               1, p) != 1) {
+        assert_true(er_time_mono_ms() < deadline);
+        er_harness_poll(h, 100);
+    }
+    p[0] = lease_id;
+    assert_int_equal(er_harness_pg_count(h->db_url,
+                                         "SELECT count(*) FROM "
+                                         "environment_leases WHERE id = "
+                                         "$1::uuid",
+                                         1, p),
+                     0);
+    assert_true(
+        er_harness_ssh_remote_ok(ssh, "test ! -e '%s/%s'", remote, lease_id));
+    assert_false(er_harness_ssh_control_dir_exists(lease_id));
+    er_harness_ssh_destroy(ssh);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -429,6 +544,8 @@ int main(void)
         cmocka_unit_test_teardown(paused_worker_publishes_nothing_stale,
                                   teardown),
         cmocka_unit_test_teardown(long_provision_blocks_nothing, teardown),
+        cmocka_unit_test_teardown(workspace_taken_during_acquire_is_rolled_back,
+                                  teardown),
     };
 
     /* ENVRUN_TEST_ONLY=<case name> runs one case (debugging). */

@@ -63,6 +63,7 @@ static void soak_mixed_runs_with_random_kills(void **state)
     char env_id[37];
     char remote[ER_HARNESS_PATH_MAX + 16];
     int64_t t0;
+    int64_t wave_at;
     int64_t next_kill;
     int64_t restart_at = -1;
     int dead = -1;
@@ -98,6 +99,7 @@ static void soak_mixed_runs_with_random_kills(void **state)
                      0);
 
     t0 = er_time_mono_ms();
+    wave_at = t0;
     next_kill = t0 + 20000 + (int64_t)(rnd() % 40000);
     while (er_time_mono_ms() - t0 < soak_ms) {
         int r;
@@ -126,7 +128,10 @@ static void soak_mixed_runs_with_random_kills(void **state)
             run_cnt++;
         }
         assert_int_equal(er_harness_flush(h), 0);
-        er_harness_poll(h, WAVE_MS);
+        /* One wave a WAVE_MS: the poll returns as soon as records come. */
+        wave_at += WAVE_MS;
+        while (er_time_mono_ms() < wave_at)
+            er_harness_poll(h, (int)(wave_at - er_time_mono_ms()));
         if (dead < 0 && er_time_mono_ms() >= next_kill) {
             dead = (int)(rnd() % WORKERS);
             assert_int_equal(er_harness_worker_stop(ws[dead], SIGKILL, 5000),
