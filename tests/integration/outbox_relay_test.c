@@ -112,24 +112,6 @@ static long long wait_outbox_empty(int timeout_ms)
     }
 }
 
-/* Poll GET /readyz until it answers status; false on timeout. */
-static bool wait_readyz(int status, int timeout_ms)
-{
-    int64_t deadline = now_ms() + timeout_ms;
-
-    for (;;) {
-        char *body = NULL;
-        int got = er_harness_worker_http_get(worker, "/readyz", &body);
-
-        er_free(body);
-        if (got == status)
-            return true;
-        if (now_ms() >= deadline)
-            return false;
-        sleep_ms(200);
-    }
-}
-
 /* The backend pid holding the relay lock in the test's database; 0 when
  * none does. */
 static long long lock_holder(void)
@@ -438,12 +420,12 @@ static void readyz_follows_kafka_going_down_and_up(void **state)
     mock = er_harness_mock(h);
     ER_HARNESS_NON_NULL(mock);
     assert_int_equal(rd_kafka_mock_broker_set_down(mock, 1), 0);
-    if (!wait_readyz(503, ER_HARNESS_WAIT_MS)) {
+    if (!er_harness_worker_wait_readyz(worker, 503, ER_HARNESS_WAIT_MS)) {
         er_harness_worker_dump_log(worker, 4000);
         er_harness_fail(__FILE__, __LINE__, "still ready with Kafka down");
     }
     assert_int_equal(rd_kafka_mock_broker_set_up(mock, 1), 0);
-    if (!wait_readyz(200, ER_HARNESS_FIRST_WAIT_MS)) {
+    if (!er_harness_worker_wait_readyz(worker, 200, ER_HARNESS_FIRST_WAIT_MS)) {
         er_harness_worker_dump_log(worker, 4000);
         er_harness_fail(__FILE__, __LINE__, "not ready with Kafka back");
     }
@@ -486,14 +468,14 @@ static void readyz_follows_postgres_going_away_and_back(void **state)
                             "SELECT count(pg_terminate_backend(pid)) FROM "
                             "pg_stat_activity WHERE datname = $1",
                             1, (const char *[]){ h->db_name }) >= 1);
-    if (!wait_readyz(503, ER_HARNESS_WAIT_MS)) {
+    if (!er_harness_worker_wait_readyz(worker, 503, ER_HARNESS_WAIT_MS)) {
         er_harness_worker_dump_log(worker, 4000);
         er_harness_fail(__FILE__, __LINE__, "still ready with no database");
     }
     snprintf(sql, sizeof(sql), "ALTER DATABASE \"%s\" ALLOW_CONNECTIONS %s",
              h->db_name, "true");
     assert_int_equal(er_harness_pg_exec(admin_url, sql, 0, NULL), 0);
-    if (!wait_readyz(200, ER_HARNESS_WAIT_MS)) {
+    if (!er_harness_worker_wait_readyz(worker, 200, ER_HARNESS_WAIT_MS)) {
         er_harness_worker_dump_log(worker, 4000);
         er_harness_fail(__FILE__, __LINE__, "not ready with the database back");
     }

@@ -120,26 +120,6 @@ static void reaper_expires_lease_after_ttl(void **state)
                      1);
 }
 
-/* Poll the database until the count sql gives is want, or timeout. */
-static bool wait_count(struct er_harness *h, const char *sql, int nparams,
-                       const char *const *params, long long want,
-                       int timeout_ms)
-{
-    int64_t deadline = er_time_mono_ms() + timeout_ms;
-    long long n;
-
-    for (;;) {
-        n = er_harness_pg_count(h->db_url, sql, nparams, params);
-        if (n == want)
-            return true;
-        if (er_time_mono_ms() >= deadline)
-            break;
-        er_harness_poll(h, 200);
-    }
-    print_message("%s: %lld, want %lld\n", sql, n, want);
-    return false;
-}
-
 /* The acquire of a fresh run of company's Local environment (run may be
  * NULL for a new company); returns the lease id into lease_id. */
 static void acquire(struct er_harness *h, struct er_harness_run *run,
@@ -221,10 +201,11 @@ static void two_reapers_never_reap_one_lease_twice(void **state)
         er_harness_run_init(&runs[i]);
         acquire(h, &runs[i], lease_ids[i]);
     }
-    assert_true(wait_count(h,
-                           "SELECT count(*) FROM environment_leases WHERE "
-                           "status = 'active'",
-                           0, NULL, 0, 60000));
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM environment_leases WHERE "
+        "status = 'active'",
+        0, NULL, 0, 60000));
     er_harness_poll(h, ER_HARNESS_QUIET_MS);
     for (i = 0; i < 8; i++) {
         const char *p[] = { lease_ids[i] };
@@ -308,16 +289,18 @@ static void failing_cleanup_is_retried_with_backoff(void **state)
     acquire(h, &local, local_lease);
 
     p[0] = local_lease;
-    assert_true(wait_count(h,
-                           "SELECT count(*) FROM environment_leases WHERE id "
-                           "= $1::uuid AND status = 'expired'",
-                           1, p, 1, 30000));
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM environment_leases WHERE id "
+        "= $1::uuid AND status = 'expired'",
+        1, p, 1, 30000));
     p[0] = ssh_lease;
-    assert_true(wait_count(h,
-                           "SELECT count(*) FROM envrun.operations WHERE "
-                           "lease_id = $1::uuid AND kind = 'reap' AND state "
-                           "= 'failed'",
-                           1, p, 1, 30000));
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM envrun.operations WHERE "
+        "lease_id = $1::uuid AND kind = 'reap' AND state "
+        "= 'failed'",
+        1, p, 1, 30000));
     assert_int_equal(er_harness_pg_count(h->db_url,
                                          "SELECT count(*) FROM "
                                          "environment_leases WHERE id = "
@@ -333,11 +316,12 @@ static void failing_cleanup_is_retried_with_backoff(void **state)
                                          1, p),
                      1);
     /* ... and again after it. */
-    assert_true(wait_count(h,
-                           "SELECT count(*) FROM envrun.operations WHERE "
-                           "lease_id = $1::uuid AND kind = 'reap' AND "
-                           "attempt >= 2",
-                           1, p, 1, 60000));
+    assert_true(
+        er_harness_pg_wait_count(h,
+                                 "SELECT count(*) FROM envrun.operations WHERE "
+                                 "lease_id = $1::uuid AND kind = 'reap' AND "
+                                 "attempt >= 2",
+                                 1, p, 1, 60000));
     /* The lease never releases: cut its connection so later tests see a
      * quiet server. */
     assert_true(er_harness_stop_workers(h));
@@ -391,11 +375,12 @@ static void lease_of_a_finished_run_is_reaped(void **state)
                                         0, NULL),
                      0);
     p[0] = ended_lease;
-    assert_true(wait_count(h,
-                           "SELECT count(*) FROM environment_leases WHERE id "
-                           "= $1::uuid AND status = 'expired' AND "
-                           "failure_reason = 'lease_expired'",
-                           1, p, 1, 60000));
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM environment_leases WHERE id "
+        "= $1::uuid AND status = 'expired' AND "
+        "failure_reason = 'lease_expired'",
+        1, p, 1, 60000));
     p[0] = running_lease;
     assert_int_equal(er_harness_pg_count(h->db_url,
                                          "SELECT count(*) FROM "

@@ -120,7 +120,6 @@ static void database_outage_mid_stream_loses_nothing(void **state)
     struct er_harness_run runs[RUNS];
     struct er_harness_cmd cmds[RUNS * 3];
     const char *ids[RUNS * 3];
-    char *body = NULL;
 
     h = er_harness_new("resil_db", 2, NULL);
     ER_HARNESS_NON_NULL(h);
@@ -134,34 +133,13 @@ static void database_outage_mid_stream_loses_nothing(void **state)
     db_set_reachable(h, false);
     send_wave(h, cmds, 1);
     /* Down for a while: the steps retry, /readyz says so. */
-    er_harness_poll(h, 3000);
-    assert_int_equal(er_harness_worker_http_get(w, "/readyz", &body), 503);
-    er_free(body);
-    body = NULL;
+    assert_true(er_harness_worker_wait_readyz(w, 503, ER_HARNESS_WAIT_MS));
+    er_harness_poll(h, 2000);
     assert_true(er_harness_worker_is_alive(w));
     db_set_reachable(h, true);
     send_wave(h, cmds, 2);
     check_all(h, w, ids);
     assert_true(er_harness_worker_wait_ready(w, ER_HARNESS_WAIT_MS));
-}
-
-/* Poll the database until sql's count is want or timeout. */
-static bool wait_count(struct er_harness *h, const char *sql, long long want,
-                       int timeout_ms)
-{
-    int64_t deadline = er_time_mono_ms() + timeout_ms;
-    long long n;
-
-    for (;;) {
-        n = er_harness_pg_count(h->db_url, sql, 0, NULL);
-        if (n == want)
-            return true;
-        if (er_time_mono_ms() >= deadline)
-            break;
-        er_harness_poll(h, 200);
-    }
-    print_message("%s: %lld, want %lld\n", sql, n, want);
-    return false;
 }
 
 /* Produce requests fail, then the broker is down for a while, mid-stream.
@@ -178,7 +156,6 @@ static void broker_outage_mid_stream_loses_nothing(void **state)
     struct er_harness_cmd cmds[RUNS * 3];
     const char *ids[RUNS * 3];
     rd_kafka_mock_cluster_t *mock;
-    char *body = NULL;
     int k;
 
     h = er_harness_new("resil_kafka", 2, NULL);
@@ -199,15 +176,17 @@ static void broker_outage_mid_stream_loses_nothing(void **state)
         RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
         RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS);
     assert_int_equal(rd_kafka_mock_broker_set_down(mock, 1), 0);
-    er_harness_poll(h, 5000);
-    assert_int_equal(er_harness_worker_http_get(w, "/readyz", &body), 503);
-    er_free(body);
+    assert_true(er_harness_worker_wait_readyz(w, 503, ER_HARNESS_WAIT_MS));
+    er_harness_poll(h, 2000);
     assert_true(er_harness_worker_is_alive(w));
     assert_int_equal(rd_kafka_mock_broker_set_up(mock, 1), 0);
     /* The plan's commands and the warm-up acquire. */
-    if (!wait_count(h, "SELECT count(*) FROM envrun.processed_commands",
-                    RUNS * 3 + 1, FINISH_MS) ||
-        !wait_count(h, "SELECT count(*) FROM envrun.outbox", 0, FINISH_MS)) {
+    if (!er_harness_pg_wait_count(h,
+                                  "SELECT count(*) FROM "
+                                  "envrun.processed_commands",
+                                  0, NULL, RUNS * 3 + 1, FINISH_MS) ||
+        !er_harness_pg_wait_count(h, "SELECT count(*) FROM envrun.outbox", 0,
+                                  NULL, 0, FINISH_MS)) {
         er_harness_worker_dump_log(w, 6000);
         er_harness_fail(__FILE__, __LINE__, "the stream did not complete");
     }
@@ -442,7 +421,6 @@ static void workspace_taken_during_acquire_is_rolled_back(void **state)
     const char *p[4];
     json_t *rows;
     char lease_id[37];
-    int64_t deadline;
 
     h = er_harness_new("resil_undo", 1, NULL);
     ER_HARNESS_NON_NULL(h);
@@ -471,15 +449,11 @@ static void workspace_taken_during_acquire_is_rolled_back(void **state)
     /* Once the acquire is journaled (the driver is working), the control
      * plane leases the workspace for another live run. */
     p[0] = acq.command_id;
-    deadline = er_time_mono_ms() + ER_HARNESS_WAIT_MS;
-    while (er_harness_pg_count(h->db_url,
-                               "SELECT count(*) FROM envrun.operations WHERE "
-                               "command_id = $1 AND kind = 'acquire' AND "
-                               "state = 'started'",
-                               1, p) != 1) {
-        assert_true(er_time_mono_ms() < deadline);
-        er_harness_poll(h, 20);
-    }
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM envrun.operations WHERE command_id = $1 AND "
+        "kind = 'acquire' AND state = 'started'",
+        1, p, 1, ER_HARNESS_WAIT_MS));
     er_uuid_v4(other_lease);
     p[0] = other_lease;
     p[1] = run.company_id;
@@ -513,14 +487,11 @@ static void workspace_taken_during_acquire_is_rolled_back(void **state)
     snprintf(lease_id, sizeof(lease_id), "%s",
              er_harness_json_str(json_array_get(rows, 0), "lease_id"));
     json_decref(rows);
-    deadline = er_time_mono_ms() + ER_HARNESS_WAIT_MS;
-    while (er_harness_pg_count(h->db_url,
-                               "SELECT count(*) FROM envrun.operations WHERE "
-                               "command_id = $1 AND state = 'rolled_back'",
-                               1, p) != 1) {
-        assert_true(er_time_mono_ms() < deadline);
-        er_harness_poll(h, 100);
-    }
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM envrun.operations WHERE command_id = $1 AND "
+        "state = 'rolled_back'",
+        1, p, 1, ER_HARNESS_WAIT_MS));
     p[0] = lease_id;
     assert_int_equal(er_harness_pg_count(h->db_url,
                                          "SELECT count(*) FROM "

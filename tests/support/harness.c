@@ -917,6 +917,25 @@ int er_harness_worker_http_get(const struct er_harness_worker *w,
     return (int)status;
 }
 
+bool er_harness_worker_wait_readyz(struct er_harness_worker *w, int status,
+                                   int timeout_ms)
+{
+    int64_t deadline = er_time_mono_ms() + timeout_ms;
+
+    for (;;) {
+        char *body = NULL;
+        int got = er_harness_worker_http_get(w, "/readyz", &body);
+        struct timespec ts = { 0, 200 * 1000000L };
+
+        er_free(body);
+        if (got == status)
+            return true;
+        if (er_time_mono_ms() >= deadline)
+            return false;
+        nanosleep(&ts, NULL);
+    }
+}
+
 bool er_harness_worker_wait_ready(struct er_harness_worker *w, int timeout_ms)
 {
     int64_t deadline = er_time_mono_ms() + timeout_ms;
@@ -1181,18 +1200,26 @@ static void take_message(struct er_harness *h, rd_kafka_message_t *msg)
 
 void er_harness_poll(struct er_harness *h, int timeout_ms)
 {
-    rd_kafka_message_t *msg;
+    int64_t deadline = er_time_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 
-    /* Wait for the first record, then drain what is already here. */
-    msg = rd_kafka_consumer_poll(h->priv->consumer, timeout_ms);
-    while (msg != NULL) {
-        if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-            take_message(h, msg);
-        else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            fprintf(stderr, "harness: consume: %s\n",
-                    rd_kafka_message_errstr(msg));
-        rd_kafka_message_destroy(msg);
-        msg = rd_kafka_consumer_poll(h->priv->consumer, 0);
+    /* The whole timeout: a quiet period that ended at the first record
+     * would miss the late duplicates it is there to catch. */
+    for (;;) {
+        int64_t left = deadline - er_time_mono_ms();
+        rd_kafka_message_t *msg =
+            rd_kafka_consumer_poll(h->priv->consumer, left > 0 ? (int)left : 0);
+
+        if (msg != NULL) {
+            if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                take_message(h, msg);
+            else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fprintf(stderr, "harness: consume: %s\n",
+                        rd_kafka_message_errstr(msg));
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        if (left <= 0)
+            return;
     }
 }
 
@@ -1677,6 +1704,25 @@ out:
     PQclear(res);
     PQfinish(conn);
     return rc;
+}
+
+bool er_harness_pg_wait_count(struct er_harness *h, const char *sql,
+                              int nparams, const char *const *params,
+                              long long want, int timeout_ms)
+{
+    int64_t deadline = er_time_mono_ms() + timeout_ms;
+    long long n;
+
+    for (;;) {
+        n = er_harness_pg_count(h->db_url, sql, nparams, params);
+        if (n == want)
+            return true;
+        if (er_time_mono_ms() >= deadline)
+            break;
+        er_harness_poll(h, 200);
+    }
+    fprintf(stderr, "%s: %lld, want %lld\n", sql, n, want);
+    return false;
 }
 
 /* ================================================================

@@ -155,6 +155,10 @@ void er_harness_worker_dump_log(const struct er_harness_worker *w,
 /* Poll GET /readyz until it answers 200 (the worker is migrated and in its
  * group), the worker exits or timeout. Needs opts.has_http. */
 bool er_harness_worker_wait_ready(struct er_harness_worker *w, int timeout_ms);
+/* Poll GET /readyz every 200 ms until it answers status (200 or 503) or
+ * timeout_ms passed; true when it did. Needs opts.has_http. */
+bool er_harness_worker_wait_readyz(struct er_harness_worker *w, int status,
+                                   int timeout_ms);
 /* Sum of every sample of a Prometheus metric (all label sets) in the
  * worker's /metrics; -1 when the endpoint or the metric is missing. */
 long long er_harness_worker_metric(const struct er_harness_worker *w,
@@ -221,7 +225,8 @@ int er_harness_flush(struct er_harness *h);
 
 typedef bool (*er_harness_pred_fn)(struct er_harness *h, void *arg);
 
-/* Read whatever arrives during timeout_ms (at least one poll). */
+/* Read whatever arrives during the whole of timeout_ms (at least one
+ * poll): a fixed wait that records what comes meanwhile. */
 void er_harness_poll(struct er_harness *h, int timeout_ms);
 /* Poll until pred holds (checked first) or timeout; returns pred's last
  * value. */
@@ -357,6 +362,12 @@ json_t *er_harness_pg_query(const char *conninfo, const char *sql, int nparams,
  * an integer; -1 on error or no row. */
 long long er_harness_pg_count(const char *conninfo, const char *sql,
                               int nparams, const char *const *params);
+/* Poll the count sql gives on the harness's database (nparams text
+ * params) every 200 ms until it is want or timeout_ms passed; on timeout
+ * the last count is printed and false returned. */
+bool er_harness_pg_wait_count(struct er_harness *h, const char *sql,
+                              int nparams, const char *const *params,
+                              long long want, int timeout_ms);
 /* Rows of every table in the schemas public and envrun whose text form
  * contains needle (to look for leaked secrets); -1 on error. */
 long long er_harness_pg_rows_containing(const char *conninfo,
