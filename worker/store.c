@@ -630,23 +630,35 @@ int er_store_lease_active_for_workspace(struct er_store *store,
                      2, params, arena, out, err);
 }
 
+/* Whether the database has Paperclip's heartbeat_runs table (a
+ * control-plane database does; one of envrun's own does not). */
+static int has_heartbeat_runs(struct er_store *store, bool *has_runs,
+                              struct er_err *err)
+{
+    PGresult *res = er_store__exec(
+        store, "heartbeat_runs lookup",
+        "SELECT to_regclass('heartbeat_runs') IS NOT NULL", 0, NULL, NULL, err);
+
+    *has_runs = false;
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    *has_runs = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
 int er_store_run_is_live(struct er_store *store, const char *run_id,
                          bool *is_live, struct er_err *err)
 {
     const char *params[] = { run_id };
     PGresult *res = NULL;
+    bool has_runs = false;
+    int rc;
 
     *is_live = true;
-    res = er_store__exec(store, "heartbeat_runs lookup",
-                         "SELECT to_regclass('heartbeat_runs') IS NOT NULL", 0,
-                         NULL, NULL, err);
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-        PQclear(res);
-        return 0;
-    }
-    PQclear(res);
+    rc = has_heartbeat_runs(store, &has_runs, err);
+    if (rc != 0 || !has_runs)
+        return rc;
     res =
         er_store__exec(store, "heartbeat run status",
                        "SELECT status FROM heartbeat_runs WHERE id = $1::uuid",
@@ -740,18 +752,14 @@ int er_store_lease_stale(struct er_store *store, int64_t ttl_s, int limit,
     char ttl[24];
     char lim[24];
     const char *params[] = { ttl, lim };
-    PGresult *res;
-    bool has_runs;
+    bool has_runs = false;
+    int rc;
 
     snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_s);
     snprintf(lim, sizeof(lim), "%d", limit);
-    res = er_store__exec(store, "heartbeat_runs lookup",
-                         "SELECT to_regclass('heartbeat_runs') IS NOT NULL", 0,
-                         NULL, NULL, err);
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    has_runs = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
+    rc = has_heartbeat_runs(store, &has_runs, err);
+    if (rc != 0)
+        return rc;
     /* Stale: untouched for the TTL or past expires_at; with Paperclip's
      * heartbeat_runs, also a lease whose run ended (status no longer
      * queued, scheduled_retry or running) and that has not changed for 5
