@@ -181,12 +181,15 @@ bool er_uuid_is_valid(const char *s, size_t len);
 /* ================================================================
  * Fault points (fault.c), for the fault-matrix tests
  * ================================================================ */
-/* A named place where a test may kill the process. In a build configured
- * with ER_FAULTS (test builds only) the variable ENVRUN_TEST_FAULT names
- * one point as "name" or "name:N"; the N-th time (default 1) any thread
- * reaches that point, the process logs it and kills itself with SIGKILL,
- * as a crash at exactly that instant would. In other builds, and when the
- * variable is unset, nothing happens. Thread-safe. */
+/* A named place where a test may kill or pause the process. In a build
+ * configured with ER_FAULTS (test builds only) the variable
+ * ENVRUN_TEST_FAULT names one point as "name" or "name:N"; the N-th time
+ * (default 1) any thread reaches that point, the process logs it and kills
+ * itself with SIGKILL, as a crash at exactly that instant would. With
+ * "name:N:stop" (or "name:stop" for the first hit) it stops itself with
+ * SIGSTOP instead, as a stall would, and goes on from there when sent
+ * SIGCONT. In other builds, and when the variable is unset, nothing
+ * happens. Thread-safe. */
 void er_fault_point(const char *name);
 
 #endif

@@ -1,12 +1,14 @@
 /* consumer: the one thread that talks to the consumer group. It polls the
  * commands topic, hands messages to the dispatcher, and commits each
  * partition's offset only up to the first command whose outcome has not
- * committed yet. On an assignment it claims each partition's fencing
- * generation in Postgres and marks what a previous owner left in flight as
- * interrupted; on a revoke it cancels the partitions' running steps (a
- * bounded wait), commits and lets them go. It pauses fetching while too
- * much is in flight. Owns the rd_kafka_t consumer handle and a store
- * connection for the fence. */
+ * committed yet. On a revoke it parks the partitions' running steps (they
+ * go on), commits and lets the partitions go. On an assignment it cancels
+ * the parked steps of partitions that moved on, claims each partition's
+ * fencing generation in Postgres, hands the parked steps of a partition
+ * that came back over to the new generation, and marks what a previous
+ * owner left in flight as interrupted. It pauses fetching while too much
+ * is in flight. Owns the rd_kafka_t consumer handle and a store connection
+ * for the fence. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +23,12 @@
 #define MAX_PARTITIONS   1024
 #define DONE_BATCH       256
 #define MIN_INFLIGHT_CAP 4096
+#define MAX_HANDOVER     1024 /* running steps of one partition handed over */
+/* How long an assignment waits in all for the previous owners' driver
+ * work to stop, and how long a claim waits for its own handed-over steps'
+ * outcome transactions before it cancels them. */
+#define EFFECT_WAIT_MS   10000
+#define RECORDS_WAIT_MS  2000
 
 /* Offsets of one partition in arrival order; done ones are popped from the
  * front, and the commit point is the first not done. */
@@ -166,37 +174,85 @@ static void collect_done(struct er_consumer *c)
     }
 }
 
-/* Claim partition p's fence and interrupt what a previous owner left in
+/* Claim partition p's fence, hand the steps of p still running here over
+ * to the new generation, and interrupt what a previous owner left in
  * flight, retrying while Postgres is unreachable. A partition that could
  * not be claimed (the worker is stopping) keeps generation 0: its steps
- * fail the fence check and record nothing. */
-static void claim(struct er_consumer *c, int32_t p)
+ * fail the fence check and record nothing. effects_until (monotonic ms)
+ * bounds the wait for another previous owner's driver work. */
+static void claim(struct er_consumer *c, int32_t p, int64_t effects_until)
 {
     int64_t backoff_ms = 100;
     int64_t last_warn = 0;
+    int64_t *offsets = er_calloc(MAX_HANDOVER, sizeof(*offsets));
 
     while (!er_worker_stop) {
         struct er_err err;
+        struct er_claim_waits waits = { 0, 0 };
+        size_t parked = 0;
         int64_t gen = 0;
+        int64_t adopted = 0;
         int64_t cnt = 0;
         int rc;
 
         er_err_clear(&err);
+        if (offsets != NULL)
+            parked = er_dispatch_parked_offsets(c->dispatch, p, offsets,
+                                                MAX_HANDOVER);
+        if (parked > MAX_HANDOVER || (parked > 0 && offsets == NULL)) {
+            er_dispatch_drop_partitions(c->dispatch, &p, 1);
+            continue; /* too many to hand over: cancelled */
+        }
+        /* Steps of ours still running hold the effect lock: do not wait
+         * for them, they are handed over. Otherwise a previous owner's
+         * may: wait for them to stop, within the assignment's budget. */
+        if (parked == 0) {
+            int64_t left = effects_until - er_time_mono_ms();
+
+            waits.effects_ms = left > 1 ? (int)left : 1;
+        } else {
+            waits.records_ms = RECORDS_WAIT_MS;
+        }
         rc = er_store_ensure(c->store, &err);
         if (rc == 0)
             rc = er_store_journal_fence_claim(c->store, c->topic, p, c->owner,
-                                              &gen, &err);
+                                              &waits, &gen, &err);
+        if (rc == ER_ETIMEDOUT && parked > 0) {
+            /* One of our steps holds the fence in a long transaction (a
+             * local step's provision command): it cannot be handed over
+             * without waiting for it, so it is cancelled. */
+            ER_LOG_WARN("consumer",
+                        "partition %d: a running step holds its fence; "
+                        "cancelling the partition's steps instead of "
+                        "handing them over",
+                        (int)p);
+            er_dispatch_drop_partitions(c->dispatch, &p, 1);
+            continue;
+        }
+        if (rc == 0)
+            rc = er_store_journal_adopt(c->store, c->topic, p, gen, offsets,
+                                        parked, &adopted, &err);
         if (rc == 0)
             rc = er_store_journal_interrupt(c->store, c->topic, p, gen, &cnt,
                                             &err);
         if (rc == 0) {
+            size_t handed;
+
             c->parts[p].generation = gen;
+            handed = er_dispatch_adopt(c->dispatch, p, gen);
+            if (handed > 0)
+                ER_LOG_INFO("consumer",
+                            "partition %d came back: %zu running steps "
+                            "handed over to generation %lld (%lld journal "
+                            "entries kept)",
+                            (int)p, handed, (long long)gen, (long long)adopted);
             if (cnt > 0)
                 ER_LOG_INFO("consumer",
                             "partition %d: %lld operations a previous owner "
                             "left in flight are interrupted; their commands "
                             "resume them",
                             (int)p, (long long)cnt);
+            er_free(offsets);
             return;
         }
         if (er_time_mono_ms() - last_warn >= 10000) {
@@ -211,6 +267,7 @@ static void claim(struct er_consumer *c, int32_t p)
         }
         backoff_ms = backoff_ms * 2 > 2000 ? 2000 : backoff_ms * 2;
     }
+    er_free(offsets);
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
@@ -227,19 +284,39 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
             ids[cnt++] = parts->elems[i].partition;
     }
     if (kerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        int64_t effects_until = er_time_mono_ms() + EFFECT_WAIT_MS;
+        size_t moved;
+
+        /* Steps of partitions that went elsewhere stop first. */
+        moved = er_dispatch_cancel_parked(c->dispatch, ids, cnt);
+        if (moved > 0)
+            ER_LOG_INFO("consumer",
+                        "%zu running steps of partitions that moved on "
+                        "are cancelled",
+                        moved);
         for (i = 0; i < (int)cnt; i++) {
             tracker_reset(&c->parts[ids[i]]);
             c->parts[ids[i]].is_assigned = true;
-            claim(c, ids[i]);
+            claim(c, ids[i], effects_until);
         }
+        /* What could not be handed over (the worker is stopping). */
+        er_dispatch_cancel_parked(c->dispatch, NULL, 0);
         rd_kafka_assign(rk, parts);
         c->is_paused = false;
         er_metrics_set_kafka_ready(true);
         ER_LOG_INFO("consumer", "assigned %zu partitions of %s", cnt, c->topic);
         return;
     }
-    /* Revoked (or an error): finish what runs, commit, let go. */
-    er_dispatch_drop_partitions(c->dispatch, ids, cnt);
+    /* Revoked: the eager protocol takes every partition away at each
+     * rebalance and mostly gives the same ones back, so the running steps
+     * are parked, not cancelled; the next assignment hands them over or
+     * cancels them. A lost assignment (the session expired: the partitions
+     * may be someone else's already) or an error cancels them now. */
+    if (kerr == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS &&
+        !rd_kafka_assignment_lost(rk) && !er_worker_stop)
+        er_dispatch_park_partitions(c->dispatch, ids, cnt);
+    else
+        er_dispatch_drop_partitions(c->dispatch, ids, cnt);
     collect_done(c);
     commit_offsets(c, true);
     for (i = 0; i < (int)cnt; i++)
@@ -285,6 +362,11 @@ static void handle(struct er_consumer *c, const rd_kafka_message_t *msg)
         snprintf(run_key, sizeof(run_key), "m:%d:%" PRId64, (int)msg->partition,
                  msg->offset);
     rc = tracker_push(t, msg->offset);
+    /* A step handed over from the partition's previous assignment runs
+     * this very message: its done record commits the offset. */
+    if (rc == 0 && er_dispatch_attach(c->dispatch, msg->partition, msg->offset,
+                                      t->generation))
+        return;
     if (rc == 0)
         rc = er_dispatch_submit(c->dispatch, run_key, msg->partition,
                                 msg->offset, t->generation, msg->key,

@@ -21,9 +21,16 @@ struct job {
     struct job *next;
     int32_t partition;
     int64_t offset;
-    int64_t generation; /* the fence of the partition's assignment */
+    /* The fence of the partition's assignment; a handover moves it on. */
+    _Atomic int64_t generation;
     atomic_bool cancel; /* set by a revoke or a drain */
-    uint8_t *key;       /* NULL when the message had none */
+    /* Under the dispatcher's mutex: its partition was revoked while it
+     * ran, and the next assignment decides (parked); the partition came
+     * back and the job was handed over, its redelivered message not seen
+     * yet (adopted). */
+    bool is_parked;
+    bool is_adopted;
+    uint8_t *key; /* NULL when the message had none */
     size_t key_len;
     uint8_t *value;
     size_t value_len;
@@ -56,7 +63,7 @@ struct worker_thread {
 struct er_dispatch {
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* jobs became ready, or stopping */
-    pthread_cond_t idle_cv; /* a running job finished */
+    pthread_cond_t idle_cv; /* a running job finished, or was unparked */
     struct run *buckets[RUN_BUCKETS];
     struct run *ready_head;
     struct run *ready_tail;
@@ -64,6 +71,8 @@ struct er_dispatch {
     struct done_node *done_tail;
     size_t inflight; /* queued + running */
     size_t running;
+    size_t parked;  /* running jobs with is_parked */
+    size_t adopted; /* running jobs with is_adopted */
     bool is_stopping;
     bool is_draining; /* SIGTERM: steps that would retry give up instead */
     bool has_failed;
@@ -188,12 +197,40 @@ static void wait_while(struct er_dispatch *d,
     }
 }
 
+/* A fenced step of a parked job: wait until the next assignment decides
+ * (the job is handed over or cancelled). True when it was handed over
+ * since the step read generation, so the step may run again under the new
+ * one: it met the fence in the moment between the new claim and the
+ * handover. */
+static bool is_handed_over(struct er_dispatch *d, struct job *j,
+                           int64_t generation)
+{
+    bool is_moved;
+
+    pthread_mutex_lock(&d->mu);
+    while (j->is_parked && !atomic_load(&j->cancel) && !d->is_stopping) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&d->idle_cv, &d->mu, &ts);
+    }
+    is_moved = !j->is_parked && !atomic_load(&j->cancel) && !d->is_stopping &&
+               atomic_load(&j->generation) != generation;
+    pthread_mutex_unlock(&d->mu);
+    return is_moved;
+}
+
 /* Run one job until it commits, the worker stops, or a fatal error.
  * Returns true when committed. */
 static bool run_job(struct worker_thread *t, struct job *j)
 {
     struct er_dispatch *d = t->d;
-    struct er_msg_coords coords = { j->partition, j->offset, j->generation,
+    struct er_msg_coords coords = { j->partition, j->offset, &j->generation,
                                     &j->cancel };
     int64_t backoff = BACKOFF_MIN_MS;
     int64_t last_log = 0;
@@ -201,6 +238,7 @@ static bool run_job(struct worker_thread *t, struct job *j)
     for (;;) {
         struct er_err err;
         bool is_stopping;
+        int64_t generation = atomic_load(&j->generation);
         int rc;
 
         er_err_clear(&err);
@@ -210,6 +248,14 @@ static bool run_job(struct worker_thread *t, struct job *j)
         er_proc_set_cancel(NULL);
         if (rc == 0)
             return true;
+        if (err.code == ER_EFENCED && is_handed_over(d, j, generation)) {
+            ER_LOG_INFO("dispatch",
+                        "step at partition %d offset %lld was handed over "
+                        "while it recorded its outcome: again under the new "
+                        "generation",
+                        (int)j->partition, (long long)j->offset);
+            continue;
+        }
         if (err.code == ER_EFENCED || err.code == ER_ECANCELED) {
             /* Not ours to record any more: the next owner of the
              * partition gets the command again (its offset is not
@@ -295,7 +341,7 @@ static void *thread_main(void *arg)
         if (dn != NULL) {
             dn->done.partition = j->partition;
             dn->done.offset = j->offset;
-            dn->done.generation = j->generation;
+            dn->done.generation = atomic_load(&j->generation);
             if (d->done_tail == NULL)
                 d->done_head = dn;
             else
@@ -304,6 +350,10 @@ static void *thread_main(void *arg)
         }
         /* Without memory for the done record the offset is simply not
          * committed yet; the command is redelivered and replayed. */
+        if (j->is_parked)
+            d->parked--;
+        if (j->is_adopted)
+            d->adopted--;
         job_free(j);
         r->is_running = false;
         r->running = NULL;
@@ -468,7 +518,7 @@ int er_dispatch_submit(struct er_dispatch *d, const char *run_key,
         return ER_ENOMEM;
     j->partition = partition;
     j->offset = offset;
-    j->generation = generation;
+    atomic_init(&j->generation, generation);
     atomic_init(&j->cancel, false);
     if (key != NULL && key_len > 0) {
         j->key = er_malloc(key_len);
@@ -570,12 +620,12 @@ static bool any_running_in(const struct er_dispatch *d, const void *arg)
     return false;
 }
 
-void er_dispatch_drop_partitions(struct er_dispatch *d,
-                                 const int32_t *partitions, size_t cnt)
+/* Drop the queued jobs of these partitions (their messages come again). */
+static void drop_queued(struct er_dispatch *d, const int32_t *partitions,
+                        size_t cnt)
 {
     size_t b;
 
-    pthread_mutex_lock(&d->mu);
     for (b = 0; b < RUN_BUCKETS; b++) {
         struct run *r = d->buckets[b];
 
@@ -605,21 +655,230 @@ void er_dispatch_drop_partitions(struct er_dispatch *d,
             r = next;
         }
     }
-    /* A revoke never waits for a long step: the running ones are
-     * cancelled (a driver command is stopped, nothing is recorded) and
-     * waited for a bounded time; one that still runs then is fenced off
-     * by the next owner's generation. */
-    {
-        struct part_set ps = { partitions, cnt };
+}
 
-        cancel_running(d, partitions, cnt);
-        wait_while(d, any_running_in, &ps, er_time_mono_ms() + CANCEL_WAIT_MS);
-        if (any_running_in(d, &ps))
-            ER_LOG_WARN("dispatch", "a cancelled step of a revoked partition "
-                                    "still runs; its outcome will be fenced");
-    }
+/* Cancel the running jobs of these partitions and wait a bounded time for
+ * them; one that still runs then is fenced off by the next owner's
+ * generation. Under d->mu. */
+static void cancel_and_wait(struct er_dispatch *d, const int32_t *partitions,
+                            size_t cnt)
+{
+    struct part_set ps = { partitions, cnt };
+
+    cancel_running(d, partitions, cnt);
+    pthread_cond_broadcast(&d->idle_cv); /* fenced parked jobs wake */
+    wait_while(d, any_running_in, &ps, er_time_mono_ms() + CANCEL_WAIT_MS);
+    if (any_running_in(d, &ps))
+        ER_LOG_WARN("dispatch", "a cancelled step of a revoked partition "
+                                "still runs; its outcome will be fenced");
+}
+
+void er_dispatch_drop_partitions(struct er_dispatch *d,
+                                 const int32_t *partitions, size_t cnt)
+{
+    pthread_mutex_lock(&d->mu);
+    drop_queued(d, partitions, cnt);
+    /* A revoke never waits for a long step: the running ones are
+     * cancelled (a driver command is stopped, nothing is recorded). */
+    cancel_and_wait(d, partitions, cnt);
     er_metrics_inflight((int64_t)d->inflight);
     pthread_mutex_unlock(&d->mu);
+}
+
+/* Call fn on every running job (under d->mu). */
+static void each_running(struct er_dispatch *d,
+                         void (*fn)(struct er_dispatch *, struct job *, void *),
+                         void *arg)
+{
+    size_t b;
+
+    for (b = 0; b < RUN_BUCKETS; b++) {
+        struct run *r;
+
+        for (r = d->buckets[b]; r != NULL; r = r->next_bucket) {
+            if (r->running != NULL)
+                fn(d, r->running, arg);
+        }
+    }
+}
+
+static void park(struct er_dispatch *d, struct job *j, void *arg)
+{
+    const struct part_set *ps = arg;
+
+    if (j->is_parked || !part_in(j->partition, ps->parts, ps->cnt))
+        return;
+    j->is_parked = true;
+    d->parked++;
+    if (j->is_adopted) { /* parked again before its message came back */
+        j->is_adopted = false;
+        d->adopted--;
+    }
+}
+
+void er_dispatch_park_partitions(struct er_dispatch *d,
+                                 const int32_t *partitions, size_t cnt)
+{
+    struct part_set ps = { partitions, cnt };
+
+    pthread_mutex_lock(&d->mu);
+    drop_queued(d, partitions, cnt);
+    each_running(d, park, &ps);
+    er_metrics_inflight((int64_t)d->inflight);
+    pthread_mutex_unlock(&d->mu);
+}
+
+struct offsets_of {
+    int32_t partition;
+    int64_t *out;
+    size_t cap;
+    size_t cnt;
+};
+
+static void list_parked(struct er_dispatch *d, struct job *j, void *arg)
+{
+    struct offsets_of *o = arg;
+
+    (void)d;
+    if (j->is_parked && !atomic_load(&j->cancel) &&
+        j->partition == o->partition) {
+        if (o->cnt < o->cap)
+            o->out[o->cnt] = j->offset;
+        o->cnt++;
+    }
+}
+
+size_t er_dispatch_parked_offsets(struct er_dispatch *d, int32_t partition,
+                                  int64_t *out, size_t cap)
+{
+    struct offsets_of o = { partition, out, cap, 0 };
+
+    pthread_mutex_lock(&d->mu);
+    if (d->parked > 0)
+        each_running(d, list_parked, &o);
+    pthread_mutex_unlock(&d->mu);
+    return o.cnt;
+}
+
+struct handover {
+    int32_t partition;
+    int64_t generation;
+    size_t cnt;
+};
+
+static void adopt(struct er_dispatch *d, struct job *j, void *arg)
+{
+    struct handover *h = arg;
+
+    if (!j->is_parked || atomic_load(&j->cancel) ||
+        j->partition != h->partition)
+        return;
+    atomic_store(&j->generation, h->generation);
+    j->is_parked = false;
+    d->parked--;
+    j->is_adopted = true;
+    d->adopted++;
+    h->cnt++;
+}
+
+size_t er_dispatch_adopt(struct er_dispatch *d, int32_t partition,
+                         int64_t generation)
+{
+    struct handover h = { partition, generation, 0 };
+
+    pthread_mutex_lock(&d->mu);
+    if (d->parked > 0)
+        each_running(d, adopt, &h);
+    pthread_cond_broadcast(&d->idle_cv); /* fenced parked jobs wake */
+    pthread_mutex_unlock(&d->mu);
+    return h.cnt;
+}
+
+struct keep_set {
+    const int32_t *keep;
+    size_t keep_cnt;
+};
+
+static void unpark(struct er_dispatch *d, struct job *j, void *arg)
+{
+    const struct keep_set *ks = arg;
+
+    if (!j->is_parked || part_in(j->partition, ks->keep, ks->keep_cnt))
+        return;
+    j->is_parked = false;
+    d->parked--;
+    atomic_store(&j->cancel, true);
+}
+
+static bool any_cancelled_running(const struct er_dispatch *d, const void *arg)
+{
+    size_t b;
+
+    (void)arg;
+    for (b = 0; b < RUN_BUCKETS; b++) {
+        const struct run *r;
+
+        for (r = d->buckets[b]; r != NULL; r = r->next_bucket) {
+            if (r->running != NULL && atomic_load(&r->running->cancel))
+                return true;
+        }
+    }
+    return false;
+}
+
+size_t er_dispatch_cancel_parked(struct er_dispatch *d, const int32_t *keep,
+                                 size_t keep_cnt)
+{
+    struct keep_set ks = { keep, keep_cnt };
+    size_t cnt;
+
+    pthread_mutex_lock(&d->mu);
+    cnt = d->parked;
+    if (d->parked > 0)
+        each_running(d, unpark, &ks);
+    cnt -= d->parked;
+    if (cnt > 0) {
+        pthread_cond_broadcast(&d->idle_cv); /* fenced parked jobs wake */
+        wait_while(d, any_cancelled_running, NULL,
+                   er_time_mono_ms() + CANCEL_WAIT_MS);
+        if (any_cancelled_running(d, NULL))
+            ER_LOG_WARN("dispatch",
+                        "a cancelled step of a partition that moved on "
+                        "still runs; its outcome will be fenced");
+    }
+    pthread_mutex_unlock(&d->mu);
+    return cnt;
+}
+
+struct attach {
+    int32_t partition;
+    int64_t offset;
+    int64_t generation;
+    bool is_found;
+};
+
+static void attach(struct er_dispatch *d, struct job *j, void *arg)
+{
+    struct attach *a = arg;
+
+    if (a->is_found || !j->is_adopted || j->partition != a->partition ||
+        j->offset != a->offset || atomic_load(&j->generation) != a->generation)
+        return;
+    j->is_adopted = false;
+    d->adopted--;
+    a->is_found = true;
+}
+
+bool er_dispatch_attach(struct er_dispatch *d, int32_t partition,
+                        int64_t offset, int64_t generation)
+{
+    struct attach a = { partition, offset, generation, false };
+
+    pthread_mutex_lock(&d->mu);
+    if (d->adopted > 0)
+        each_running(d, attach, &a);
+    pthread_mutex_unlock(&d->mu);
+    return a.is_found;
 }
 
 bool er_dispatch_failed(struct er_dispatch *d, char *msg, size_t msg_len)

@@ -44,10 +44,38 @@ size_t er_dispatch_take_done(struct er_dispatch *d, struct er_done *out,
 /* Jobs queued or running. */
 size_t er_dispatch_inflight(struct er_dispatch *d);
 /* Drop the queued jobs of these partitions, cancel their running ones and
- * wait a bounded time (about 8 s) for them (a rebalance took the
- * partitions away; a step still running after that is fenced off). */
+ * wait a bounded time (about 8 s) for them (the partitions are lost; a
+ * step still running after that is fenced off). */
 void er_dispatch_drop_partitions(struct er_dispatch *d,
                                  const int32_t *partitions, size_t cnt);
+
+/* A handover (an eager rebalance revokes every partition, then mostly
+ * gives the same ones back):
+ * - er_dispatch_park_partitions at the revoke drops the partitions' queued
+ *   jobs and parks their running ones: they go on, nothing waits for them.
+ * - At the next assignment, er_dispatch_cancel_parked cancels the parked
+ *   jobs of partitions not in keep (they moved on) and waits a bounded
+ *   time for them; er_dispatch_parked_offsets lists the parked jobs of a
+ *   partition that came back, and after its new generation is claimed,
+ *   er_dispatch_adopt moves them to it: they record their outcome under
+ *   the new generation instead of being cancelled and run again.
+ * - When the message of an adopted job is delivered again,
+ *   er_dispatch_attach says so (true once), and the message is not queued
+ *   a second time: the running job's done record commits its offset.
+ * A parked job that meets the fence (the new claim came first) waits for
+ * the decision, then runs its step again under the new generation or
+ * stops. Each returns how many jobs it concerned. */
+void er_dispatch_park_partitions(struct er_dispatch *d,
+                                 const int32_t *partitions, size_t cnt);
+size_t er_dispatch_cancel_parked(struct er_dispatch *d, const int32_t *keep,
+                                 size_t keep_cnt);
+/* Up to cap offsets into out; returns how many jobs are parked there. */
+size_t er_dispatch_parked_offsets(struct er_dispatch *d, int32_t partition,
+                                  int64_t *out, size_t cap);
+size_t er_dispatch_adopt(struct er_dispatch *d, int32_t partition,
+                         int64_t generation);
+bool er_dispatch_attach(struct er_dispatch *d, int32_t partition,
+                        int64_t offset, int64_t generation);
 /* Drop every queued job, give the running ones drain_ms to finish, then
  * cancel them and wait a bounded time (shutdown). */
 void er_dispatch_drain(struct er_dispatch *d, int64_t drain_ms);

@@ -284,11 +284,11 @@ int er_lifecycle__activity(struct er_lifecycle *lc, const struct er_actor *who,
 static int fence(struct er_lifecycle *lc, const struct er_msg_coords *coords,
                  struct er_err *err)
 {
-    if (coords == NULL || coords->generation < 0)
+    if (coords == NULL || coords->generation == NULL)
         return 0;
     return er_store_journal_fence_check(lc->store, lc->topic_commands,
-                                        coords->partition, coords->generation,
-                                        err);
+                                        coords->partition,
+                                        atomic_load(coords->generation), err);
 }
 
 /* Phase 1: record that the step is about to run kind on lease_id. */
@@ -304,7 +304,10 @@ int er_lifecycle__journal(struct er_step *st, const char *kind,
                         kind,
                         st->lc->topic_commands,
                         co != NULL ? co->partition : -1,
-                        co != NULL ? co->generation : -1 };
+                        co != NULL && co->generation != NULL
+                            ? atomic_load(co->generation)
+                            : -1,
+                        co != NULL ? co->offset : -1 };
     int attempt = 0;
     int rc;
 
@@ -316,16 +319,45 @@ int er_lifecycle__journal(struct er_step *st, const char *kind,
     return rc;
 }
 
+/* Let go of the effect hold, if the step has it. A failure is only
+ * logged: the hold goes with the connection, which then is bad. */
+static void effect_let_go(struct er_lifecycle *lc)
+{
+    struct er_err e;
+
+    if (!lc->is_effect_held)
+        return;
+    lc->is_effect_held = false;
+    er_err_clear(&e);
+    if (er_store_effect_hold(lc->store, lc->topic_commands,
+                             lc->effect_partition, false, &e) != 0)
+        ER_LOG_WARN("lifecycle", "letting go of the effect hold: %s", e.msg);
+}
+
 /* End of phase 1: commit the journal entries, so the driver works with no
- * transaction open and no lock held. */
+ * transaction open and no row lock held. The step then holds the
+ * partition's effect lock (shared, no transaction) until its outcome
+ * begins, so a new owner of the partition can wait for this driver work
+ * to stop before it resumes the operation. */
 int er_lifecycle__intent_commit(struct er_step *st, struct er_err *err)
 {
+    struct er_lifecycle *lc = st->lc;
+    const struct er_msg_coords *co = st->coords;
     int rc;
 
     er_fault_point("intent.before_commit");
-    rc = er_store_commit(st->lc->store, err);
-    if (rc == 0)
-        er_fault_point("intent.after_commit");
+    rc = er_store_commit(lc->store, err);
+    if (rc != 0)
+        return rc;
+    er_fault_point("intent.after_commit");
+    if (co == NULL || co->generation == NULL || lc->is_effect_held)
+        return 0;
+    rc = er_store_effect_hold(lc->store, lc->topic_commands, co->partition,
+                              true, err);
+    if (rc == 0) {
+        lc->is_effect_held = true;
+        lc->effect_partition = co->partition;
+    }
     return rc;
 }
 
@@ -337,6 +369,7 @@ int er_lifecycle__outcome_begin(struct er_step *st, struct er_err *err)
     const struct er_msg_coords *co = st->coords;
     int rc;
 
+    effect_let_go(st->lc);
     if (co != NULL && co->cancel != NULL && atomic_load(co->cancel))
         return er_err_set(err, ER_ECANCELED, ER_ERRCLASS_SKIP,
                           "step cancelled before its outcome was recorded");
@@ -734,6 +767,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                     (int)coords->partition, (long long)coords->offset,
                     refused.msg);
     }
+    effect_let_go(lc); /* a step that stopped before its outcome began */
     er_arena_reset(&lc->arena);
     return rc;
 }

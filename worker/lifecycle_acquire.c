@@ -157,30 +157,74 @@ static int insert_lease(struct er_step *st, const struct er_env_row *env,
  * driver acquired (state rolling_back) in the outcome transaction; after it
  * commits, finish_undos releases it through the driver and closes the
  * entry. A crash in between leaves the entry for the reaper's sweep. */
+static int undo(struct er_step *st, const char *environment_id,
+                const char *lease_id, const char *detail_json,
+                struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    struct er_undo *u = &lc->undo;
+
+    /* The undo runs after the step, when the command is freed: copies in
+     * the arena, which lives until the step is over. */
+    u->detail_json = detail_json;
+    u->command_id = er_arena_strdup(&lc->arena, st->cmd->command_id);
+    u->lease_id = er_arena_strdup(&lc->arena, lease_id);
+    u->environment_id = er_arena_strdup(&lc->arena, environment_id);
+    if (u->detail_json == NULL || u->command_id == NULL ||
+        u->lease_id == NULL || u->environment_id == NULL)
+        return er_lifecycle__oom(err);
+    return er_store_journal_close(lc->store, u->command_id, "acquire",
+                                  u->lease_id, "rolling_back", u->detail_json,
+                                  err);
+}
+
 static int undo_acquire(struct er_step *st, const struct er_driver_env *denv,
                         const char *lease_id,
                         const struct er_driver_acquired *acq,
                         struct er_err *err)
 {
-    struct er_lifecycle *lc = st->lc;
-    struct er_undo *u = &lc->undo;
-    json_t *detail;
+    json_t *detail = json_pack("{s:s, s:O}", "driver", denv->driver, "metadata",
+                               acq->metadata);
+    const char *text =
+        detail != NULL ? er_lifecycle__jdump(&st->lc->arena, detail) : NULL;
 
-    detail = json_pack("{s:s, s:O}", "driver", denv->driver, "metadata",
-                       acq->metadata);
-    u->detail_json =
-        detail != NULL ? er_lifecycle__jdump(&lc->arena, detail) : NULL;
     json_decref(detail);
-    /* The undo runs after the step, when the command is freed: copies in
-     * the arena, which lives until the step is over. */
-    u->command_id = er_arena_strdup(&lc->arena, st->cmd->command_id);
-    u->lease_id = er_arena_strdup(&lc->arena, lease_id);
-    u->environment_id = denv->id;
-    if (u->detail_json == NULL || u->command_id == NULL || u->lease_id == NULL)
-        return er_lifecycle__oom(err);
-    return er_store_journal_close(lc->store, u->command_id, "acquire",
-                                  u->lease_id, "rolling_back", u->detail_json,
-                                  err);
+    return undo(st, denv->id, lease_id, text, err);
+}
+
+/* A remote acquire answered without a lease before its driver ran this
+ * time (deferred at its first workspace check, say) may find an earlier
+ * attempt's entry still open: that attempt's driver may have made
+ * something before a crash cut it short. It is undone like an acquisition
+ * that lost the workspace race, from what env's config tells (the driver
+ * never described it). */
+static int undo_earlier_attempt(struct er_step *st,
+                                const struct er_env_row *env,
+                                struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    char lease_id[37];
+    char *state = NULL;
+    char *detail = NULL;
+    int rc;
+
+    rc = er_store_lease_id_for(lc->store, st->cmd->command_id, lease_id, err);
+    if (rc == 0)
+        rc = er_store_journal_get(lc->store, st->cmd->command_id, "acquire",
+                                  lease_id, &lc->arena, &state, &detail, err);
+    if (rc == ER_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    if (strcmp(state, "started") != 0 && strcmp(state, "interrupted") != 0)
+        return 0;
+    er_log_kv(ER_LOG_INFO, "lifecycle",
+              "an earlier attempt's acquisition is released: the command is "
+              "answered without a lease",
+              "commandId", st->cmd->command_id, "leaseId", lease_id,
+              (const char *)NULL);
+    return undo(st, env->id, lease_id, er_lifecycle__unrecorded_detail(lc, env),
+                err);
 }
 
 int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
@@ -201,6 +245,7 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
     struct er_actor who;
     char lease_id[37];
     bool is_reentrant = false;
+    bool is_journaled = false;
     int drc;
     int rc;
 
@@ -252,6 +297,7 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
                                             cmd->execution_workspace_id,
                                             cmd->execution_workspace_mode };
         if (ops->is_remote) {
+            is_journaled = true;
             rc = er_lifecycle__journal(st, "acquire", lease_id, env.id, err);
             if (rc == 0)
                 rc = er_lifecycle__intent_commit(st, err);
@@ -354,6 +400,9 @@ done:
     if (st->result == NULL)
         rc = er_lifecycle__oom(err);
 out:
+    if (rc == 0 && !is_journaled && ops != NULL && ops->is_remote &&
+        st->res.outcome != ER_OUTCOME_OK)
+        rc = undo_earlier_attempt(st, &env, err);
     json_decref(transport);
     json_decref(details);
     json_decref(config);

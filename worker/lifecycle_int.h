@@ -23,9 +23,11 @@ void er_lifecycle_destroy(struct er_lifecycle *lc);
 struct er_msg_coords {
     int32_t partition;
     int64_t offset;
-    /* The partition's generation when the consumer was assigned it; every
-     * transaction of the step checks it (-1: unfenced, for tools). */
-    int64_t generation;
+    /* The generation of the partition's assignment; every transaction of
+     * the step checks it. The consumer moves it to a newer one when the
+     * partition comes back to it while the step runs (a handover), so it
+     * is read afresh each time. NULL: unfenced, for tools. */
+    const _Atomic int64_t *generation;
     /* Set when the step must stop (its partition was revoked, the worker
      * drains); may be NULL. A cancelled step records no outcome. */
     const atomic_bool *cancel;
@@ -64,7 +66,17 @@ void er_lifecycle_sweep_host(struct er_lifecycle *lc);
  * recorded with its LeaseEvent and environment.lease_released activity in a
  * transaction of its own. A lease whose cleanup fails stays active and is
  * tried again after a backoff; the others go on. *reaped gets how many
- * were expired. */
+ * were expired.
+ * Then, the same way, up to limit acquisitions whose lease was never
+ * recorded and that nobody else will finish: an acquire journal entry left
+ * rolling_back for over a minute (its worker died before the undo, or the
+ * undo failed), or left started / interrupted for over ttl_s seconds with
+ * no lease row (its command never came back). Each is released through its
+ * driver (an ssh per_lease directory is removed) from the {driver,
+ * metadata} the entry recorded, else from the environment's config, and
+ * closed rolled_back unless its command resumed it meanwhile. No event or
+ * activity: no lease was ever recorded. Returns the first part's failure,
+ * else the second's. */
 int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                       int *reaped, struct er_err *err);
 

@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -182,6 +183,35 @@ static void run_provision(const struct er_driver_ops *ops,
  * resumed after a crash does not run the command a second time: it takes
  * the recorded outcome. Returns 1 when the result already says it failed.
  */
+/* Journal a provision command's outcome the moment it ends. The command
+ * may have run for minutes, long enough for the database connection to
+ * go: reconnect and try again a few times before giving up, since an
+ * outcome not recorded means the command runs again on resume. */
+static int record_provision(struct er_lifecycle *lc, const char *command_id,
+                            const char *lease_id, const char *recorded,
+                            struct er_err *err)
+{
+    int tries;
+    int rc = 0;
+
+    for (tries = 0; tries < 4; tries++) {
+        if (tries > 0) {
+            struct timespec ts = { 0, 250L * 1000000 * tries };
+
+            nanosleep(&ts, NULL);
+            er_err_clear(err);
+            rc = er_store_ensure(lc->store, err);
+            if (rc != 0)
+                continue;
+        }
+        rc = er_store_journal_close(lc->store, command_id, "provision",
+                                    lease_id, "done", recorded, err);
+        if (rc == 0 || err->cls != ER_ERRCLASS_RETRY)
+            break;
+    }
+    return rc;
+}
+
 static int provision(struct er_step *st, const struct er_driver_ops *ops,
                      const struct er_driver_env *denv,
                      const struct er_driver_lease *dlease,
@@ -243,8 +273,8 @@ static int provision(struct er_step *st, const struct er_driver_ops *ops,
         json_decref(rec);
         if (recorded == NULL)
             return er_lifecycle__oom(err);
-        rc = er_store_journal_close(lc->store, st->cmd->command_id, "provision",
-                                    dlease->id, "done", recorded, err);
+        rc = record_provision(lc, st->cmd->command_id, dlease->id, recorded,
+                              err);
         if (rc != 0)
             return rc;
     }

@@ -274,49 +274,64 @@ out:
     return rc;
 }
 
-/* Release what an acquire made but could not record (undo_acquire) once
- * the step's outcome committed, then close its journal entry as
- * rolled_back. A failure is logged and leaves the entry rolling_back for
- * the next attempt. */
-void er_lifecycle__undo_finish(struct er_lifecycle *lc, const struct er_undo *u)
+/* Release through its driver, with no transaction open, what an acquire
+ * made for lease_id but never recorded, from the {driver, metadata} the
+ * journal keeps for it (detail_json). Returns 0 when it is released, or
+ * when its environment is gone (nothing can reach it any more); otherwise
+ * ER_EDRIVER (class RETRY) with the driver's reason, or a store error. */
+static int undo_release(struct er_lifecycle *lc, const char *lease_id,
+                        const char *environment_id, const char *detail_json,
+                        struct er_err *err)
 {
     struct er_lease_row row;
     struct release_item it;
-    struct er_err e;
-    json_t *detail = er_lifecycle__jparse(u->detail_json);
+    json_t *detail = er_lifecycle__jparse(detail_json);
     const json_t *meta = json_object_get(detail, "metadata");
     const char *driver = er_lifecycle__jget_str(detail, "driver");
-    char *meta_json = NULL;
     int rc;
 
-    er_err_clear(&e);
     memset(&row, 0, sizeof(row));
-    row.id = u->lease_id;
-    row.environment_id = u->environment_id;
+    row.id = lease_id;
+    row.environment_id = environment_id;
     row.status = "active";
     row.lease_policy = "ephemeral";
-    meta_json = meta != NULL ? er_lifecycle__jdump(&lc->arena, meta) : NULL;
-    row.metadata_json = meta_json;
-    rc = release_prepare(lc, &row, "expired", &it, &e);
+    row.metadata_json =
+        meta != NULL ? er_lifecycle__jdump(&lc->arena, meta) : NULL;
+    rc = release_prepare(lc, &row, "expired", &it, err);
     if (rc == 0 && driver != NULL)
         it.ops = er_driver_find(driver);
     if (rc == 0)
-        rc = release_effect(lc, &it, &e);
-    if (rc == 0 && it.lease_err == NULL &&
-        (it.rel.cleanup_status == NULL ||
-         strcmp(it.rel.cleanup_status, "failed") != 0))
-        rc = er_store_journal_close(lc->store, u->command_id, "acquire",
-                                    u->lease_id, "rolled_back", NULL, &e);
-    else if (rc == 0)
-        rc = er_err_set(&e, ER_EDRIVER, ER_ERRCLASS_RETRY, "%s",
+        rc = release_effect(lc, &it, err);
+    if (rc == 0 && (it.lease_err != NULL ||
+                    (it.rel.cleanup_status != NULL &&
+                     strcmp(it.rel.cleanup_status, "failed") == 0)))
+        rc = er_err_set(err, ER_EDRIVER, ER_ERRCLASS_RETRY, "%s",
                         it.lease_err != NULL ? it.lease_err
                                              : "its cleanup failed");
+    json_decref(detail);
+    return rc;
+}
+
+/* Release what an acquire made but could not record (undo_acquire) once
+ * the step's outcome committed, then close its journal entry as
+ * rolled_back. A failure is logged and leaves the entry rolling_back; the
+ * reaper tries again (er_lifecycle_reap). */
+void er_lifecycle__undo_finish(struct er_lifecycle *lc, const struct er_undo *u)
+{
+    struct er_err e;
+    int rc;
+
+    er_fault_point("undo.before");
+    er_err_clear(&e);
+    rc = undo_release(lc, u->lease_id, u->environment_id, u->detail_json, &e);
+    if (rc == 0)
+        rc = er_store_journal_close(lc->store, u->command_id, "acquire",
+                                    u->lease_id, "rolled_back", NULL, &e);
     if (rc != 0)
         er_log_kv(ER_LOG_WARN, "lifecycle",
                   "an unrecorded acquisition was not released", "commandId",
                   u->command_id, "leaseId", u->lease_id, "reason", e.msg,
                   (const char *)NULL);
-    json_decref(detail);
 }
 
 /* er_driver_in_use_fn over the lifecycle's store; when the database
@@ -343,8 +358,30 @@ void er_lifecycle_sweep_host(struct er_lifecycle *lc)
     er_driver_sweep_all(tag_in_use, lc);
 }
 
-int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
-                      int *reaped, struct er_err *err)
+/* Inside a reaper pass's transaction: claim lease_id in the journal (its
+ * reap entry, see er_store_journal_claim), so no other reaper works on it
+ * while this one runs the driver unlocked. */
+static int reap_claim(struct er_lifecycle *lc, const char *company_id,
+                      const char *lease_id, const char *environment_id,
+                      bool *is_claimed, struct er_err *err)
+{
+    char op_id[48];
+    struct er_op op = { .command_id = op_id,
+                        .company_id = company_id,
+                        .lease_id = lease_id,
+                        .environment_id = environment_id,
+                        .kind = "reap",
+                        .topic = NULL,
+                        .partition = -1,
+                        .generation = -1 };
+
+    snprintf(op_id, sizeof(op_id), "reap:%s", lease_id);
+    return er_store_journal_claim(lc->store, &op, is_claimed, err);
+}
+
+/* The reaper's pass over stale leases (see er_lifecycle_reap). */
+static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
+                       int *reaped, struct er_err *err)
 {
     struct er_lease_row *rows = NULL;
     struct release_item *items = NULL;
@@ -369,19 +406,8 @@ int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
             rc = er_lifecycle__oom(err);
     }
     for (i = 0; rc == 0 && i < cnt; i++) {
-        char *op_id = er_arena_alloc(&lc->arena, 48);
-        struct er_op op;
-
-        if (op_id == NULL) {
-            rc = er_lifecycle__oom(err);
-            break;
-        }
-        snprintf(op_id, 48, "reap:%s", rows[i].id);
-        op = (struct er_op){ op_id,      rows[i].company_id,
-                             rows[i].id, rows[i].environment_id,
-                             "reap",     NULL,
-                             -1,         -1 };
-        rc = er_store_journal_claim(lc->store, &op, &is_claimed[i], err);
+        rc = reap_claim(lc, rows[i].company_id, rows[i].id,
+                        rows[i].environment_id, &is_claimed[i], err);
         if (rc == 0 && is_claimed[i])
             rc = release_prepare(lc, &rows[i], "expired", &items[i], err);
     }
@@ -441,5 +467,193 @@ int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
 fail:
     er_store_rollback(lc->store);
     er_arena_reset(&lc->arena);
+    return rc;
+}
+
+/* One acquisition nobody recorded, on its way out. */
+struct unrecorded_item {
+    bool is_claimed;
+    /* What the driver gets: the entry's own detail (rolling_back), else
+     * one made from the environment row (is_synthesized). */
+    const char *detail_json;
+    bool is_synthesized;
+    int rc; /* of the release */
+    struct er_err err;
+};
+
+/* What an acquire that recorded nothing would have recorded, as far as the
+ * environment row tells: {driver, metadata: {driver, workspaceIsolation}}.
+ * Only what the config says is copied (the ssh driver reads the host, the
+ * user and the key from the config, and removes a per-lease directory only
+ * when the metadata says per_lease). NULL when out of memory. */
+const char *er_lifecycle__unrecorded_detail(struct er_lifecycle *lc,
+                                            const struct er_env_row *env)
+{
+    json_t *config = er_lifecycle__jparse(env->config_json);
+    const char *isolation =
+        er_lifecycle__jget_str(config, "workspaceIsolation");
+    json_t *meta = json_pack("{s:s}", "driver", env->driver);
+    json_t *detail = NULL;
+    const char *text = NULL;
+
+    if (meta != NULL && isolation != NULL &&
+        json_object_set_new(meta, "workspaceIsolation",
+                            json_string(isolation)) != 0) {
+        json_decref(meta);
+        meta = NULL;
+    }
+    if (meta != NULL)
+        detail = json_pack("{s:s, s:o}", "driver", env->driver, "metadata",
+                           meta); /* consumes meta */
+    if (detail != NULL)
+        text = er_lifecycle__jdump(&lc->arena, detail);
+    json_decref(detail);
+    json_decref(config);
+    return text;
+}
+
+/* Phase 1 for one acquisition, inside the pass's transaction: claim its
+ * lease in the journal (a reap entry, as for a stale lease, so a release
+ * that fails is retried after the same backoff), and give a started or
+ * interrupted one the detail its driver never recorded. */
+static int unrecorded_claim(struct er_lifecycle *lc,
+                            const struct er_acquire_op *op,
+                            struct unrecorded_item *it, struct er_err *err)
+{
+    struct er_env_row env;
+    int rc;
+
+    memset(it, 0, sizeof(*it));
+    rc = reap_claim(lc, op->company_id, op->lease_id, op->environment_id,
+                    &it->is_claimed, err);
+    if (rc != 0 || !it->is_claimed)
+        return rc;
+    it->detail_json = op->detail_json;
+    if (strcmp(op->state, "rolling_back") == 0 && op->detail_json != NULL)
+        return 0;
+    /* An environment that is gone leaves nothing to connect with: the
+     * release then finds nothing to do, as the undo would. */
+    it->detail_json = NULL;
+    if (op->environment_id == NULL)
+        return 0;
+    rc = er_store_env_get(lc->store, op->environment_id, &lc->arena, &env, err);
+    if (rc == ER_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    it->detail_json = er_lifecycle__unrecorded_detail(lc, &env);
+    if (it->detail_json == NULL)
+        return er_lifecycle__oom(err);
+    it->is_synthesized = true;
+    return 0;
+}
+
+/* The reaper's pass over acquisitions whose lease was never recorded and
+ * that nobody else will finish (er_store_journal_unrecorded): a rolling_back
+ * entry whose undo never ran or failed, or a started / interrupted one whose
+ * command never came back. Each is released through its driver as the undo
+ * does, with no transaction open, and closed rolled_back in a transaction
+ * of its own unless its command resumed it meanwhile. Nothing is published:
+ * no lease was recorded, so no lease changed. */
+static int reap_unrecorded(struct er_lifecycle *lc, int64_t ttl_s, int limit,
+                           struct er_err *err)
+{
+    struct er_acquire_op *ops = NULL;
+    struct unrecorded_item *items = NULL;
+    size_t cnt = 0;
+    size_t i;
+    int rc;
+
+    er_arena_reset(&lc->arena);
+    /* Phase 1: pick and claim them (SKIP LOCKED, see the lease part). */
+    rc = er_store_begin(lc->store, err);
+    if (rc == 0)
+        rc = er_store_journal_unrecorded(lc->store, ttl_s, limit, &lc->arena,
+                                         &ops, &cnt, err);
+    if (rc == 0 && cnt > 0) {
+        items = er_arena_alloc(&lc->arena, sizeof(*items) * cnt);
+        if (items == NULL)
+            rc = er_lifecycle__oom(err);
+    }
+    for (i = 0; rc == 0 && i < cnt; i++)
+        rc = unrecorded_claim(lc, &ops[i], &items[i], err);
+    if (rc == 0)
+        rc = er_store_commit(lc->store, err);
+    if (rc != 0)
+        goto fail;
+    /* Phase 2: each release through its driver, no lock held. */
+    for (i = 0; i < cnt; i++) {
+        if (!items[i].is_claimed)
+            continue;
+        er_err_clear(&items[i].err);
+        items[i].rc = undo_release(lc, ops[i].lease_id, ops[i].environment_id,
+                                   items[i].detail_json, &items[i].err);
+    }
+    /* Phase 3: one short transaction each; one that failed keeps its
+     * entry and is tried again after its claim's backoff. */
+    for (i = 0; i < cnt; i++) {
+        struct unrecorded_item *it = &items[i];
+        bool is_closed = false;
+        char op_id[48];
+
+        if (!it->is_claimed)
+            continue;
+        snprintf(op_id, sizeof(op_id), "reap:%s", ops[i].lease_id);
+        rc = er_store_begin(lc->store, err);
+        if (rc == 0 && it->rc == 0)
+            rc = er_store_journal_unrecorded_close(
+                lc->store, &ops[i], it->is_synthesized ? it->detail_json : NULL,
+                &is_closed, err);
+        if (rc == 0)
+            rc = er_store_journal_close(
+                lc->store, op_id, "reap", ops[i].lease_id,
+                it->rc == 0 ? "done" : "failed", NULL, err);
+        if (rc == 0)
+            rc = er_store_commit(lc->store, err);
+        if (rc != 0)
+            goto fail;
+        if (it->rc != 0)
+            er_log_kv(ER_LOG_WARN, "reaper",
+                      "an unrecorded acquisition was not released", "commandId",
+                      ops[i].command_id, "leaseId", ops[i].lease_id, "reason",
+                      it->err.msg, (const char *)NULL);
+        else if (is_closed)
+            er_log_kv(ER_LOG_INFO, "reaper",
+                      "an unrecorded acquisition was released", "commandId",
+                      ops[i].command_id, "leaseId", ops[i].lease_id,
+                      (const char *)NULL);
+        else
+            er_log_kv(ER_LOG_WARN, "reaper",
+                      "an unrecorded acquisition was released, but its "
+                      "entry moved on meanwhile (resumed by its command, "
+                      "or closed by its worker)",
+                      "commandId", ops[i].command_id, "leaseId",
+                      ops[i].lease_id, (const char *)NULL);
+    }
+    er_arena_reset(&lc->arena);
+    return 0;
+fail:
+    er_store_rollback(lc->store);
+    er_arena_reset(&lc->arena);
+    return rc;
+}
+
+int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
+                      int *reaped, struct er_err *err)
+{
+    struct er_err uerr;
+    int rc;
+    int urc;
+
+    /* Two parts, each in its own short transactions: a failure of one
+     * never keeps the other from its pass. */
+    rc = reap_leases(lc, ttl_s, limit, reaped, err);
+    er_err_clear(&uerr);
+    urc = reap_unrecorded(lc, ttl_s, limit, &uerr);
+    if (rc == 0 && urc != 0) {
+        if (err != NULL)
+            *err = uerr;
+        rc = urc;
+    }
     return rc;
 }

@@ -31,7 +31,10 @@ struct er_undo {
 
 struct er_lifecycle {
     struct er_store *store;
-    struct er_undo undo;   /* set by the step, run after its commit */
+    struct er_undo undo; /* set by the step, run after its commit */
+    /* The step's driver works (er_store_effect_hold on this partition). */
+    bool is_effect_held;
+    int32_t effect_partition;
     struct er_arena arena; /* reset per command */
     struct er_buf enc;     /* scratch for one encoded value */
     char topic_commands[ER_LIFECYCLE_TOPIC_MAX]; /* the fence's topic */
@@ -124,8 +127,14 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err);
 int er_lifecycle__realize(struct er_step *st, struct er_err *err);
 int er_lifecycle__release(struct er_step *st, struct er_err *err);
 /* Release what an acquire made but could not record, after the step's
- * outcome committed (lifecycle_release.c). */
+ * outcome committed (lifecycle_release.c; fault point undo.before). A
+ * failure leaves the entry rolling_back for the reaper. */
 void er_lifecycle__undo_finish(struct er_lifecycle *lc,
                                const struct er_undo *u);
+/* The journal detail an acquisition the driver never described gets, from
+ * env's row alone: {driver, metadata: {driver, workspaceIsolation}}
+ * (arena text; NULL when out of memory). */
+const char *er_lifecycle__unrecorded_detail(struct er_lifecycle *lc,
+                                            const struct er_env_row *env);
 
 #endif

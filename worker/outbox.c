@@ -2,12 +2,15 @@
  * the broker acknowledged it, so a crash republishes at worst (consumers
  * drop duplicates by event id); nothing committed is ever lost. A row the
  * broker refuses for good is moved to envrun.outbox_quarantine instead of
- * blocking the rows behind it. */
+ * blocking the rows behind it. A relay publishes and settles only under the
+ * generation it claimed with the lock, so one that lost the lock while
+ * paused drops the batch it holds instead of publishing it. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -61,6 +64,8 @@ struct er_outbox {
     size_t max_msg_bytes;  /* the producer's message.max.bytes */
     size_t value_max;      /* longest value prefix fetched */
     char topic_dlq[TOPIC_MAX];
+    char owner[128];    /* host:pid, recorded with the relay's claim */
+    int64_t generation; /* of the relay's fence, claimed with the lock */
     /* Set by the relay thread or the callbacks it serves (librdkafka calls
      * them from rd_kafka_poll/flush on the polling thread). */
     bool is_broker_down; /* all brokers down, no delivery or answer since */
@@ -287,8 +292,9 @@ static void drain(struct er_outbox *ob)
 /* Record the batch's outcome: delete what was delivered and quarantine
  * what was refused, in one transaction. Returns the rows fetched, or an
  * error (class RETRY) when some must be sent again. */
-static int settle(struct er_outbox *ob, const struct er_outbox_row *rows,
-                  struct slot *slots, size_t cnt, struct er_err *err)
+static int settle(struct er_outbox *ob, int *lock_session,
+                  const struct er_outbox_row *rows, struct slot *slots,
+                  size_t cnt, struct er_err *err)
 {
     int64_t *ids = er_arena_alloc(&ob->arena, sizeof(*ids) * cnt);
     struct er_outbox_quarantine *q =
@@ -297,6 +303,7 @@ static int settle(struct er_outbox *ob, const struct er_outbox_row *rows,
     size_t q_cnt = 0;
     size_t kept_cnt = 0;
     int first_kerr = 0;
+    int64_t current = -1;
     size_t i;
     int rc;
 
@@ -325,7 +332,18 @@ static int settle(struct er_outbox *ob, const struct er_outbox_row *rows,
             break;
         }
     }
-    rc = er_store_outbox_settle(ob->store, ids, id_cnt, q, q_cnt, err);
+    rc = er_store_relay_settle(ob->store, ob->generation, ids, id_cnt, q, q_cnt,
+                               &current, err);
+    if (rc == ER_EFENCED) {
+        /* Another relay claimed the outbox while this batch was out: the
+         * rows are its now, and it publishes them again. */
+        *lock_session = 0;
+        ER_LOG_WARN("outbox",
+                    "relay lost its claim before settling (generation %lld, "
+                    "now %lld): %zu delivered rows left to the new relay",
+                    (long long)ob->generation, (long long)current, id_cnt);
+        return 0;
+    }
     if (rc != 0)
         return rc;
     er_metrics_outbox_published(id_cnt);
@@ -352,11 +370,39 @@ static int settle(struct er_outbox *ob, const struct er_outbox_row *rows,
     return (int)cnt;
 }
 
-/* Publish one batch. Returns the rows fetched (>= 0) or a negative code. */
-static int relay_batch(struct er_outbox *ob, struct er_err *err)
+/* The check before a publish failed (why): forget the lock, so the loop
+ * must take it again (which fails while another relay holds it), and say
+ * that cnt fetched rows were dropped. current is the generation the check
+ * read, -1 when it read none. */
+static void lost_claim(struct er_outbox *ob, int *lock_session, int64_t current,
+                       size_t cnt, const struct er_err *why)
+{
+    char now[24] = "unknown";
+    int session = 0;
+
+    *lock_session = 0;
+    /* The check's session is usually gone (that is how a claim is lost):
+     * read the generation on a new one, for the log. */
+    if (current < 0 && er_store_relay_ensure(ob->store, &session, NULL) == 0 &&
+        er_store_relay_generation(ob->store, &current, NULL) != 0)
+        current = -1;
+    if (current >= 0)
+        snprintf(now, sizeof(now), "%lld", (long long)current);
+    ER_LOG_WARN("outbox",
+                "relay lost its claim (generation %lld, now %s): %zu fetched "
+                "rows not published: %s",
+                (long long)ob->generation, now, cnt, why->msg);
+}
+
+/* Publish one batch under the relay's claim (lock_session: the session
+ * holding the lock, set to 0 when the claim is lost). Returns the rows
+ * fetched (>= 0; 0 also when the batch was dropped) or a negative code. */
+static int relay_batch(struct er_outbox *ob, int *lock_session,
+                       struct er_err *err)
 {
     struct er_outbox_row *rows = NULL;
     struct slot *slots;
+    int64_t current = -1;
     size_t cnt = 0;
     size_t i;
     int rc;
@@ -370,6 +416,19 @@ static int relay_batch(struct er_outbox *ob, struct er_err *err)
     slots = er_arena_alloc(&ob->arena, sizeof(*slots) * cnt);
     if (slots == NULL)
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
+    /* Fetched, nothing handed to the producer yet: a test pauses the
+     * process here to play a relay stalled while holding a batch. */
+    er_fault_point("relay.before_publish");
+    /* The last moment the batch can still be dropped: once a message is
+     * handed to librdkafka it goes out, whatever becomes of the claim. A
+     * relay paused for longer than its session lived finds its session
+     * gone here, or the generation moved on, and publishes nothing. */
+    rc = er_store_relay_check(ob->store, *lock_session, ob->generation,
+                              &current, err);
+    if (rc != 0) {
+        lost_claim(ob, lock_session, current, cnt, err);
+        return 0;
+    }
     for (i = 0; i < cnt; i++) {
         slots[i].id = rows[i].id;
         /* Rows go out in id order. After a refusal for now (a full queue,
@@ -382,7 +441,7 @@ static int relay_batch(struct er_outbox *ob, struct er_err *err)
     drain(ob);
     /* Published, not yet deleted: a crash here republishes the batch. */
     er_fault_point("relay.after_publish");
-    return settle(ob, rows, slots, cnt, err);
+    return settle(ob, lock_session, rows, slots, cnt, err);
 }
 
 /* While the producer is marked down and has nothing to deliver, ask a
@@ -423,6 +482,26 @@ static void wait_kick(struct er_outbox *ob, int64_t ms)
     pthread_mutex_unlock(&ob->mu);
 }
 
+/* Try to become the relay: take the lock and, with it, a new generation
+ * of the relay's fence. *lock_session stays 0 unless both worked. */
+static int claim(struct er_outbox *ob, int *lock_session, struct er_err *err)
+{
+    int rc = er_store_relay_lock(ob->store, lock_session, err);
+
+    if (rc == 0 && *lock_session != 0)
+        rc = er_store_relay_claim(ob->store, ob->owner, &ob->generation, err);
+    if (rc != 0) {
+        /* Tried again next time; a session that still holds the lock takes
+         * it again at once (session advisory locks stack). */
+        *lock_session = 0;
+        return rc;
+    }
+    if (*lock_session != 0)
+        ER_LOG_INFO("outbox", "relay claimed the outbox (generation %lld)",
+                    (long long)ob->generation);
+    return 0;
+}
+
 static void *relay_main(void *arg)
 {
     struct er_outbox *ob = arg;
@@ -450,8 +529,7 @@ static void *relay_main(void *arg)
          * before publishing, or two relays could publish the same rows. */
         if (er_store_relay_ensure(ob->store, &lock_session, &err) != 0)
             goto backoff;
-        if (lock_session == 0 &&
-            er_store_relay_lock(ob->store, &lock_session, &err) != 0)
+        if (lock_session == 0 && claim(ob, &lock_session, &err) != 0)
             goto backoff;
         if (lock_session == 0) {
             /* Another worker's relay publishes; be ready to take over. */
@@ -462,7 +540,7 @@ static void *relay_main(void *arg)
             wait_kick(ob, 1000);
             continue;
         }
-        n = relay_batch(ob, &err);
+        n = relay_batch(ob, &lock_session, &err);
         if (n < 0)
             goto backoff;
         er_metrics_set_relay_db_ready(true);
@@ -523,6 +601,13 @@ struct er_outbox *er_outbox_new(const struct er_config *cfg,
     pthread_cond_init(&ob->cv, NULL);
     er_arena_init(&ob->arena, ARENA_MAX);
     er_config_topic(cfg, "commands.dlq", ob->topic_dlq, sizeof(ob->topic_dlq));
+    {
+        char host[64] = "";
+
+        gethostname(host, sizeof(host) - 1);
+        snprintf(ob->owner, sizeof(ob->owner), "%s:%ld", host, (long)getpid());
+    }
+    ob->generation = -1;
     ob->store = er_store_new(cfg->database_url, err);
     if (ob->store == NULL)
         goto fail;

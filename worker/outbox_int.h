@@ -1,11 +1,13 @@
 /* outbox: the relay that publishes envrun.outbox rows to Kafka on an
  * idempotent producer and deletes them once delivered. Only one relay in
  * the cluster publishes at a time (a session advisory lock, taken again
- * after a reconnection), and it sends rows in id order, so per-key order
- * holds. A row the broker refuses for good (too large, unknown topic,
- * invalid record) is moved to envrun.outbox_quarantine; a dead letter too
- * large for the producer is cut to fit instead. Runs its own thread with
- * its own database connection and producer. */
+ * after a reconnection, with a generation claimed in envrun.partition_fence
+ * that every publish and every settle checks first), and it sends rows in
+ * id order, so per-key order holds. A row the broker refuses for good
+ * (too large, unknown topic, invalid record) is moved to
+ * envrun.outbox_quarantine; a dead letter too large for the producer is
+ * cut to fit instead. Runs its own thread with its own database
+ * connection and producer. */
 #ifndef ER_WORKER_OUTBOX_INT_H
 #define ER_WORKER_OUTBOX_INT_H
 

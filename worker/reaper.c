@@ -1,7 +1,9 @@
 /* reaper: the TTL sweep thread (see reaper_int.h). It wakes every
  * min(ttl/4, 30 s), expires stale leases 100 at a time through the journal
- * (er_lifecycle_reap) and sweeps what crashes left on this host. Every
- * worker runs one; Postgres keeps two from reaping one lease. */
+ * (er_lifecycle_reap), which also releases up to 100 acquisitions whose
+ * lease was never recorded and nobody else will finish, and sweeps what
+ * crashes left on this host. Every worker runs one; Postgres keeps two from
+ * reaping one lease or one acquisition. */
 #include <pthread.h>
 #include <time.h>
 

@@ -63,6 +63,11 @@ int er_store__result_to_err(PGconn *conn, const PGresult *res, const char *what,
     if (state == NULL || PQstatus(conn) != CONNECTION_OK)
         return er_err_set(err, ER_EPG, ER_ERRCLASS_RETRY,
                           "%s failed (connection): %.*s", what, (int)n, msg);
+    /* lock_not_available: a lock_timeout the caller set ran out. */
+    if (strcmp(state, "55P03") == 0)
+        return er_err_set(err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
+                          "%s timed out waiting for a lock: %.*s", what, (int)n,
+                          msg);
     if (strcmp(state, "23505") == 0)
         return er_err_set(err, ER_ECONFLICT, ER_ERRCLASS_RETRY,
                           "%s rejected (sqlstate %s): %.*s", what, state,

@@ -139,6 +139,7 @@ struct er_op {
     const char *topic;          /* the commands topic; NULL for the reaper */
     int32_t partition;
     int64_t generation; /* the fence the step works under */
+    int64_t offset;     /* the command's Kafka offset (with topic) */
 };
 
 /* Record that op is about to start (state started), or that it starts
@@ -176,11 +177,38 @@ int er_store_journal_close_command(struct er_store *store,
 int er_store_journal_interrupt(struct er_store *store, const char *topic,
                                int32_t partition, int64_t generation,
                                int64_t *cnt, struct er_err *err);
+/* Keep the operations of (topic, partition) still started under an older
+ * generation whose commands sit at one of offsets (offset_cnt of them):
+ * they move to generation instead of being interrupted. The owner that
+ * gets a partition back while those steps still run does this before
+ * er_store_journal_interrupt. *cnt gets how many. */
+int er_store_journal_adopt(struct er_store *store, const char *topic,
+                           int32_t partition, int64_t generation,
+                           const int64_t *offsets, size_t offset_cnt,
+                           int64_t *cnt, struct er_err *err);
+/* Outside a transaction: hold (is_held) or let go of a shared lock on
+ * (topic, partition) for the time a step's driver works with no
+ * transaction open, so that the partition's next owner can wait for the
+ * previous owner's driver work to stop (er_store_journal_fence_claim). A
+ * session lock: a lost connection lets go of it. */
+int er_store_effect_hold(struct er_store *store, const char *topic,
+                         int32_t partition, bool is_held, struct er_err *err);
+/* How long a claim waits, in ms; 0: effects not at all, records as long
+ * as they last. */
+struct er_claim_waits {
+    int effects_ms; /* for the previous owner's driver work to stop */
+    int records_ms; /* for its outcome transactions (ER_ETIMEDOUT after) */
+};
 /* Become the owner of (topic, partition): bump its generation and return
- * it. Waits until the transactions of the previous owner that checked the
- * fence have ended. */
+ * it. First waits up to waits->effects_ms for the previous owner's steps to
+ * let go of their driver work (then goes on: the fence stops what still
+ * runs from recording anything); then waits until the previous owner's
+ * transactions that checked the fence have ended, at most
+ * waits->records_ms when that is > 0 (then ER_ETIMEDOUT, class RETRY, and
+ * nothing changed). */
 int er_store_journal_fence_claim(struct er_store *store, const char *topic,
                                  int32_t partition, const char *owner,
+                                 const struct er_claim_waits *waits,
                                  int64_t *generation, struct er_err *err);
 /* Inside a transaction: lock (topic, partition)'s fence row FOR SHARE until
  * the transaction ends and check that its generation is still generation.
@@ -188,6 +216,37 @@ int er_store_journal_fence_claim(struct er_store *store, const char *topic,
 int er_store_journal_fence_check(struct er_store *store, const char *topic,
                                  int32_t partition, int64_t generation,
                                  struct er_err *err);
+
+/* An acquire operation whose lease was never recorded and that nobody
+ * will finish, as the journal holds it (arena strings). */
+struct er_acquire_op {
+    const char *command_id;
+    const char *company_id;
+    const char *lease_id;
+    const char *environment_id; /* NULL when SQL NULL */
+    const char *state;          /* rolling_back, started or interrupted */
+    int attempt;                /* the attempt taken */
+    const char *detail_json;    /* {driver, metadata}; NULL when none */
+};
+
+/* For the reaper, inside a transaction: lock (FOR UPDATE SKIP LOCKED) and
+ * return at most limit acquire operations with no environment_leases row
+ * for their lease id, no reap entry of that lease within its backoff (see
+ * er_store_journal_claim), and either rolling_back for over a minute (its
+ * release never ran or failed) or started / interrupted for over ttl_s
+ * seconds (their command never came back) except those still started
+ * under their partition's current generation. Oldest first. */
+int er_store_journal_unrecorded(struct er_store *store, int64_t ttl_s,
+                                int limit, struct er_arena *arena,
+                                struct er_acquire_op **ops, size_t *op_cnt,
+                                struct er_err *err);
+/* Close op as rolled_back, with detail_json when not NULL, if it is still
+ * in the state and attempt op holds; *is_closed says whether it was (not:
+ * its command resumed it, or its worker closed it meanwhile). */
+int er_store_journal_unrecorded_close(struct er_store *store,
+                                      const struct er_acquire_op *op,
+                                      const char *detail_json, bool *is_closed,
+                                      struct er_err *err);
 
 /* ---- outbox ---- */
 
@@ -217,15 +276,40 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
                           struct er_err *err);
 int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
                            size_t id_cnt, struct er_err *err);
-/* In one transaction: copy the rows of quarantine (q_cnt entries, may be
- * 0) with their reasons into envrun.outbox_quarantine, then delete them and
- * the delivered rows ids (id_cnt, may be 0) from envrun.outbox. */
-int er_store_outbox_settle(struct er_store *store, const int64_t *ids,
-                           size_t id_cnt,
-                           const struct er_outbox_quarantine *quarantine,
-                           size_t q_cnt, struct er_err *err);
 int er_store_outbox_count(struct er_store *store, int64_t *cnt,
                           struct er_err *err);
+/* The relay's fence: a generation in envrun.partition_fence under the
+ * reserved row (topic 'envrun.relay', partition 0), bumped by each relay
+ * that takes the lock, so a relay that lost it cannot publish or settle.
+ * er_store_relay_claim: right after er_store_relay_lock gave a session,
+ * bump the generation (1 for the first relay), record owner (host:pid) and
+ * return the new generation. Waits for a settle of the previous relay that
+ * still holds the row. */
+int er_store_relay_claim(struct er_store *store, const char *owner,
+                         int64_t *generation, struct er_err *err);
+/* The relay row's generation now (-1 when no relay ever claimed). */
+int er_store_relay_generation(struct er_store *store, int64_t *generation,
+                              struct er_err *err);
+/* Before a publish: check on session (the one er_store_relay_lock gave)
+ * that it is still this connection's session and that the relay row's
+ * generation is still generation; *current gets the generation read (-1
+ * when none was read). ER_EFENCED (class SKIP) when the session changed or
+ * the generation moved; a lost connection fails as any statement does
+ * (ER_EPG, class RETRY). */
+int er_store_relay_check(struct er_store *store, int session,
+                         int64_t generation, int64_t *current,
+                         struct er_err *err);
+/* Settle a published batch under the relay's fence: in one transaction
+ * that holds the relay row FOR SHARE, check its generation is still
+ * generation (*current gets the one read, -1 when none), then copy the
+ * rows of quarantine (q_cnt, may be 0) with their reasons into
+ * envrun.outbox_quarantine and delete them and the delivered rows ids
+ * (id_cnt, may be 0) from envrun.outbox. ER_EFENCED (class SKIP), nothing
+ * deleted, when the generation moved. */
+int er_store_relay_settle(struct er_store *store, int64_t generation,
+                          const int64_t *ids, size_t id_cnt,
+                          const struct er_outbox_quarantine *quarantine,
+                          size_t q_cnt, int64_t *current, struct er_err *err);
 
 /* ---- environments ---- */
 

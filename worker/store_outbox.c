@@ -1,5 +1,6 @@
-/* store_outbox: the outbox and the relay's lock (see store_int.h). Rows
- * handed out live in the caller's arena; one thread per connection. */
+/* store_outbox: the outbox, the relay's lock and the relay's fence (its
+ * generation in envrun.partition_fence), see store_int.h. Rows handed out
+ * live in the caller's arena; one thread per connection. */
 #include <stdio.h>
 #include <string.h>
 
@@ -201,21 +202,16 @@ int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
     return rc;
 }
 
-int er_store_outbox_settle(struct er_store *store, const int64_t *ids,
-                           size_t id_cnt,
-                           const struct er_outbox_quarantine *quarantine,
-                           size_t q_cnt, struct er_err *err)
+/* Inside the caller's transaction: move the rows of quarantine to
+ * envrun.outbox_quarantine, then delete them and ids. */
+static int settle_rows(struct er_store *store, const int64_t *ids,
+                       size_t id_cnt,
+                       const struct er_outbox_quarantine *quarantine,
+                       size_t q_cnt, struct er_err *err)
 {
     size_t i;
-    int rc;
+    int rc = 0;
 
-    if (q_cnt == 0)
-        return er_store_outbox_delete(store, ids, id_cnt, err);
-    /* Not er_store_begin: it would reconnect a lost connection silently,
-     * and the relay must see a new session (its lock is gone). */
-    rc = er_store__exec_cmd(store, "begin", "BEGIN", 0, NULL, err);
-    if (rc != 0)
-        return rc;
     for (i = 0; i < q_cnt && rc == 0; i++) {
         char id[24];
         const char *params[] = { id, quarantine[i].reason };
@@ -235,10 +231,6 @@ int er_store_outbox_settle(struct er_store *store, const int64_t *ids,
     }
     if (rc == 0)
         rc = er_store_outbox_delete(store, ids, id_cnt, err);
-    if (rc == 0)
-        rc = er_store_commit(store, err);
-    if (rc != 0)
-        er_store_rollback(store);
     return rc;
 }
 
@@ -255,4 +247,119 @@ int er_store_outbox_count(struct er_store *store, int64_t *cnt,
     *cnt = er_store__get_i64(res, 0, 0);
     PQclear(res);
     return 0;
+}
+
+/* The relay's row of envrun.partition_fence. A commands topic's name ends
+ * in "commands", so no partition's row can be this one. */
+#define RELAY_FENCE_WHERE "topic = 'envrun.relay' AND partition_id = 0"
+
+int er_store_relay_claim(struct er_store *store, const char *owner,
+                         int64_t *generation, struct er_err *err)
+{
+    const char *params[] = { owner };
+    PGresult *res;
+
+    *generation = -1;
+    /* The update waits for a settle of the previous relay that holds the
+     * row FOR SHARE: once it returns, that relay can delete no more. */
+    res = er_store__exec(
+        store, "relay claim",
+        "INSERT INTO envrun.partition_fence (topic, partition_id, "
+        "generation, owner) VALUES ('envrun.relay', 0, 1, $1) "
+        "ON CONFLICT (topic, partition_id) DO UPDATE SET "
+        "generation = envrun.partition_fence.generation + 1, "
+        "owner = EXCLUDED.owner, claimed_at = now() RETURNING generation",
+        1, params, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    *generation = er_store__get_i64(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
+/* The relay row's generation into *generation (-1: no row); FOR SHARE
+ * when for_share (inside a transaction). */
+static int relay_generation(struct er_store *store, bool for_share,
+                            int64_t *generation, struct er_err *err)
+{
+    PGresult *res;
+
+    *generation = -1;
+    res = er_store__exec(
+        store, "relay check",
+        for_share ? "SELECT generation FROM "
+                    "envrun.partition_fence WHERE " RELAY_FENCE_WHERE
+                    " FOR SHARE"
+                  : "SELECT generation FROM "
+                    "envrun.partition_fence WHERE " RELAY_FENCE_WHERE,
+        0, NULL, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    if (PQntuples(res) > 0)
+        *generation = er_store__get_i64(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
+int er_store_relay_generation(struct er_store *store, int64_t *generation,
+                              struct er_err *err)
+{
+    return relay_generation(store, false, generation, err);
+}
+
+int er_store_relay_check(struct er_store *store, int session,
+                         int64_t generation, int64_t *current,
+                         struct er_err *err)
+{
+    int rc;
+
+    *current = -1;
+    /* The lock is the session's: the check means something only on the
+     * session that took it. A query that succeeds on it proves the
+     * session, and so the lock, is still alive. */
+    if (session == 0 || store->conn == NULL ||
+        PQstatus(store->conn) != CONNECTION_OK ||
+        PQbackendPID(store->conn) != session)
+        return er_err_set(err, ER_EFENCED, ER_ERRCLASS_SKIP,
+                          "relay session %d no longer holds the lock", session);
+    rc = relay_generation(store, false, current, err);
+    if (rc != 0)
+        return rc;
+    if (*current != generation)
+        return er_err_set(err, ER_EFENCED, ER_ERRCLASS_SKIP,
+                          "relay claim moved on (generation %lld, ours %lld)",
+                          (long long)*current, (long long)generation);
+    return 0;
+}
+
+int er_store_relay_settle(struct er_store *store, int64_t generation,
+                          const int64_t *ids, size_t id_cnt,
+                          const struct er_outbox_quarantine *quarantine,
+                          size_t q_cnt, int64_t *current, struct er_err *err)
+{
+    int rc;
+
+    *current = -1;
+    if (id_cnt == 0 && q_cnt == 0)
+        return 0;
+    /* Not er_store_begin: it would reconnect a lost connection silently,
+     * and the relay must see a new session (its lock is gone). */
+    rc = er_store__exec_cmd(store, "begin", "BEGIN", 0, NULL, err);
+    if (rc != 0)
+        return rc;
+    /* FOR SHARE until the commit: a newer relay's claim waits for it, so
+     * rows are deleted only while this relay's generation is current. */
+    rc = relay_generation(store, true, current, err);
+    if (rc == 0 && *current != generation)
+        rc = er_err_set(err, ER_EFENCED, ER_ERRCLASS_SKIP,
+                        "relay claim moved on before the settle (generation "
+                        "%lld, ours %lld)",
+                        (long long)*current, (long long)generation);
+    if (rc == 0)
+        rc = settle_rows(store, ids, id_cnt, quarantine, q_cnt, err);
+    if (rc == 0)
+        rc = er_store_commit(store, err);
+    if (rc != 0)
+        er_store_rollback(store);
+    return rc;
 }

@@ -240,5 +240,16 @@ CREATE TABLE IF NOT EXISTS envrun.installation (
 INSERT INTO envrun.installation (is_singleton) VALUES (true)
     ON CONFLICT (is_singleton) DO NOTHING;
 
-INSERT INTO envrun.schema_migrations (version) VALUES (1), (2)
+-- Version 3: where each operation's command came from (the Kafka offset
+-- beside topic and partition), so a worker that gets a partition back
+-- while its steps still run can find their entries and keep them.
+ALTER TABLE envrun.operations ADD COLUMN IF NOT EXISTS kafka_offset bigint;
+-- The reaper looks for acquisitions left open (their lease never recorded)
+-- on every pass.
+CREATE INDEX IF NOT EXISTS operations_acquire_open_idx
+    ON envrun.operations (updated_at)
+    WHERE kind = 'acquire'
+        AND state IN ('started', 'interrupted', 'rolling_back');
+
+INSERT INTO envrun.schema_migrations (version) VALUES (1), (2), (3)
     ON CONFLICT (version) DO NOTHING;

@@ -221,6 +221,63 @@ static int owner_of(struct er_harness_worker *const *ws, int cnt,
     return -1;
 }
 
+/* A run on a per-lease ssh environment whose realize is running its
+ * provision command on the host. */
+struct provisioning {
+    struct er_harness_run run;
+    struct er_harness_cmd acq;
+    struct er_harness_cmd real;
+    struct er_harness_cmd rel; /* not sent */
+    const char *ids[3];
+    char env_id[37];
+    char remote[ER_HARNESS_PATH_MAX + 16]; /* remoteWorkspacePath */
+    int owner;                             /* index into ws */
+};
+
+/* Make environment name, acquire (ok), send the realize with provisionCmd
+ * and return once its `sleep` runs on the host; p->owner is the worker of
+ * ws that answered the acquire. */
+static void start_provisioning(struct er_harness *h, struct er_harness_ssh *ssh,
+                               struct er_harness_worker *const *ws, int ws_cnt,
+                               const char *name, const char *provision_json,
+                               struct provisioning *p)
+{
+    const json_t *res;
+    int64_t deadline;
+
+    er_harness_run_init(&p->run);
+    assert_int_equal(er_harness_ssh_per_lease_env(h, ssh, p->run.company_id,
+                                                  name, p->remote,
+                                                  sizeof(p->remote), p->env_id),
+                     0);
+    er_harness_cmd_acquire(&p->acq, &p->run);
+    p->acq.cmd.selected_environment_id = p->env_id;
+    er_harness_cmd_realize(&p->real, &p->run, h->dir);
+    p->real.cmd.runtime_overlay_json = (char *)(uintptr_t)provision_json;
+    er_harness_cmd_release(&p->rel, &p->run, ER_RELEASE_RELEASED);
+    p->ids[0] = p->acq.command_id;
+    p->ids[1] = p->real.command_id;
+    p->ids[2] = p->rel.command_id;
+    assert_int_equal(er_harness_send(h, &p->acq.cmd), 0);
+    res = er_harness_wait_result(h, p->acq.command_id, FINISH_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    p->owner = owner_of(ws, ws_cnt, p->acq.command_id);
+    assert_true(p->owner >= 0);
+
+    assert_int_equal(er_harness_send(h, &p->real.cmd), 0);
+    assert_int_equal(er_harness_flush(h), 0);
+    deadline = er_time_mono_ms() + ER_HARNESS_WAIT_MS;
+    while (er_harness_ssh_sessions(ssh, "sleep") < 1) {
+        if (er_time_mono_ms() >= deadline) {
+            er_harness_worker_dump_log(ws[p->owner], 4000);
+            er_harness_fail(__FILE__, __LINE__,
+                            "the provision command never started");
+        }
+        er_harness_poll(h, 50);
+    }
+}
+
 /* One of three workers is paused in the middle of a realize (its provision
  * command sleeping on the ssh host) past its session timeout. Its
  * partitions move; the new owner resumes the realize from the journal and
@@ -232,13 +289,7 @@ static void paused_worker_publishes_nothing_stale(void **state)
     struct er_harness_ssh *ssh;
     struct er_harness_worker *ws[3];
     struct er_harness_worker_opts opts = { .concurrency = 2 };
-    struct er_harness_run run;
-    struct er_harness_cmd acq;
-    struct er_harness_cmd real;
-    struct er_harness_cmd rel;
-    const char *ids[3];
-    char env_id[37];
-    char remote[ER_HARNESS_PATH_MAX + 16];
+    struct provisioning p;
     const json_t *res;
     int owner;
     int i;
@@ -256,46 +307,15 @@ static void paused_worker_publishes_nothing_stale(void **state)
     }
     /* Let the group settle on three members. */
     er_harness_poll(h, 8000);
-    er_harness_run_init(&run);
-    assert_int_equal(er_harness_ssh_per_lease_env(h, ssh, run.company_id,
-                                                  "Paused", remote,
-                                                  sizeof(remote), env_id),
-                     0);
-    er_harness_cmd_acquire(&acq, &run);
-    acq.cmd.selected_environment_id = (char *)(uintptr_t)env_id;
-    er_harness_cmd_realize(&real, &run, h->dir);
-    real.cmd.runtime_overlay_json =
-        (char *)(uintptr_t) "{\"provisionCommand\": \"sleep 6 && echo ran >> "
-                            "../ran.txt\"}";
-    er_harness_cmd_release(&rel, &run, ER_RELEASE_RELEASED);
-    ids[0] = acq.command_id;
-    ids[1] = real.command_id;
-    ids[2] = rel.command_id;
-    assert_int_equal(er_harness_send(h, &acq.cmd), 0);
-    res = er_harness_wait_result(h, acq.command_id, FINISH_MS);
-    ER_HARNESS_NON_NULL(res);
-    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
-    owner = owner_of(ws, 3, acq.command_id);
-    assert_true(owner >= 0);
-
-    assert_int_equal(er_harness_send(h, &real.cmd), 0);
-    assert_int_equal(er_harness_flush(h), 0);
     /* Pause the owner once its provision command runs on the host. */
-    {
-        int64_t deadline = er_time_mono_ms() + ER_HARNESS_WAIT_MS;
-
-        while (er_harness_ssh_sessions(ssh, "sleep") < 1) {
-            if (er_time_mono_ms() >= deadline) {
-                er_harness_worker_dump_log(ws[owner], 4000);
-                er_harness_fail(__FILE__, __LINE__,
-                                "the provision command never started");
-            }
-            er_harness_poll(h, 50);
-        }
-    }
+    start_provisioning(h, ssh, ws, 3, "Paused",
+                       "{\"provisionCommand\": \"sleep 6 && echo ran >> "
+                       "../ran.txt\"}",
+                       &p);
+    owner = p.owner;
     assert_int_equal(kill(ws[owner]->pid, SIGSTOP), 0);
     /* The others take its partitions (6 s session) and answer. */
-    res = er_harness_wait_result(h, real.command_id, FINISH_MS);
+    res = er_harness_wait_result(h, p.real.command_id, FINISH_MS);
     if (res == NULL) {
         er_harness_worker_dump_log(ws[(owner + 1) % 3], 4000);
         er_harness_worker_dump_log(ws[(owner + 2) % 3], 4000);
@@ -308,13 +328,13 @@ static void paused_worker_publishes_nothing_stale(void **state)
         er_harness_fail(__FILE__, __LINE__,
                         "the resumed worker did not drop its late step");
     }
-    assert_int_equal(er_harness_send(h, &rel.cmd), 0);
-    assert_true(er_harness_wait_results(h, ids, 3, FINISH_MS));
+    assert_int_equal(er_harness_send(h, &p.rel.cmd), 0);
+    assert_true(er_harness_wait_results(h, p.ids, 3, FINISH_MS));
     er_harness_poll(h, ER_HARNESS_QUIET_MS);
-    er_harness_check_results(h, ids, 3, "ok");
+    er_harness_check_results(h, p.ids, 3, "ok");
     er_harness_check_lease_events(h, 3, 0);
     er_harness_check_activity(h);
-    assert_true(er_harness_ssh_remote_ok(ssh, "test ! -e '%s/%s'", remote,
+    assert_true(er_harness_ssh_remote_ok(ssh, "test ! -e '%s/%s'", p.remote,
                                          er_harness_json_str(res, "leaseId")));
     assert_true(er_harness_stop_workers(h));
     er_harness_ssh_kill_sessions(ssh);
@@ -505,6 +525,99 @@ static void workspace_taken_during_acquire_is_rolled_back(void **state)
     er_harness_ssh_destroy(ssh);
 }
 
+/* Another member joins the group (it subscribes to another topic, so the
+ * worker keeps every partition) while the worker's provision command runs
+ * on the ssh host. The eager rebalance takes the partitions away and gives
+ * them back: the running realize is handed over to the new generation, not
+ * cancelled and run again. The provision command runs once, its journal
+ * entries stay at attempt 1, the realize has one result, and its offset is
+ * committed by the handed-over step (a worker started afterwards on the
+ * group publishes nothing more). */
+static void rebalance_hands_a_running_step_over(void **state)
+{
+    struct er_harness *h;
+    struct er_harness_ssh *ssh;
+    struct er_harness_worker *w;
+    struct er_harness_worker *other;
+    struct er_harness_worker *after;
+    struct er_harness_worker_opts opts = { .concurrency = 2 };
+    struct er_harness_worker_opts other_opts = { .concurrency = 1 };
+    const char *other_env[8];
+    struct provisioning p;
+    const char *params[1];
+    char script[ER_HARNESS_PATH_MAX + 64];
+    char *out = NULL;
+    const json_t *res;
+
+    h = er_harness_new("resil_handover", 2, NULL);
+    ER_HARNESS_NON_NULL(h);
+    *state = h;
+    ssh = er_harness_ssh_new(h);
+    ER_HARNESS_NON_NULL(ssh);
+    opts.env = ssh->worker_env;
+    w = er_harness_worker_start_warm(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    start_provisioning(h, ssh, &w, 1, "Handover",
+                       "{\"provisionCommand\": \"sleep 8 && echo ran >> "
+                       "../handover-ran.txt\"}",
+                       &p);
+    /* A member of the same group on another topic: the rebalance revokes
+     * and gives back every partition of the worker. */
+    rd_kafka_mock_topic_create(er_harness_mock(h), "handover-other.commands", 1,
+                               1);
+    er_harness_ssh_worker_env_with(ssh, "ENVRUN_TOPIC_PREFIX=handover-other.",
+                                   other_env);
+    other_opts.env = other_env;
+    other = er_harness_worker_start(h, &other_opts);
+    ER_HARNESS_NON_NULL(other);
+    if (!er_harness_worker_wait_log(w, "running steps handed over",
+                                    ER_HARNESS_WAIT_MS)) {
+        er_harness_worker_dump_log(w, 6000);
+        er_harness_fail(__FILE__, __LINE__, "no handover happened");
+    }
+    res = er_harness_wait_result(h, p.real.command_id, FINISH_MS);
+    if (res == NULL)
+        er_harness_worker_dump_log(w, 6000);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_false(er_harness_worker_log_contains(w, "left unrecorded"));
+    /* The provision command ran once, and nothing was resumed. */
+    snprintf(script, sizeof(script), "wc -l < '%s/handover-ran.txt'", p.remote);
+    assert_int_equal(er_harness_ssh_remote(ssh, script, &out), 0);
+    ER_HARNESS_NON_NULL(out);
+    assert_int_equal(atoi(out), 1);
+    er_free(out);
+    params[0] = p.real.command_id;
+    assert_int_equal(er_harness_pg_count(h->db_url,
+                                         "SELECT count(*) FROM "
+                                         "envrun.operations WHERE command_id "
+                                         "= $1 AND state = 'done' AND "
+                                         "attempt = 1",
+                                         1, params),
+                     2); /* realize and provision */
+
+    assert_int_equal(er_harness_send(h, &p.rel.cmd), 0);
+    assert_true(er_harness_wait_results(h, p.ids, 3, FINISH_MS));
+    assert_true(er_harness_stop_workers(h));
+    /* Every offset was committed: a worker that joins the group now is
+     * given nothing to do again, so no result is published a second time. */
+    after = er_harness_worker_start(h, &opts);
+    ER_HARNESS_NON_NULL(after);
+    assert_true(er_harness_worker_wait_log(after, "assigned",
+                                           ER_HARNESS_FIRST_WAIT_MS));
+    er_harness_poll(h, ER_HARNESS_QUIET_MS);
+    assert_int_equal(er_harness_find(h, ER_HARNESS_RESULTS, "commandId",
+                                     p.real.command_id, NULL, 0),
+                     1);
+    er_harness_check_results(h, p.ids, 3, "ok");
+    er_harness_check_lease_events(h, 3, 0);
+    er_harness_check_activity(h);
+    assert_true(er_harness_ssh_remote_ok(ssh, "test ! -e '%s/%s'", p.remote,
+                                         er_harness_json_str(res, "leaseId")));
+    assert_true(er_harness_stop_workers(h));
+    er_harness_ssh_destroy(ssh);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -516,6 +629,8 @@ int main(void)
                                   teardown),
         cmocka_unit_test_teardown(long_provision_blocks_nothing, teardown),
         cmocka_unit_test_teardown(workspace_taken_during_acquire_is_rolled_back,
+                                  teardown),
+        cmocka_unit_test_teardown(rebalance_hands_a_running_step_over,
                                   teardown),
     };
 
