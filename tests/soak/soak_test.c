@@ -42,6 +42,42 @@ static uint32_t rnd(void)
            (uint32_t)er_time_mono_ms();
 }
 
+/* What the kills cost in steps: how often a rebalance handed running
+ * steps over (the workers' logs), and how many journaled operations ran
+ * more than once (resumed after their worker died or their partition
+ * moved), by kind. */
+static void report_steps(struct er_harness *h)
+{
+    char script[ER_HARNESS_PATH_MAX + 128];
+    char *out = NULL;
+    json_t *rows;
+    size_t i;
+
+    snprintf(script, sizeof(script),
+             "cat '%s'/worker-*.log | grep -c 'running steps handed over'",
+             h->dir);
+    if (er_harness_ssh_local(script, &out) >= 0 && out != NULL)
+        print_message("soak: handovers (partitions given back with running "
+                      "steps): %s",
+                      out);
+    er_free(out);
+    rows = er_harness_pg_query(h->db_url,
+                               "SELECT kind, count(*)::text AS ops, "
+                               "count(*) FILTER (WHERE attempt > 1)::text "
+                               "AS resumed FROM envrun.operations "
+                               "GROUP BY kind ORDER BY kind",
+                               0, NULL);
+    for (i = 0; rows != NULL && i < json_array_size(rows); i++) {
+        const json_t *r = json_array_get(rows, i);
+
+        print_message("soak: %s operations: %s, resumed: %s\n",
+                      er_harness_json_str(r, "kind"),
+                      er_harness_json_str(r, "ops"),
+                      er_harness_json_str(r, "resumed"));
+    }
+    json_decref(rows);
+}
+
 static void soak_mixed_runs_with_random_kills(void **state)
 {
     const char *secs_env = getenv("ENVRUN_TEST_SOAK_S");
@@ -190,6 +226,7 @@ static void soak_mixed_runs_with_random_kills(void **state)
     print_message("soak: invariants hold: one result content per command, "
                   "%zu leases released once each, events contiguous\n",
                   run_cnt);
+    report_steps(h);
     assert_true(er_harness_stop_workers(h));
     er_harness_ssh_destroy(ssh);
     er_harness_destroy(h);
