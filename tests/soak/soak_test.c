@@ -1,6 +1,6 @@
 /* soak_test: three workers, ENVRUN_TEST_SOAK_S seconds (default 600) of
  * runs of acquire, realize and release, a third of them on an ssh
- * environment (per-lease directories on the real sshd, a provision
+ * environment (per-lease directories on the real sshd, a 2 s provision
  * command), the rest local, while a random worker is killed with SIGKILL
  * every 20-60 s and restarted 1-3 s later. Afterwards every command must
  * have its result, every copy of a result must be identical, every lease
@@ -154,9 +154,11 @@ static void soak_mixed_runs_with_random_kills(void **state)
             if (is_ssh)
                 cmds[cnt].cmd.selected_environment_id = env_id;
             er_harness_cmd_realize(&cmds[cnt + 1], run, h->dir);
+            /* A provision of 2 s keeps steps running when a kill or a
+             * rebalance comes: they are resumed or handed over. */
             if (is_ssh)
                 cmds[cnt + 1].cmd.runtime_overlay_json =
-                    (char *)(uintptr_t) "{\"provisionCommand\": \"true\"}";
+                    (char *)(uintptr_t) "{\"provisionCommand\": \"sleep 2\"}";
             er_harness_cmd_release(&cmds[cnt + 2], run, ER_RELEASE_RELEASED);
             for (k = 0; k < 3; k++)
                 assert_int_equal(er_harness_send(h, &cmds[cnt + k].cmd), 0);
