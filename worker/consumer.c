@@ -44,6 +44,15 @@ struct tracker {
     int64_t generation; /* fence of this assignment; 0: not claimed */
 };
 
+/* Offsets of one partition whose steps committed their outcome while the
+ * partition was revoked (parked steps that finished before the next
+ * assignment): their messages come back, and are not run again. */
+struct offset_set {
+    int64_t *v;
+    size_t len;
+    size_t cap;
+};
+
 struct er_consumer {
     rd_kafka_t *rk;
     struct er_dispatch *dispatch;
@@ -52,9 +61,49 @@ struct er_consumer {
     int64_t drain_ms;
     char topic[256];
     struct tracker parts[MAX_PARTITIONS];
+    /* The generation of each partition's revoked assignment (0: none),
+     * and what its parked steps committed since. */
+    int64_t revoked_generation[MAX_PARTITIONS];
+    struct offset_set finished[MAX_PARTITIONS];
     size_t max_inflight;
     bool is_paused;
 };
+
+static void offset_set_clear(struct offset_set *s)
+{
+    er_free(s->v);
+    memset(s, 0, sizeof(*s));
+}
+
+/* Out of memory: the offset is simply not remembered (its message is
+ * answered again from the stored result). */
+static void offset_set_add(struct offset_set *s, int64_t offset)
+{
+    if (s->len == s->cap) {
+        size_t cap = s->cap == 0 ? 16 : s->cap * 2;
+        int64_t *v = er_realloc(s->v, cap * sizeof(*v));
+
+        if (v == NULL)
+            return;
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->len++] = offset;
+}
+
+/* Remove offset; whether it was there. */
+static bool offset_set_take(struct offset_set *s, int64_t offset)
+{
+    size_t i;
+
+    for (i = 0; i < s->len; i++) {
+        if (s->v[i] == offset) {
+            s->v[i] = s->v[--s->len];
+            return true;
+        }
+    }
+    return false;
+}
 
 static void tracker_reset(struct tracker *t)
 {
@@ -165,11 +214,18 @@ static void collect_done(struct er_consumer *c)
         for (i = 0; i < n; i++) {
             int32_t p = done[i].partition;
 
+            if (p < 0 || p >= MAX_PARTITIONS)
+                continue;
             /* A job of an earlier assignment of the partition says
-             * nothing about this one's offsets. */
-            if (p >= 0 && p < MAX_PARTITIONS && c->parts[p].is_assigned &&
+             * nothing about this one's offsets; one that finished while
+             * the partition was revoked committed its outcome, so its
+             * message, when it comes back, is not run again. */
+            if (c->parts[p].is_assigned &&
                 done[i].generation == c->parts[p].generation)
                 tracker_done(&c->parts[p], done[i].offset);
+            else if (!c->parts[p].is_assigned && c->revoked_generation[p] > 0 &&
+                     done[i].generation == c->revoked_generation[p])
+                offset_set_add(&c->finished[p], done[i].offset);
         }
     }
 }
@@ -286,7 +342,22 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
     if (kerr == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         int64_t effects_until = er_time_mono_ms() + EFFECT_WAIT_MS;
         size_t moved;
+        int32_t p;
 
+        /* Steps that finished while parked; what they remember of a
+         * partition that went elsewhere is the new owner's business. */
+        collect_done(c);
+        for (p = 0; p < MAX_PARTITIONS; p++) {
+            bool is_back = false;
+
+            if (c->revoked_generation[p] == 0 && c->finished[p].len == 0)
+                continue;
+            for (i = 0; i < (int)cnt && !is_back; i++)
+                is_back = ids[i] == p;
+            c->revoked_generation[p] = 0;
+            if (!is_back)
+                offset_set_clear(&c->finished[p]);
+        }
         /* Steps of partitions that went elsewhere stop first. */
         moved = er_dispatch_cancel_parked(c->dispatch, ids, cnt);
         if (moved > 0)
@@ -319,8 +390,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
         er_dispatch_drop_partitions(c->dispatch, ids, cnt);
     collect_done(c);
     commit_offsets(c, true);
-    for (i = 0; i < (int)cnt; i++)
+    for (i = 0; i < (int)cnt; i++) {
+        c->revoked_generation[ids[i]] = c->parts[ids[i]].generation;
         tracker_reset(&c->parts[ids[i]]);
+    }
     rd_kafka_assign(rk, NULL);
     ER_LOG_INFO("consumer", "revoked %zu partitions of %s", cnt, c->topic);
 }
@@ -362,6 +435,14 @@ static void handle(struct er_consumer *c, const rd_kafka_message_t *msg)
         snprintf(run_key, sizeof(run_key), "m:%d:%" PRId64, (int)msg->partition,
                  msg->offset);
     rc = tracker_push(t, msg->offset);
+    if (rc == 0 && offset_set_take(&c->finished[msg->partition], msg->offset)) {
+        ER_LOG_INFO("consumer",
+                    "partition %d offset %" PRId64 ": its step committed while "
+                    "the partition was being reassigned; not run again",
+                    (int)msg->partition, msg->offset);
+        tracker_done(t, msg->offset);
+        return;
+    }
     /* A step handed over from the partition's previous assignment runs
      * this very message: its done record commits the offset. */
     if (rc == 0 && er_dispatch_attach(c->dispatch, msg->partition, msg->offset,
@@ -520,7 +601,9 @@ void er_consumer_destroy(struct er_consumer *c)
     if (c->rk != NULL)
         rd_kafka_destroy(c->rk);
     er_store_destroy(c->store);
-    for (p = 0; p < MAX_PARTITIONS; p++)
+    for (p = 0; p < MAX_PARTITIONS; p++) {
         tracker_reset(&c->parts[p]);
+        offset_set_clear(&c->finished[p]);
+    }
     er_free(c);
 }

@@ -525,6 +525,46 @@ static void workspace_taken_during_acquire_is_rolled_back(void **state)
     er_harness_ssh_destroy(ssh);
 }
 
+/* A case with 2 partitions, the test sshd and one warm worker with opts
+ * (its env set here): *h (also *state) and *ssh get the harness and host. */
+static struct er_harness_worker *
+one_ssh_worker(void **state, const char *name, struct er_harness **h,
+               struct er_harness_ssh **ssh, struct er_harness_worker_opts *opts)
+{
+    struct er_harness_worker *w;
+
+    *h = er_harness_new(name, 2, NULL);
+    ER_HARNESS_NON_NULL(*h);
+    *state = *h;
+    *ssh = er_harness_ssh_new(*h);
+    ER_HARNESS_NON_NULL(*ssh);
+    opts->env = (*ssh)->worker_env;
+    w = er_harness_worker_start_warm(*h, opts);
+    ER_HARNESS_NON_NULL(w);
+    return w;
+}
+
+/* Start a member of the worker's group on topics of its own (prefix, a
+ * commands topic is made for it): the rebalance revokes every partition of
+ * the worker and gives them all back. */
+static void join_other_member(struct er_harness *h,
+                              const struct er_harness_ssh *ssh,
+                              const char *prefix)
+{
+    static const struct er_harness_worker_opts base = { .concurrency = 1 };
+    struct er_harness_worker_opts opts = base;
+    const char *env[8];
+    char topic[128];
+    char var[128];
+
+    snprintf(topic, sizeof(topic), "%scommands", prefix);
+    snprintf(var, sizeof(var), "ENVRUN_TOPIC_PREFIX=%s", prefix);
+    rd_kafka_mock_topic_create(er_harness_mock(h), topic, 1, 1);
+    er_harness_ssh_worker_env_with(ssh, var, env);
+    opts.env = env;
+    ER_HARNESS_NON_NULL(er_harness_worker_start(h, &opts));
+}
+
 /* Another member joins the group (it subscribes to another topic, so the
  * worker keeps every partition) while the worker's provision command runs
  * on the ssh host. The eager rebalance takes the partitions away and gives
@@ -538,38 +578,22 @@ static void rebalance_hands_a_running_step_over(void **state)
     struct er_harness *h;
     struct er_harness_ssh *ssh;
     struct er_harness_worker *w;
-    struct er_harness_worker *other;
     struct er_harness_worker *after;
     struct er_harness_worker_opts opts = { .concurrency = 2 };
-    struct er_harness_worker_opts other_opts = { .concurrency = 1 };
-    const char *other_env[8];
     struct provisioning p;
     const char *params[1];
     char script[ER_HARNESS_PATH_MAX + 64];
     char *out = NULL;
     const json_t *res;
 
-    h = er_harness_new("resil_handover", 2, NULL);
-    ER_HARNESS_NON_NULL(h);
-    *state = h;
-    ssh = er_harness_ssh_new(h);
-    ER_HARNESS_NON_NULL(ssh);
-    opts.env = ssh->worker_env;
-    w = er_harness_worker_start_warm(h, &opts);
-    ER_HARNESS_NON_NULL(w);
+    w = one_ssh_worker(state, "resil_handover", &h, &ssh, &opts);
     start_provisioning(h, ssh, &w, 1, "Handover",
                        "{\"provisionCommand\": \"sleep 8 && echo ran >> "
                        "../handover-ran.txt\"}",
                        &p);
     /* A member of the same group on another topic: the rebalance revokes
      * and gives back every partition of the worker. */
-    rd_kafka_mock_topic_create(er_harness_mock(h), "handover-other.commands", 1,
-                               1);
-    er_harness_ssh_worker_env_with(ssh, "ENVRUN_TOPIC_PREFIX=handover-other.",
-                                   other_env);
-    other_opts.env = other_env;
-    other = er_harness_worker_start(h, &other_opts);
-    ER_HARNESS_NON_NULL(other);
+    join_other_member(h, ssh, "handover-other.");
     if (!er_harness_worker_wait_log(w, "running steps handed over",
                                     ER_HARNESS_WAIT_MS)) {
         er_harness_worker_dump_log(w, 6000);
@@ -618,6 +642,54 @@ static void rebalance_hands_a_running_step_over(void **state)
     er_harness_ssh_destroy(ssh);
 }
 
+/* As above, but the step ends while the partitions are away: its
+ * provision command waits on a gate the test opens once the worker has
+ * seen the revoke. The parked step records its outcome under the old
+ * generation (nobody claimed a newer one yet); when its message comes back
+ * after the assignment it is not run again, so its result is published
+ * once, not re-sent from the stored result. */
+static void step_that_ends_during_a_rebalance_is_not_run_again(void **state)
+{
+    struct er_harness *h;
+    struct er_harness_ssh *ssh;
+    struct er_harness_worker *w;
+    struct er_harness_worker_opts opts = { .concurrency = 2 };
+    struct provisioning p;
+    char gate[ER_HARNESS_PATH_MAX + 16];
+    char provision[2 * ER_HARNESS_PATH_MAX + 128];
+
+    w = one_ssh_worker(state, "resil_parked", &h, &ssh, &opts);
+    snprintf(gate, sizeof(gate), "%s/parked-gate", ssh->root);
+    assert_true(er_harness_ssh_remote_ok(ssh, "touch '%s'", gate));
+    snprintf(provision, sizeof(provision),
+             "{\"provisionCommand\": \"while [ -e '%s' ]; do sleep 0.1; "
+             "done; echo ran >> '%s/parked-ran.txt'\"}",
+             gate, ssh->root);
+    start_provisioning(h, ssh, &w, 1, "Parked", provision, &p);
+    join_other_member(h, ssh, "parked-other.");
+    assert_true(er_harness_worker_wait_log(w, "revoked", ER_HARNESS_WAIT_MS));
+    assert_true(er_harness_ssh_remote_ok(ssh, "rm -f '%s'", gate));
+    if (!er_harness_worker_wait_log(w, "not run again", ER_HARNESS_WAIT_MS)) {
+        er_harness_worker_dump_log(w, 6000);
+        er_harness_fail(__FILE__, __LINE__,
+                        "the parked step's message was run again");
+    }
+    assert_non_null(er_harness_wait_result(h, p.real.command_id, FINISH_MS));
+    assert_int_equal(er_harness_send(h, &p.rel.cmd), 0);
+    assert_true(er_harness_wait_results(h, p.ids, 3, FINISH_MS));
+    er_harness_poll(h, ER_HARNESS_QUIET_MS);
+    assert_int_equal(er_harness_find(h, ER_HARNESS_RESULTS, "commandId",
+                                     p.real.command_id, NULL, 0),
+                     1);
+    assert_true(er_harness_ssh_remote_ok(
+        ssh, "test \"$(wc -l < '%s/parked-ran.txt')\" -eq 1", ssh->root));
+    er_harness_check_results(h, p.ids, 3, "ok");
+    er_harness_check_lease_events(h, 3, 0);
+    er_harness_check_activity(h);
+    assert_true(er_harness_stop_workers(h));
+    er_harness_ssh_destroy(ssh);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -632,6 +704,8 @@ int main(void)
                                   teardown),
         cmocka_unit_test_teardown(rebalance_hands_a_running_step_over,
                                   teardown),
+        cmocka_unit_test_teardown(
+            step_that_ends_during_a_rebalance_is_not_run_again, teardown),
     };
 
     /* ENVRUN_TEST_ONLY=<case name> runs one case (debugging). */
