@@ -618,31 +618,6 @@ static struct er_harness_worker *ssh_case_worker(struct ssh_case *c,
     return w;
 }
 
-/* The control plane (which does not take envrun's workspace lock) leases
- * workspace ws_id of env_id for another live run; its id goes to
- * lease_id. */
-static void control_plane_lease(struct er_harness *h, const char *company_id,
-                                const char *env_id, const char *ws_id,
-                                char lease_id[37])
-{
-    const char *p[4];
-
-    er_uuid_v4(lease_id);
-    p[0] = lease_id;
-    p[1] = company_id;
-    p[2] = env_id;
-    p[3] = ws_id;
-    assert_int_equal(
-        er_harness_pg_exec(h->db_url,
-                           "INSERT INTO environment_leases (id, company_id, "
-                           "environment_id, execution_workspace_id, "
-                           "heartbeat_run_id, status, lease_policy, provider) "
-                           "VALUES ($1::uuid, $2::uuid, $3::uuid, $4::uuid, "
-                           "gen_random_uuid(), 'active', 'ephemeral', 'ssh')",
-                           4, p),
-        0);
-}
-
 static void acquisition_whose_undo_was_cut_off_is_released(void **state)
 {
     static const char *const fault = "ENVRUN_TEST_FAULT=undo.before";
@@ -682,7 +657,8 @@ static void acquisition_whose_undo_was_cut_off_is_released(void **state)
      * live run, then the driver goes on. */
     assert_true(wait_file(entered, ER_HARNESS_FIRST_WAIT_MS));
     assert_int_equal(acquire_ops_in(c.h, acq.command_id, "started"), 1);
-    control_plane_lease(c.h, c.run.company_id, c.env_id, ws_id, other_lease);
+    er_harness_pg_control_plane_lease(c.h, c.run.company_id, c.env_id, ws_id,
+                                      other_lease);
     p[0] = other_lease;
     assert_int_equal(unlink(gate), 0);
     wait_fault(w, "undo.before");
@@ -988,7 +964,8 @@ static void acquisition_resumed_into_a_conflict_is_released(void **state)
     acquire_op_lease(c.h, acq.command_id, lease_id);
     assert_true(
         er_harness_ssh_remote_ok(c.ssh, "test -d '%s/%s'", c.remote, lease_id));
-    control_plane_lease(c.h, c.run.company_id, c.env_id, ws_id, other_lease);
+    er_harness_pg_control_plane_lease(c.h, c.run.company_id, c.env_id, ws_id,
+                                      other_lease);
 
     w = ssh_case_worker(&c, NULL);
     res = er_harness_wait_result(c.h, acq.command_id, ER_HARNESS_FIRST_WAIT_MS);

@@ -474,20 +474,8 @@ static void workspace_taken_during_acquire_is_rolled_back(void **state)
         "SELECT count(*) FROM envrun.operations WHERE command_id = $1 AND "
         "kind = 'acquire' AND state = 'started'",
         1, p, 1, ER_HARNESS_WAIT_MS));
-    er_uuid_v4(other_lease);
-    p[0] = other_lease;
-    p[1] = run.company_id;
-    p[2] = env_id;
-    p[3] = ws_id;
-    assert_int_equal(
-        er_harness_pg_exec(h->db_url,
-                           "INSERT INTO environment_leases (id, company_id, "
-                           "environment_id, execution_workspace_id, "
-                           "heartbeat_run_id, status, lease_policy, provider) "
-                           "VALUES ($1::uuid, $2::uuid, $3::uuid, $4::uuid, "
-                           "gen_random_uuid(), 'active', 'ephemeral', 'ssh')",
-                           4, p),
-        0);
+    er_harness_pg_control_plane_lease(h, run.company_id, env_id, ws_id,
+                                      other_lease);
     assert_true(er_harness_ssh_remote_ok(
         ssh, "rm -f \"$HOME/.envrun-slow-acquire\" \"$HOME/.zprofile\""));
 

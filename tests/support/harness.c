@@ -1706,6 +1706,29 @@ out:
     return rc;
 }
 
+void er_harness_pg_control_plane_lease(const struct er_harness *h,
+                                       const char *company_id,
+                                       const char *env_id, const char *ws_id,
+                                       char lease_id[37])
+{
+    const char *p[4];
+
+    er_uuid_v4(lease_id);
+    p[0] = lease_id;
+    p[1] = company_id;
+    p[2] = env_id;
+    p[3] = ws_id;
+    if (er_harness_pg_exec(h->db_url,
+                           "INSERT INTO environment_leases (id, company_id, "
+                           "environment_id, execution_workspace_id, "
+                           "heartbeat_run_id, status, lease_policy, provider) "
+                           "VALUES ($1::uuid, $2::uuid, $3::uuid, $4::uuid, "
+                           "gen_random_uuid(), 'active', 'ephemeral', 'ssh')",
+                           4, p) != 0)
+        er_harness_fail(__FILE__, __LINE__,
+                        "the control plane's lease could not be inserted");
+}
+
 bool er_harness_pg_wait_count(struct er_harness *h, const char *sql,
                               int nparams, const char *const *params,
                               long long want, int timeout_ms)

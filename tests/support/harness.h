@@ -376,6 +376,14 @@ long long er_harness_pg_rows_containing(const char *conninfo,
  * after printing the error. */
 int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,
                        const char *const *params);
+/* As the control plane does (it does not take envrun's workspace lock):
+ * insert an active lease of workspace ws_id of env_id for another live run
+ * of company_id; its random id goes to lease_id. Fails the test when the
+ * insert fails. */
+void er_harness_pg_control_plane_lease(const struct er_harness *h,
+                                       const char *company_id,
+                                       const char *env_id, const char *ws_id,
+                                       char lease_id[37]);
 
 /* ================================================================
  * SSH (tests/support/harness_ssh.c): the sshd that
