@@ -137,8 +137,10 @@ static int find_worker(struct dev *dev, struct er_err *err)
 static bool is_overridden(const char *entry)
 {
     static const char *const names[] = {
-        "ENVRUN_KAFKA_BROKERS=", "ENVRUN_KAFKA_PROPS=", "ENVRUN_DATABASE_URL=",
-        "ENVRUN_HTTP_ADDR=",     "ENVRUN_LOG_FORMAT=",  "ENVRUN_TOPIC_PREFIX=",
+        "ENVRUN_KAFKA_BROKERS=",   "ENVRUN_KAFKA_PROPS=",
+        "ENVRUN_DATABASE_URL=",    "ENVRUN_HTTP_ADDR=",
+        "ENVRUN_LOG_FORMAT=",      "ENVRUN_TOPIC_PREFIX=",
+        "ENVRUN_WORKSPACE_ROOTS=",
     };
     size_t i;
 
@@ -155,6 +157,7 @@ static int spawn_worker(struct dev *dev, int idx, struct er_err *err)
 {
     char log_path[DEV_PATH_MAX];
     char *overrides[6] = { NULL };
+    const char *roots = getenv("ENVRUN_WORKSPACE_ROOTS");
     char **envp = NULL;
     char *argv[] = { dev->worker_path, NULL };
     posix_spawn_file_actions_t fa;
@@ -168,17 +171,18 @@ static int spawn_worker(struct dev *dev, int idx, struct er_err *err)
     snprintf(log_path, sizeof(log_path), "%s/worker-%d.log", dev->dir, idx);
     for (i = 0; environ[i] != NULL; i++)
         env_cnt++;
-    envp = er_calloc(env_cnt + 7, sizeof(*envp));
+    envp = er_calloc(env_cnt + 8, sizeof(*envp));
     overrides[0] = er_strdup("ENVRUN_LOG_FORMAT=text");
     overrides[1] = er_strdup("ENVRUN_HTTP_ADDR=127.0.0.1:0");
     overrides[2] = er_malloc(DEV_URL_MAX + 32);
     overrides[3] = er_malloc(DEV_URL_MAX + 32);
     overrides[4] = er_malloc(DEV_URL_MAX + 32);
-    for (i = 0; i < 5; i++) {
+    overrides[5] = er_malloc(DEV_URL_MAX + DEV_PATH_MAX + 64);
+    for (i = 0; i < 6; i++) {
         if (overrides[i] == NULL)
             break;
     }
-    if (envp == NULL || i != 5) {
+    if (envp == NULL || i != 6) {
         rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
         goto out;
     }
@@ -188,11 +192,17 @@ static int spawn_worker(struct dev *dev, int idx, struct er_err *err)
              dev->db_url);
     snprintf(overrides[4], DEV_URL_MAX + 32, "ENVRUN_TOPIC_PREFIX=%s",
              dev->prefix);
+    /* The dev stack's own workspaces are local paths its workers accept,
+     * besides any roots the caller set. */
+    snprintf(overrides[5], DEV_URL_MAX + DEV_PATH_MAX + 64,
+             "ENVRUN_WORKSPACE_ROOTS=%s%s%s/workspace",
+             roots != NULL ? roots : "",
+             roots != NULL && roots[0] != '\0' ? ":" : "", dev->dir);
     for (i = 0; environ[i] != NULL; i++) {
         if (!is_overridden(environ[i]))
             envp[n++] = environ[i];
     }
-    for (i = 0; i < 5; i++)
+    for (i = 0; i < 6; i++)
         envp[n++] = overrides[i];
     envp[n] = NULL;
 
@@ -223,7 +233,7 @@ static int spawn_worker(struct dev *dev, int idx, struct er_err *err)
 out:
     if (has_fa)
         posix_spawn_file_actions_destroy(&fa);
-    for (i = 0; i < 5; i++)
+    for (i = 0; i < 6; i++)
         er_free(overrides[i]);
     er_free(envp);
     return rc;
@@ -821,6 +831,8 @@ int er_ctl_dev_main(int argc, char **argv)
     printf("export ENVRUN_DATABASE_URL='%s'\n", dev.db_url);
     printf("export ENVRUN_TOPIC_PREFIX='%s'\n", dev.prefix);
     printf("# dev directory %s\n", dev.dir);
+    printf("# workers' ENVRUN_WORKSPACE_ROOTS includes %s/workspace\n",
+           dev.dir);
     fflush(stdout);
     for (i = 0; i < worker_cnt; i++) {
         if (spawn_worker(&dev, i + 1, &err) != 0)

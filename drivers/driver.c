@@ -43,6 +43,19 @@ const char *er_driver_secrets_dir(void)
     return secrets_dir;
 }
 
+static char workspace_roots[4096];
+
+void er_driver_set_workspace_roots(const char *roots)
+{
+    snprintf(workspace_roots, sizeof(workspace_roots), "%s",
+             roots != NULL ? roots : "");
+}
+
+const char *er_driver_workspace_roots(void)
+{
+    return workspace_roots;
+}
+
 static char installation[40];
 
 void er_driver_set_installation(const char *id)

@@ -157,6 +157,11 @@ void er_driver_sweep_all(er_driver_in_use_fn *is_in_use, void *arg);
 void er_driver_setup(const char *secrets_dir);
 /* The directory given to er_driver_setup, or "" (borrowed). */
 const char *er_driver_secrets_dir(void);
+/* ENVRUN_WORKSPACE_ROOTS: the colon-separated roots local workspace paths
+ * must lie under (see er_wspath_check); "" accepts none. Set once at
+ * start-up. */
+void er_driver_set_workspace_roots(const char *roots);
+const char *er_driver_workspace_roots(void);
 /* The id of the envrun installation (database) this process works for,
  * set once at start-up after the migrations (NULL or "": none). Drivers
  * mark what they keep on the host with it, and sweep only what carries
@@ -214,6 +219,8 @@ extern const struct er_driver_ops er_local_driver;
 
 #define ER_PROC_DEFAULT_MAX_OUTPUT (128u * 1024u) /* bytes per stream */
 #define ER_PROC_DEFAULT_GRACE_MS   5000           /* SIGTERM -> SIGKILL */
+/* The PATH of every child's environment (never the worker's). */
+#define ER_PROC_PATH               "/usr/local/bin:/usr/bin:/bin"
 
 /* Called once when the deadline passes, before SIGTERM goes to the child,
  * with the stderr captured so far (NUL-terminated, may be empty). The ssh
@@ -222,10 +229,16 @@ typedef void er_proc_timeout_fn(void *arg, const char *err_text,
                                 size_t err_len);
 
 struct er_proc_opts {
-    /* argv[0] is a path, or a name looked up in the worker's PATH. */
+    /* argv[0] is a path, or a name looked up in the worker's PATH (the
+     * operator's choice of programs; the child's own PATH is envp's). */
     const char *const *argv;
-    const char *const *envp; /* "K=v" list; NULL: the worker's own */
-    const char *cwd;         /* NULL: the worker's */
+    /* The child's whole environment, "K=v" NULL-terminated (borrowed).
+     * NULL: a minimal one, PATH=ER_PROC_PATH and LANG=C.UTF-8, and no
+     * HOME. Never the worker's own environment, which holds
+     * ENVRUN_DATABASE_URL and secret variables (STYLE.md 7a); a caller
+     * whose program needs more builds the list for it. */
+    const char *const *envp;
+    const char *cwd; /* NULL: the worker's */
     /* Written to the child's stdin, which is then closed; with NULL the
      * child reads stdin_fd, or /dev/null when that is -1. */
     const char *stdin_data;
@@ -263,7 +276,10 @@ void er_proc_opts_init(struct er_proc_opts *opts);
  * later, SIGKILL. The call returns once the child has been reaped (no
  * zombie), even if grandchildren still hold its pipes. Returns 0 with res
  * filled (free with er_proc_result_fini), or ER_EIO when the program
- * cannot be started (not found, bad cwd; err says which), ER_ENOMEM. */
+ * cannot be started (not found, bad cwd; err says which) or when its exit
+ * status cannot be known (waitpid failed, as it does with ECHILD when the
+ * process ignores SIGCHLD: an exit status is never invented), ER_ENOMEM.
+ * On an error res holds nothing (exit_code -1). */
 int er_proc_run(const struct er_proc_opts *opts, struct er_proc_result *res,
                 struct er_err *err);
 
@@ -274,8 +290,11 @@ int er_proc_spawn(const struct er_proc_opts *opts, pid_t *pid,
                   struct er_err *err);
 
 /* Wait for a child of er_proc_spawn; after timeout_ms (<= 0: none) its
- * group gets SIGKILL. Fills the exit fields of res (out stays NULL). */
-void er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res);
+ * group gets SIGKILL. Fills the exit fields of res (out stays NULL) and
+ * returns 0, or ER_EIO when waitpid fails (the status is lost, e.g. with
+ * SIGCHLD ignored; res then has exit_code -1, never an invented 0). */
+int er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res,
+                 struct er_err *err);
 
 /* Free what res owns (out, err_text); res may be zeroed or partly filled. */
 void er_proc_result_fini(struct er_proc_result *res);
@@ -293,30 +312,79 @@ bool er_proc_is_cancelled(void);
 void er_proc_signal_name(int sig, char *buf, size_t buf_len);
 
 /* ================================================================
- * secretref (secretref.c): secret references of contract.md 6. A
- * reference is {"type":"secret_ref","secretId":"<id>"} (an optional
- * "version" is accepted and ignored) or the string "file:<id>", both read
- * from the file <er_driver_secrets_dir()>/<id>, or "env:NAME", the value
- * of the worker's environment variable NAME. Ids must not contain '/' nor
- * start with '.'. Error messages name the field and the id or variable,
- * never any part of the value. Thread-safe (reads only).
+ * secretref (secretref.c): secret references of contract.md 6, scoped to
+ * the company whose environment names them. A reference is
+ * {"type":"secret_ref","secretId":"<id>"} (an optional "version" is
+ * accepted and ignored) or the string "file:<id>", both read from the file
+ * <er_driver_secrets_dir()>/<companyId>/<id> and from nowhere else; or
+ * "env:NAME", the value of the worker's environment variable NAME, which
+ * must start with ENVRUN_SECRET_ (so ENVRUN_DATABASE_URL, HOME and the
+ * rest of the worker's own environment never resolve; these variables are
+ * shared by every company). Ids and company ids must not contain '/' nor
+ * start with '.'. ENVRUN_SECRETS_DIR (its last component), the company's
+ * directory and the file are each opened with O_NOFOLLOW | O_NONBLOCK: a
+ * symlink at any of them is refused (even one pointing inside the same
+ * directory, as Kubernetes secret volumes have), and so is anything but a
+ * regular file (FIFO, device, directory), without blocking.
+ * Error messages name the field, the id or variable, the company and the
+ * rule broken, never any part of the value. Thread-safe (reads only).
  * ================================================================ */
 
 #define ER_SECRETREF_MAX_BYTES (64u * 1024u) /* largest secret accepted */
 
 /* Check the shape of ref (a JSON object or string) without reading the
- * secret. field names it in messages ("privateKeySecretRef"). Returns 0 or
- * ER_EINVAL. */
+ * secret, including the ENVRUN_SECRET_ prefix of env: references. field
+ * names it in messages ("privateKeySecretRef"). Returns 0 or ER_EINVAL
+ * (ER_ENOMEM when out of memory). */
 int er_secretref_check(const json_t *ref, const char *field,
                        struct er_err *err);
 
 /* Resolve ref into secret (caller's storage, replaced; wipe it with
- * er_secret_fini as soon as it is used). The value is the raw bytes of the
- * file or variable, not trimmed. Returns 0, ER_EINVAL (bad reference,
- * empty or oversized value), ER_ENOTFOUND (no such file or variable),
- * ER_EIO or ER_ENOMEM. */
-int er_secretref_resolve(const json_t *ref, const char *field,
-                         struct er_secret *secret, struct er_err *err);
+ * er_secret_fini as soon as it is used) for company_id (borrowed; the
+ * company of the environment that holds ref, required: NULL, "", or a
+ * company id that is not one safe path component is refused). The value
+ * is the raw bytes of the file or variable, not trimmed. Returns 0,
+ * ER_EINVAL (bad reference or company id, a variable outside
+ * ENVRUN_SECRET_, a symlink, a non-regular file, an empty or oversized
+ * value), ER_ENOTFOUND (ENVRUN_SECRETS_DIR unset, no such company
+ * directory, file or variable), ER_EIO or ER_ENOMEM. secret is untouched
+ * on failure. */
+int er_secretref_resolve(const json_t *ref, const char *company_id,
+                         const char *field, struct er_secret *secret,
+                         struct er_err *err);
+
+/* ================================================================
+ * wspath (wspath.c): local workspace paths (workspaceJson.cwd) are
+ * untrusted, so before use they are resolved with realpath(3) and checked
+ * against the roots of ENVRUN_WORKSPACE_ROOTS (a colon-separated list of
+ * absolute directories). "Under" a root means the root itself or a
+ * descendant at a '/' boundary (root /w does not hold /work); "/" is a
+ * root only when listed. Messages show at most 160 bytes of a path, with
+ * control bytes as '?'. Thread-safe (reads the filesystem only). The
+ * check is of the moment: use the resolved path it returns, and remember
+ * that whoever can write inside a root can change what it points to later.
+ * ================================================================ */
+
+/* Resolve the local workspace path (absolute, an existing directory) with
+ * its symlinks and check it lies under one of roots (a colon-separated
+ * list of absolute directories, each resolved the same way; empty entries,
+ * and entries that are relative or do not resolve, are ignored). On
+ * success resolved (resolved_len bytes, at least PATH_MAX) holds the real
+ * path; on failure it holds "". Returns 0, or ER_EINVAL with err naming
+ * the rule: missing or relative path, control bytes, too long, not a
+ * directory, no roots configured ("ENVRUN_WORKSPACE_ROOTS is not set"), or
+ * outside every root ("... is not under ENVRUN_WORKSPACE_ROOTS");
+ * ER_ENOTFOUND when it does not exist (only said of a path whose deepest
+ * existing ancestor is under a root, so the answer never tells whether a
+ * path elsewhere exists); ER_ENOMEM. */
+int er_wspath_check(const char *path, const char *roots, char *resolved,
+                    size_t resolved_len, struct er_err *err);
+
+/* Check the shape of a roots list for config validation: every non-empty
+ * entry is an absolute path without control bytes that resolves to an
+ * existing directory. NULL, "" or only ':' pass (er_wspath_check then
+ * refuses every path). Returns 0 or ER_EINVAL naming the bad entry. */
+int er_wspath_roots_check(const char *roots, struct er_err *err);
 
 /* ================================================================
  * ssh (ssh.c): the ssh driver of domain.md 4.2 over the OpenSSH client,
@@ -377,7 +445,7 @@ enum er_ssh_argv_kind {
 
 /* An ssh argv and the storage of its option strings. */
 struct er_ssh_argv {
-    const char *argv[48]; /* NULL-terminated */
+    const char *argv[64]; /* NULL-terminated */
     size_t argc;
     char connect_timeout[32];
     char known_hosts[ER_SSH_CONTROL_DIR_MAX + 48];
@@ -385,13 +453,46 @@ struct er_ssh_argv {
     char port[8];
 };
 
-/* Build the ssh argv: BatchMode, ConnectTimeout, host key options, one
- * ControlMaster=auto connection under ctl_dir with ControlPersist, then
- * -p, -l, the host and remote_cmd (RUN and SETUP; may be NULL otherwise).
- * cfg, ctl_dir, key_path and remote_cmd are borrowed by argv. */
+/* Build the ssh argv: -F none (no ssh config file of the worker's is read:
+ * no ProxyCommand, LocalCommand, Match exec or Include of its own),
+ * ProxyCommand=none, PermitLocalCommand=no, ForwardAgent=no, BatchMode,
+ * ConnectTimeout, host key options, one ControlMaster=auto connection
+ * under ctl_dir with ControlPersist, then -p, -l, the host and remote_cmd
+ * (RUN and SETUP; may be NULL otherwise). cfg, ctl_dir, key_path and
+ * remote_cmd are borrowed by argv. */
 void er_ssh_argv_build(const struct er_ssh_config *cfg, const char *ctl_dir,
                        enum er_ssh_argv_kind kind, const char *key_path,
                        const char *remote_cmd, struct er_ssh_argv *argv);
+
+/* The file that marks a remote directory as envrun's. Its first line
+ * names the owner: "lease:<lease id>" for a per_lease directory,
+ * "environment:<environment id>" for a shared one. envrun empties or
+ * removes a remote directory only when it carries its owner's mark, and
+ * never "/" or the SSH user's home directory (STYLE.md 7a). */
+#define ER_SSH_DIR_MARKER ".envrun-workspace"
+
+/* The remote scripts that make, check and remove a marked directory. */
+enum er_ssh_dir_op {
+    /* Acquire: mkdir -p dir; mark it when it is empty (new, or found
+     * empty); print its path (pwd) last. A non-empty unmarked directory is
+     * left unmarked (realize then refuses it). */
+    ER_SSH_DIR_ACQUIRE,
+    /* Before a sync empties dir: create it when missing, mark it when
+     * empty, then print "envrun-guard:<verdict>" last: ok (owner's mark),
+     * root, home, foreign (a mark naming someone else), unmarked (not
+     * empty, no mark), unreadable or missing. Exits 0. */
+    ER_SSH_DIR_CLAIM,
+    /* Release: rm -rf dir only when it carries owner's mark (exit 0, also
+     * when dir is missing); else print "envrun-guard:<verdict>" and exit
+     * 97 with nothing deleted. */
+    ER_SSH_DIR_REMOVE,
+};
+
+/* Append the POSIX sh script of op on dir (absolute) for owner to script.
+ * dir and owner are quoted; the script reads $HOME (the SSH user's home)
+ * to refuse it. Returns 0, ER_E2BIG or ER_ENOMEM. */
+int er_ssh_dir_script(enum er_ssh_dir_op op, const char *dir, const char *owner,
+                      struct er_buf *script);
 
 /* The remote script of execute: print `<marker><pgid>` on stderr first (so
  * a timeout can kill the remote process group), source the login profiles

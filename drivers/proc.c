@@ -17,13 +17,22 @@
 
 #include "drivers/driver.h"
 
-extern char **environ;
-
 /* Descriptors above this are not closed in the child: closing up to a
  * huge RLIMIT_NOFILE would cost a system call each per spawn. */
 #define CLOSE_FD_LIMIT 65536
 /* How often a running child is checked while its pipes stay open. */
 #define REAP_POLL_MS   100
+
+/* The environment of a child whose caller gives none (STYLE.md 7a): never
+ * the worker's own, which holds ENVRUN_DATABASE_URL and secret variables.
+ * No HOME: ssh finds its files through the password database, tar needs
+ * none, and callers whose program reads HOME (git) build their own list
+ * with a harmless one. */
+static const char *const minimal_env[] = {
+    "PATH=" ER_PROC_PATH,
+    "LANG=C.UTF-8",
+    NULL,
+};
 
 /* What the child reports through the exec-error pipe. */
 enum child_stage {
@@ -258,8 +267,8 @@ static int spawn(const struct er_proc_opts *opts, const int fds[3],
     plan = (struct child_plan){
         .path = path,
         .argv = (char *const *)(uintptr_t)opts->argv,
-        .envp =
-            opts->envp != NULL ? (char *const *)(uintptr_t)opts->envp : environ,
+        .envp = (char *const *)(uintptr_t)(opts->envp != NULL ? opts->envp
+                                                              : minimal_env),
         .cwd = opts->cwd,
         .fds = { fds[0], fds[1], fds[2] },
         .errpipe = errpipe[1],
@@ -357,7 +366,21 @@ static void kill_group(pid_t pid, int sig)
         kill(pid, sig);
 }
 
-void er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res)
+/* waitpid failed with errno e for pid: the child's exit status is lost
+ * (SIGCHLD ignored makes the kernel reap children itself, ECHILD), and is
+ * reported as an error, never as an exit code. */
+static int status_lost(const char *what, pid_t pid, int e, struct er_err *err)
+{
+    char ebuf[128];
+
+    return er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY,
+                      "cannot tell how %s (pid %ld) ended: waitpid: %s%s", what,
+                      (long)pid, er_strerror(e, ebuf, sizeof(ebuf)),
+                      e == ECHILD ? " (is SIGCHLD ignored?)" : "");
+}
+
+int er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res,
+                 struct er_err *err)
 {
     int64_t deadline = timeout_ms > 0 ? mono_ms() + timeout_ms : -1;
     int64_t nap_ms = 1;
@@ -366,16 +389,14 @@ void er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res)
     pid_t r;
 
     res->is_timed_out = false;
+    res->exit_code = -1;
+    res->signal = 0;
     for (;;) {
         r = waitpid(pid, &status, WNOHANG);
         if (r == pid)
             break;
-        if (r < 0 && errno != EINTR) {
-            /* Not our child (already reaped elsewhere): nothing to wait. */
-            res->exit_code = -1;
-            res->signal = 0;
-            return;
-        }
+        if (r < 0 && errno != EINTR)
+            return status_lost("the child", pid, errno, err);
         if (!is_killed && ((deadline >= 0 && mono_ms() >= deadline) ||
                            er_proc_is_cancelled())) {
             res->is_timed_out = true;
@@ -386,6 +407,7 @@ void er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res)
         nap_ms = nap_ms < 50 ? nap_ms * 2 : 50;
     }
     fill_status(status, res);
+    return 0;
 }
 
 /* One captured stream. */
@@ -437,6 +459,7 @@ struct run {
     struct capture cap[2]; /* stdout, stderr */
     bool is_reaped;
     int status;
+    int wait_errno; /* != 0: waitpid failed with it, status is unknown */
     bool is_timed_out;
     bool is_killed;
     int64_t deadline; /* -1: none */
@@ -517,6 +540,8 @@ static void try_reap(struct run *run)
     do {
         r = waitpid(run->pid, &run->status, WNOHANG);
     } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        run->wait_errno = errno;
     if (r == run->pid || r < 0)
         run->is_reaped = true;
 }
@@ -628,6 +653,7 @@ int er_proc_run(const struct er_proc_opts *opts, struct er_proc_result *res,
     int i;
 
     memset(res, 0, sizeof(*res));
+    res->exit_code = -1; /* never 0 unless the child said so */
     memset(&run, 0, sizeof(run));
     run.opts = opts;
     run.in_fd = -1;
@@ -688,10 +714,19 @@ int er_proc_run(const struct er_proc_opts *opts, struct er_proc_result *res,
         feed_stdin(&run);
     run_loop(&run);
     if (!run.is_reaped) {
+        pid_t r;
+
         /* poll failed: do not leave a zombie or a runaway child behind. */
         kill_group(run.pid, SIGKILL);
-        while (waitpid(run.pid, &run.status, 0) < 0 && errno == EINTR)
-            continue;
+        do {
+            r = waitpid(run.pid, &run.status, 0);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0)
+            run.wait_errno = errno;
+    }
+    if (run.wait_errno != 0) {
+        rc = status_lost(opts->argv[0], run.pid, run.wait_errno, err);
+        goto out;
     }
     fill_status(run.status, res);
     res->is_timed_out = run.is_timed_out;

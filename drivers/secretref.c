@@ -1,8 +1,13 @@
-/* secretref: resolve the secret references of contract.md 6 (a file in
- * ENVRUN_SECRETS_DIR or an environment variable) into a struct er_secret.
- * Thread-safe (reads only). Messages name the reference, never the value. */
+/* secretref: resolve the secret references of contract.md 6 (a file in the
+ * company's directory of ENVRUN_SECRETS_DIR, or an ENVRUN_SECRET_*
+ * environment variable) into a struct er_secret. Thread-safe (reads only).
+ * Messages name the reference and the rule, never the value. */
+/* realpath() is an X/Open System Interface, not base POSIX. */
+#define _XOPEN_SOURCE 700
+
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +16,9 @@
 
 #include "drivers/driver.h"
 
-#define ID_MAX 255 /* longest secret id or variable name */
+#define ID_MAX     255 /* longest secret id, company id or variable name */
+#define ENV_PREFIX "ENVRUN_SECRET_"
+#define DIR_RULE   "secrets are read only from ENVRUN_SECRETS_DIR/<companyId>/"
 
 /* A reference after its shape was checked: the id of a secrets-dir file,
  * or the name of an environment variable. */
@@ -47,6 +54,15 @@ static bool is_var_name(const char *s)
     return i <= ID_MAX;
 }
 
+/* The worker's own environment (ENVRUN_DATABASE_URL, HOME, PATH) is not a
+ * store of tenant secrets: only variables set aside for them resolve. */
+static bool is_secret_var(const char *name)
+{
+    size_t n = strlen(ENV_PREFIX);
+
+    return strncmp(name, ENV_PREFIX, n) == 0 && name[n] != '\0';
+}
+
 static int check_id(const json_t *v, const char *field, struct er_err *err)
 {
     const char *id = json_string_value(v);
@@ -66,6 +82,28 @@ static int check_id(const json_t *v, const char *field, struct er_err *err)
     return 0;
 }
 
+static int parse_env(const json_t *ref, const char *field, struct ref *out,
+                     struct er_err *err)
+{
+    const char *s = json_string_value(ref);
+    char shown[72];
+
+    printable(s + 4, shown, sizeof(shown));
+    if (strlen(s) != json_string_length(ref) || !is_var_name(s + 4))
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "%s: \"%s\" is not a valid environment variable "
+                          "name",
+                          field, shown);
+    if (!is_secret_var(s + 4))
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "%s: environment variable \"%s\" is not allowed: "
+                          "env: references must name a variable starting "
+                          "with " ENV_PREFIX,
+                          field, shown);
+    out->var = s + 4;
+    return 0;
+}
+
 /* Check ref and say what it points to. */
 static int parse(const json_t *ref, const char *field, struct ref *out,
                  struct er_err *err)
@@ -79,17 +117,8 @@ static int parse(const json_t *ref, const char *field, struct ref *out,
     if (json_is_string(ref)) {
         const char *s = json_string_value(ref);
 
-        if (strncmp(s, "env:", 4) == 0) {
-            if (strlen(s) != json_string_length(ref) || !is_var_name(s + 4)) {
-                printable(s + 4, shown, sizeof(shown));
-                return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
-                                  "%s: \"%s\" is not a valid environment "
-                                  "variable name",
-                                  field, shown);
-            }
-            out->var = s + 4;
-            return 0;
-        }
+        if (strncmp(s, "env:", 4) == 0)
+            return parse_env(ref, field, out, err);
         if (strncmp(s, "file:", 5) == 0) {
             json_t *id = json_string(s + 5);
             int rc;
@@ -152,6 +181,34 @@ int er_secretref_check(const json_t *ref, const char *field, struct er_err *err)
     return parse(ref, field, &r, err);
 }
 
+/* The company id names a directory under ENVRUN_SECRETS_DIR, so it must be
+ * one harmless path component: no '/', no "." or "..", no hidden name. */
+static int check_company(const char *company_id, const char *field,
+                         struct er_err *err)
+{
+    char shown[72];
+    size_t i;
+
+    if (company_id == NULL || company_id[0] == '\0')
+        return er_err_set(
+            err, ER_EINVAL, ER_ERRCLASS_NONE,
+            "%s: no company id to scope the secret to (" DIR_RULE ")", field);
+    for (i = 0; company_id[i] != '\0'; i++) {
+        unsigned char c = (unsigned char)company_id[i];
+
+        if (c < 0x20 || c == 0x7f || c == '/' || i >= ID_MAX)
+            break;
+    }
+    if (company_id[i] != '\0' || company_id[0] == '.') {
+        printable(company_id, shown, sizeof(shown));
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "%s: company id \"%s\" is not a safe directory "
+                          "name (" DIR_RULE ")",
+                          field, shown);
+    }
+    return 0;
+}
+
 static int read_var(const struct ref *r, const char *field,
                     struct er_secret *secret, struct er_err *err)
 {
@@ -177,49 +234,177 @@ static int read_var(const struct ref *r, const char *field,
     return 0;
 }
 
-static int read_file(const struct ref *r, const char *field,
-                     struct er_secret *secret, struct er_err *err)
+/* Open name under dir_fd. O_NOFOLLOW makes a symlink fail with ELOOP
+ * rather than lead out of the company's directory; O_NONBLOCK keeps a FIFO
+ * planted there from blocking the open (fstat refuses it after). */
+static int open_at(int dir_fd, const char *name, bool is_dir)
+{
+    int flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY;
+    int fd;
+
+    if (is_dir)
+        flags |= O_DIRECTORY;
+    do {
+        fd = openat(dir_fd, name, flags);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+/* The secret dir/company/id is a symlink. Secret volumes are often made
+ * of links that stay in their directory (Kubernetes: key -> ..data/key):
+ * open it when its target, resolved, lies inside the company's own
+ * directory, resolved too. The directories belong to the operator, not to
+ * a tenant, so nothing swaps them between the resolve and the open. Else
+ * -1 with errno ELOOP ("symlinks are not followed" out of it). */
+static int open_link_inside(const char *dir, const char *company_id,
+                            const char *id)
+{
+    char company[PATH_MAX];
+    char link[PATH_MAX];
+    char real_company[PATH_MAX];
+    char real[PATH_MAX];
+    size_t n;
+    int len;
+
+    len = snprintf(company, sizeof(company), "%s/%s", dir, company_id);
+    if (len < 0 || (size_t)len >= sizeof(company))
+        goto refuse;
+    len = snprintf(link, sizeof(link), "%s/%s", company, id);
+    if (len < 0 || (size_t)len >= sizeof(link))
+        goto refuse;
+    if (realpath(company, real_company) == NULL || realpath(link, real) == NULL)
+        goto refuse;
+    n = strlen(real_company);
+    if (strncmp(real, real_company, n) != 0 || real[n] != '/')
+        goto refuse;
+    return open_at(AT_FDCWD, real, false);
+refuse:
+    errno = ELOOP;
+    return -1;
+}
+
+/* What a secret's names look like in messages. */
+struct names {
+    const char *field;
+    char id[72];
+    char company[72];
+};
+
+/* Turn a failed open of name under dir_fd into err; what is a phrase for
+ * it in messages ("ENVRUN_SECRETS_DIR", "the company's directory", "the
+ * secret"). */
+static int open_failed(int e, int dir_fd, const char *name,
+                       const struct names *nm, const char *what,
+                       struct er_err *err)
+{
+    char ebuf[128];
+    struct stat st;
+
+    /* Linux reports a symlink opened with O_DIRECTORY | O_NOFOLLOW as
+     * ENOTDIR, not ELOOP: look before calling it "not a directory". */
+    if (e == ENOTDIR && fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISLNK(st.st_mode))
+        e = ELOOP;
+    switch (e) {
+    case ENOENT:
+        return er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_NONE,
+                          "%s: secret \"%s\" of company \"%s\" not found: %s "
+                          "does not exist (" DIR_RULE ")",
+                          nm->field, nm->id, nm->company, what);
+    case ELOOP:
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "%s: secret \"%s\" of company \"%s\" is refused: %s "
+                          "is a symlink, and symlinks are not followed out "
+                          "of the company's directory",
+                          nm->field, nm->id, nm->company, what);
+    case ENOTDIR:
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "%s: secret \"%s\" of company \"%s\" is refused: %s "
+                          "is not a directory (" DIR_RULE ")",
+                          nm->field, nm->id, nm->company, what);
+    default:
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
+                          "%s: cannot read secret \"%s\" of company \"%s\": "
+                          "cannot open %s: %s",
+                          nm->field, nm->id, nm->company, what,
+                          er_strerror(e, ebuf, sizeof(ebuf)));
+    }
+}
+
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISFIFO(mode))
+        return "a FIFO";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "a device";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    return "something else";
+}
+
+/* Read ENVRUN_SECRETS_DIR/<company_id>/<id>, one openat per component so
+ * no symlink is followed on the way (contract.md 6). */
+static int read_file(const struct ref *r, const char *company_id,
+                     const char *field, struct er_secret *secret,
+                     struct er_err *err)
 {
     const char *dir = er_driver_secrets_dir();
-    char path[4096];
+    struct names nm;
     char ebuf[128];
     struct stat st;
     char *value = NULL;
     size_t len = 0;
+    int root_fd = -1;
+    int company_fd = -1;
     int fd = -1;
     int rc = 0;
-    int n;
 
+    ER_ASSERT(r->id != NULL && company_id != NULL);
+    nm.field = field;
+    printable(r->id, nm.id, sizeof(nm.id));
+    printable(company_id, nm.company, sizeof(nm.company));
     if (dir == NULL || dir[0] == '\0')
         return er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_NONE,
                           "%s: cannot read secret \"%s\": ENVRUN_SECRETS_DIR "
                           "is not set",
-                          field, r->id);
-    n = snprintf(path, sizeof(path), "%s/%s", dir, r->id);
-    if (n < 0 || (size_t)n >= sizeof(path))
-        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
-                          "%s: the path of secret \"%s\" is too long", field,
-                          r->id);
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        int e = errno;
-
-        return er_err_set(err, e == ENOENT ? ER_ENOTFOUND : ER_EIO,
-                          ER_ERRCLASS_NONE,
-                          "%s: cannot read secret \"%s\" in "
-                          "ENVRUN_SECRETS_DIR: %s",
-                          field, r->id, er_strerror(e, ebuf, sizeof(ebuf)));
+                          field, nm.id);
+    root_fd = open_at(AT_FDCWD, dir, true);
+    if (root_fd < 0) {
+        rc = open_failed(errno, AT_FDCWD, dir, &nm, "ENVRUN_SECRETS_DIR", err);
+        goto out;
     }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc =
-            er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
-                       "%s: secret \"%s\" is not a regular file", field, r->id);
+    company_fd = open_at(root_fd, company_id, true);
+    if (company_fd < 0) {
+        rc = open_failed(errno, root_fd, company_id, &nm,
+                         "the company's directory", err);
+        goto out;
+    }
+    fd = open_at(company_fd, r->id, false);
+    if (fd < 0 && errno == ELOOP)
+        fd = open_link_inside(dir, company_id, r->id);
+    if (fd < 0) {
+        rc = open_failed(errno, company_fd, r->id, &nm, "the secret", err);
+        goto out;
+    }
+    if (fstat(fd, &st) != 0) {
+        rc = er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
+                        "%s: cannot read secret \"%s\": %s", field, nm.id,
+                        er_strerror(errno, ebuf, sizeof(ebuf)));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                        "%s: secret \"%s\" of company \"%s\" is refused: it "
+                        "is %s, not a regular file",
+                        field, nm.id, nm.company, file_kind(st.st_mode));
         goto out;
     }
     if ((uintmax_t)st.st_size > ER_SECRETREF_MAX_BYTES) {
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                         "%s: secret \"%s\" is larger than %u bytes", field,
-                        r->id, ER_SECRETREF_MAX_BYTES);
+                        nm.id, ER_SECRETREF_MAX_BYTES);
         goto out;
     }
     /* Read straight into the secret's storage: no other copy to wipe. One
@@ -236,7 +421,7 @@ static int read_file(const struct ref *r, const char *field,
             continue;
         if (got < 0) {
             rc = er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
-                            "%s: cannot read secret \"%s\": %s", field, r->id,
+                            "%s: cannot read secret \"%s\": %s", field, nm.id,
                             er_strerror(errno, ebuf, sizeof(ebuf)));
             goto out;
         }
@@ -247,12 +432,12 @@ static int read_file(const struct ref *r, const char *field,
     if (len > ER_SECRETREF_MAX_BYTES) {
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                         "%s: secret \"%s\" is larger than %u bytes", field,
-                        r->id, ER_SECRETREF_MAX_BYTES);
+                        nm.id, ER_SECRETREF_MAX_BYTES);
         goto out;
     }
     if (len == 0) {
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
-                        "%s: secret \"%s\" is empty", field, r->id);
+                        "%s: secret \"%s\" is empty", field, nm.id);
         goto out;
     }
     value[len] = '\0';
@@ -266,19 +451,28 @@ out:
 
         er_secret_fini(&wipe);
     }
-    close(fd);
+    if (fd >= 0)
+        close(fd);
+    if (company_fd >= 0)
+        close(company_fd);
+    if (root_fd >= 0)
+        close(root_fd);
     return rc;
 }
 
-int er_secretref_resolve(const json_t *ref, const char *field,
-                         struct er_secret *secret, struct er_err *err)
+int er_secretref_resolve(const json_t *ref, const char *company_id,
+                         const char *field, struct er_secret *secret,
+                         struct er_err *err)
 {
     struct ref r;
     int rc = parse(ref, field, &r, err);
 
     if (rc != 0)
         return rc;
+    rc = check_company(company_id, field, err);
+    if (rc != 0)
+        return rc;
     if (r.var != NULL)
         return read_var(&r, field, secret, err);
-    return read_file(&r, field, secret, err);
+    return read_file(&r, company_id, field, secret, err);
 }

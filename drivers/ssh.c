@@ -33,6 +33,14 @@
 #define SCRIPT_MAX          (4u * 1024u * 1024u)
 #define CONNECT_TIMEOUT_MAX 300
 #define LEASE_ID_MAX        64
+#define GIT_FILTER_MAX      16 /* filter drivers one workspace may define */
+#define OWNER_MAX           (LEASE_ID_MAX + 64) /* "environment:<id>" */
+
+/* The file that marks a remote directory as envrun's: its one line names
+ * the owner ("lease:<id>" with per_lease isolation, else
+ * "environment:<id>"). Only a directory that carries the owner's mark is
+ * ever emptied or removed. */
+#define MARKER_FILE ER_SSH_DIR_MARKER
 
 /* Unpack stdin in the current directory. GNU tar reports a full disk as
  * "Wrote only N of M bytes" at times; when it fails with (almost) no space
@@ -62,6 +70,9 @@ struct conn {
     char config_msg[ER_ERR_MSG_MAX];
     char ctl_dir[ER_SSH_CONTROL_DIR_MAX];
     char dest[ER_SSH_NAME_MAX * 2 + 16]; /* user@host:port, for messages */
+    /* The environment's company: its secrets are the only ones the
+     * connection may read (contract.md 6). */
+    char company_id[64];
 };
 
 /* ================================================================
@@ -599,6 +610,18 @@ void er_ssh_argv_build(const struct er_ssh_config *cfg, const char *ctl_dir,
     size_t n = 0;
 
     v[n++] = "ssh";
+    /* No config file at all (not ~/.ssh/config, not /etc/ssh/ssh_config
+     * and its Includes): the worker's ProxyCommand, LocalCommand, Match
+     * exec or KnownHostsCommand never run for a tenant's host. The -o
+     * options below win over any config anyway (first value wins). */
+    v[n++] = "-F";
+    v[n++] = "none";
+    v[n++] = "-o";
+    v[n++] = "ProxyCommand=none";
+    v[n++] = "-o";
+    v[n++] = "PermitLocalCommand=no";
+    v[n++] = "-o";
+    v[n++] = "ForwardAgent=no";
     v[n++] = "-o";
     v[n++] = "BatchMode=yes";
     snprintf(argv->connect_timeout, sizeof(argv->connect_timeout),
@@ -842,8 +865,8 @@ static int key_write(const struct conn *conn, char *key_dir, size_t dir_len,
         return rc;
     }
     snprintf(key_path, path_len, "%s/id", key_dir);
-    rc = er_secretref_resolve(conn->cfg.private_key_ref, "privateKeySecretRef",
-                              &key, err);
+    rc = er_secretref_resolve(conn->cfg.private_key_ref, conn->company_id,
+                              "privateKeySecretRef", &key, err);
     if (rc == 0)
         rc = write_private_file(key_path, key.value, key.len, true, err);
     er_secret_fini(&key);
@@ -1024,6 +1047,8 @@ static int conn_init(struct conn *conn, const struct er_driver_env *env,
 
     memset(conn, 0, sizeof(*conn));
     er_err_clear(&cerr);
+    snprintf(conn->company_id, sizeof(conn->company_id), "%s",
+             env->company_id != NULL ? env->company_id : "");
     if (er_ssh_config_parse(env->config, &conn->cfg, &cerr) == 0) {
         conn->has_config = true;
     } else {
@@ -1184,6 +1209,216 @@ static bool last_line(const char *text, char *out, size_t out_len)
     return false;
 }
 
+/* ================================================================
+ * Marked remote directories: envrun empties or removes a remote directory
+ * only when it created it and marked it (MARKER_FILE naming the owner),
+ * and never "/" or the SSH user's home directory (STYLE.md 7a)
+ * ================================================================ */
+
+/* The owner a lease's remote directory is marked with: "lease:<id>" with
+ * per_lease isolation (the directory is the lease's own), else
+ * "environment:<id>" (every lease of the environment shares it). */
+static int dir_owner(const struct er_ssh_config *cfg, const char *env_id,
+                     const char *lease_id, char out[OWNER_MAX],
+                     struct er_err *err)
+{
+    if (cfg->is_per_lease) {
+        if (!is_valid_lease_id(lease_id))
+            return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                              "per_lease isolation needs a lease id of "
+                              "letters, digits, '-' and '_'");
+        snprintf(out, OWNER_MAX, "lease:%s", lease_id);
+        return 0;
+    }
+    if (env_id == NULL || env_id[0] == '\0' || strlen(env_id) > LEASE_ID_MAX ||
+        has_control(env_id))
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "the environment has no id to mark its remote "
+                          "workspace with");
+    snprintf(out, OWNER_MAX, "environment:%s", env_id);
+    return 0;
+}
+
+/* Whether path has a ".." component. */
+static bool has_dotdot(const char *path)
+{
+    const char *c = path;
+
+    while (c != NULL) {
+        while (*c == '/')
+            c++;
+        if (c[0] == '.' && c[1] == '.' && (c[2] == '/' || c[2] == '\0'))
+            return true;
+        c = strchr(c, '/');
+    }
+    return false;
+}
+
+/* The shell function `eg DIR OWNER` of every script that may empty,
+ * remove or mark a remote directory. It sets v to: missing (no such
+ * directory), root, home (the SSH user's home, however spelled), ok (a
+ * plain-file marker whose first line is OWNER), foreign (a marker naming
+ * someone else, or not a plain file), unreadable, empty (no marker, no
+ * entries) or unmarked (entries but no marker). */
+static void sb_guard_fn(struct sb *sb)
+{
+    sb_add(sb,
+           "eg() { v=; r=$(cd \"$1\" 2>/dev/null && pwd -P) || "
+           "{ v=missing; return 0; }; "
+           "if [ \"$r\" = / ]; then v=root; return 0; fi; "
+           "h=$(cd \"$HOME\" 2>/dev/null && pwd -P) || h=; "
+           "if [ -n \"$h\" ] && [ \"$r\" = \"$h\" ]; then v=home; return 0; "
+           "fi; m=\"$1/" MARKER_FILE "\"; "
+           "if [ -f \"$m\" ] && [ ! -L \"$m\" ]; then "
+           "if [ \"$(head -c 256 \"$m\" | head -n 1)\" = \"$2\" ]; then "
+           "v=ok; else v=foreign; fi; return 0; fi; "
+           "if [ -e \"$m\" ] || [ -L \"$m\" ]; then v=foreign; return 0; fi; "
+           "if [ ! -r \"$1\" ] || [ ! -x \"$1\" ]; then v=unreadable; "
+           "return 0; fi; "
+           "if [ -z \"$(ls -A \"$1\" | head -n 1)\" ]; then v=empty; "
+           "else v=unmarked; fi; }; ");
+}
+
+/* Set d and o to dir and owner, quoted. */
+static void sb_guard_vars(struct sb *sb, const char *dir, const char *owner)
+{
+    sb_add(sb, "d=");
+    sb_q(sb, dir);
+    sb_add(sb, "; o=");
+    sb_q(sb, owner);
+    sb_add(sb, "; ");
+}
+
+/* Mark "$d" for "$o" when eg found it empty: noclobber, so a file that
+ * appears meanwhile is never overwritten (nor a symlink followed). */
+#define GUARD_MARK                                                  \
+    "if [ \"$v\" = empty ]; then (set -C; printf '%s\\n' \"$o\" > " \
+    "\"$d/" MARKER_FILE "\") 2>/dev/null && v=ok; fi; "
+
+/* In a script that has cd'ed into the directory of owner: stop (exit 97)
+ * before deleting anything unless the directory carries owner's mark. */
+static void sb_require_mark(struct sb *sb, const char *owner)
+{
+    sb_guard_fn(sb);
+    sb_add(sb, "eg \"$PWD\" ");
+    sb_q(sb, owner);
+    sb_add(sb, "; if [ \"$v\" != ok ]; then echo \"envrun: refusing to "
+               "delete files in $PWD ($v): envrun only empties a directory "
+               "it created and marked (" MARKER_FILE ")\" >&2; exit 97; fi; ");
+}
+
+/* The script of op on dir for owner (er_ssh_dir_script). */
+static void dir_script(struct sb *sb, enum er_ssh_dir_op op, const char *dir,
+                       const char *owner)
+{
+    sb_guard_fn(sb);
+    sb_guard_vars(sb, dir, owner);
+    switch (op) {
+    case ER_SSH_DIR_ACQUIRE:
+        sb_add(sb, "mkdir -p -- \"$d\" && cd \"$d\" && "
+                   "{ eg \"$d\" \"$o\"; " GUARD_MARK "pwd; }");
+        return;
+    case ER_SSH_DIR_CLAIM:
+        sb_add(sb, "eg \"$d\" \"$o\"; if [ \"$v\" = missing ]; then "
+                   "mkdir -p -- \"$d\" 2>/dev/null; eg \"$d\" \"$o\"; "
+                   "fi; " GUARD_MARK "echo \"envrun-guard:$v\"");
+        return;
+    case ER_SSH_DIR_REMOVE:
+        sb_add(sb, "eg \"$d\" \"$o\"; case $v in missing) exit 0;; "
+                   "ok) rm -rf -- \"$d\";; "
+                   "*) echo \"envrun-guard:$v\"; exit 97;; esac");
+        return;
+    }
+    ER_ASSERT(!"unknown er_ssh_dir_op");
+}
+
+int er_ssh_dir_script(enum er_ssh_dir_op op, const char *dir, const char *owner,
+                      struct er_buf *script)
+{
+    struct sb sb;
+
+    sb.buf = *script; /* borrowed for the call, handed back below */
+    sb.rc = 0;
+    dir_script(&sb, op, dir, owner);
+    *script = sb.buf;
+    return sb.rc;
+}
+
+/* The words for a verdict of eg. */
+static const char *guard_reason(const char *verdict)
+{
+    static const struct {
+        const char *verdict;
+        const char *reason;
+    } reasons[] = {
+        { "missing", "it does not exist and cannot be created" },
+        { "root", "it is the root directory" },
+        { "home", "it is the SSH user's home directory" },
+        { "foreign", "its " MARKER_FILE " marker names another lease or "
+                     "environment" },
+        { "unreadable", "it cannot be listed" },
+        { "unmarked", "it is not empty and has no " MARKER_FILE " marker" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
+        if (strcmp(verdict, reasons[i].verdict) == 0)
+            return reasons[i].reason;
+    }
+    return "its state is unknown";
+}
+
+/* The verdict eg printed as the last line "envrun-guard:<v>" of out, into
+ * verdict (verdict_len bytes); false when there is none. */
+static bool guard_verdict(const char *out, char *verdict, size_t verdict_len)
+{
+    char line[64];
+
+    if (out == NULL || !last_line(out, line, sizeof(line)) ||
+        strncmp(line, "envrun-guard:", 13) != 0)
+        return false;
+    snprintf(verdict, verdict_len, "%.32s", line + 13);
+    return true;
+}
+
+/* Before a sync may empty dir (the lease's remote workspace): create it if
+ * missing and mark it for owner if it is empty; then it must carry owner's
+ * mark. Anything else is refused before a file is touched. */
+static int claim_remote_dir(const struct conn *conn, const char *dir,
+                            const char *owner, struct er_err *err)
+{
+    struct er_proc_result res;
+    struct remote_io io;
+    char verdict[48];
+    struct sb sb;
+    int rc;
+
+    memset(&res, 0, sizeof(res));
+    sb_init(&sb);
+    dir_script(&sb, ER_SSH_DIR_CLAIM, dir, owner);
+    rc = sb_check(&sb, err);
+    if (rc != 0)
+        goto out;
+    remote_io_init(&io, ACQUIRE_TIMEOUT_MS);
+    rc = run_remote(conn, sb_text(&sb), &io, &res, err);
+    if (rc != 0)
+        goto out;
+    if (res.exit_code != 0 || res.is_timed_out ||
+        !guard_verdict(res.out, verdict, sizeof(verdict))) {
+        rc = remote_error(conn, "checking the remote workspace", &res, err);
+        goto out;
+    }
+    if (strcmp(verdict, "ok") != 0)
+        rc = er_err_set(err, ER_EDRIVER, ER_ERRCLASS_NONE,
+                        "refusing to sync into %s: %s (envrun empties only "
+                        "remote directories it created and marked)",
+                        dir, guard_reason(verdict));
+out:
+    er_proc_result_fini(&res);
+    er_buf_fini(&sb.buf);
+    return rc;
+}
+
 static int ssh_acquire(const struct er_driver_env *env,
                        const struct er_driver_lease_ctx *ctx,
                        struct er_driver_acquired *out, struct er_err *err)
@@ -1192,6 +1427,7 @@ static int ssh_acquire(const struct er_driver_env *env,
     char dir[ER_SSH_PATH_MAX + LEASE_ID_MAX + 2];
     char cwd[ER_SSH_PATH_MAX + LEASE_ID_MAX + 2];
     char what[ER_SSH_PATH_MAX + LEASE_ID_MAX + 64];
+    char owner[OWNER_MAX];
     struct er_proc_result res;
     struct remote_io io;
     struct conn conn;
@@ -1224,13 +1460,15 @@ static int ssh_acquire(const struct er_driver_env *env,
     /* per_lease: <path>/<lease id>; a replayed acquire has the same lease
      * id and adopts the directory (mkdir -p). */
     rc = lease_dir(&conn.cfg, ctx->lease_id, dir, sizeof(dir), err);
+    if (rc == 0)
+        rc = dir_owner(&conn.cfg, env->id, ctx->lease_id, owner, err);
     if (rc != 0)
         goto out;
-    sb_add(&sb, "mkdir -p ");
-    sb_q(&sb, dir);
-    sb_add(&sb, " && cd ");
-    sb_q(&sb, dir);
-    sb_add(&sb, " && pwd");
+    /* What this creates, or finds empty, it marks as the lease's (per
+     * lease) or the environment's (shared): only a marked directory is
+     * ever emptied or removed. A non-empty unmarked one is left as it is;
+     * realize refuses to sync into it. */
+    dir_script(&sb, ER_SSH_DIR_ACQUIRE, dir, owner);
     rc = sb_check(&sb, err);
     if (rc != 0)
         goto out;
@@ -1316,33 +1554,232 @@ static void scratch_remove(struct scratch *s)
     s->dir[0] = '\0';
 }
 
-/* Run a local program; its stdout goes to out_fd (>= 0) or is captured
- * (up to LIST_MAX). */
-static int local_run(const char *const *argv, int out_fd,
-                     struct er_proc_result *res, struct er_err *err)
+/* The environment of every local git (STYLE.md 7a): no system or global
+ * config (and no HOME to find one in), no system attributes, no prompts,
+ * no optional index writes. */
+static const char *const git_env[] = {
+    "PATH=" ER_PROC_PATH,          "LANG=C.UTF-8",
+    "HOME=/nonexistent",           "GIT_CONFIG_NOSYSTEM=1",
+    "GIT_CONFIG_SYSTEM=/dev/null", "GIT_CONFIG_GLOBAL=/dev/null",
+    "GIT_ATTR_NOSYSTEM=1",         "GIT_TERMINAL_PROMPT=0",
+    "GIT_OPTIONAL_LOCKS=0",        "GIT_PAGER=cat",
+    "GIT_PROTOCOL_FROM_USER=0",    NULL,
+};
+
+/* Options before every local git subcommand. The workspace (its .git/config,
+ * .gitattributes, hooks) is the tenant's: nothing it names may run here.
+ * Command-line config wins over the repository's. What our commands could
+ * run: the fsmonitor hook (index reads, ls-files --others), hooks
+ * (post-index-change on an index write), a pager, an external diff or
+ * textconv (diff), clean filters (diff hashes stat-dirty and racy files;
+ * disabled per driver, see git_guard_init), submodule recursion. The
+ * rest (ssh, proxies, askpass, credential helpers, editors, gpg) no
+ * command of ours reaches; they are switched off all the same. */
+static const char *const git_hardening[] = {
+    "--no-pager", "--no-optional-locks",
+    "-c",         "core.fsmonitor=false",
+    "-c",         "core.hooksPath=/dev/null",
+    "-c",         "core.pager=cat",
+    "-c",         "core.attributesFile=/dev/null",
+    "-c",         "diff.external=",
+    "-c",         "submodule.recurse=false",
+    "-c",         "safe.bareRepository=explicit",
+    "-c",         "protocol.allow=never",
+    "-c",         "core.sshCommand=false",
+    "-c",         "core.askPass=",
+    "-c",         "credential.helper=",
+    "-c",         "core.editor=false",
+    "-c",         "sequence.editor=false",
+    "-c",         "gpg.program=false",
+};
+
+#define GIT_HARDENING_CNT (sizeof(git_hardening) / sizeof(git_hardening[0]))
+
+/* The filter drivers (clean/smudge/process) a workspace's git config
+ * defines, each disabled with four -c options. */
+struct git_guard {
+    char *opts[GIT_FILTER_MAX * 4]; /* "filter.<name>.clean=" ..., owned */
+    size_t opt_cnt;
+};
+
+static void git_guard_fini(struct git_guard *g)
+{
+    size_t i;
+
+    for (i = 0; i < g->opt_cnt; i++)
+        er_free(g->opts[i]);
+    g->opt_cnt = 0;
+}
+
+/* git <hardening> [-c <filter opts of g>] -C local <args...>: a new
+ * NULL-terminated array (er_free; the strings are borrowed from g, local
+ * and args). g may be NULL. NULL when out of memory. */
+static const char **git_argv_new(const struct git_guard *g, const char *local,
+                                 const char *const *args)
+{
+    size_t opt_cnt = g != NULL ? g->opt_cnt : 0;
+    size_t arg_cnt = 0;
+    const char **argv;
+    size_t n = 0;
+    size_t i;
+
+    while (args[arg_cnt] != NULL)
+        arg_cnt++;
+    argv = er_calloc(1 + GIT_HARDENING_CNT + opt_cnt * 2 + 2 + arg_cnt + 1,
+                     sizeof(*argv));
+    if (argv == NULL)
+        return NULL;
+    argv[n++] = "git";
+    for (i = 0; i < GIT_HARDENING_CNT; i++)
+        argv[n++] = git_hardening[i];
+    for (i = 0; i < opt_cnt; i++) {
+        argv[n++] = "-c";
+        argv[n++] = g->opts[i];
+    }
+    argv[n++] = "-C";
+    argv[n++] = local;
+    for (i = 0; i < arg_cnt; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    return argv;
+}
+
+/* Run a local program with envp (NULL: proc's minimal environment); its
+ * stdout goes to out_fd (>= 0) or is captured (up to LIST_MAX). */
+static int local_run(const char *const *argv, const char *const *envp,
+                     int out_fd, struct er_proc_result *res, struct er_err *err)
 {
     struct er_proc_opts opts;
 
     er_proc_opts_init(&opts);
     opts.argv = argv;
+    opts.envp = envp;
     opts.stdout_fd = out_fd;
     opts.timeout_ms = LOCAL_TIMEOUT_MS;
     opts.max_output_bytes = LIST_MAX;
     return er_proc_run(&opts, res, err);
 }
 
+/* Run hardened git (git_argv_new) in local. */
+static int git_run(const struct git_guard *g, const char *local,
+                   const char *const *args, struct er_proc_result *res,
+                   struct er_err *err)
+{
+    const char **argv = git_argv_new(g, local, args);
+    int rc;
+
+    if (argv == NULL) {
+        memset(res, 0, sizeof(*res));
+        return oom(err);
+    }
+    rc = local_run(argv, git_env, -1, res, err);
+    er_free(argv);
+    return rc;
+}
+
+/* Add the four options that disable filter driver name (len bytes). */
+static int git_guard_add(struct git_guard *g, const char *name, size_t len,
+                         struct er_err *err)
+{
+    static const char *const vars[] = { "clean=", "smudge=", "process=",
+                                        "required=false" };
+    size_t i;
+
+    for (i = 0; i < g->opt_cnt; i += 4) {
+        /* "filter." + name + "." starts each option of a driver. */
+        if (strncmp(g->opts[i] + 7, name, len) == 0 &&
+            g->opts[i][7 + len] == '.' &&
+            strcmp(g->opts[i] + 7 + len + 1, vars[0]) == 0)
+            return 0;
+    }
+    if (g->opt_cnt + 4 > sizeof(g->opts) / sizeof(g->opts[0]))
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "the workspace's git config defines more than %d "
+                          "filter drivers; envrun disables each one and "
+                          "refuses more",
+                          GIT_FILTER_MAX);
+    for (i = 0; i < 4; i++) {
+        struct er_buf buf;
+
+        er_buf_init(&buf, len + 32);
+        if (er_buf_printf(&buf, "filter.%.*s.%s", (int)len, name, vars[i]) !=
+                0 ||
+            er_buf_append(&buf, "", 1) != 0) {
+            er_buf_fini(&buf);
+            return oom(err);
+        }
+        g->opts[g->opt_cnt++] = (char *)er_buf_take(&buf, NULL);
+        if (g->opts[g->opt_cnt - 1] == NULL) {
+            g->opt_cnt--;
+            return oom(err);
+        }
+    }
+    return 0;
+}
+
+/* Read which filter drivers local's git config (.git/config, its includes,
+ * config.worktree; system and global are off) defines, so every git run
+ * on the workspace disables them: `git diff` hashes stat-dirty and racily
+ * clean files through their clean filter. Reading config runs nothing. */
+static int git_guard_init(struct git_guard *g, const char *local,
+                          struct er_err *err)
+{
+    const char *const args[] = { "config",       "-z",         "--name-only",
+                                 "--get-regexp", "^filter\\.", NULL };
+    struct er_proc_result res;
+    char line[200];
+    size_t i;
+    int rc;
+
+    g->opt_cnt = 0;
+    rc = git_run(NULL, local, args, &res, err);
+    if (rc != 0)
+        return rc;
+    /* 1: no such key. */
+    if (res.exit_code == 1 && !res.is_timed_out)
+        goto out;
+    if (res.exit_code != 0 || res.is_timed_out || res.is_out_truncated) {
+        first_line(res.err_text, line, sizeof(line));
+        rc = er_err_set(err, ER_EDRIVER, ER_ERRCLASS_NONE,
+                        "reading the git config of %s failed: %s", local,
+                        line[0] != '\0' ? line : "no message");
+        goto out;
+    }
+    for (i = 0; rc == 0 && i < res.out_len; i += strlen(res.out + i) + 1) {
+        const char *key = res.out + i;
+        const char *dot = strrchr(key, '.');
+
+        /* filter.<name>.<var>; the name may hold dots, never a NUL. */
+        if (strncmp(key, "filter.", 7) != 0 || dot == NULL || dot <= key + 7)
+            continue;
+        if (memchr(key + 7, '=', (size_t)(dot - key - 7)) != NULL) {
+            /* `-c name=value` cannot spell a name with '=' in it. */
+            rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                            "the workspace's git config names a filter "
+                            "driver with '=' in its name, which envrun "
+                            "cannot disable");
+            break;
+        }
+        rc = git_guard_add(g, key + 7, (size_t)(dot - key - 7), err);
+    }
+out:
+    er_proc_result_fini(&res);
+    if (rc != 0)
+        git_guard_fini(g);
+    return rc;
+}
+
 /* Is local the top of a git work tree with a commit at HEAD? Then branch
  * gets the checked-out branch, or "" for a detached HEAD. A missing git
- * or any failure means "no": the tree goes by tar. */
+ * or any failure means "no": the tree goes by tar. None of these commands
+ * reads file contents, so no filter can run yet. */
 static bool is_git_root(const char *local, char *branch, size_t branch_len)
 {
-    const char *top_argv[] = {
-        "git", "-C", local, "rev-parse", "--show-toplevel", NULL
-    };
-    const char *head_argv[] = { "git", "-C",       local,           "rev-parse",
-                                "-q",  "--verify", "HEAD^{commit}", NULL };
-    const char *branch_argv[] = { "git", "-C",      local,  "symbolic-ref",
-                                  "-q",  "--short", "HEAD", NULL };
+    const char *const top_args[] = { "rev-parse", "--show-toplevel", NULL };
+    const char *const head_args[] = { "rev-parse", "-q", "--verify",
+                                      "HEAD^{commit}", NULL };
+    const char *const branch_args[] = { "symbolic-ref", "-q", "--short", "HEAD",
+                                        NULL };
     char top[PATH_MAX];
     struct er_proc_result res;
     struct stat top_st;
@@ -1351,18 +1788,19 @@ static bool is_git_root(const char *local, char *branch, size_t branch_len)
     bool is_root = false;
 
     branch[0] = '\0';
-    if (stat(local, &local_st) != 0 || local_run(top_argv, -1, &res, &e) != 0)
+    if (stat(local, &local_st) != 0 ||
+        git_run(NULL, local, top_args, &res, &e) != 0)
         return false;
     /* The same directory, however either path is spelled. */
     is_root = res.exit_code == 0 && copy_trimmed(res.out, top, sizeof(top)) &&
               stat(top, &top_st) == 0 && top_st.st_dev == local_st.st_dev &&
               top_st.st_ino == local_st.st_ino;
     er_proc_result_fini(&res);
-    if (!is_root || local_run(head_argv, -1, &res, &e) != 0)
+    if (!is_root || git_run(NULL, local, head_args, &res, &e) != 0)
         return false;
     is_root = res.exit_code == 0;
     er_proc_result_fini(&res);
-    if (!is_root || local_run(branch_argv, -1, &res, &e) != 0)
+    if (!is_root || git_run(NULL, local, branch_args, &res, &e) != 0)
         return is_root;
     if (res.exit_code != 0 || !copy_trimmed(res.out, branch, branch_len))
         branch[0] = '\0';
@@ -1387,18 +1825,20 @@ static void file_first_line(const char *path, char *out, size_t out_len)
 }
 
 /* Pipe a local producer (git bundle, tar) into script on the remote side,
- * over the master connection. ok_exit is the highest exit code of the
- * producer that still means success (GNU tar: 1, "file changed as we read
- * it"). what names the step in messages. */
+ * over the master connection. envp is the producer's environment (NULL:
+ * proc's minimal one). ok_exit is the highest exit code of the producer
+ * that still means success (GNU tar: 1, "file changed as we read it").
+ * what names the step in messages. */
 static int stream_to_remote(const struct conn *conn, const char *const *argv,
-                            int ok_exit, const char *script,
-                            const struct scratch *s, const char *what,
-                            struct er_err *err)
+                            const char *const *envp, int ok_exit,
+                            const char *script, const struct scratch *s,
+                            const char *what, struct er_err *err)
 {
     struct er_proc_result local;
     struct er_proc_result remote;
     struct er_proc_opts opts;
     struct remote_io io;
+    struct er_err werr;
     char err_path[96];
     char line[200];
     char ebuf[128];
@@ -1421,6 +1861,7 @@ static int stream_to_remote(const struct conn *conn, const char *const *argv,
     fcntl(pfd[1], F_SETFD, FD_CLOEXEC);
     er_proc_opts_init(&opts);
     opts.argv = argv;
+    opts.envp = envp;
     opts.stdout_fd = pfd[1];
     opts.stderr_fd = err_fd;
     rc = er_proc_spawn(&opts, &pid, err);
@@ -1434,7 +1875,9 @@ static int stream_to_remote(const struct conn *conn, const char *const *argv,
     /* Closing the read end stops a producer the remote side gave up on. */
     close(pfd[0]);
     pfd[0] = -1;
-    er_proc_wait(pid, LOCAL_TIMEOUT_MS, &local);
+    er_err_clear(&werr);
+    if (er_proc_wait(pid, LOCAL_TIMEOUT_MS, &local, &werr) != 0 && rc == 0)
+        rc = er_err_set(err, werr.code, werr.cls, "%s: %s", what, werr.msg);
     pid = -1;
     if (rc != 0)
         goto out;
@@ -1496,13 +1939,14 @@ static int file_to_remote(const struct conn *conn, const char *path,
 }
 
 /* A deleted path git reported that may be removed remotely: relative, no
- * "..", not in .paperclip-runtime. */
+ * "..", not in .paperclip-runtime, not the workspace's marker. */
 static bool is_safe_rel_path(const char *p)
 {
     const char *c;
 
     if (p[0] == '\0' || p[0] == '/' ||
-        strncmp(p, ".paperclip-runtime", 18) == 0)
+        strncmp(p, ".paperclip-runtime", 18) == 0 ||
+        strcmp(p, MARKER_FILE) == 0)
         return false;
     for (c = p; c != NULL; c = strchr(c, '/')) {
         if (*c == '/')
@@ -1513,11 +1957,13 @@ static bool is_safe_rel_path(const char *p)
     return true;
 }
 
-/* Run a git command listing NUL-separated paths and append the ones that
- * may be synced (is_safe_rel_path: never .paperclip-runtime) to the file
- * path; *cnt counts them. */
-static int list_paths(const char *const *argv, const char *local,
-                      const char *path, size_t *cnt, struct er_err *err)
+/* Run a hardened git command (args, after git's own options) listing
+ * NUL-separated paths and append the ones that may be synced
+ * (is_safe_rel_path: never .paperclip-runtime) to the file path; *cnt
+ * counts them. */
+static int list_paths(const struct git_guard *g, const char *const *args,
+                      const char *local, const char *path, size_t *cnt,
+                      struct er_err *err)
 {
     struct er_proc_result res;
     char line[200];
@@ -1526,7 +1972,7 @@ static int list_paths(const char *const *argv, const char *local,
     int fd = -1;
     int rc;
 
-    rc = local_run(argv, -1, &res, err);
+    rc = git_run(g, local, args, &res, err);
     if (rc != 0)
         return rc;
     if (res.exit_code != 0 || res.is_out_truncated) {
@@ -1566,51 +2012,54 @@ out:
 }
 
 /* The git part of realize: HEAD as a bundle, then the working tree's
- * changes on top (domain.md 4.2). */
-static int sync_git(const struct conn *conn, const char *local,
-                    const char *remote_cwd, const char *branch,
+ * changes on top (domain.md 4.2). Every local git runs hardened
+ * (git_env, git_hardening, g's filters off); remote_cwd carries owner's
+ * mark, checked again by each script before it deletes anything. */
+static int sync_git(const struct conn *conn, const struct git_guard *g,
+                    const char *local, const char *remote_cwd,
+                    const char *owner, const char *branch,
                     const struct scratch *s, struct er_err *err)
 {
-    const char *bundle_argv[] = { "git", "-C", local,  "bundle", "create",
-                                  "-q",  "-",  "HEAD", NULL };
-    const char *changed_argv[] = { "git",
-                                   "--no-optional-locks",
-                                   "-C",
-                                   local,
-                                   "diff",
-                                   "--name-only",
-                                   "-z",
-                                   "--no-renames",
-                                   "--no-color",
-                                   "--no-ext-diff",
-                                   "--diff-filter=d",
-                                   "HEAD",
-                                   "--",
-                                   NULL };
-    const char *untracked_argv[] = {
-        "git",      "--no-optional-locks", "-C", local, "ls-files", "-z",
-        "--others", "--exclude-standard",  NULL
-    };
-    const char *deleted_argv[] = { "git",
-                                   "--no-optional-locks",
-                                   "-C",
-                                   local,
-                                   "diff",
-                                   "--name-only",
-                                   "-z",
-                                   "--no-renames",
-                                   "--no-color",
-                                   "--no-ext-diff",
-                                   "--diff-filter=D",
-                                   "HEAD",
-                                   "--",
-                                   NULL };
+    const char *const bundle_args[] = { "bundle", "create", "-q",
+                                        "-",      "HEAD",   NULL };
+    /* --no-ext-diff, --no-textconv: no driver of .gitattributes runs;
+     * --ignore-submodules: no git runs inside a submodule's own config. */
+    const char *const changed_args[] = { "diff",
+                                         "--name-only",
+                                         "-z",
+                                         "--no-renames",
+                                         "--no-color",
+                                         "--no-ext-diff",
+                                         "--no-textconv",
+                                         "--ignore-submodules=all",
+                                         "--diff-filter=d",
+                                         "HEAD",
+                                         "--",
+                                         NULL };
+    const char *const untracked_args[] = { "ls-files", "-z", "--others",
+                                           "--exclude-standard", NULL };
+    const char *const deleted_args[] = { "diff",
+                                         "--name-only",
+                                         "-z",
+                                         "--no-renames",
+                                         "--no-color",
+                                         "--no-ext-diff",
+                                         "--no-textconv",
+                                         "--ignore-submodules=all",
+                                         "--diff-filter=D",
+                                         "HEAD",
+                                         "--",
+                                         NULL };
     char changed_path[96];
     char deleted_path[96];
+    /* --verbatim-files-from: a listed name that starts with '-' is a file,
+     * never an option (--null implies it in GNU tar 1.34; said anyway). */
     const char *tar_argv[] = { "tar",
                                "-C",
                                local,
                                "--null",
+                               "--verbatim-files-from",
+                               "--no-unquote",
                                "--no-recursion",
                                "--ignore-failed-read",
                                "--exclude=.paperclip-runtime",
@@ -1619,17 +2068,27 @@ static int sync_git(const struct conn *conn, const char *local,
                                "-cf",
                                "-",
                                NULL };
+    const char **bundle_argv = NULL;
     size_t changed_cnt = 0;
     size_t deleted_cnt = 0;
     struct sb sb;
     int rc;
 
     sb_init(&sb);
+    bundle_argv = git_argv_new(g, local, bundle_args);
+    if (bundle_argv == NULL) {
+        rc = oom(err);
+        goto out;
+    }
     /* 1. HEAD, as a bundle streamed into .paperclip-runtime, checked out
-     * on the same branch (or detached), the rest cleaned away. */
+     * on the same branch (or detached), the rest cleaned away; the mark
+     * survives (and is written again: a tracked file of that name must
+     * not replace it). */
     sb_add(&sb, "set -e; cd ");
     sb_q(&sb, remote_cwd);
-    sb_add(&sb, "; mkdir -p .paperclip-runtime; "
+    sb_add(&sb, "; ");
+    sb_require_mark(&sb, owner);
+    sb_add(&sb, "mkdir -p .paperclip-runtime; "
                 "b=.paperclip-runtime/import-$$.bundle; "
                 "trap 'rm -f \"$b\"' EXIT; cat > \"$b\"; "
                 "[ -e .git ] || git init -q .; "
@@ -1642,33 +2101,41 @@ static int sync_git(const struct conn *conn, const char *local,
         sb_add(&sb, "git checkout -q -f --detach FETCH_HEAD; ");
     }
     sb_add(&sb, "git reset -q --hard FETCH_HEAD; "
-                "git clean -q -fdx -e .paperclip-runtime; "
+                "git clean -q -fdx -e .paperclip-runtime -e /" MARKER_FILE "; "
+                "rm -f " MARKER_FILE "; printf '%s\\n' ");
+    sb_q(&sb, owner);
+    sb_add(&sb, " > " MARKER_FILE "; "
                 "x=$(git rev-parse --git-path info/exclude); "
                 "mkdir -p \"$(dirname \"$x\")\"; "
                 "grep -qxF /.paperclip-runtime/ \"$x\" 2>/dev/null || "
-                "echo /.paperclip-runtime/ >> \"$x\"");
+                "echo /.paperclip-runtime/ >> \"$x\"; "
+                "grep -qxF /" MARKER_FILE " \"$x\" 2>/dev/null || "
+                "echo /" MARKER_FILE " >> \"$x\"");
     rc = sb_check(&sb, err);
     if (rc == 0)
-        rc = stream_to_remote(conn, bundle_argv, 0, sb_text(&sb), s,
+        rc = stream_to_remote(conn, bundle_argv, git_env, 0, sb_text(&sb), s,
                               "importing the git bundle", err);
     if (rc != 0)
         goto out;
 
     /* 2. Uncommitted and untracked (not ignored) files, by tar. */
     scratch_path(s, "changed", changed_path, sizeof(changed_path));
-    rc = list_paths(changed_argv, local, changed_path, &changed_cnt, err);
+    rc = list_paths(g, changed_args, local, changed_path, &changed_cnt, err);
     if (rc == 0)
-        rc = list_paths(untracked_argv, local, changed_path, &changed_cnt, err);
+        rc = list_paths(g, untracked_args, local, changed_path, &changed_cnt,
+                        err);
     if (rc != 0)
         goto out;
     if (changed_cnt > 0) {
         er_buf_reset(&sb.buf);
         sb_add(&sb, "set -e; cd ");
         sb_q(&sb, remote_cwd);
-        sb_add(&sb, "; " TAR_EXTRACT);
+        sb_add(&sb, "; ");
+        sb_require_mark(&sb, owner);
+        sb_add(&sb, TAR_EXTRACT);
         rc = sb_check(&sb, err);
         if (rc == 0)
-            rc = stream_to_remote(conn, tar_argv, 1, sb_text(&sb), s,
+            rc = stream_to_remote(conn, tar_argv, NULL, 1, sb_text(&sb), s,
                                   "copying uncommitted files", err);
         if (rc != 0)
             goto out;
@@ -1676,33 +2143,38 @@ static int sync_git(const struct conn *conn, const char *local,
 
     /* 3. Files deleted locally are deleted remotely. */
     scratch_path(s, "deleted", deleted_path, sizeof(deleted_path));
-    rc = list_paths(deleted_argv, local, deleted_path, &deleted_cnt, err);
+    rc = list_paths(g, deleted_args, local, deleted_path, &deleted_cnt, err);
     if (rc != 0 || deleted_cnt == 0)
         goto out;
     er_buf_reset(&sb.buf);
     sb_add(&sb, "set -e; cd ");
     sb_q(&sb, remote_cwd);
-    sb_add(&sb, "; xargs -0 rm -rf --");
+    sb_add(&sb, "; ");
+    sb_require_mark(&sb, owner);
+    sb_add(&sb, "xargs -0 rm -rf --");
     rc = sb_check(&sb, err);
     if (rc == 0)
         rc = file_to_remote(conn, deleted_path, sb_text(&sb),
                             "deleting locally deleted files", err);
 out:
+    er_free(bundle_argv);
     er_buf_fini(&sb.buf);
     return rc;
 }
 
-/* Anything else: clear the remote directory but .paperclip-runtime, then
- * unpack a tar of the host tree (without .paperclip-runtime and ._*). */
+/* Anything else: clear the remote directory but .paperclip-runtime and
+ * the mark (after checking the mark), then unpack a tar of the host tree
+ * (without .paperclip-runtime, ._* and a file posing as the mark). */
 static int sync_tar(const struct conn *conn, const char *local,
-                    const char *remote_cwd, const struct scratch *s,
-                    struct er_err *err)
+                    const char *remote_cwd, const char *owner,
+                    const struct scratch *s, struct er_err *err)
 {
     const char *tar_argv[] = { "tar",
                                "-C",
                                local,
                                "--exclude=.paperclip-runtime",
                                "--exclude=._*",
+                               "--exclude=" MARKER_FILE,
                                "-cf",
                                "-",
                                ".",
@@ -1713,22 +2185,28 @@ static int sync_tar(const struct conn *conn, const char *local,
     sb_init(&sb);
     sb_add(&sb, "set -e; cd ");
     sb_q(&sb, remote_cwd);
-    sb_add(&sb, "; for f in * .[!.]* ..?*; do "
-                "case $f in .paperclip-runtime) continue;; esac; "
+    sb_add(&sb, "; ");
+    sb_require_mark(&sb, owner);
+    sb_add(&sb, "for f in * .[!.]* ..?*; do "
+                "case $f in .paperclip-runtime|" MARKER_FILE ") continue;; "
+                "esac; "
                 "if [ -e \"$f\" ] || [ -L \"$f\" ]; then rm -rf -- \"$f\"; fi; "
                 "done; " TAR_EXTRACT);
     rc = sb_check(&sb, err);
     if (rc == 0)
-        rc = stream_to_remote(conn, tar_argv, 1, sb_text(&sb), s,
+        rc = stream_to_remote(conn, tar_argv, NULL, 1, sb_text(&sb), s,
                               "copying the workspace", err);
     er_buf_fini(&sb.buf);
     return rc;
 }
 
+/* Sync local into remote_cwd, which must carry owner's mark (or be made
+ * and marked now: claim_remote_dir). */
 static int sync_workspace(const struct conn *conn, const char *local,
-                          const char *remote_cwd, enum sync_kind *kind,
-                          struct er_err *err)
+                          const char *remote_cwd, const char *owner,
+                          enum sync_kind *kind, struct er_err *err)
 {
+    struct git_guard g;
     struct scratch s;
     char branch[256];
     char ebuf[128];
@@ -1737,11 +2215,14 @@ static int sync_workspace(const struct conn *conn, const char *local,
 
     *kind = SYNC_NONE;
     s.dir[0] = '\0';
+    g.opt_cnt = 0;
     if (stat(local, &st) != 0 || !S_ISDIR(st.st_mode))
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                           "the host workspace %s is not a directory", local);
     /* Connection problems first, under their own name. */
     rc = ensure_master(conn, err);
+    if (rc == 0)
+        rc = claim_remote_dir(conn, remote_cwd, owner, err);
     if (rc != 0)
         return rc;
     snprintf(s.dir, sizeof(s.dir), "/tmp/envrun-sync-XXXXXX");
@@ -1753,11 +2234,14 @@ static int sync_workspace(const struct conn *conn, const char *local,
     }
     if (is_git_root(local, branch, sizeof(branch))) {
         *kind = SYNC_GIT;
-        rc = sync_git(conn, local, remote_cwd, branch, &s, err);
+        rc = git_guard_init(&g, local, err);
+        if (rc == 0)
+            rc = sync_git(conn, &g, local, remote_cwd, owner, branch, &s, err);
     } else {
         *kind = SYNC_TAR;
-        rc = sync_tar(conn, local, remote_cwd, &s, err);
+        rc = sync_tar(conn, local, remote_cwd, owner, &s, err);
     }
+    git_guard_fini(&g);
     scratch_remove(&s);
     return rc;
 }
@@ -1772,6 +2256,7 @@ static int ssh_realize(const struct er_driver_env *env,
     enum sync_kind kind = SYNC_NONE;
     char prepare[ER_SSH_PATH_MAX * 2 + 512];
     char summary[ER_SSH_PATH_MAX + 1024];
+    char owner[OWNER_MAX];
     struct conn conn;
     int rc;
 
@@ -1788,17 +2273,20 @@ static int ssh_realize(const struct er_driver_env *env,
                         "(remoteCwd)");
         goto out;
     }
-    /* The tar path clears the directory: never the root or a relative
-     * path. */
+    /* The sync empties the directory: never the root, a relative path or
+     * one with ".." in it (the remote side checks the rest: its mark). */
     if (remote_cwd[0] != '/' || strcmp(remote_cwd, "/") == 0 ||
-        has_control(remote_cwd)) {
+        has_control(remote_cwd) || has_dotdot(remote_cwd)) {
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                         "refusing to sync into the remote directory \"%s\"",
                         remote_cwd);
         goto out;
     }
     if (ws->local_path != NULL) {
-        rc = sync_workspace(&conn, ws->local_path, remote_cwd, &kind, err);
+        rc = dir_owner(&conn.cfg, env->id, lease->id, owner, err);
+        if (rc == 0)
+            rc = sync_workspace(&conn, ws->local_path, remote_cwd, owner, &kind,
+                                err);
         if (rc != 0)
             goto out;
     }
@@ -2035,11 +2523,14 @@ static bool run_overlay(const struct conn *conn, const char *lease_id,
     return is_ok;
 }
 
-/* rm -rf exactly <remoteWorkspacePath>/<lease id>, nothing else. */
+/* rm -rf exactly <remoteWorkspacePath>/<lease id>, nothing else, and only
+ * when it carries the lease's mark (a missing directory is fine). */
 static bool remove_lease_dir(const struct conn *conn, const char *lease_id)
 {
     char dir[ER_SSH_PATH_MAX + LEASE_ID_MAX + 2];
     char tail[LEASE_ID_MAX + 2];
+    char owner[OWNER_MAX];
+    char verdict[48];
     struct er_proc_result res;
     struct remote_io io;
     struct er_err e;
@@ -2049,21 +2540,30 @@ static bool remove_lease_dir(const struct conn *conn, const char *lease_id)
 
     er_err_clear(&e);
     if (lease_dir(&conn->cfg, lease_id, dir, sizeof(dir), &e) != 0 ||
-        !conn->cfg.is_per_lease || conn->cfg.remote_workspace_path[0] != '/')
+        !conn->cfg.is_per_lease || conn->cfg.remote_workspace_path[0] != '/' ||
+        dir_owner(&conn->cfg, NULL, lease_id, owner, &e) != 0)
         return false;
     snprintf(tail, sizeof(tail), "/%s", lease_id);
     n = strlen(dir);
     if (strcmp(dir, "/") == 0 || n <= strlen(tail) ||
-        strcmp(dir + n - strlen(tail), tail) != 0)
+        strcmp(dir + n - strlen(tail), tail) != 0 || has_dotdot(dir)) {
+        er_log(ER_LOG_WARN, FAC, "lease %s: refusing to remove \"%s\"",
+               lease_id, dir);
         return false;
+    }
     sb_init(&sb);
-    sb_add(&sb, "rm -rf -- ");
-    sb_q(&sb, dir);
+    dir_script(&sb, ER_SSH_DIR_REMOVE, dir, owner);
     remote_io_init(&io, CLEANUP_TIMEOUT_MS);
     if (sb_check(&sb, &e) == 0 &&
         run_remote(conn, sb_text(&sb), &io, &res, &e) == 0) {
         is_ok = res.exit_code == 0 && !res.is_timed_out;
-        if (!is_ok)
+        if (res.exit_code == 97 && !res.is_timed_out &&
+            guard_verdict(res.out, verdict, sizeof(verdict)))
+            er_err_set(&e, ER_EDRIVER, ER_ERRCLASS_NONE,
+                       "refusing to remove %s on %s: %s (envrun removes only "
+                       "remote directories it created and marked)",
+                       dir, conn->dest, guard_reason(verdict));
+        else if (!is_ok)
             remote_error(conn, "removing the per-lease workspace", &res, &e);
         er_proc_result_fini(&res);
     }
@@ -2288,8 +2788,8 @@ static void sweep_control_dirs(er_driver_in_use_fn *is_in_use, void *arg)
             continue;
         snprintf(sock, sizeof(sock), "%s/m", conn.ctl_dir);
         if (lstat(sock, &st) == 0) {
-            const char *argv[] = { "ssh",  "-S",           sock, "-O",
-                                   "exit", "envrun-sweep", NULL };
+            const char *argv[] = { "ssh", "-F",   "none",         "-S", sock,
+                                   "-O",  "exit", "envrun-sweep", NULL };
             struct er_proc_opts opts;
             struct er_proc_result res;
             struct er_err perr;

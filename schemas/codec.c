@@ -15,7 +15,7 @@
 #include "schemas/schemas_int.h"
 
 #define REC_CNT        4
-#define HDR_LEN        10 /* 0xC3 0x01 and the 8-byte fingerprint */
+#define HDR_LEN        ER_CODEC_HDR_LEN
 #define MAGIC0         0xc3
 #define MAGIC1         0x01
 /* avro-c mallocs a string's declared length before reading it; refusing
@@ -1059,6 +1059,68 @@ static int peek_str(struct scan *s, char **out)
         return ER_EBADMSG;
     *out = er_strndup(p, (size_t)n);
     return *out == NULL ? ER_ENOMEM : 0;
+}
+
+/* Skip a ["null", "string"] union of the RunCommand prefix. */
+static int skip_opt_str(struct scan *s)
+{
+    int64_t branch = 0;
+    int64_t n = 0;
+
+    if (scan_long(s, "", &branch) != 0 || (branch != 0 && branch != 1))
+        return ER_EBADMSG;
+    if (branch == 0)
+        return 0;
+    if (scan_long(s, "", &n) != 0 || scan_skip(s, "", n) != 0)
+        return ER_EBADMSG;
+    return 0;
+}
+
+int er_codec_command_peek_kind(const uint8_t *buf, size_t len,
+                               enum er_cmd_kind *kind, size_t *body_off)
+{
+    enum er_record_type type = ER_REC_UNKNOWN;
+    struct scan s;
+    int64_t v = 0;
+    int i;
+    int rc;
+
+    pthread_mutex_lock(&codec.mu);
+    rc = codec.is_ready ? identify_locked(buf, len, &type, NULL) : ER_EINVAL;
+    pthread_mutex_unlock(&codec.mu);
+    if (rc != 0 || type != ER_REC_RUN_COMMAND)
+        return ER_EBADMSG;
+    /* commandId, issuedAt, companyId, agentId, heartbeatRunId and
+     * traceparent come before the command union. */
+    s.p = buf + HDR_LEN;
+    s.len = len - HDR_LEN;
+    s.off = 0;
+    s.err = NULL;
+    if (scan_long(&s, "", &v) != 0 || scan_skip(&s, "", v) != 0 ||
+        scan_long(&s, "", &v) != 0)
+        return ER_EBADMSG;
+    for (i = 0; i < 2; i++) {
+        if (scan_long(&s, "", &v) != 0 || scan_skip(&s, "", v) != 0)
+            return ER_EBADMSG;
+    }
+    if (skip_opt_str(&s) != 0 || skip_opt_str(&s) != 0)
+        return ER_EBADMSG;
+    *body_off = HDR_LEN + s.off;
+    if (scan_long(&s, "", &v) != 0)
+        return ER_EBADMSG;
+    switch (v) {
+    case 0:
+        *kind = ER_CMD_ACQUIRE;
+        return 0;
+    case 1:
+        *kind = ER_CMD_REALIZE;
+        return 0;
+    case 2:
+        *kind = ER_CMD_RELEASE;
+        return 0;
+    default:
+        return ER_EBADMSG;
+    }
 }
 
 int er_codec_command_peek_ids(const uint8_t *buf, size_t len, char **command_id,

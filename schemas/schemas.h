@@ -214,6 +214,16 @@ int er_codec_command_decode(const uint8_t *buf, size_t len,
  * ER_EBADMSG otherwise (outputs NULL). */
 int er_codec_command_peek_ids(const uint8_t *buf, size_t len, char **command_id,
                               char **company_id);
+/* Bytes of the single-object header: 0xC3 0x01 and the fingerprint. */
+#define ER_CODEC_HDR_LEN 10
+
+/* Read which command a RunCommand value carries (the union branch after
+ * the six fields before it) even when the rest cannot be decoded. 0 with
+ * *kind set and *body_off the offset of the union (the bytes before it
+ * are the header and those six fields), or ER_EBADMSG when the bytes do
+ * not get that far. */
+int er_codec_command_peek_kind(const uint8_t *buf, size_t len,
+                               enum er_cmd_kind *kind, size_t *body_off);
 
 /* Encoders append a complete single-object value to out (which the caller
  * initialised). Errors: ER_EINVAL (a required string is NULL, class FATAL:

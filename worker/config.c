@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "drivers/driver.h"
 #include "worker/worker.h"
 
 #define SHOW_MAX 64 /* bytes of a bad value echoed into errline */
@@ -26,6 +27,7 @@ enum opt_id {
     OPT_LEASE_TTL_S,
     OPT_DRAIN_S,
     OPT_SECRETS_DIR,
+    OPT_WORKSPACE_ROOTS,
     OPT_PAPERCLIP_API_URL,
     OPT_CNT,
 };
@@ -56,6 +58,8 @@ static const struct opt opts[OPT_CNT] = {
     [OPT_LEASE_TTL_S] = { "ENVRUN_LEASE_TTL_S", "lease-ttl-s", "21600", false },
     [OPT_DRAIN_S] = { "ENVRUN_DRAIN_S", "drain-s", "30", false },
     [OPT_SECRETS_DIR] = { "ENVRUN_SECRETS_DIR", "secrets-dir", "", false },
+    [OPT_WORKSPACE_ROOTS] = { "ENVRUN_WORKSPACE_ROOTS", "workspace-roots", "",
+                              false },
     [OPT_PAPERCLIP_API_URL] = { "ENVRUN_PAPERCLIP_API_URL", "paperclip-api-url",
                                 "", false },
 };
@@ -68,8 +72,9 @@ static const char usage_text[] =
     "of the same name overrides it. An empty variable counts as unset\n"
     "(except ENVRUN_TOPIC_PREFIX, which may be empty).\n"
     "\n"
-    "  --kafka-brokers        ENVRUN_KAFKA_BROKERS        (unset: dev mode)\n"
-    "      bootstrap servers; unset or empty runs an in-process mock broker\n"
+    "  --kafka-brokers        ENVRUN_KAFKA_BROKERS        (required)\n"
+    "      bootstrap servers, host:port[,host:port]; for a throwaway dev\n"
+    "      stack run `envrunctl dev` (or `make demo`)\n"
     "  --kafka-group          ENVRUN_KAFKA_GROUP          (envrun-workers)\n"
     "      consumer group id\n"
     "  --kafka-props          ENVRUN_KAFKA_PROPS          (none)\n"
@@ -97,7 +102,11 @@ static const char usage_text[] =
     "      on SIGTERM, seconds the steps in flight may take before they are\n"
     "      cancelled and left to the journal, 0..3600\n"
     "  --secrets-dir          ENVRUN_SECRETS_DIR          (none)\n"
-    "      absolute directory for file: secret refs\n"
+    "      absolute directory for file: secret refs, one subdirectory per\n"
+    "      company\n"
+    "  --workspace-roots      ENVRUN_WORKSPACE_ROOTS      (none)\n"
+    "      colon-separated absolute directories that local workspace paths\n"
+    "      must lie under; none: no local workspace path is accepted\n"
     "  --paperclip-api-url    ENVRUN_PAPERCLIP_API_URL    (none)\n"
     "      http(s):// control-plane API the bridge forwards to\n"
     "  --help                 print this text and exit\n"
@@ -344,6 +353,13 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
     show(val, shown);
     switch (id) {
     case OPT_KAFKA_BROKERS:
+        if (val[0] == '\0') {
+            fail(errline, errline_len,
+                 "%s: required (bootstrap servers host:port; for a "
+                 "throwaway dev stack run `envrunctl dev` or `make demo`)",
+                 name);
+            return -1;
+        }
         if (has_ctl(val)) {
             fail(errline, errline_len,
                  "%s: contains a control character (got \"%s\")", name, shown);
@@ -469,6 +485,20 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
         }
         return put_str(cfg->secrets_dir, sizeof(cfg->secrets_dir), name, val,
                        errline, errline_len);
+    case OPT_WORKSPACE_ROOTS: {
+        struct er_err rerr;
+
+        er_err_clear(&rerr);
+        if (has_ctl(val) || er_wspath_roots_check(val, &rerr) != 0) {
+            fail(errline, errline_len,
+                 "%s: must be colon-separated absolute paths of existing "
+                 "directories (%s)",
+                 name, has_ctl(val) ? "control character" : rerr.msg);
+            return -1;
+        }
+        return put_str(cfg->workspace_roots, sizeof(cfg->workspace_roots), name,
+                       val, errline, errline_len);
+    }
     case OPT_PAPERCLIP_API_URL:
         if (val[0] != '\0' && !url_is_valid(val)) {
             fail(errline, errline_len, "%s: must be an http:// or https:// URL",

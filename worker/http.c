@@ -1,7 +1,8 @@
 /* http: a tiny HTTP/1.1 endpoint (GET /metrics, /healthz, /readyz) served
- * by one thread, one request per connection, plus its pure request parser.
- * er_http_new and er_http_destroy run on the owner's thread; the struct
- * er_http owns the listening socket, the wake pipe and the thread. */
+ * by one thread polling non-blocking sockets, one request per connection,
+ * plus its pure request parser. er_http_new and er_http_destroy run on the
+ * owner's thread; the struct er_http owns the listening socket, the wake
+ * pipe, the thread and the connections. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -9,21 +10,51 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
+#include "worker/http_int.h"
 #include "worker/worker.h"
 
-#define HEAD_MAX         8192              /* bytes of request head we read */
-#define METRICS_MAX      ((size_t)1 << 20) /* cap of one /metrics body */
-#define RECV_TIMEOUT_S   2
-#define HEAD_DEADLINE_MS 5000  /* whole head, however it trickles in */
-#define DRAIN_MAX        65536 /* unread bytes swallowed before close */
-#define DRAIN_MS         200
+#define HEAD_MAX        8192              /* bytes of request head we read */
+#define METRICS_MAX     ((size_t)1 << 20) /* cap of one /metrics body */
+#define DRAIN_MAX       65536 /* unread bytes swallowed before close */
+#define DRAIN_MS        200
+#define ACCEPT_PAUSE_MS 100 /* after accept ran out of descriptors */
+#define ACCEPT_BATCH    16  /* accepts a round (see loop) */
+/* Handshakes the kernel completes before we accept: room for a burst of
+ * clients connecting faster than one thread accepts. */
+#define LISTEN_BACKLOG  128
+
+/* So that a batch of accepts never displaces a connection it accepted. */
+_Static_assert(ACCEPT_BATCH < ER_HTTP_CONN_MAX, "accept batch too large");
+
+/* What a connection is doing; each phase has its own deadline. */
+enum conn_phase {
+    CONN_READ,  /* reading the request head */
+    CONN_WRITE, /* sending the response */
+    CONN_DRAIN  /* answered and half-closed, swallowing what still comes */
+};
+
+struct conn {
+    int fd; /* -1 when the slot is free */
+    enum conn_phase phase;
+    uint64_t seq;        /* accept order: lower is older */
+    int64_t deadline_ms; /* monotonic; the phase ends by then */
+    char req[HEAD_MAX];
+    size_t req_len;
+    char head[256]; /* status line and headers of the response */
+    size_t head_len;
+    const char *body; /* borrowed: a string literal or metrics.data */
+    size_t body_len;
+    size_t sent_len;       /* bytes of head, then body, sent so far */
+    struct er_buf metrics; /* owned body of a /metrics response */
+    size_t drained_len;
+};
 
 struct er_http {
     int listen_fd;  /* -1 when closed */
@@ -31,6 +62,11 @@ struct er_http {
     pthread_t thread;
     bool has_thread; /* thread was started and must be joined */
     int port;
+    /* ER_HTTP_CONN_MAX slots, used by the thread only (and by destroy once
+     * it has joined). */
+    struct conn *conns;
+    uint64_t accept_seq;
+    int64_t accept_resume_ms; /* no accept before then (monotonic) */
 };
 
 /* ================================================================
@@ -146,6 +182,22 @@ int er_http_parse_request(const char *buf, size_t len, const char **method,
 
 /* ================================================================
  * The server
+ *
+ * One thread polls the wake pipe, the listener and up to ER_HTTP_CONN_MAX
+ * connections. Every socket is non-blocking and every step does bounded
+ * work, so a slow or idle client costs others nothing. A connection reads
+ * its head (HEAD_MAX bytes within ER_HTTP_HEAD_DEADLINE_MS of accept),
+ * sends its response (within ER_HTTP_WRITE_DEADLINE_MS), then half-closes
+ * and drains (DRAIN_MAX bytes within DRAIN_MS) so that close does not
+ * reset the response in flight.
+ *
+ * At the cap, a new connection is still accepted and the slot of another
+ * is taken: the oldest one still sending its head, else the oldest already
+ * answered, else the oldest being answered. A probe sends its head at once
+ * and is answered within a round or two, so idle and trickling clients
+ * only push one another out. Leaving new connections in the backlog
+ * instead would let a cap of idle clients hold every probe for a full head
+ * deadline, and closing them at once would fail the probe outright.
  * ================================================================ */
 
 static void set_cloexec(int fd)
@@ -156,201 +208,390 @@ static void set_cloexec(int fd)
         (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 }
 
-static int send_all(int fd, const void *p, size_t n)
+static bool is_again(int e)
 {
-    const char *c = p;
-
-    while (n > 0) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return ER_EIO;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    return e == EAGAIN || e == EWOULDBLOCK;
 }
 
-static int respond(int fd, int status, const char *reason,
-                   const char *content_type, const char *extra_headers,
-                   const void *body, size_t body_len)
+static void conn_close(struct conn *c)
 {
-    char head[256];
-    int n;
-    int rc;
+    ER_ASSERT(c->fd >= 0);
+    close(c->fd);
+    c->fd = -1;
+    er_buf_fini(&c->metrics);
+}
 
-    n = snprintf(head, sizeof(head),
+static void set_response(struct conn *c, int status, const char *reason,
+                         const char *content_type, const char *extra_headers,
+                         const char *body, size_t body_len)
+{
+    int n;
+
+    n = snprintf(c->head, sizeof(c->head),
                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
                  "Content-Length: %zu\r\n%sConnection: close\r\n\r\n",
                  status, reason, content_type, body_len, extra_headers);
-    ER_ASSERT(n > 0 && (size_t)n < sizeof(head));
-    rc = send_all(fd, head, (size_t)n);
-    if (rc == 0 && body_len > 0)
-        rc = send_all(fd, body, body_len);
-    return rc;
+    ER_ASSERT(n > 0 && (size_t)n < sizeof(c->head));
+    c->head_len = (size_t)n;
+    c->body = body;
+    c->body_len = body_len;
+    c->sent_len = 0;
 }
 
-static int respond_text(int fd, int status, const char *reason,
-                        const char *body)
+static void set_text(struct conn *c, int status, const char *reason,
+                     const char *body)
 {
-    return respond(fd, status, reason, "text/plain; charset=utf-8", "", body,
-                   strlen(body));
+    set_response(c, status, reason, "text/plain; charset=utf-8", "", body,
+                 strlen(body));
 }
 
-static int respond_metrics(int fd)
+static void set_metrics(struct conn *c)
 {
-    struct er_buf body;
     int rc;
 
-    er_buf_init(&body, METRICS_MAX);
-    rc = er_metrics_render(&body);
+    rc = er_metrics_render(&c->metrics);
     if (rc != 0) {
         ER_LOG_WARN("http", "rendering metrics failed: %s", er_errname(rc));
-        rc = respond_text(fd, 500, "Internal Server Error",
-                          "metrics unavailable\n");
-        goto out;
+        set_text(c, 500, "Internal Server Error", "metrics unavailable\n");
+        return;
     }
-    rc = respond(fd, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", "",
-                 body.data, body.len);
-
-out:
-    er_buf_fini(&body);
-    return rc;
+    set_response(c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", "",
+                 (const char *)c->metrics.data, c->metrics.len);
 }
 
-static void route(int fd, const char *buf, size_t len)
+static void route(struct conn *c)
 {
     const char *method = NULL;
     const char *path = NULL;
     size_t method_len = 0;
     size_t path_len = 0;
-    int rc;
 
-    if (er_http_parse_request(buf, len, &method, &method_len, &path,
-                              &path_len) != 0) {
-        rc = respond_text(fd, 400, "Bad Request", "bad request\n");
-        goto out;
-    }
-    if (method_len != 3 || memcmp(method, "GET", 3) != 0) {
-        rc = respond(fd, 405, "Method Not Allowed", "text/plain; charset=utf-8",
+    if (er_http_parse_request(c->req, c->req_len, &method, &method_len, &path,
+                              &path_len) != 0)
+        set_text(c, 400, "Bad Request", "bad request\n");
+    else if (method_len != 3 || memcmp(method, "GET", 3) != 0)
+        set_response(c, 405, "Method Not Allowed", "text/plain; charset=utf-8",
                      "Allow: GET\r\n", "method not allowed\n",
                      strlen("method not allowed\n"));
-        goto out;
-    }
-    if (path_len == 8 && memcmp(path, "/metrics", 8) == 0)
-        rc = respond_metrics(fd);
+    else if (path_len == 8 && memcmp(path, "/metrics", 8) == 0)
+        set_metrics(c);
     else if (path_len == 8 && memcmp(path, "/healthz", 8) == 0)
-        rc = respond_text(fd, 200, "OK", "ok\n");
+        set_text(c, 200, "OK", "ok\n");
+    else if (path_len == 7 && memcmp(path, "/readyz", 7) == 0 &&
+             er_metrics_is_ready())
+        set_text(c, 200, "OK", "ready\n");
     else if (path_len == 7 && memcmp(path, "/readyz", 7) == 0)
-        rc = er_metrics_is_ready()
-                 ? respond_text(fd, 200, "OK", "ready\n")
-                 : respond_text(fd, 503, "Service Unavailable", "not ready\n");
+        set_text(c, 503, "Service Unavailable", "not ready\n");
     else
-        rc = respond_text(fd, 404, "Not Found", "not found\n");
-
-out:
-    if (rc != 0)
-        ER_LOG_DEBUG("http", "client went away before the response");
+        set_text(c, 404, "Not Found", "not found\n");
 }
 
-/* Serve one connection: read the head (at most HEAD_MAX bytes, each read
- * bounded by SO_RCVTIMEO and all of them by HEAD_DEADLINE_MS, so a client
- * trickling bytes cannot hold the only thread), answer, close. */
-static void serve(int fd)
+/* Swallow what the client still sends until it closes, DRAIN_MAX bytes
+ * have come or the deadline passes (conn_expire). */
+static void conn_drain(struct conn *c)
 {
-    char buf[HEAD_MAX];
-    char drain[1024];
-    size_t len = 0;
-    size_t scan_from;
-    size_t drained = 0;
-    struct timeval tv = { .tv_sec = RECV_TIMEOUT_S, .tv_usec = 0 };
-    int64_t deadline_ms = er_time_mono_ms() + HEAD_DEADLINE_MS;
+    char buf[1024];
 
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    while (len < sizeof(buf) && er_time_mono_ms() < deadline_ms) {
-        ssize_t r = recv(fd, buf + len, sizeof(buf) - len, 0);
+    for (;;) {
+        ssize_t r = recv(c->fd, buf, sizeof(buf), 0);
 
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0)
-            break; /* closed, timed out or reset: answer what we have */
-        /* Rescan the last 3 old bytes: a CRLFCRLF may straddle reads. */
-        scan_from = len < 3 ? 0 : len - 3;
-        len += (size_t)r;
-        if (head_end(buf + scan_from, len - scan_from) != 0)
-            break;
+        if (r < 0 && is_again(errno))
+            return;
+        if (r <= 0) {
+            conn_close(c); /* closed or reset: done */
+            return;
+        }
+        c->drained_len += (size_t)r;
+        if (c->drained_len >= DRAIN_MAX) {
+            conn_close(c);
+            return;
+        }
     }
-    if (len == 0)
-        return; /* nothing asked, nothing to answer */
-    route(fd, buf, len);
+}
+
+/* Send what the socket takes now; poll says when it takes more. */
+static void conn_write(struct conn *c, int64_t now_ms)
+{
+    size_t total_len = c->head_len + c->body_len;
+
+    while (c->sent_len < total_len) {
+        const char *p;
+        size_t n;
+        ssize_t w;
+
+        if (c->sent_len < c->head_len) {
+            p = c->head + c->sent_len;
+            n = c->head_len - c->sent_len;
+        } else {
+            p = c->body + (c->sent_len - c->head_len);
+            n = total_len - c->sent_len;
+        }
+        w = send(c->fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && is_again(errno))
+            return;
+        if (w <= 0) {
+            ER_LOG_DEBUG("http", "client went away before the response");
+            conn_close(c);
+            return;
+        }
+        c->sent_len += (size_t)w;
+    }
 
     /* Closing with unread bytes makes the kernel send RST, which can
-     * destroy the response in flight; swallow a little first. */
-    (void)shutdown(fd, SHUT_WR);
-    tv.tv_sec = 0;
-    tv.tv_usec = DRAIN_MS * 1000L;
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    deadline_ms = er_time_mono_ms() + DRAIN_MS;
-    while (drained < DRAIN_MAX && er_time_mono_ms() < deadline_ms) {
-        ssize_t r = recv(fd, drain, sizeof(drain), 0);
+     * destroy the response in flight; half-close and drain first. */
+    c->body = NULL;
+    er_buf_fini(&c->metrics);
+    (void)shutdown(c->fd, SHUT_WR);
+    c->phase = CONN_DRAIN;
+    c->deadline_ms = now_ms + DRAIN_MS;
+    conn_drain(c);
+}
+
+/* The head is complete, too long, or cut short by EOF or the deadline:
+ * answer it (an incomplete head is a bad request). */
+static void conn_answer(struct conn *c, int64_t now_ms)
+{
+    route(c);
+    c->phase = CONN_WRITE;
+    c->deadline_ms = now_ms + ER_HTTP_WRITE_DEADLINE_MS;
+    conn_write(c, now_ms);
+}
+
+static void conn_read(struct conn *c, int64_t now_ms)
+{
+    for (;;) {
+        size_t scan_from;
+        ssize_t r =
+            recv(c->fd, c->req + c->req_len, sizeof(c->req) - c->req_len, 0);
 
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0)
-            break;
-        drained += (size_t)r;
+        if (r < 0 && is_again(errno))
+            return;
+        if (r < 0) {
+            conn_close(c); /* reset: nobody left to answer */
+            return;
+        }
+        if (r == 0) {
+            /* EOF: answer what was asked; nothing asked, nothing to
+             * answer. */
+            if (c->req_len == 0)
+                conn_close(c);
+            else
+                conn_answer(c, now_ms);
+            return;
+        }
+        /* Rescan the last 3 old bytes: a CRLFCRLF may straddle reads. */
+        scan_from = c->req_len < 3 ? 0 : c->req_len - 3;
+        c->req_len += (size_t)r;
+        if (head_end(c->req + scan_from, c->req_len - scan_from) != 0 ||
+            c->req_len == sizeof(c->req)) {
+            conn_answer(c, now_ms);
+            return;
+        }
     }
+}
+
+/* The socket is readable, writable or failed: take the phase's step. */
+static void conn_ready(struct conn *c, int64_t now_ms)
+{
+    switch (c->phase) {
+    case CONN_READ:
+        conn_read(c, now_ms);
+        return;
+    case CONN_WRITE:
+        conn_write(c, now_ms);
+        return;
+    case CONN_DRAIN:
+        conn_drain(c);
+        return;
+    }
+    ER_ASSERT(false);
+}
+
+static void conn_expire(struct conn *c, int64_t now_ms)
+{
+    switch (c->phase) {
+    case CONN_READ:
+        /* As at EOF: what trickled in is answered (400), or nothing is. */
+        if (c->req_len == 0)
+            conn_close(c);
+        else
+            conn_answer(c, now_ms);
+        return;
+    case CONN_WRITE:
+        ER_LOG_DEBUG("http", "client too slow to read the response");
+        conn_close(c);
+        return;
+    case CONN_DRAIN:
+        conn_close(c);
+        return;
+    }
+    ER_ASSERT(false);
+}
+
+/* Lower gives way first at the cap (see the top of this section). */
+static int evict_rank(const struct conn *c)
+{
+    switch (c->phase) {
+    case CONN_READ:
+        return 0;
+    case CONN_DRAIN:
+        return 1;
+    case CONN_WRITE:
+        return 2;
+    }
+    ER_ASSERT(false);
+    return 3;
+}
+
+/* A free slot, or one made free by closing the connection that gives way
+ * first. */
+static struct conn *take_slot(struct er_http *http)
+{
+    struct conn *victim = NULL;
+    size_t i;
+
+    for (i = 0; i < ER_HTTP_CONN_MAX; i++) {
+        struct conn *c = &http->conns[i];
+
+        if (c->fd < 0)
+            return c;
+        if (victim == NULL || evict_rank(c) < evict_rank(victim) ||
+            (evict_rank(c) == evict_rank(victim) && c->seq < victim->seq))
+            victim = c;
+    }
+    ER_LOG_DEBUG("http", "connection cap %d reached, closing one to make room",
+                 ER_HTTP_CONN_MAX);
+    conn_close(victim);
+    return victim;
+}
+
+/* Accept one connection and read what it has sent already. Returns
+ * whether one was taken from the queue (so more may be waiting). */
+static bool accept_one(struct er_http *http, int64_t now_ms)
+{
+    char errbuf[128];
+    struct conn *c;
+    int flags;
+    int fd;
+
+    fd = accept(http->listen_fd, NULL, NULL);
+    if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+            errno == ENOMEM) {
+            ER_LOG_WARN("http", "accept failed: %s",
+                        er_strerror(errno, errbuf, sizeof(errbuf)));
+            /* Pause instead of spinning on a pending connection. */
+            http->accept_resume_ms = now_ms + ACCEPT_PAUSE_MS;
+        }
+        return false; /* EAGAIN, ECONNABORTED, EINTR: nothing to serve */
+    }
+    set_cloexec(fd);
+    /* Linux does not pass O_NONBLOCK on from the listening socket, and a
+     * blocking socket could stall the only thread. */
+    flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        close(fd);
+        return true;
+    }
+    c = take_slot(http);
+    c->fd = fd;
+    c->phase = CONN_READ;
+    c->seq = http->accept_seq++;
+    c->deadline_ms = now_ms + ER_HTTP_HEAD_DEADLINE_MS;
+    c->req_len = 0;
+    c->head_len = 0;
+    c->body = NULL;
+    c->body_len = 0;
+    c->sent_len = 0;
+    c->drained_len = 0;
+    er_buf_init(&c->metrics, METRICS_MAX);
+    conn_read(c, now_ms);
+    return true;
+}
+
+/* Milliseconds until the next deadline, or -1 when nothing is due. */
+static int poll_timeout_ms(const struct er_http *http, int64_t now_ms)
+{
+    int64_t next_ms = INT64_MAX;
+    size_t i;
+
+    if (now_ms < http->accept_resume_ms)
+        next_ms = http->accept_resume_ms;
+    for (i = 0; i < ER_HTTP_CONN_MAX; i++) {
+        const struct conn *c = &http->conns[i];
+
+        if (c->fd >= 0 && c->deadline_ms < next_ms)
+            next_ms = c->deadline_ms;
+    }
+    if (next_ms == INT64_MAX)
+        return -1;
+    if (next_ms <= now_ms)
+        return 0;
+    /* Deadlines lie at most ER_HTTP_WRITE_DEADLINE_MS ahead. */
+    return (int)(next_ms - now_ms);
 }
 
 static void *loop(void *arg)
 {
     struct er_http *http = arg;
+    struct pollfd pfd[2 + ER_HTTP_CONN_MAX];
     char errbuf[128];
+    size_t i;
 
     for (;;) {
-        struct pollfd pfd[2];
-        int fd;
-        int flags;
+        int64_t now_ms = er_time_mono_ms();
+        int ready_cnt;
 
-        pfd[0].fd = http->listen_fd;
+        pfd[0].fd = http->wake_fd[0];
         pfd[0].events = POLLIN;
-        pfd[0].revents = 0;
-        pfd[1].fd = http->wake_fd[0];
+        pfd[1].fd = now_ms < http->accept_resume_ms ? -1 : http->listen_fd;
         pfd[1].events = POLLIN;
-        pfd[1].revents = 0;
-        if (poll(pfd, 2, -1) < 0) {
+        for (i = 0; i < ER_HTTP_CONN_MAX; i++) {
+            const struct conn *c = &http->conns[i];
+
+            /* poll skips the negative fds of free slots. */
+            pfd[2 + i].fd = c->fd;
+            pfd[2 + i].events = c->phase == CONN_WRITE ? POLLOUT : POLLIN;
+        }
+        for (i = 0; i < 2 + ER_HTTP_CONN_MAX; i++)
+            pfd[i].revents = 0;
+        ready_cnt =
+            poll(pfd, 2 + ER_HTTP_CONN_MAX, poll_timeout_ms(http, now_ms));
+        if (ready_cnt < 0) {
             if (errno == EINTR)
                 continue;
             ER_LOG_ERR("http", "poll failed, endpoint stopped: %s",
                        er_strerror(errno, errbuf, sizeof(errbuf)));
             break;
         }
-        if (pfd[1].revents != 0)
+        if (pfd[0].revents != 0)
             break;
-        if (pfd[0].revents == 0)
-            continue;
-        fd = accept(http->listen_fd, NULL, NULL);
-        if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-                errno == ENOMEM) {
-                ER_LOG_WARN("http", "accept failed: %s",
-                            er_strerror(errno, errbuf, sizeof(errbuf)));
-                /* Back off instead of spinning on a pending connection. */
-                (void)poll(&pfd[1], 1, 100);
-            }
-            continue; /* EAGAIN, ECONNABORTED, EINTR: nothing to serve */
+
+        now_ms = er_time_mono_ms();
+        for (i = 0; i < ER_HTTP_CONN_MAX; i++) {
+            if (pfd[2 + i].revents != 0 && http->conns[i].fd >= 0)
+                conn_ready(&http->conns[i], now_ms);
         }
-        set_cloexec(fd);
-        /* BSDs pass O_NONBLOCK on from the listening socket; we want
-         * blocking reads bounded by SO_RCVTIMEO. */
-        flags = fcntl(fd, F_GETFL);
-        if (flags >= 0 && (flags & O_NONBLOCK) != 0)
-            (void)fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-        serve(fd);
-        close(fd);
+        for (i = 0; i < ER_HTTP_CONN_MAX; i++) {
+            struct conn *c = &http->conns[i];
+
+            if (c->fd >= 0 && now_ms >= c->deadline_ms)
+                conn_expire(c, now_ms);
+        }
+        /* A bounded batch of accepts a round: a burst does not overflow
+         * the backlog, and open connections keep their turn however fast
+         * new ones arrive. */
+        if (pfd[1].revents != 0) {
+            i = 0;
+            while (i < ACCEPT_BATCH && accept_one(http, now_ms))
+                i++;
+        }
     }
     return NULL;
 }
@@ -422,7 +663,8 @@ static int listen_on(const char *host, const char *port, int *fd_out,
         }
         set_cloexec(fd);
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
-            bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 16) == 0)
+            bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+            listen(fd, LISTEN_BACKLOG) == 0)
             break;
         saved_errno = errno;
         close(fd);
@@ -465,6 +707,7 @@ struct er_http *er_http_new(const char *addr, struct er_err *err)
     char errbuf[128];
     sigset_t all;
     sigset_t old;
+    size_t i;
     int flags;
     int rc;
 
@@ -482,6 +725,15 @@ struct er_http *er_http_new(const char *addr, struct er_err *err)
     http->listen_fd = -1;
     http->wake_fd[0] = -1;
     http->wake_fd[1] = -1;
+    http->conns = er_calloc(ER_HTTP_CONN_MAX, sizeof(*http->conns));
+    if (http->conns == NULL) {
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+        goto fail;
+    }
+    for (i = 0; i < ER_HTTP_CONN_MAX; i++) {
+        http->conns[i].fd = -1;
+        er_buf_init(&http->conns[i].metrics, METRICS_MAX);
+    }
     if (listen_on(host, port, &http->listen_fd, err) != 0)
         goto fail;
     /* A non-blocking listener: a connection reset between poll and
@@ -524,9 +776,12 @@ int er_http_port(const struct er_http *http)
     return http->port;
 }
 
-/* Waits for the request being served, which the deadlines bound. */
+/* Returns promptly: the thread never waits on a client, and the
+ * connections still open are closed here once it has stopped. */
 void er_http_destroy(struct er_http *http)
 {
+    size_t i;
+
     if (http == NULL)
         return;
     if (http->has_thread) {
@@ -539,6 +794,11 @@ void er_http_destroy(struct er_http *http)
         ER_ASSERT(w == 1);
         pthread_join(http->thread, NULL);
     }
+    for (i = 0; http->conns != NULL && i < ER_HTTP_CONN_MAX; i++) {
+        if (http->conns[i].fd >= 0)
+            conn_close(&http->conns[i]);
+    }
+    er_free(http->conns);
     if (http->listen_fd >= 0)
         close(http->listen_fd);
     if (http->wake_fd[0] >= 0)

@@ -407,8 +407,8 @@ void er_lifecycle__set_env(struct er_step *st, const struct er_env_row *env)
  * The step
  * ================================================================ */
 
-/* Encode st's result, queue it and record it as the command's result. */
-static int finish(struct er_step *st, struct er_err *err)
+/* Encode st's result and queue it on the results topic. */
+static int send_result(struct er_step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
     int rc;
@@ -424,40 +424,109 @@ static int finish(struct er_step *st, struct er_err *err)
     rc = er_codec_result_encode(&st->res, &lc->enc, err);
     if (rc != 0)
         return rc;
-    rc = outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
+    return outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
+}
+
+/* Encode st's result, queue it and record it as the command's result. */
+static int finish(struct er_step *st, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    int rc;
+
+    rc = send_result(st, err);
     if (rc != 0)
         return rc;
     rc = er_store_journal_close_command(
-        lc->store, st->res.command_id,
+        lc->store, st->res.command_id, st->res.company_id,
         st->res.outcome == ER_OUTCOME_OK ? "done" : "failed", err);
     if (rc != 0)
         return rc;
     return er_store_processed_put(
-        lc->store, st->res.command_id, er_codec_kind_name(st->res.kind),
-        st->res.heartbeat_run_id, lc->enc.data, lc->enc.len, err);
+        lc->store, st->res.command_id, st->res.company_id,
+        er_codec_kind_name(st->res.kind), st->res.heartbeat_run_id,
+        lc->enc.data, lc->enc.len, err);
 }
 
-/* Re-send the stored result of a command seen before. Returns 1 when there
- * was one, 0 when the command is new. */
+/* The company a stored result was sent for: the row's column, or for a
+ * row made before migration 4 the companyId inside the stored record.
+ * NULL when it cannot be read (treated as another company's). */
+static const char *stored_company(struct er_lifecycle *lc,
+                                  const struct er_processed_row *row)
+{
+    struct er_err ignored;
+    struct er_buf text;
+    const char *company = NULL;
+
+    if (row->company_id != NULL)
+        return row->company_id;
+    er_buf_init(&text, ER_CMD_VALUE_MAX_BYTES * 2);
+    er_err_clear(&ignored);
+    if (er_codec_to_json(row->result, row->result_len, &text, &ignored) == 0) {
+        json_t *rec = json_loadb((const char *)text.data, text.len, 0, NULL);
+        const char *id = er_lifecycle__jget_str(rec, "companyId");
+
+        company = id != NULL ? er_arena_strdup(&lc->arena, id) : NULL;
+        json_decref(rec);
+    }
+    er_buf_fini(&text);
+    return company;
+}
+
+/* What replay found. */
+enum replay_outcome {
+    REPLAY_NEW = 0,     /* the command id was never processed */
+    REPLAY_SENT = 1,    /* its stored result was queued again */
+    REPLAY_FOREIGN = 2, /* the id belongs to another company's or kind's
+                         * command: nothing of it may be returned */
+};
+
+/* Re-send the stored result of a command seen before, only to a command of
+ * the same company and kind. Returns an enum replay_outcome or < 0. */
 static int replay(struct er_lifecycle *lc, const char *command_id,
+                  const char *company_id, enum er_cmd_kind kind,
                   const uint8_t *key, size_t key_len, struct er_err *err)
 {
-    uint8_t *stored = NULL;
-    size_t stored_len = 0;
+    struct er_processed_row row;
+    const char *stored_by;
     int rc;
 
-    rc = er_store_processed_get(lc->store, command_id, &lc->arena, &stored,
-                                &stored_len, err);
+    rc = er_store_processed_get(lc->store, command_id, &lc->arena, &row, err);
     if (rc == ER_ENOTFOUND)
-        return 0;
+        return REPLAY_NEW;
     if (rc != 0)
         return rc;
-    rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len, stored,
-                             stored_len, NULL, err);
+    stored_by = stored_company(lc, &row);
+    if (stored_by == NULL || strcmp(stored_by, company_id) != 0 ||
+        strcmp(row.kind, er_codec_kind_name(kind)) != 0)
+        return REPLAY_FOREIGN;
+    rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len,
+                             row.result, row.result_len, NULL, err);
     if (rc != 0)
         return rc;
     er_metrics_replay();
-    return 1;
+    return REPLAY_SENT;
+}
+
+/* Answer a command whose id another company's or kind's command already
+ * used: an invalid_command result, queued but neither recorded (the id's
+ * row is the first command's) nor closing anyone's journal entries. */
+static int answer_foreign(struct er_step *st, struct er_err *err)
+{
+    er_log_kv(ER_LOG_WARN, "lifecycle",
+              "command id already used by another command: refused",
+              "commandId", st->res.command_id, "companyId", st->res.company_id,
+              "kind", er_codec_kind_name(st->res.kind), (const char *)NULL);
+    er_lifecycle__fail(st, ER_OUTCOME_ERROR, ER_EC_INVALID_COMMAND,
+                       "commandId \"%s\" was already used by another "
+                       "command; a command id is answered only for the "
+                       "company and kind that first used it",
+                       st->res.command_id);
+    json_decref(st->result);
+    st->result = NULL;
+    st->res.lease_id = NULL;
+    st->res.environment_id = NULL;
+    st->res.driver = NULL;
+    return send_result(st, err);
 }
 
 /* DLQ code for the envrun.error.code header. */
@@ -489,6 +558,99 @@ static bool id_is_readable(const char *s)
     return true;
 }
 
+/* Remove the secret-looking keys of a JSON text field of cmd (a copy);
+ * *field gets the redacted text (arena). Returns whether anything went. */
+static bool redact_json_field(struct er_lifecycle *lc, char **field)
+{
+    json_t *v;
+    char *before;
+    char *after;
+    bool is_changed = false;
+
+    if (*field == NULL)
+        return false;
+    v = json_loads(*field, JSON_DECODE_ANY, NULL);
+    if (v == NULL)
+        return false; /* not JSON: validation said so; no keys to judge */
+    before = er_lifecycle__jdump(&lc->arena, v);
+    er_redact_json(v, false);
+    after = er_lifecycle__jdump(&lc->arena, v);
+    json_decref(v);
+    if (before != NULL && after != NULL && strcmp(before, after) != 0) {
+        *field = after;
+        is_changed = true;
+    }
+    return is_changed;
+}
+
+/* The bytes a dead letter stores and publishes: the original message, or
+ * with its credentials removed (into lc->enc). *redacted names what went
+ * (static text, NULL when nothing did). A command that decoded is encoded
+ * again without hostApiToken and without secret-looking keys in its JSON
+ * fields. One that did not decode but may be a realize command may carry
+ * a token nobody can find in it: only the header and the ids before the
+ * command body are kept (the whole message stays in the commands topic,
+ * which the headers point to). */
+static int dlq_value(struct er_lifecycle *lc, const uint8_t *value,
+                     size_t value_len, const struct er_run_command *cmd,
+                     const char **redacted, struct er_err *err)
+{
+    enum er_record_type type = ER_REC_UNKNOWN;
+    struct er_err ignored;
+    int rc;
+
+    *redacted = NULL;
+    er_buf_reset(&lc->enc);
+    if (cmd != NULL) {
+        struct er_run_command copy = *cmd;
+        bool has_token = cmd->host_api_token.value != NULL;
+        bool is_ws = redact_json_field(lc, &copy.workspace_json);
+        bool is_overlay = redact_json_field(lc, &copy.runtime_overlay_json);
+
+        if (has_token || is_ws || is_overlay) {
+            copy.host_api_token.value = NULL;
+            copy.host_api_token.len = 0;
+            *redacted = has_token && (is_ws || is_overlay)
+                            ? "hostApiToken and secret keys of the JSON fields"
+                        : has_token ? "hostApiToken"
+                                    : "secret keys of the JSON fields";
+            rc = er_codec_command_encode(&copy, &lc->enc, err);
+            if (rc == 0)
+                return 0;
+            /* An encoder refusing what the decoder took: withhold. */
+            er_buf_reset(&lc->enc);
+            *redacted = "value withheld: the redacted command could not be "
+                        "encoded";
+            return 0;
+        }
+    } else {
+        enum er_cmd_kind kind = ER_CMD_REALIZE;
+        size_t body_off = 0;
+        int peek;
+
+        er_err_clear(&ignored);
+        if (er_codec_identify(value, value_len, &type, &ignored) == 0 &&
+            type == ER_REC_RUN_COMMAND) {
+            peek =
+                er_codec_command_peek_kind(value, value_len, &kind, &body_off);
+            if (peek != 0) {
+                /* Not even the ids read: keep the header only. */
+                *redacted = "everything after the header withheld: an "
+                            "undecodable command may carry hostApiToken";
+                value_len = ER_CODEC_HDR_LEN;
+            } else if (kind == ER_CMD_REALIZE) {
+                *redacted = "realize command body withheld: an undecodable "
+                            "realize command may carry hostApiToken";
+                value_len = body_off;
+            }
+        }
+    }
+    rc = er_buf_append(&lc->enc, value, value_len);
+    if (rc != 0)
+        return er_err_set(err, rc, ER_ERRCLASS_RETRY, "dlq copy failed");
+    return 0;
+}
+
 /* Dead-letter a message and answer invalid_command where its id can be
  * read; cmd is the decoded command when only validation failed. */
 static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
@@ -501,34 +663,39 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     char *peek_company = NULL;
     const char *command_id = cmd != NULL ? cmd->command_id : NULL;
     const char *company_id = cmd != NULL ? cmd->company_id : NULL;
+    const char *redacted = NULL;
     json_t *headers = NULL;
     char *headers_json = NULL;
+    char part[16];
+    char off[24];
     struct er_step st;
     int rc;
 
     memset(&st, 0, sizeof(st));
     er_metrics_dlq();
-    {
-        char part[16];
-        char off[24];
-
-        snprintf(part, sizeof(part), "%d", (int)coords->partition);
-        snprintf(off, sizeof(off), "%lld", (long long)coords->offset);
-        er_log_kv(ER_LOG_WARN, "lifecycle", "dead-lettering command",
-                  "partition", part, "offset", off, "reason", why->msg, "code",
-                  dlq_code(why->code), (const char *)NULL);
+    snprintf(part, sizeof(part), "%d", (int)coords->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)coords->offset);
+    er_log_kv(ER_LOG_WARN, "lifecycle", "dead-lettering command", "partition",
+              part, "offset", off, "reason", why->msg, "code",
+              dlq_code(why->code), (const char *)NULL);
+    rc = dlq_value(lc, value, value_len, cmd, &redacted, err);
+    if (rc != 0)
+        return rc;
+    headers =
+        json_pack("{s:s, s:s, s:s, s:s}", "envrun.error", why->msg,
+                  "envrun.error.code", dlq_code(why->code),
+                  "envrun.source.partition", part, "envrun.source.offset", off);
+    if (headers != NULL && redacted != NULL &&
+        json_object_set_new(headers, "envrun.redacted",
+                            json_string(redacted)) != 0) {
+        json_decref(headers);
+        headers = NULL;
     }
-    headers = json_pack("{s:s, s:s}", "envrun.error", why->msg,
-                        "envrun.error.code", dlq_code(why->code));
     headers_json =
         headers != NULL ? er_lifecycle__jdump(&lc->arena, headers) : NULL;
     json_decref(headers);
     if (headers_json == NULL)
         return er_lifecycle__oom(err);
-    er_buf_reset(&lc->enc);
-    rc = er_buf_append(&lc->enc, value, value_len);
-    if (rc != 0)
-        return er_err_set(err, rc, ER_ERRCLASS_RETRY, "dlq copy failed");
     rc = outbox(lc, lc->topic_dlq, key, key_len, headers_json, err);
     if (rc != 0)
         return rc;
@@ -544,8 +711,17 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
         key = (const uint8_t *)command_id;
         key_len = strlen(command_id);
     }
-    rc = replay(lc, command_id, key, key_len, err);
-    if (rc != 0) {
+    if (!id_is_readable(company_id) ||
+        !er_uuid_is_valid(company_id, strlen(company_id)))
+        company_id = "";
+    /* CommandResult.kind has no "unknown" symbol: when the command could
+     * not be decoded far enough to know its kind, acquire stands in. */
+    st.res.kind = cmd != NULL ? cmd->kind : ER_CMD_ACQUIRE;
+    rc = replay(lc, command_id, company_id, st.res.kind, key, key_len, err);
+    if (rc != REPLAY_NEW) {
+        /* A foreign id gets no answer here: the dead letter is the
+         * record of this message, and the id's result belongs to
+         * another command. */
         rc = rc > 0 ? 0 : rc;
         goto out;
     }
@@ -553,14 +729,7 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     st.key = key;
     st.key_len = key_len;
     st.res.command_id = er_arena_strdup(&lc->arena, command_id);
-    st.res.company_id = er_arena_strdup(
-        &lc->arena, id_is_readable(company_id) &&
-                            er_uuid_is_valid(company_id, strlen(company_id))
-                        ? company_id
-                        : "");
-    /* CommandResult.kind has no "unknown" symbol: when the command could
-     * not be decoded far enough to know its kind, acquire stands in. */
-    st.res.kind = cmd != NULL ? cmd->kind : ER_CMD_ACQUIRE;
+    st.res.company_id = er_arena_strdup(&lc->arena, company_id);
     st.res.heartbeat_run_id =
         cmd != NULL && cmd->heartbeat_run_id != NULL &&
                 er_uuid_is_valid(cmd->heartbeat_run_id,
@@ -627,16 +796,18 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
         key = (const uint8_t *)cmd.command_id;
         key_len = strlen(cmd.command_id);
     }
-    rc = replay(lc, cmd.command_id, key, key_len, err);
-    if (rc != 0) {
-        if (rc > 0)
-            er_log_kv(ER_LOG_INFO, "lifecycle",
-                      "command seen before: stored result sent again",
-                      "commandId", cmd.command_id, "runId",
-                      cmd.heartbeat_run_id, (const char *)NULL);
-        rc = rc > 0 ? 0 : rc;
+    rc =
+        replay(lc, cmd.command_id, cmd.company_id, cmd.kind, key, key_len, err);
+    if (rc == REPLAY_SENT) {
+        er_log_kv(ER_LOG_INFO, "lifecycle",
+                  "command seen before: stored result sent again", "commandId",
+                  cmd.command_id, "runId", cmd.heartbeat_run_id,
+                  (const char *)NULL);
+        rc = 0;
         goto out;
     }
+    if (rc < 0)
+        goto out;
 
     st.lc = lc;
     st.coords = coords;
@@ -649,6 +820,13 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
     st.res.kind = cmd.kind;
     st.res.outcome = ER_OUTCOME_OK;
     st.res.error_code = ER_EC_NONE;
+    if (rc == REPLAY_FOREIGN) {
+        rc = answer_foreign(&st, err);
+        if (rc == 0)
+            er_metrics_command(er_codec_kind_name(cmd.kind), "error",
+                               er_time_mono_ms() - t0);
+        goto out;
+    }
     if (refused != NULL) {
         er_lifecycle__fail(&st, ER_OUTCOME_ERROR, refused_code(cmd.kind),
                            "The database refused the %s: %s",

@@ -208,7 +208,8 @@ static int undo_earlier_attempt(struct er_step *st,
     char *detail = NULL;
     int rc;
 
-    rc = er_store_lease_id_for(lc->store, st->cmd->command_id, lease_id, err);
+    rc = er_store_lease_id_for(lc->store, st->cmd->company_id,
+                               st->cmd->command_id, lease_id, err);
     if (rc == 0)
         rc = er_store_journal_get(lc->store, st->cmd->command_id, "acquire",
                                   lease_id, &lc->arena, &state, &detail, err);
@@ -286,7 +287,8 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
     }
 
     if (!is_reentrant) {
-        rc = er_store_lease_id_for(lc->store, cmd->command_id, lease_id, err);
+        rc = er_store_lease_id_for(lc->store, cmd->company_id, cmd->command_id,
+                                   lease_id, err);
         if (rc != 0)
             goto out;
         ctx = (struct er_driver_lease_ctx){ lease_id,

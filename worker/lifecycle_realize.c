@@ -3,8 +3,15 @@
  * remote), the provision command (journaled with its outcome), the
  * metadata and the execution target. Not thread-safe; see
  * lifecycle_step_int.h. */
+
+/* realpath() is an X/Open System Interface, not base POSIX. */
+#define _XOPEN_SOURCE 700
+
 #include <ctype.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -45,8 +52,9 @@ static int realize_lease(struct er_step *st, struct er_lease_row *lease,
         }
         return rc;
     }
-    rc = er_store_lease_active_for_run(lc->store, cmd->heartbeat_run_id,
-                                       &lc->arena, &rows, &cnt, err);
+    rc = er_store_lease_active_for_run(lc->store, cmd->company_id,
+                                       cmd->heartbeat_run_id, &lc->arena, &rows,
+                                       &cnt, err);
     if (rc != 0)
         return rc;
     if (cnt == 0) {
@@ -59,6 +67,33 @@ static int realize_lease(struct er_step *st, struct er_lease_row *lease,
     }
     *lease = rows[cnt - 1];
     return 0;
+}
+
+/* Whether a is b or lies under it (both resolved paths). */
+static bool path_within(const char *a, const char *b)
+{
+    size_t n = strlen(b);
+
+    if (n == 1 && b[0] == '/')
+        return true;
+    return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
+}
+
+/* A workspace that is, holds or lies in ENVRUN_SECRETS_DIR would hand the
+ * secrets to a sync (a misconfigured root, say): true with err set. */
+static bool overlaps_secrets(const char *real_ws, struct er_err *err)
+{
+    const char *dir = er_driver_secrets_dir();
+    char real_dir[PATH_MAX];
+
+    if (dir[0] == '\0' || realpath(dir, real_dir) == NULL)
+        return false;
+    if (!path_within(real_ws, real_dir) && !path_within(real_dir, real_ws))
+        return false;
+    er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+               "the workspace path holds or lies in ENVRUN_SECRETS_DIR; "
+               "secrets are never part of a workspace");
+    return true;
 }
 
 /* The workspaceRealizationRequest of domain.md 2.6. */
@@ -302,6 +337,8 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
     struct er_err derr;
     const char *driver;
     json_t *ws = NULL;
+    const char *host_cwd = NULL;
+    char real_host[PATH_MAX];
     json_t *overlay = NULL;
     json_t *meta = NULL;
     json_t *config = NULL;
@@ -364,10 +401,37 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
         goto out;
     }
 
+    /* A local workspace path is untrusted: it must lie under
+     * ENVRUN_WORKSPACE_ROOTS once its symlinks are resolved, and the
+     * drivers get the resolved path. */
+    host_cwd = er_lifecycle__jget_str(ws, "cwd");
+    if (host_cwd != NULL) {
+        struct er_err perr;
+
+        er_err_clear(&perr);
+        if (er_wspath_check(host_cwd, er_driver_workspace_roots(), real_host,
+                            sizeof(real_host), &perr) != 0) {
+            er_lifecycle__fail(
+                st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+                "Failed to realize workspace for environment \"%s\" (%s): "
+                "%s",
+                env.name, driver, perr.msg);
+            goto out;
+        }
+        if (overlaps_secrets(real_host, &perr)) {
+            er_lifecycle__fail(
+                st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
+                "Failed to realize workspace for environment \"%s\" (%s): "
+                "%s",
+                env.name, driver, perr.msg);
+            goto out;
+        }
+        host_cwd = real_host;
+    }
     denv = er_lifecycle__driver_env(&env, config);
     dlease = er_lifecycle__driver_lease(&lease, meta);
     dws =
-        (struct er_driver_workspace){ er_lifecycle__jget_str(ws, "cwd"),
+        (struct er_driver_workspace){ host_cwd,
                                       er_lifecycle__jget_str(meta, "remoteCwd"),
                                       cmd->requested_mode, request };
     if (ops->is_remote) {
@@ -383,9 +447,9 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
     er_fault_point("driver.after");
     /* Step 3: the provision command (never for local). */
     if (drc == 0)
-        prc = provision(st, ops, &denv, &dlease, &env, driver, overlay,
-                        real.cwd, er_lifecycle__jget_str(meta, "remoteCwd"),
-                        er_lifecycle__jget_str(ws, "cwd"), err);
+        prc =
+            provision(st, ops, &denv, &dlease, &env, driver, overlay, real.cwd,
+                      er_lifecycle__jget_str(meta, "remoteCwd"), host_cwd, err);
     if (prc < 0) {
         rc = prc;
         goto out;

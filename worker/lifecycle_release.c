@@ -176,8 +176,9 @@ int er_lifecycle__release(struct er_step *st, struct er_err *err)
         rc = er_lifecycle__oom(err);
         goto out;
     }
-    rc = er_store_lease_active_for_run(lc->store, cmd->heartbeat_run_id,
-                                       &lc->arena, &rows, &cnt, err);
+    rc = er_store_lease_active_for_run(lc->store, cmd->company_id,
+                                       cmd->heartbeat_run_id, &lc->arena, &rows,
+                                       &cnt, err);
     if (rc != 0)
         goto out;
     items = cnt > 0 ? er_arena_alloc(&lc->arena, sizeof(*items) * cnt) : NULL;

@@ -19,12 +19,33 @@ static void on_signal(int sig)
     er_worker_stop = 1;
 }
 
+/* Undo what a parent may have left us: an ignored SIGCHLD makes the
+ * kernel reap children itself, so waitpid could not report a child's
+ * exit status; a blocked SIGTERM would keep the worker from draining. */
+static void reset_inherited_signals(void)
+{
+    static const int defaults[] = { SIGCHLD, SIGTERM, SIGINT,  SIGHUP,
+                                    SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2 };
+    struct sigaction sa;
+    sigset_t none;
+    size_t i;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    for (i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
+        sigaction(defaults[i], &sa, NULL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
 int main(int argc, char **argv)
 {
     struct er_config cfg;
     char errline[512];
     struct sigaction sa;
 
+    reset_inherited_signals();
     switch (er_config_load(&cfg, argc, argv, errline, sizeof(errline))) {
     case ER_CONFIG_OK:
         break;

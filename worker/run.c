@@ -57,7 +57,6 @@ static int migrate(const struct er_config *cfg)
 
 int er_worker_run(const struct er_config *cfg)
 {
-    struct er_devstack_kafka *dev = NULL;
     struct er_http *http = NULL;
     struct er_outbox *outbox = NULL;
     struct er_dispatch *dispatch = NULL;
@@ -69,6 +68,7 @@ int er_worker_run(const struct er_config *cfg)
 
     er_err_clear(&err);
     er_driver_setup(cfg->secrets_dir);
+    er_driver_set_workspace_roots(cfg->workspace_roots);
     if (er_codec_init(&err) != 0) {
         ER_LOG_ERR("worker", "codec: %s", err.msg);
         return 1;
@@ -78,16 +78,6 @@ int er_worker_run(const struct er_config *cfg)
                               "registry is not supported yet: values stay "
                               "single-object encoded and Confluent-framed "
                               "commands are dead-lettered");
-    if (brokers[0] == '\0') {
-        /* Dev mode: an in-process mock cluster (contract.md 2). */
-        dev = er_devstack_kafka_start(1, 4, cfg->topic_prefix, &err);
-        if (dev == NULL) {
-            ER_LOG_ERR("worker", "dev cluster: %s", err.msg);
-            goto out;
-        }
-        brokers = er_devstack_kafka_bootstraps(dev);
-        ER_LOG_INFO("worker", "dev mode: mock Kafka cluster at %s", brokers);
-    }
     if (migrate(cfg) != 0)
         goto out;
     er_metrics_set_db_ready(true);
@@ -125,7 +115,6 @@ out:
     er_dispatch_destroy(dispatch);
     er_outbox_destroy(outbox, OUTBOX_DRAIN_MS);
     er_http_destroy(http);
-    er_devstack_kafka_stop(dev);
     er_codec_shutdown();
     return rc;
 }

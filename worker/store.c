@@ -406,20 +406,20 @@ int er_store_savepoint_release(struct er_store *store, struct er_err *err)
 /* ---- processed commands ---- */
 
 int er_store_processed_get(struct er_store *store, const char *command_id,
-                           struct er_arena *arena, uint8_t **result,
-                           size_t *result_len, struct er_err *err)
+                           struct er_arena *arena, struct er_processed_row *out,
+                           struct er_err *err)
 {
     const char *params[] = { command_id };
     PGresult *res = NULL;
+    size_t len;
     int rc = 0;
 
-    *result = NULL;
-    *result_len = 0;
+    memset(out, 0, sizeof(*out));
     /* A concurrent step of the same id is caught by the primary key at
      * er_store_processed_put, which waits for the other transaction. */
     res = PQexecParams(store->conn,
-                       "SELECT result FROM envrun.processed_commands "
-                       "WHERE command_id = $1",
+                       "SELECT result, kind, company_id "
+                       "FROM envrun.processed_commands WHERE command_id = $1",
                        1, NULL, params, NULL, NULL, 1);
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
         rc = er_store__result_to_err(store->conn, res, "processed lookup", err);
@@ -429,33 +429,38 @@ int er_store_processed_get(struct er_store *store, const char *command_id,
         rc = ER_ENOTFOUND;
         goto out;
     }
-    *result_len = (size_t)PQgetlength(res, 0, 0);
-    *result = er_arena_alloc(arena, *result_len + 1);
-    if (*result == NULL) {
+    len = (size_t)PQgetlength(res, 0, 0);
+    out->result = er_arena_alloc(arena, len + 1);
+    out->kind = er_store__get_str(res, 0, 1, arena);
+    out->company_id = er_store__get_str(res, 0, 2, arena);
+    if (out->result == NULL || out->kind == NULL ||
+        (out->company_id == NULL && !PQgetisnull(res, 0, 2))) {
         rc = er_store__oom(err);
         goto out;
     }
-    memcpy(*result, PQgetvalue(res, 0, 0), *result_len);
+    memcpy(out->result, PQgetvalue(res, 0, 0), len);
+    out->result_len = len;
 out:
     PQclear(res);
     return rc;
 }
 
 int er_store_processed_put(struct er_store *store, const char *command_id,
-                           const char *kind, const char *run_id,
-                           const uint8_t *result, size_t result_len,
-                           struct er_err *err)
+                           const char *company_id, const char *kind,
+                           const char *run_id, const uint8_t *result,
+                           size_t result_len, struct er_err *err)
 {
-    const char *params[] = { command_id, kind, run_id, (const char *)result };
-    const int lengths[] = { 0, 0, 0, (int)result_len };
+    const char *params[] = { command_id, kind, run_id, (const char *)result,
+                             company_id };
+    const int lengths[] = { 0, 0, 0, (int)result_len, 0 };
     PGresult *res;
 
     ER_ASSERT(result_len > 0 && result_len < INT32_MAX);
     res = er_store__exec(store, "processed insert",
                          "INSERT INTO envrun.processed_commands "
-                         "(command_id, kind, heartbeat_run_id, result) "
-                         "VALUES ($1, $2, $3, $4)",
-                         4, params, lengths, err);
+                         "(command_id, kind, heartbeat_run_id, result, "
+                         "company_id) VALUES ($1, $2, $3, $4, $5)",
+                         5, params, lengths, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     PQclear(res);
@@ -565,13 +570,21 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
     return rc;
 }
 
-int er_store_lease_id_for(struct er_store *store, const char *command_id,
-                          char out[37], struct er_err *err)
+int er_store_lease_id_for(struct er_store *store, const char *company_id,
+                          const char *command_id, char out[37],
+                          struct er_err *err)
 {
-    const char *params[] = { command_id };
+    const char *params[] = { company_id, command_id };
+    /* RFC 9562 version 8 (custom): the first 128 bits of
+     * SHA-256("envrun-lease:" company ":" command id) with the version
+     * nibble set to 8 and the variant bits to 10. */
     PGresult *res = er_store__exec(
-        store, "lease id", "SELECT md5('envrun-lease:' || $1)::uuid::text", 1,
-        params, NULL, err);
+        store, "lease id",
+        "SELECT encode(set_byte(set_byte(h, 6, (get_byte(h, 6) & 15) | 128), "
+        "8, (get_byte(h, 8) & 63) | 128), 'hex')::uuid::text FROM ("
+        "SELECT substring(sha256(convert_to('envrun-lease:' || $1 || ':' || "
+        "$2, 'UTF8')) FROM 1 FOR 16) AS h) AS d",
+        2, params, NULL, err);
 
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
@@ -592,18 +605,22 @@ int er_store_lease_get(struct er_store *store, const char *id,
                      1, params, arena, out, err);
 }
 
-int er_store_lease_active_for_run(struct er_store *store, const char *run_id,
+int er_store_lease_active_for_run(struct er_store *store,
+                                  const char *company_id, const char *run_id,
                                   struct er_arena *arena,
                                   struct er_lease_row **rows, size_t *row_cnt,
                                   struct er_err *err)
 {
-    const char *params[] = { run_id };
+    const char *params[] = { company_id, run_id };
 
+    /* The company too: a command carrying another company's run id must
+     * find nothing (the run id alone is no proof of ownership). */
     return many_leases(store, "load run leases",
                        "SELECT " LEASE_COLS " FROM environment_leases "
-                       "WHERE heartbeat_run_id = $1::uuid AND status = "
-                       "'active' ORDER BY acquired_at, id FOR UPDATE",
-                       1, params, arena, rows, row_cnt, err);
+                       "WHERE company_id = $1::uuid AND heartbeat_run_id = "
+                       "$2::uuid AND status = 'active' "
+                       "ORDER BY acquired_at, id FOR UPDATE",
+                       2, params, arena, rows, row_cnt, err);
 }
 
 int er_store_lease_active_for_workspace(struct er_store *store,

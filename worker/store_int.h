@@ -116,16 +116,25 @@ int er_store_savepoint_release(struct er_store *store, struct er_err *err);
 
 /* ---- processed commands (effectively-once) ---- */
 
-/* The stored result of command_id (arena copies). ER_ENOTFOUND if none. */
+/* A processed command as stored (arena copies). */
+struct er_processed_row {
+    uint8_t *result; /* the encoded CommandResult */
+    size_t result_len;
+    const char *kind;       /* acquire, realize, release */
+    const char *company_id; /* NULL for a row made before migration 4 */
+};
+
+/* The stored result of command_id. ER_ENOTFOUND if none. The caller
+ * returns it only to a command of the same company and kind. */
 int er_store_processed_get(struct er_store *store, const char *command_id,
-                           struct er_arena *arena, uint8_t **result,
-                           size_t *result_len, struct er_err *err);
+                           struct er_arena *arena, struct er_processed_row *out,
+                           struct er_err *err);
 /* Record command_id's result. ER_ECONFLICT (class RETRY) when another
  * transaction recorded it first. */
 int er_store_processed_put(struct er_store *store, const char *command_id,
-                           const char *kind, const char *run_id,
-                           const uint8_t *result, size_t result_len,
-                           struct er_err *err);
+                           const char *company_id, const char *kind,
+                           const char *run_id, const uint8_t *result,
+                           size_t result_len, struct er_err *err);
 
 /* ---- operation journal and fencing (store_journal.c) ---- */
 
@@ -169,7 +178,8 @@ int er_store_journal_close(struct er_store *store, const char *command_id,
  * state: the outcome transaction does it, so the journal and the command's
  * result commit together. */
 int er_store_journal_close_command(struct er_store *store,
-                                   const char *command_id, const char *state,
+                                   const char *command_id,
+                                   const char *company_id, const char *state,
                                    struct er_err *err);
 /* Mark the operations of (topic, partition) that a previous owner left
  * started as interrupted; *cnt gets how many. A new owner does this when
@@ -324,11 +334,14 @@ int er_store_env_get(struct er_store *store, const char *id,
 
 /* ---- leases ---- */
 
-/* The id a lease acquired by command_id gets: a UUID derived from the
- * command id (md5), so a replayed acquire names the same lease. out must
- * hold 37 bytes. */
-int er_store_lease_id_for(struct er_store *store, const char *command_id,
-                          char out[37], struct er_err *err);
+/* The id a lease acquired by company_id's command_id gets: an RFC 9562
+ * version 8 UUID derived from both (SHA-256), so a replayed acquire names
+ * the same lease and no other company's command can. out must hold 37
+ * bytes. (Leases made before took md5(command id) as their id; those ids
+ * stay as they are.) */
+int er_store_lease_id_for(struct er_store *store, const char *company_id,
+                          const char *command_id, char out[37],
+                          struct er_err *err);
 /* Insert a new active lease from in's id (NULL: a random one), company_id,
  * environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
  * lease_policy, provider, provider_lease_id, expires_at_ms and metadata_json;
@@ -341,8 +354,10 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
 int er_store_lease_get(struct er_store *store, const char *id,
                        struct er_arena *arena, struct er_lease_row *out,
                        struct er_err *err);
-/* Lock and return the active leases of a run, oldest first. */
-int er_store_lease_active_for_run(struct er_store *store, const char *run_id,
+/* Lock and return the active leases of company_id's run, oldest first
+ * (another company's run id finds nothing). */
+int er_store_lease_active_for_run(struct er_store *store,
+                                  const char *company_id, const char *run_id,
                                   struct er_arena *arena,
                                   struct er_lease_row **rows, size_t *row_cnt,
                                   struct er_err *err);

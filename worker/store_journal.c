@@ -127,16 +127,19 @@ int er_store_journal_close(struct er_store *store, const char *command_id,
 }
 
 int er_store_journal_close_command(struct er_store *store,
-                                   const char *command_id, const char *state,
+                                   const char *command_id,
+                                   const char *company_id, const char *state,
                                    struct er_err *err)
 {
-    const char *params[] = { command_id, state };
+    const char *params[] = { command_id, state, company_id };
 
+    /* Compared as text: a dead-lettered command's company may be "". */
     return er_store__exec_cmd(
         store, "journal close command",
         "UPDATE envrun.operations SET state = $2, updated_at = now() "
-        "WHERE command_id = $1 AND state IN ('started', 'interrupted')",
-        2, params, err);
+        "WHERE command_id = $1 AND company_id::text = $3 "
+        "AND state IN ('started', 'interrupted')",
+        3, params, err);
 }
 
 int er_store_journal_interrupt(struct er_store *store, const char *topic,

@@ -19,7 +19,7 @@
 #define ER_CONFIG_STR_MAX 1024
 
 struct er_config {
-    char kafka_brokers[ER_CONFIG_STR_MAX]; /* "": dev mode (in-process mock) */
+    char kafka_brokers[ER_CONFIG_STR_MAX]; /* required */
     char kafka_group[256];
     char kafka_props[ER_CONFIG_STR_MAX]; /* "k=v,k=v", verbatim */
     char topic_prefix[128];
@@ -32,6 +32,7 @@ struct er_config {
     int64_t lease_ttl_s; /* > 0 */
     int drain_s;         /* SIGTERM: steps in flight may take this long */
     char secrets_dir[ER_CONFIG_STR_MAX];
+    char workspace_roots[ER_CONFIG_STR_MAX]; /* "": none */
     char paperclip_api_url[ER_CONFIG_STR_MAX];
 };
 

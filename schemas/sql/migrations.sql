@@ -251,5 +251,11 @@ CREATE INDEX IF NOT EXISTS operations_acquire_open_idx
     WHERE kind = 'acquire'
         AND state IN ('started', 'interrupted', 'rolling_back');
 
-INSERT INTO envrun.schema_migrations (version) VALUES (1), (2), (3)
+-- Version 4: the company of each processed command, so a command id is
+-- answered with its stored result only for the company (and kind) that
+-- first used it. Rows from before have NULL here; the worker then reads
+-- the company from the stored CommandResult itself.
+ALTER TABLE envrun.processed_commands ADD COLUMN IF NOT EXISTS company_id text;
+
+INSERT INTO envrun.schema_migrations (version) VALUES (1), (2), (3), (4)
     ON CONFLICT (version) DO NOTHING;

@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 
+#include "drivers/driver.h"
 #include "tests/support/harness.h"
 
 static int teardown(void **state)
@@ -860,8 +861,12 @@ static void unrecorded_acquisitions_in_use_are_left_alone(void **state)
 
         er_uuid_v4(e->lease_id);
         er_uuid_v4(e->command_id);
-        assert_true(er_harness_ssh_remote_ok(ssh, "mkdir -p '%s/%s'", remote,
-                                             e->lease_id));
+        /* As envrun's acquire makes it: marked with the lease. */
+        assert_true(er_harness_ssh_remote_ok(
+            ssh,
+            "mkdir -p '%s/%s' && echo 'lease:%s' > '%s/%s/" ER_SSH_DIR_MARKER
+            "'",
+            remote, e->lease_id, e->lease_id, remote, e->lease_id));
         p[0] = e->command_id;
         p[1] = run.company_id;
         p[2] = e->lease_id;

@@ -454,6 +454,7 @@ static void record_fini(struct er_harness_record *r)
     json_decref(r->json);
     er_free(r->hdr_error);
     er_free(r->hdr_error_code);
+    er_free(r->hdr_redacted);
 }
 
 void er_harness_destroy(struct er_harness *h)
@@ -583,7 +584,7 @@ er_harness_worker_start(struct er_harness *h,
     static const struct er_harness_worker_opts no_opts = { 0 };
     struct er_harness_worker *w = NULL;
     char **envp = NULL;
-    char *owned[8] = { NULL };
+    char *owned[10] = { NULL };
     size_t owned_cnt = 0;
     size_t env_cnt = 0;
     size_t extra_cnt = 0;
@@ -622,7 +623,7 @@ er_harness_worker_start(struct er_harness *h,
         env_cnt++;
     while (opts->env != NULL && opts->env[extra_cnt] != NULL)
         extra_cnt++;
-    envp = er_calloc(env_cnt + extra_cnt + 8, sizeof(*envp));
+    envp = er_calloc(env_cnt + extra_cnt + 10, sizeof(*envp));
     if (envp == NULL)
         goto fail;
     /* glibc's getenv returns the first match: extras come first so they
@@ -644,6 +645,8 @@ er_harness_worker_start(struct er_harness *h,
     owned[owned_cnt++] = env_pair("ENVRUN_HTTP_ADDR", addr);
     owned[owned_cnt++] = env_pair("ENVRUN_LOG_FORMAT", "json");
     owned[owned_cnt++] = env_pair("ENVRUN_CONCURRENCY", num);
+    /* The tests' local workspaces live in the harness directory. */
+    owned[owned_cnt++] = env_pair("ENVRUN_WORKSPACE_ROOTS", h->dir);
     /* librdkafka 2.0.2's mock cluster can hold a group join (two members
      * starting together, or one after a member left) until a session times
      * out: 45 s by default. A short session keeps every test's group
@@ -1179,6 +1182,7 @@ static void take_message(struct er_harness *h, rd_kafka_message_t *msg)
     if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         rec.hdr_error = header_dup(hdrs, "envrun.error");
         rec.hdr_error_code = header_dup(hdrs, "envrun.error.code");
+        rec.hdr_redacted = header_dup(hdrs, "envrun.redacted");
     }
     er_err_clear(&err);
     er_buf_init(&buf, JSON_MAX_BYTES);
@@ -1386,6 +1390,25 @@ bool er_harness_wait_count(struct er_harness *h, enum er_harness_topic topic,
     return er_harness_wait(h, has_count, &a, timeout_ms);
 }
 
+const json_t *er_harness_roundtrip(struct er_harness *h,
+                                   const struct er_harness_worker *w,
+                                   const struct er_harness_cmd *c,
+                                   int timeout_ms)
+{
+    const json_t *res;
+
+    if (er_harness_send(h, &c->cmd) != 0)
+        er_harness_fail(__FILE__, __LINE__, "cannot send %s", c->command_id);
+    res = er_harness_wait_result(h, c->command_id, timeout_ms);
+    if (res == NULL) {
+        if (w != NULL)
+            er_harness_worker_dump_log(w, 6000);
+        er_harness_fail(__FILE__, __LINE__, "no result for %s in %d ms",
+                        c->command_id, timeout_ms);
+    }
+    return res;
+}
+
 const json_t *er_harness_wait_result(struct er_harness *h,
                                      const char *command_id, int timeout_ms)
 {
@@ -1539,6 +1562,26 @@ void er_harness_assert_int(const json_t *root, const char *path,
         snprintf(what, sizeof(what), "expected integer %lld", expected);
         fail_at(root, path, what, file, line);
     }
+}
+
+void er_harness_assert_ok(const json_t *res, const char *file, int line)
+{
+    const char *outcome = er_harness_json_str(res, "outcome");
+    const char *code = er_harness_json_str(res, "errorCode");
+    const char *msg = er_harness_json_str(res, "errorMessage");
+
+    if (outcome == NULL || strcmp(outcome, "ok") != 0)
+        er_harness_fail(file, line, "outcome %s: %s: %s",
+                        outcome != NULL ? outcome : "(none)",
+                        code != NULL ? code : "-", msg != NULL ? msg : "-");
+}
+
+void er_harness_assert_contains(const char *text, const char *needle,
+                                const char *file, int line)
+{
+    if (text == NULL || strstr(text, needle) == NULL)
+        er_harness_fail(file, line, "\"%.2000s\" does not contain \"%s\"",
+                        text != NULL ? text : "(null)", needle);
 }
 
 void er_harness_assert_true(const json_t *root, const char *path,

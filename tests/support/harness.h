@@ -51,6 +51,7 @@ struct er_harness_record {
     json_t *json;         /* er_codec_to_json of value; NULL: not decodable */
     char *hdr_error;      /* header envrun.error, NULL when absent */
     char *hdr_error_code; /* header envrun.error.code, NULL when absent */
+    char *hdr_redacted;   /* header envrun.redacted, NULL when absent */
 };
 
 struct er_harness_priv;
@@ -265,6 +266,12 @@ bool er_harness_wait_count(struct er_harness *h, enum er_harness_topic topic,
  * (borrowed, valid until destroy) or NULL on timeout. */
 const json_t *er_harness_wait_result(struct er_harness *h,
                                      const char *command_id, int timeout_ms);
+/* Send c and wait up to timeout_ms for its result (borrowed); on a
+ * timeout print the last of w's log (w may be NULL) and fail the test. */
+const json_t *er_harness_roundtrip(struct er_harness *h,
+                                   const struct er_harness_worker *w,
+                                   const struct er_harness_cmd *c,
+                                   int timeout_ms);
 /* Wait until each of the ids has at least one result. */
 bool er_harness_wait_results(struct er_harness *h, const char *const *ids,
                              size_t id_cnt, int timeout_ms);
@@ -338,6 +345,17 @@ void er_harness_fail(const char *file, int line, const char *fmt, ...)
 #define ER_HARNESS_ASSERT_JSON(root, path, expected_json) \
     er_harness_assert_json((root), (path), (expected_json), __FILE__, __LINE__)
 
+/* The result's outcome is "ok" (else the failure names its error code and
+ * message). */
+#define ER_HARNESS_ASSERT_OK(res) \
+    er_harness_assert_ok((res), __FILE__, __LINE__)
+/* text (may be NULL: a failure) contains needle. */
+#define ER_HARNESS_ASSERT_CONTAINS(text, needle) \
+    er_harness_assert_contains((text), (needle), __FILE__, __LINE__)
+
+void er_harness_assert_ok(const json_t *res, const char *file, int line);
+void er_harness_assert_contains(const char *text, const char *needle,
+                                const char *file, int line);
 void er_harness_assert_str(const json_t *root, const char *path,
                            const char *expected, const char *file, int line);
 void er_harness_assert_int(const json_t *root, const char *path,
@@ -407,7 +425,7 @@ struct er_harness_ssh {
     char root[ER_HARNESS_PATH_MAX];
     char *private_key; /* the key file's text (er_malloc) */
     char *known_hosts; /* the known_hosts file's text (er_malloc) */
-    /* <h->dir>/secrets (0700): the worker's ENVRUN_SECRETS_DIR; holds the
+    /* <h->dir>.secrets (0700): the worker's ENVRUN_SECRETS_DIR; holds the
      * key as the 0600 file secret_id. */
     char secrets_dir[ER_HARNESS_PATH_MAX + 16];
     char secret_id[37];

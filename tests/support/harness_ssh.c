@@ -412,8 +412,9 @@ struct er_harness_ssh *er_harness_ssh_new(struct er_harness *h)
         goto fail;
     }
 
-    /* The worker's secrets directory and TMPDIR. */
-    snprintf(ssh->secrets_dir, sizeof(ssh->secrets_dir), "%s/secrets", h->dir);
+    /* The worker's secrets directory, beside the harness directory (the
+     * tests' workspace root: secrets are never inside one), and TMPDIR. */
+    snprintf(ssh->secrets_dir, sizeof(ssh->secrets_dir), "%s.secrets", h->dir);
     snprintf(ssh->tmp_dir, sizeof(ssh->tmp_dir), "%s/tmp", h->dir);
     er_devstack_rmtree(ssh->secrets_dir);
     er_devstack_rmtree(ssh->tmp_dir);
@@ -503,13 +504,53 @@ json_t *er_harness_ssh_config(const struct er_harness_ssh *ssh,
     return config;
 }
 
+/* Secrets are read from ENVRUN_SECRETS_DIR/<companyId>/ (contract.md 6):
+ * copy the key file config's privateKeySecretRef names, if the secrets
+ * directory <h->dir>.secrets holds it, into company_id's subdirectory. */
+static int place_company_secret(const struct er_harness *h,
+                                const char *company_id, const json_t *config)
+{
+    const json_t *ref = json_object_get(config, "privateKeySecretRef");
+    const char *id = json_string_value(json_object_get(ref, "secretId"));
+    char from[ER_HARNESS_PATH_MAX * 2];
+    char dir[ER_HARNESS_PATH_MAX * 2];
+    char to[ER_HARNESS_PATH_MAX * 3];
+    char *text;
+    int rc;
+
+    if (id == NULL && json_is_string(ref) &&
+        strncmp(json_string_value(ref), "file:", 5) == 0)
+        id = json_string_value(ref) + 5;
+    if (id == NULL || strchr(id, '/') != NULL || id[0] == '.')
+        return 0;
+    snprintf(from, sizeof(from), "%s.secrets/%s", h->dir, id);
+    snprintf(dir, sizeof(dir), "%s.secrets/%s", h->dir, company_id);
+    snprintf(to, sizeof(to), "%s/%s", dir, id);
+    text = read_text(from, 1u << 20);
+    if (text == NULL)
+        return 0; /* not one of the harness's secrets */
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "harness: cannot make %s\n", dir);
+        er_free(text);
+        return -1;
+    }
+    rc = write_text(to, text, 0600);
+    if (rc != 0)
+        fprintf(stderr, "harness: cannot write %s\n", to);
+    er_free(text);
+    return rc;
+}
+
 int er_harness_ssh_env_insert(struct er_harness *h, const char *company_id,
                               const char *name, const json_t *config,
                               char env_id[37])
 {
-    char *text = er_harness_json_text(config);
+    char *text;
     int rc;
 
+    if (place_company_secret(h, company_id, config) != 0)
+        return -1;
+    text = er_harness_json_text(config);
     if (text == NULL)
         return -1;
     er_uuid_v4(env_id);

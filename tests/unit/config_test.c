@@ -23,7 +23,7 @@ static const char *const all_vars[] = {
     "ENVRUN_CONCURRENCY",       "ENVRUN_HTTP_ADDR",
     "ENVRUN_LOG_FORMAT",        "ENVRUN_LOG_LEVEL",
     "ENVRUN_LEASE_TTL_S",       "ENVRUN_SECRETS_DIR",
-    "ENVRUN_PAPERCLIP_API_URL",
+    "ENVRUN_PAPERCLIP_API_URL", "ENVRUN_WORKSPACE_ROOTS",
 };
 
 static int setup(void **state)
@@ -34,6 +34,7 @@ static int setup(void **state)
     for (i = 0; i < sizeof(all_vars) / sizeof(all_vars[0]); i++)
         unsetenv(all_vars[i]);
     setenv("ENVRUN_DATABASE_URL", DB_URL, 1);
+    setenv("ENVRUN_KAFKA_BROKERS", "localhost:9092", 1);
     return 0;
 }
 
@@ -103,7 +104,7 @@ static void config_defaults(void **state)
     (void)state;
     assert_int_equal(load(&cfg, errline, sizeof(errline), NULL), ER_CONFIG_OK);
     assert_string_equal(errline, "");
-    assert_string_equal(cfg.kafka_brokers, "");
+    assert_string_equal(cfg.kafka_brokers, "localhost:9092");
     assert_string_equal(cfg.kafka_group, "envrun-workers");
     assert_string_equal(cfg.kafka_props, "");
     assert_string_equal(cfg.topic_prefix, "envrun.");
@@ -115,6 +116,7 @@ static void config_defaults(void **state)
     assert_int_equal(cfg.log_level, ER_LOG_INFO);
     assert_int_equal(cfg.lease_ttl_s, 21600);
     assert_string_equal(cfg.secrets_dir, "");
+    assert_string_equal(cfg.workspace_roots, "");
     assert_string_equal(cfg.paperclip_api_url, "");
     er_config_topic(&cfg, "commands", topic, sizeof(topic));
     assert_string_equal(topic, "envrun.commands");
@@ -219,6 +221,9 @@ static void config_rejects_every_bad_variable(void **state)
     env_is_bad("ENVRUN_LEASE_TTL_S", "31536001", "1..31536000");
     env_is_bad("ENVRUN_LEASE_TTL_S", "1h", "1..31536000");
     env_is_bad("ENVRUN_SECRETS_DIR", "relative/dir", "absolute");
+    env_is_bad("ENVRUN_WORKSPACE_ROOTS", "/srv/ws:relative", "absolute");
+    env_is_bad("ENVRUN_WORKSPACE_ROOTS", "work", "absolute");
+    env_is_bad("ENVRUN_WORKSPACE_ROOTS", "/tmp:/no/such/dir/here", "exist");
     env_is_bad("ENVRUN_PAPERCLIP_API_URL", "paperclip", "http");
 }
 
@@ -238,6 +243,7 @@ static void config_rejects_bad_flags(void **state)
     flag_is_bad("--log-level", "", "debug");
     flag_is_bad("--lease-ttl-s", "-5", "1..31536000");
     flag_is_bad("--secrets-dir", "x", "absolute");
+    flag_is_bad("--workspace-roots", "/a:b", "absolute");
     flag_is_bad("--paperclip-api-url", "x", "http");
 }
 
@@ -449,10 +455,34 @@ static void config_tolerates_tiny_errline(void **state)
     assert_int_equal(er_config_load(&cfg, 0, NULL, NULL, 0), ER_CONFIG_OK);
 }
 
+/* The production binary never starts a mock cluster by itself: without
+ * brokers it is a configuration error that says how to run the dev stack;
+ * workspace roots are read as given. */
+static void config_requires_brokers(void **state)
+{
+    struct er_config cfg;
+    char errline[512];
+
+    (void)state;
+    unsetenv("ENVRUN_KAFKA_BROKERS");
+    assert_int_equal(load(&cfg, errline, sizeof(errline), NULL),
+                     ER_CONFIG_INVALID);
+    assert_errline(errline, "ENVRUN_KAFKA_BROKERS", "envrunctl dev");
+    setenv("ENVRUN_KAFKA_BROKERS", "", 1);
+    assert_int_equal(load(&cfg, errline, sizeof(errline), NULL),
+                     ER_CONFIG_INVALID);
+    assert_errline(errline, "ENVRUN_KAFKA_BROKERS", "required");
+    setenv("ENVRUN_KAFKA_BROKERS", "k:9092", 1);
+    setenv("ENVRUN_WORKSPACE_ROOTS", "/tmp::/var", 1);
+    assert_int_equal(load(&cfg, errline, sizeof(errline), NULL), ER_CONFIG_OK);
+    assert_string_equal(cfg.workspace_roots, "/tmp::/var");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(config_defaults, setup),
+        cmocka_unit_test_setup(config_requires_brokers, setup),
         cmocka_unit_test_setup(config_reads_every_variable, setup),
         cmocka_unit_test_setup(config_rejects_every_bad_variable, setup),
         cmocka_unit_test_setup(config_rejects_bad_flags, setup),

@@ -350,17 +350,90 @@ static void proc_spawn_and_wait(void **state)
     assert_string_equal(buf, "spawned\n");
     close(fds[0]);
     memset(&res, 0, sizeof(res));
-    er_proc_wait(pid, 0, &res);
+    assert_int_equal(er_proc_wait(pid, 0, &res, &err), 0);
     assert_int_equal(res.exit_code, 7);
     assert_false(res.is_timed_out);
 
     er_proc_opts_init(&opts);
     opts.argv = slow;
     assert_int_equal(er_proc_spawn(&opts, &pid, &err), 0);
-    er_proc_wait(pid, 100, &res);
+    assert_int_equal(er_proc_wait(pid, 100, &res, &err), 0);
     assert_true(res.is_timed_out);
     assert_int_equal(res.signal, SIGKILL);
     assert_no_children();
+}
+
+/* The worker's environment holds ENVRUN_DATABASE_URL and secrets: a child
+ * whose caller gives no envp gets a minimal one built for it, never the
+ * worker's (STYLE.md 7a). */
+static void child_env_is_minimal_not_the_workers(void **state)
+{
+    struct er_proc_opts opts;
+    struct er_proc_result res;
+    struct er_err err;
+
+    (void)state;
+    assert_int_equal(setenv("ENVRUN_DATABASE_URL", "postgres://secret", 1), 0);
+    assert_int_equal(setenv("ENVRUN_SECRET_TOKEN", "s3cret", 1), 0);
+    assert_int_equal(setenv("TAR_OPTIONS", "--to-command=false", 1), 0);
+    er_proc_opts_init(&opts);
+    assert_int_equal(run_sh("env", &opts, &res, &err), 0);
+    assert_int_equal(res.exit_code, 0);
+    assert_null(strstr(res.out, "ENVRUN_"));
+    assert_null(strstr(res.out, "secret"));
+    assert_null(strstr(res.out, "TAR_OPTIONS"));
+    assert_non_null(strstr(res.out, "PATH=" ER_PROC_PATH "\n"));
+    assert_non_null(strstr(res.out, "LANG="));
+    er_proc_result_fini(&res);
+    unsetenv("ENVRUN_DATABASE_URL");
+    unsetenv("ENVRUN_SECRET_TOKEN");
+    unsetenv("TAR_OPTIONS");
+    assert_no_children();
+}
+
+/* A worker started with SIGCHLD ignored: the kernel reaps the child itself
+ * and waitpid fails with ECHILD. The exit status is then unknown and must
+ * be an error (or the real 3), never an invented 0. */
+static void child_exit_status_is_never_invented(void **state)
+{
+    struct sigaction ign;
+    struct sigaction old;
+    struct er_proc_opts opts;
+    struct er_proc_result res;
+    struct er_err err;
+    const char *argv[] = { "sh", "-c", "exit 3", NULL };
+    pid_t pid = -1;
+    int rc;
+
+    (void)state;
+    memset(&ign, 0, sizeof(ign));
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    assert_int_equal(sigaction(SIGCHLD, &ign, &old), 0);
+
+    er_proc_opts_init(&opts);
+    er_err_clear(&err);
+    rc = run_sh("exit 3", &opts, &res, &err);
+    if (rc == 0) {
+        assert_int_equal(res.exit_code, 3);
+        er_proc_result_fini(&res);
+    } else {
+        assert_int_equal(rc, ER_EIO);
+        assert_int_not_equal(res.exit_code, 0);
+        assert_non_null(strstr(err.msg, "waitpid"));
+    }
+
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    assert_int_equal(er_proc_spawn(&opts, &pid, &err), 0);
+    memset(&res, 0, sizeof(res));
+    rc = er_proc_wait(pid, 5000, &res, &err);
+    if (rc == 0)
+        assert_int_equal(res.exit_code, 3);
+    else
+        assert_int_not_equal(res.exit_code, 0);
+
+    assert_int_equal(sigaction(SIGCHLD, &old, NULL), 0);
 }
 
 int main(void)
@@ -377,6 +450,8 @@ int main(void)
         cmocka_unit_test(proc_does_not_wait_for_grandchildren),
         cmocka_unit_test(proc_start_failures_are_errors),
         cmocka_unit_test(proc_spawn_and_wait),
+        cmocka_unit_test(child_env_is_minimal_not_the_workers),
+        cmocka_unit_test(child_exit_status_is_never_invented),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

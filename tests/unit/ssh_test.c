@@ -30,7 +30,11 @@ static int setup(void **state)
     snprintf(tmp, sizeof(tmp), "/tmp/ssh-test-XXXXXX");
     if (mkdtemp(tmp) == NULL)
         return -1;
-    snprintf(path, sizeof(path), "%s/key-1", tmp);
+    /* Secrets are read from <ENVRUN_SECRETS_DIR>/<companyId>/ only. */
+    snprintf(path, sizeof(path), "%s/co-1", tmp);
+    if (mkdir(path, 0700) != 0)
+        return -1;
+    snprintf(path, sizeof(path), "%s/co-1/key-1", tmp);
     f = fopen(path, "w");
     if (f == NULL)
         return -1;
@@ -157,7 +161,8 @@ static void ssh_config_coerces_and_trims(void **state)
     expect_config_ok("privateKeySecretRef",
                      "{\"type\":\"secret_ref\",\"secretId\":\"key-1\"}", &cfg);
     assert_non_null(cfg.private_key_ref);
-    expect_config_ok("privateKeySecretRef", "\"env:SSH_KEY\"", &cfg);
+    expect_config_ok("privateKeySecretRef", "\"env:ENVRUN_SECRET_SSH_KEY\"",
+                     &cfg);
     assert_non_null(cfg.private_key_ref);
 }
 
@@ -426,6 +431,149 @@ static void ssh_exec_script_runs_under_sh(void **state)
     er_buf_fini(&want);
 }
 
+/* Run the er_ssh_dir_script of op on dir for owner under the local
+ * /bin/sh with HOME=home; its stdout goes to out (out_len bytes). Returns
+ * the exit code. */
+static int run_dir_script(enum er_ssh_dir_op op, const char *dir,
+                          const char *owner, const char *home, char *out,
+                          size_t out_len)
+{
+    const char *argv[] = { "sh", "-c", NULL, NULL };
+    char home_env[300];
+    const char *envp[] = { "PATH=" ER_PROC_PATH, home_env, NULL };
+    struct er_proc_opts opts;
+    struct er_proc_result res;
+    struct er_buf script;
+    struct er_err err;
+    int code;
+
+    snprintf(home_env, sizeof(home_env), "HOME=%s", home);
+    er_buf_init(&script, 1u << 20);
+    assert_int_equal(er_ssh_dir_script(op, dir, owner, &script), 0);
+    assert_int_equal(er_buf_append(&script, "", 1), 0);
+    argv[2] = (const char *)script.data;
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    opts.envp = envp;
+    assert_int_equal(er_proc_run(&opts, &res, &err), 0);
+    snprintf(out, out_len, "%s", res.out);
+    code = res.exit_code;
+    er_proc_result_fini(&res);
+    er_buf_fini(&script);
+    return code;
+}
+
+static bool exists(const char *dir, const char *name)
+{
+    char path[300];
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/* A remote directory is only emptied or removed when envrun made and
+ * marked it: the scripts refuse "/", the SSH user's home (however spelled,
+ * even marked), a non-empty unmarked directory and another owner's mark,
+ * and delete nothing then. */
+static void ssh_dir_scripts_touch_only_marked_directories(void **state)
+{
+    char home[128];
+    char home_link[128];
+    char fresh[128];
+    char used[128];
+    char other[128];
+    char out[512];
+    char want[256];
+
+    (void)state;
+    snprintf(home, sizeof(home), "%s/guard-home", tmp);
+    snprintf(home_link, sizeof(home_link), "%s/guard-home-link", tmp);
+    snprintf(fresh, sizeof(fresh), "%s/dirs/fresh", tmp);
+    snprintf(used, sizeof(used), "%s/dirs/used", tmp);
+    snprintf(other, sizeof(other), "%s/dirs/other", tmp);
+    assert_int_equal(mkdir(home, 0700), 0);
+    assert_int_equal(symlink(home, home_link), 0);
+
+    /* A new directory is made and marked; its path comes last. */
+    assert_int_equal(run_dir_script(ER_SSH_DIR_ACQUIRE, fresh, "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+    snprintf(want, sizeof(want), "%s\n", fresh);
+    assert_string_equal(out, want);
+    assert_true(exists(fresh, ER_SSH_DIR_MARKER));
+    assert_int_equal(run_dir_script(ER_SSH_DIR_CLAIM, fresh, "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "envrun-guard:ok\n");
+    /* Another owner's mark is refused. */
+    assert_int_equal(run_dir_script(ER_SSH_DIR_CLAIM, fresh, "lease:L2", home,
+                                    out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "envrun-guard:foreign\n");
+    assert_int_equal(run_dir_script(ER_SSH_DIR_REMOVE, fresh, "lease:L2", home,
+                                    out, sizeof(out)),
+                     97);
+    assert_true(exists(fresh, ER_SSH_DIR_MARKER));
+    /* Its owner removes it; a missing directory is no error. */
+    assert_int_equal(run_dir_script(ER_SSH_DIR_REMOVE, fresh, "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+    assert_int_equal(access(fresh, F_OK), -1);
+    assert_int_equal(run_dir_script(ER_SSH_DIR_REMOVE, fresh, "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+
+    /* Someone's directory with files: never marked, emptied or removed. */
+    assert_int_equal(mkdir(used, 0700), 0);
+    write_text(used, "canary", "keep\n");
+    assert_int_equal(run_dir_script(ER_SSH_DIR_ACQUIRE, used, "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+    assert_false(exists(used, ER_SSH_DIR_MARKER));
+    assert_int_equal(run_dir_script(ER_SSH_DIR_CLAIM, used, "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "envrun-guard:unmarked\n");
+    assert_int_equal(run_dir_script(ER_SSH_DIR_REMOVE, used, "lease:L1", home,
+                                    out, sizeof(out)),
+                     97);
+    assert_string_equal(out, "envrun-guard:unmarked\n");
+    assert_true(exists(used, "canary"));
+
+    /* A mark that is a symlink (to a file that would match) is not one. */
+    assert_int_equal(mkdir(other, 0700), 0);
+    write_text(tmp, "fake-mark", "lease:L1\n");
+    snprintf(want, sizeof(want), "%s/fake-mark", tmp);
+    snprintf(out, sizeof(out), "%s/%s", other, ER_SSH_DIR_MARKER);
+    assert_int_equal(symlink(want, out), 0);
+    assert_int_equal(run_dir_script(ER_SSH_DIR_REMOVE, other, "lease:L1", home,
+                                    out, sizeof(out)),
+                     97);
+    assert_string_equal(out, "envrun-guard:foreign\n");
+    assert_int_equal(access(other, F_OK), 0);
+
+    /* The home directory: refused even empty or marked, by any spelling. */
+    assert_int_equal(run_dir_script(ER_SSH_DIR_CLAIM, home, "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "envrun-guard:home\n");
+    assert_false(exists(home, ER_SSH_DIR_MARKER));
+    write_text(home, ER_SSH_DIR_MARKER, "lease:L1\n");
+    write_text(home, "authorized_keys", "keep\n");
+    assert_int_equal(run_dir_script(ER_SSH_DIR_REMOVE, home_link, "lease:L1",
+                                    home, out, sizeof(out)),
+                     97);
+    assert_string_equal(out, "envrun-guard:home\n");
+    assert_true(exists(home, "authorized_keys"));
+
+    /* And the root directory. */
+    assert_int_equal(run_dir_script(ER_SSH_DIR_CLAIM, "/", "lease:L1", home,
+                                    out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "envrun-guard:root\n");
+    assert_int_equal(access("/" ER_SSH_DIR_MARKER, F_OK), -1);
+}
+
 static void ssh_exec_script_rejects_bad_input(void **state)
 {
     const char *bad_env[] = { "OK=1", "NOT-OK=" SECRET, NULL };
@@ -530,6 +678,43 @@ static void ssh_argv_multiplexes_one_connection(void **state)
     er_ssh_argv_build(&cfg, ctl_dir, ER_SSH_ARGV_RUN, NULL, "x", &argv);
     assert_true(argv_has(&argv, "StrictHostKeyChecking=no"));
     assert_true(argv_has(&argv, "UserKnownHostsFile=/dev/null"));
+    json_decref(config);
+}
+
+/* Every ssh the driver runs reads no config file (-F none), so the
+ * worker's ~/.ssh/config or /etc/ssh/ssh_config cannot add a
+ * ProxyCommand, LocalCommand or Match exec; the options that run local
+ * commands are off on the command line as well (first value wins). */
+static void ssh_argv_ignores_the_workers_ssh_config(void **state)
+{
+    static const enum er_ssh_argv_kind kinds[] = {
+        ER_SSH_ARGV_SETUP,
+        ER_SSH_ARGV_RUN,
+        ER_SSH_ARGV_CHECK,
+        ER_SSH_ARGV_EXIT,
+    };
+    struct er_ssh_config cfg;
+    struct er_ssh_argv argv;
+    char ctl_dir[ER_SSH_CONTROL_DIR_MAX];
+    json_t *config;
+    struct er_err err;
+    size_t i;
+
+    (void)state;
+    config = jload("{\"host\":\"h.example\",\"username\":\"agent\","
+                   "\"remoteWorkspacePath\":\"/srv/ws\"}");
+    assert_int_equal(er_ssh_config_parse(config, &cfg, &err), 0);
+    er_ssh_control_dir(LEASE_ID, ctl_dir);
+    for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        er_ssh_argv_build(&cfg, ctl_dir, kinds[i], "/tmp/k/id", "true", &argv);
+        assert_string_equal(argv.argv[0], "ssh");
+        assert_string_equal(argv.argv[1], "-F");
+        assert_string_equal(argv.argv[2], "none");
+        assert_true(argv_has(&argv, "ProxyCommand=none"));
+        assert_true(argv_has(&argv, "PermitLocalCommand=no"));
+        assert_true(argv_has(&argv, "ForwardAgent=no"));
+        assert_null(argv.argv[argv.argc]);
+    }
     json_decref(config);
 }
 
@@ -650,11 +835,12 @@ static void ssh_acquire_reports_an_unreachable_host(void **state)
     /* So is a missing key. */
     json_object_set_new(config, "remoteWorkspacePath", json_string("/srv/ws"));
     json_object_set_new(config, "privateKeySecretRef",
-                        json_string("env:ENVRUN_SSH_TEST_UNSET"));
-    unsetenv("ENVRUN_SSH_TEST_UNSET");
+                        json_string("env:ENVRUN_SECRET_SSH_TEST_UNSET"));
+    unsetenv("ENVRUN_SECRET_SSH_TEST_UNSET");
     assert_int_equal(er_ssh_driver.acquire(&env, &ctx, &acq, &err), ER_EDRIVER);
-    assert_string_equal(err.msg, "privateKeySecretRef: environment variable "
-                                 "ENVRUN_SSH_TEST_UNSET is not set");
+    assert_non_null(strstr(err.msg, "privateKeySecretRef: environment "
+                                    "variable ENVRUN_SECRET_SSH_TEST_UNSET"));
+    assert_non_null(strstr(err.msg, "is not set"));
 
     /* per_lease needs a usable lease id. */
     json_object_set_new(config, "workspaceIsolation", json_string("per_lease"));
@@ -761,6 +947,8 @@ static void ssh_realize_refuses_unsafe_directories(void **state)
     json_t *config = jload(config_text);
     json_t *no_cwd = jload("{\"driver\":\"ssh\"}");
     json_t *root = jload("{\"driver\":\"ssh\",\"remoteCwd\":\"/\"}");
+    json_t *dotdot =
+        jload("{\"driver\":\"ssh\",\"remoteCwd\":\"/srv/ws/../../root\"}");
     json_t *request = jload("{\"version\":1}");
     struct er_driver_env env = { "env-1", "co-1",   "my ssh",
                                  "ssh",   "active", config };
@@ -781,11 +969,18 @@ static void ssh_realize_refuses_unsafe_directories(void **state)
                      ER_EDRIVER);
     assert_string_equal(err.msg,
                         "refusing to sync into the remote directory \"/\"");
+    /* ".." could lead anywhere: refused before any connection. */
+    lease.metadata = dotdot;
+    assert_int_equal(er_ssh_driver.realize(&env, &lease, &ws, &out, &err),
+                     ER_EDRIVER);
+    assert_string_equal(err.msg, "refusing to sync into the remote directory "
+                                 "\"/srv/ws/../../root\"");
     assert_null(out.record);
     assert_null(out.cwd);
     json_decref(config);
     json_decref(no_cwd);
     json_decref(root);
+    json_decref(dotdot);
     json_decref(request);
 }
 
@@ -838,7 +1033,9 @@ int main(void)
         cmocka_unit_test(ssh_env_keys_are_checked),
         cmocka_unit_test(ssh_exec_script_runs_under_sh),
         cmocka_unit_test(ssh_exec_script_rejects_bad_input),
+        cmocka_unit_test(ssh_dir_scripts_touch_only_marked_directories),
         cmocka_unit_test(ssh_argv_multiplexes_one_connection),
+        cmocka_unit_test(ssh_argv_ignores_the_workers_ssh_config),
         cmocka_unit_test(ssh_control_dir_of_any_lease_id),
         cmocka_unit_test(ssh_target_has_no_private_key),
         cmocka_unit_test(ssh_acquire_reports_an_unreachable_host),
