@@ -19,22 +19,20 @@ static void on_signal(int sig)
     er_worker_stop = 1;
 }
 
-/* Undo what a parent may have left us: an ignored SIGCHLD makes the
- * kernel reap children itself, so waitpid could not report a child's
- * exit status; a blocked SIGTERM would keep the worker from draining. */
+/* Undo what a parent may have left us that the worker relies on: an
+ * ignored SIGCHLD makes the kernel reap children itself, so waitpid could
+ * not report a child's exit status; a blocked SIGTERM would keep the
+ * worker from draining. (SIGTERM, SIGINT and SIGPIPE get their actions
+ * below; other dispositions, such as nohup's ignored SIGHUP, are kept.) */
 static void reset_inherited_signals(void)
 {
-    static const int defaults[] = { SIGCHLD, SIGTERM, SIGINT,  SIGHUP,
-                                    SIGQUIT, SIGALRM, SIGUSR1, SIGUSR2 };
     struct sigaction sa;
     sigset_t none;
-    size_t i;
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_DFL;
     sigemptyset(&sa.sa_mask);
-    for (i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++)
-        sigaction(defaults[i], &sa, NULL);
+    sigaction(SIGCHLD, &sa, NULL);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 }

@@ -133,11 +133,12 @@ int er_store_journal_close_command(struct er_store *store,
 {
     const char *params[] = { command_id, state, company_id };
 
-    /* Compared as text: a dead-lettered command's company may be "". */
+    /* Compared as text (a dead-lettered command's company may be ""),
+     * in the uuid type's lower case (a command may spell it in upper). */
     return er_store__exec_cmd(
         store, "journal close command",
         "UPDATE envrun.operations SET state = $2, updated_at = now() "
-        "WHERE command_id = $1 AND company_id::text = $3 "
+        "WHERE command_id = $1 AND company_id::text = lower($3) "
         "AND state IN ('started', 'interrupted')",
         3, params, err);
 }
