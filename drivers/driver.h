@@ -386,6 +386,13 @@ int er_wspath_check(const char *path, const char *roots, char *resolved,
  * refuses every path). Returns 0 or ER_EINVAL naming the bad entry. */
 int er_wspath_roots_check(const char *roots, struct er_err *err);
 
+/* A resolved workspace path (from er_wspath_check) must not be, hold or lie
+ * in the secrets directory dir (resolved here; NULL, "" or one that does
+ * not resolve: nothing to keep apart). 0, or ER_EINVAL naming
+ * ENVRUN_SECRETS_DIR. */
+int er_wspath_check_apart(const char *real_path, const char *dir,
+                          struct er_err *err);
+
 /* ================================================================
  * ssh (ssh.c): the ssh driver of domain.md 4.2 over the OpenSSH client,
  * with one multiplexed connection per lease. The functions below are the

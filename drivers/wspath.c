@@ -263,3 +263,18 @@ int er_wspath_roots_check(const char *roots, struct er_err *err)
     }
     return 0;
 }
+
+int er_wspath_check_apart(const char *real_path, const char *dir,
+                          struct er_err *err)
+{
+    char real_dir[PATH_MAX];
+
+    if (dir == NULL || dir[0] == '\0' || realpath(dir, real_dir) == NULL)
+        return 0;
+    if (!is_under(real_path, real_dir) && !is_under(real_dir, real_path))
+        return 0;
+    return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                      "the workspace path holds or lies in "
+                      "ENVRUN_SECRETS_DIR; secrets are never part of a "
+                      "workspace");
+}

@@ -559,28 +559,28 @@ static bool id_is_readable(const char *s)
 }
 
 /* Remove the secret-looking keys of a JSON text field of cmd (a copy);
- * *field gets the redacted text (arena). Returns whether anything went. */
-static bool redact_json_field(struct er_lifecycle *lc, char **field)
+ * *field gets the redacted text (arena). Returns 1 when anything went, 0
+ * when nothing did, -1 when out of memory (the field is then unusable). */
+static int redact_json_field(struct er_lifecycle *lc, char **field)
 {
     json_t *v;
-    char *before;
     char *after;
-    bool is_changed = false;
 
     if (*field == NULL)
-        return false;
+        return 0;
     v = json_loads(*field, JSON_DECODE_ANY, NULL);
     if (v == NULL)
-        return false; /* not JSON: validation said so; no keys to judge */
-    before = er_lifecycle__jdump(&lc->arena, v);
-    er_redact_json(v, false);
+        return 0; /* not JSON: validation said so; no keys to judge */
+    if (er_redact_json(v, false) == 0) {
+        json_decref(v);
+        return 0;
+    }
     after = er_lifecycle__jdump(&lc->arena, v);
     json_decref(v);
-    if (before != NULL && after != NULL && strcmp(before, after) != 0) {
-        *field = after;
-        is_changed = true;
-    }
-    return is_changed;
+    if (after == NULL)
+        return -1;
+    *field = after;
+    return 1;
 }
 
 /* The bytes a dead letter stores and publishes: the original message, or
@@ -596,7 +596,9 @@ static int dlq_value(struct er_lifecycle *lc, const uint8_t *value,
                      const char **redacted, struct er_err *err)
 {
     enum er_record_type type = ER_REC_UNKNOWN;
+    enum er_cmd_kind kind = ER_CMD_REALIZE;
     struct er_err ignored;
+    size_t body_off = 0;
     int rc;
 
     *redacted = NULL;
@@ -604,47 +606,51 @@ static int dlq_value(struct er_lifecycle *lc, const uint8_t *value,
     if (cmd != NULL) {
         struct er_run_command copy = *cmd;
         bool has_token = cmd->host_api_token.value != NULL;
-        bool is_ws = redact_json_field(lc, &copy.workspace_json);
-        bool is_overlay = redact_json_field(lc, &copy.runtime_overlay_json);
+        int ws = redact_json_field(lc, &copy.workspace_json);
+        int overlay = redact_json_field(lc, &copy.runtime_overlay_json);
 
-        if (has_token || is_ws || is_overlay) {
-            copy.host_api_token.value = NULL;
-            copy.host_api_token.len = 0;
-            *redacted = has_token && (is_ws || is_overlay)
-                            ? "hostApiToken and secret keys of the JSON fields"
-                        : has_token ? "hostApiToken"
-                                    : "secret keys of the JSON fields";
-            rc = er_codec_command_encode(&copy, &lc->enc, err);
-            if (rc == 0)
-                return 0;
-            /* An encoder refusing what the decoder took: withhold. */
-            er_buf_reset(&lc->enc);
-            *redacted = "value withheld: the redacted command could not be "
-                        "encoded";
+        if (ws < 0 || overlay < 0)
+            return er_lifecycle__oom(err);
+        if (!has_token && ws == 0 && overlay == 0)
+            goto keep;
+        copy.host_api_token.value = NULL;
+        copy.host_api_token.len = 0;
+        *redacted = has_token && (ws > 0 || overlay > 0)
+                        ? "hostApiToken and secret keys of the JSON fields"
+                    : has_token ? "hostApiToken"
+                                : "secret keys of the JSON fields";
+        if (er_codec_command_encode(&copy, &lc->enc, NULL) == 0)
             return 0;
+        /* An encoder refusing what the decoder took: cut as below. */
+        er_buf_reset(&lc->enc);
+        if (er_codec_command_peek_kind(value, value_len, &kind, &body_off) ==
+            0) {
+            *redacted = "command body withheld: the redacted command could "
+                        "not be encoded";
+            value_len = body_off;
+        } else {
+            *redacted = "everything after the header withheld: the redacted "
+                        "command could not be encoded";
+            value_len = ER_CODEC_HDR_LEN;
         }
-    } else {
-        enum er_cmd_kind kind = ER_CMD_REALIZE;
-        size_t body_off = 0;
-        int peek;
-
-        er_err_clear(&ignored);
-        if (er_codec_identify(value, value_len, &type, &ignored) == 0 &&
-            type == ER_REC_RUN_COMMAND) {
-            peek =
-                er_codec_command_peek_kind(value, value_len, &kind, &body_off);
-            if (peek != 0) {
-                /* Not even the ids read: keep the header only. */
-                *redacted = "everything after the header withheld: an "
-                            "undecodable command may carry hostApiToken";
-                value_len = ER_CODEC_HDR_LEN;
-            } else if (kind == ER_CMD_REALIZE) {
-                *redacted = "realize command body withheld: an undecodable "
-                            "realize command may carry hostApiToken";
-                value_len = body_off;
-            }
+        goto keep;
+    }
+    er_err_clear(&ignored);
+    if (er_codec_identify(value, value_len, &type, &ignored) == 0 &&
+        type == ER_REC_RUN_COMMAND) {
+        if (er_codec_command_peek_kind(value, value_len, &kind, &body_off) !=
+            0) {
+            /* Not even the ids read: keep the header only. */
+            *redacted = "everything after the header withheld: an "
+                        "undecodable command may carry hostApiToken";
+            value_len = ER_CODEC_HDR_LEN;
+        } else if (kind == ER_CMD_REALIZE) {
+            *redacted = "realize command body withheld: an undecodable "
+                        "realize command may carry hostApiToken";
+            value_len = body_off;
         }
     }
+keep:
     rc = er_buf_append(&lc->enc, value, value_len);
     if (rc != 0)
         return er_err_set(err, rc, ER_ERRCLASS_RETRY, "dlq copy failed");

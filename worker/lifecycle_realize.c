@@ -4,14 +4,9 @@
  * metadata and the execution target. Not thread-safe; see
  * lifecycle_step_int.h. */
 
-/* realpath() is an X/Open System Interface, not base POSIX. */
-#define _XOPEN_SOURCE 700
-
 #include <ctype.h>
 #include <limits.h>
-#include <stdbool.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -67,33 +62,6 @@ static int realize_lease(struct er_step *st, struct er_lease_row *lease,
     }
     *lease = rows[cnt - 1];
     return 0;
-}
-
-/* Whether a is b or lies under it (both resolved paths). */
-static bool path_within(const char *a, const char *b)
-{
-    size_t n = strlen(b);
-
-    if (n == 1 && b[0] == '/')
-        return true;
-    return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
-}
-
-/* A workspace that is, holds or lies in ENVRUN_SECRETS_DIR would hand the
- * secrets to a sync (a misconfigured root, say): true with err set. */
-static bool overlaps_secrets(const char *real_ws, struct er_err *err)
-{
-    const char *dir = er_driver_secrets_dir();
-    char real_dir[PATH_MAX];
-
-    if (dir[0] == '\0' || realpath(dir, real_dir) == NULL)
-        return false;
-    if (!path_within(real_ws, real_dir) && !path_within(real_dir, real_ws))
-        return false;
-    er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
-               "the workspace path holds or lies in ENVRUN_SECRETS_DIR; "
-               "secrets are never part of a workspace");
-    return true;
 }
 
 /* The workspaceRealizationRequest of domain.md 2.6. */
@@ -418,7 +386,8 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
                 env.name, driver, perr.msg);
             goto out;
         }
-        if (overlaps_secrets(real_host, &perr)) {
+        if (er_wspath_check_apart(real_host, er_driver_secrets_dir(), &perr) !=
+            0) {
             er_lifecycle__fail(
                 st, ER_OUTCOME_ERROR, ER_EC_WORKSPACE_REALIZATION_FAILED,
                 "Failed to realize workspace for environment \"%s\" (%s): "

@@ -31,28 +31,33 @@ bool er_redact_key_is_secret(const char *key)
     return false;
 }
 
-void er_redact_json(json_t *v, bool is_mask)
+size_t er_redact_json(json_t *v, bool is_mask)
 {
     const char *k;
     json_t *child;
     void *tmp;
     size_t i;
+    size_t cnt = 0;
 
     /* Recursion depth is bounded by jansson's parser (2048 levels). */
     if (json_is_object(v)) {
         json_object_foreach_safe(v, tmp, k, child)
         {
-            if (!er_redact_key_is_secret(k))
-                er_redact_json(child, is_mask);
-            else if (is_mask)
+            if (!er_redact_key_is_secret(k)) {
+                cnt += er_redact_json(child, is_mask);
+                continue;
+            }
+            if (is_mask)
                 json_object_set_new(v, k, json_string(ER_REDACT_MASK));
             else
                 json_object_del(v, k);
+            cnt++;
         }
     } else if (json_is_array(v)) {
         json_array_foreach(v, i, child)
         {
-            er_redact_json(child, is_mask);
+            cnt += er_redact_json(child, is_mask);
         }
     }
+    return cnt;
 }

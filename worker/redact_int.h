@@ -4,6 +4,7 @@
 #define ER_WORKER_REDACT_INT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include <jansson.h>
 
@@ -16,7 +17,8 @@ bool er_redact_key_is_secret(const char *key);
 
 /* Walk v (may be NULL) and remove every member whose key names a secret,
  * or with is_mask replace its value by ER_REDACT_MASK (activity details are
- * masked, as Paperclip's sanitiser does; events drop them). */
-void er_redact_json(json_t *v, bool is_mask);
+ * masked, as Paperclip's sanitiser does; events drop them). Returns how
+ * many members it removed or masked. */
+size_t er_redact_json(json_t *v, bool is_mask);
 
 #endif

@@ -115,6 +115,31 @@ static void wspath_root_itself_is_accepted(void **state)
     assert_int_equal(check(root, at("root/"), NULL, &err), 0);
 }
 
+/* The secrets directory is never a workspace, nor inside or around one;
+ * a sibling whose name starts the same is apart (containment is by
+ * component), and so is anything when no secrets directory is set. */
+static void wspath_secrets_dir_is_kept_apart(void **state)
+{
+    struct er_err err;
+    char a[PATH_MAX + 64];
+    char ab[PATH_MAX + 64];
+
+    (void)state;
+    snprintf(a, sizeof(a), "%s", at("root/a"));
+    snprintf(ab, sizeof(ab), "%s", at("root/a/b"));
+    assert_int_equal(er_wspath_check_apart(a, a, &err), ER_EINVAL);
+    assert_non_null(strstr(err.msg, "ENVRUN_SECRETS_DIR"));
+    assert_int_equal(er_wspath_check_apart(root, a, &err), ER_EINVAL);
+    assert_int_equal(er_wspath_check_apart(ab, a, &err), ER_EINVAL);
+    /* Through a symlink to it: resolved before the comparison. */
+    assert_int_equal(er_wspath_check_apart(a, at("root/link-in"), &err),
+                     ER_EINVAL);
+    assert_int_equal(er_wspath_check_apart(at("rootX"), root, &err), 0);
+    assert_int_equal(er_wspath_check_apart(at("other"), a, &err), 0);
+    assert_int_equal(er_wspath_check_apart(a, "", &err), 0);
+    assert_int_equal(er_wspath_check_apart(a, NULL, &err), 0);
+}
+
 static void wspath_etc_is_refused(void **state)
 {
     struct er_err err;
@@ -322,6 +347,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(wspath_dir_inside_root_is_accepted),
         cmocka_unit_test(wspath_root_itself_is_accepted),
+        cmocka_unit_test(wspath_secrets_dir_is_kept_apart),
         cmocka_unit_test(wspath_etc_is_refused),
         cmocka_unit_test(wspath_sibling_prefix_is_refused),
         cmocka_unit_test(wspath_symlink_in_root_to_etc_is_refused),
