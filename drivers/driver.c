@@ -8,7 +8,28 @@
 static const struct er_driver_ops *const drivers[] = {
     &er_local_driver,
     &er_ssh_driver,
+    &er_sandbox_driver,
 };
+
+/* domain.md 3.6: the adapters that can run in a remote environment (the
+ * PR-era list and the later additions). */
+static const char *const remote_adapters[] = {
+    "codex_local", "claude_local", "gemini_local", "opencode_local",
+    "pi_local",    "cursor",       "acpx_local",   "kimi_local",
+};
+
+bool er_driver_is_remote_adapter(const char *adapter_type)
+{
+    size_t i;
+
+    for (i = 0; adapter_type != NULL &&
+                i < sizeof(remote_adapters) / sizeof(remote_adapters[0]);
+         i++) {
+        if (strcmp(adapter_type, remote_adapters[i]) == 0)
+            return true;
+    }
+    return false;
+}
 
 const struct er_driver_ops *er_driver_find(const char *name)
 {

@@ -26,6 +26,8 @@ struct er_driver_env {
     const json_t *config; /* never NULL */
 };
 
+struct er_driver_lease;
+
 /* Who asks for the lease (domain.md 3.3). */
 struct er_driver_lease_ctx {
     /* The id the lease row will get. It is derived from the command id, so
@@ -39,6 +41,12 @@ struct er_driver_lease_ctx {
     const char *issue_id;
     const char *execution_workspace_id;
     const char *execution_workspace_mode;
+    const char *adapter_type; /* the run's adapter, may be NULL */
+    /* Leases whose machine is parked for reuse on this environment
+     * (domain.md 3.3.3), newest first; the caller fills them only for a
+     * sandbox environment with reuseLease and a run id. Borrowed. */
+    const struct er_driver_lease *reusable;
+    size_t reusable_cnt;
 };
 
 /* What an acquire decided; the caller inserts the row. */
@@ -208,6 +216,25 @@ json_t *er_driver_realization_record_remote(
 
 /* The local driver (local.c). */
 extern const struct er_driver_ops er_local_driver;
+
+/* Whether adapter_type runs its agent in a remote environment (the
+ * remote-capable adapters of domain.md 3.6); NULL: false. */
+bool er_driver_is_remote_adapter(const char *adapter_type);
+
+/* The sandbox driver (sandbox.c, domain.md 4.3): providers fake, bwrap
+ * (sandbox_bwrap.c) and any other key served by a provider plugin
+ * (plugin_host.c). */
+extern const struct er_driver_ops er_sandbox_driver;
+
+/* Sandbox settings, once at start-up: the directory bwrap sandboxes live
+ * in (ENVRUN_SANDBOX_DIR; NULL or "": /var/lib/envrun/sandboxes) and the
+ * provider plugins (ENVRUN_PLUGINS_DIR; NULL or "": none), whose manifests
+ * are read and checked here. Returns 0, or ER_EINVAL naming the first bad
+ * plugin (a configuration error). */
+int er_sandbox_setup(const char *sandbox_dir, const char *plugins_dir,
+                     struct er_err *err);
+/* Stop the provider plugins' worker processes (at shutdown). */
+void er_sandbox_shutdown(void);
 
 /* ================================================================
  * proc (proc.c): run a program as a child process without a shell:

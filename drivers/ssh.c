@@ -55,12 +55,6 @@
 #define STR_(x) #x
 #define STR(x)  STR_(x)
 
-/* The adapters that can run on a remote target (domain.md 3.6). */
-static const char *const remote_adapters[] = {
-    "codex_local", "claude_local", "gemini_local", "opencode_local",
-    "pi_local",    "cursor",       "acpx_local",   "kimi_local",
-};
-
 /* A config plus what one lease adds: where its control socket lives. */
 struct conn {
     struct er_ssh_config cfg;
@@ -2634,19 +2628,6 @@ out:
  * target (domain.md 3.6, 3.2 step 4)
  * ================================================================ */
 
-static bool is_remote_adapter(const char *adapter_type)
-{
-    size_t i;
-
-    for (i = 0; adapter_type != NULL &&
-                i < sizeof(remote_adapters) / sizeof(remote_adapters[0]);
-         i++) {
-        if (strcmp(adapter_type, remote_adapters[i]) == 0)
-            return true;
-    }
-    return false;
-}
-
 static json_t *ssh_target(const struct er_driver_env *env,
                           const struct er_driver_lease *lease,
                           const char *adapter_type, struct er_err *err)
@@ -2656,7 +2637,7 @@ static json_t *ssh_target(const struct er_driver_env *env,
     json_t *spec;
     json_t *target;
 
-    if (!is_remote_adapter(adapter_type))
+    if (!er_driver_is_remote_adapter(adapter_type))
         return json_null();
     if (er_ssh_config_parse(env->config, &cfg, err) != 0) {
         driver_rc(ER_EINVAL, err);

@@ -15,6 +15,7 @@ packages=(
     # real servers and tools the tests use
     postgresql valgrind procps
     openssh-server openssh-client bubblewrap
+    nodejs # the test provider plugin (tests/plugins) runs on node
 )
 
 is_installed() {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "drivers/driver.h"
 #include "worker/worker.h"
@@ -29,6 +30,8 @@ enum opt_id {
     OPT_SECRETS_DIR,
     OPT_WORKSPACE_ROOTS,
     OPT_PAPERCLIP_API_URL,
+    OPT_SANDBOX_DIR,
+    OPT_PLUGINS_DIR,
     OPT_CNT,
 };
 
@@ -62,6 +65,8 @@ static const struct opt opts[OPT_CNT] = {
                               false },
     [OPT_PAPERCLIP_API_URL] = { "ENVRUN_PAPERCLIP_API_URL", "paperclip-api-url",
                                 "", false },
+    [OPT_SANDBOX_DIR] = { "ENVRUN_SANDBOX_DIR", "sandbox-dir", "", false },
+    [OPT_PLUGINS_DIR] = { "ENVRUN_PLUGINS_DIR", "plugins-dir", "", false },
 };
 
 static const char usage_text[] =
@@ -109,6 +114,12 @@ static const char usage_text[] =
     "      must lie under; none: no local workspace path is accepted\n"
     "  --paperclip-api-url    ENVRUN_PAPERCLIP_API_URL    (none)\n"
     "      http(s):// control-plane API the bridge forwards to\n"
+    "  --sandbox-dir          ENVRUN_SANDBOX_DIR          "
+    "(/var/lib/envrun/sandboxes)\n"
+    "      absolute directory the bwrap sandbox provider keeps sandboxes in\n"
+    "  --plugins-dir          ENVRUN_PLUGINS_DIR          (none)\n"
+    "      absolute directory of sandbox-provider plugins, one subdirectory\n"
+    "      each (manifest.json and the worker entry point it names)\n"
     "  --help                 print this text and exit\n"
     "  --version              print the version and exit\n"
     "\n"
@@ -507,6 +518,27 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
         }
         return put_str(cfg->paperclip_api_url, sizeof(cfg->paperclip_api_url),
                        name, val, errline, errline_len);
+    case OPT_SANDBOX_DIR:
+        if (val[0] != '\0' && (val[0] != '/' || has_ctl(val))) {
+            fail(errline, errline_len,
+                 "%s: must be an absolute path (got \"%s\")", name, shown);
+            return -1;
+        }
+        return put_str(cfg->sandbox_dir, sizeof(cfg->sandbox_dir), name, val,
+                       errline, errline_len);
+    case OPT_PLUGINS_DIR: {
+        struct stat st;
+
+        if (val[0] != '\0' && (val[0] != '/' || has_ctl(val) ||
+                               stat(val, &st) != 0 || !S_ISDIR(st.st_mode))) {
+            fail(errline, errline_len,
+                 "%s: must be the absolute path of a directory (got \"%s\")",
+                 name, shown);
+            return -1;
+        }
+        return put_str(cfg->plugins_dir, sizeof(cfg->plugins_dir), name, val,
+                       errline, errline_len);
+    }
     case OPT_CNT:
         break;
     }

@@ -183,8 +183,12 @@ static int undo_acquire(struct er_step *st, const struct er_driver_env *denv,
                         const struct er_driver_acquired *acq,
                         struct er_err *err)
 {
-    json_t *detail = json_pack("{s:s, s:O}", "driver", denv->driver, "metadata",
-                               acq->metadata);
+    /* What a release needs to find the machine: the provider's id too. */
+    json_t *detail = json_pack(
+        "{s:s, s:O, s:o, s:o, s:s}", "driver", denv->driver, "metadata",
+        acq->metadata, "provider", er_lifecycle__jstr(acq->provider),
+        "providerLeaseId", er_lifecycle__jstr(acq->provider_lease_id),
+        "leasePolicy", acq->lease_policy);
     const char *text =
         detail != NULL ? er_lifecycle__jdump(&st->lc->arena, detail) : NULL;
 
@@ -226,6 +230,49 @@ static int undo_earlier_attempt(struct er_step *st,
               (const char *)NULL);
     return undo(st, env->id, lease_id, er_lifecycle__unrecorded_detail(lc, env),
                 err);
+}
+
+/* The parked machines a sandbox acquire may resume (domain.md 3.3.3): only
+ * for the sandbox driver with reuseLease and a run id. Their metadata is
+ * parsed into the arena's keeping: the objects are freed with the step
+ * (er_lifecycle__jparse results are owned by the caller, so they are kept
+ * in st->reusable_meta and released at the end of the acquire). */
+static int reusable_leases(struct er_step *st, const struct er_env_row *env,
+                           const json_t *config,
+                           struct er_driver_lease_ctx *ctx, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    struct er_lease_row *rows = NULL;
+    struct er_driver_lease *leases;
+    size_t cnt = 0;
+    size_t i;
+    int rc;
+
+    if (strcmp(env->driver, "sandbox") != 0 || ctx->heartbeat_run_id == NULL ||
+        !json_is_true(json_object_get(config, "reuseLease")))
+        return 0;
+    rc = er_store_lease_reusable(lc->store, st->cmd->company_id, env->id,
+                                 &lc->arena, &rows, &cnt, err);
+    if (rc != 0 || cnt == 0)
+        return rc;
+    leases = er_arena_alloc(&lc->arena, sizeof(*leases) * cnt);
+    st->reusable_meta = json_array();
+    if (leases == NULL || st->reusable_meta == NULL)
+        return er_lifecycle__oom(err);
+    for (i = 0; i < cnt; i++) {
+        json_t *meta = er_lifecycle__jparse(rows[i].metadata_json);
+
+        if (!json_is_object(meta)) {
+            json_decref(meta);
+            meta = json_object();
+        }
+        if (meta == NULL || json_array_append_new(st->reusable_meta, meta) != 0)
+            return er_lifecycle__oom(err);
+        leases[i] = er_lifecycle__driver_lease(&rows[i], meta);
+    }
+    ctx->reusable = leases;
+    ctx->reusable_cnt = cnt;
+    return 0;
 }
 
 int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
@@ -291,13 +338,19 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
                                    lease_id, err);
         if (rc != 0)
             goto out;
-        ctx = (struct er_driver_lease_ctx){ lease_id,
-                                            cmd->company_id,
-                                            cmd->agent_id,
-                                            cmd->heartbeat_run_id,
-                                            cmd->issue_id,
-                                            cmd->execution_workspace_id,
-                                            cmd->execution_workspace_mode };
+        ctx = (struct er_driver_lease_ctx){
+            .lease_id = lease_id,
+            .company_id = cmd->company_id,
+            .agent_id = cmd->agent_id,
+            .heartbeat_run_id = cmd->heartbeat_run_id,
+            .issue_id = cmd->issue_id,
+            .execution_workspace_id = cmd->execution_workspace_id,
+            .execution_workspace_mode = cmd->execution_workspace_mode,
+            .adapter_type = cmd->adapter_type,
+        };
+        rc = reusable_leases(st, &env, config, &ctx, err);
+        if (rc != 0)
+            goto out;
         if (ops->is_remote) {
             is_journaled = true;
             rc = er_lifecycle__journal(st, "acquire", lease_id, env.id, err);
@@ -408,6 +461,8 @@ out:
     json_decref(transport);
     json_decref(details);
     json_decref(config);
+    json_decref(st->reusable_meta);
+    st->reusable_meta = NULL;
     er_driver_acquired_fini(&acq);
     return rc;
 }

@@ -295,7 +295,11 @@ static int undo_release(struct er_lifecycle *lc, const char *lease_id,
     row.id = lease_id;
     row.environment_id = environment_id;
     row.status = "active";
-    row.lease_policy = "ephemeral";
+    row.lease_policy = er_lifecycle__jget_str(detail, "leasePolicy") != NULL
+                           ? er_lifecycle__jget_str(detail, "leasePolicy")
+                           : "ephemeral";
+    row.provider = er_lifecycle__jget_str(detail, "provider");
+    row.provider_lease_id = er_lifecycle__jget_str(detail, "providerLeaseId");
     row.metadata_json =
         meta != NULL ? er_lifecycle__jdump(&lc->arena, meta) : NULL;
     rc = release_prepare(lc, &row, "expired", &it, err);

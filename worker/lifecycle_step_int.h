@@ -53,6 +53,8 @@ struct er_step {
     size_t key_len;
     struct er_command_result res;
     json_t *result; /* owned: becomes resultJson */
+    /* acquire: the metadata of the leases it may resume (owned) */
+    json_t *reusable_meta;
 };
 
 /* Who an activity row is attributed to (domain.md 3.8). */

@@ -42,6 +42,7 @@ int main(int argc, char **argv)
     struct er_config cfg;
     char errline[512];
     struct sigaction sa;
+    int rc;
 
     reset_inherited_signals();
     switch (er_config_load(&cfg, argc, argv, errline, sizeof(errline))) {
@@ -67,5 +68,6 @@ int main(int argc, char **argv)
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
 
-    return er_worker_run(&cfg) == 0 ? 0 : 1;
+    rc = er_worker_run(&cfg);
+    return rc == 0 ? 0 : rc == 2 ? 2 : 1;
 }

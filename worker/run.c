@@ -69,6 +69,11 @@ int er_worker_run(const struct er_config *cfg)
     er_err_clear(&err);
     er_driver_setup(cfg->secrets_dir);
     er_driver_set_workspace_roots(cfg->workspace_roots);
+    if (er_sandbox_setup(cfg->sandbox_dir, cfg->plugins_dir, &err) != 0) {
+        /* A configuration error, reported like the others. */
+        fprintf(stderr, "envrun-worker: ENVRUN_PLUGINS_DIR: %s\n", err.msg);
+        return 2;
+    }
     if (er_codec_init(&err) != 0) {
         ER_LOG_ERR("worker", "codec: %s", err.msg);
         return 1;
@@ -115,6 +120,7 @@ out:
     er_dispatch_destroy(dispatch);
     er_outbox_destroy(outbox, OUTBOX_DRAIN_MS);
     er_http_destroy(http);
+    er_sandbox_shutdown();
     er_codec_shutdown();
     return rc;
 }

@@ -623,6 +623,30 @@ int er_store_lease_active_for_run(struct er_store *store,
                        2, params, arena, rows, row_cnt, err);
 }
 
+int er_store_lease_reusable(struct er_store *store, const char *company_id,
+                            const char *environment_id, struct er_arena *arena,
+                            struct er_lease_row **rows, size_t *row_cnt,
+                            struct er_err *err)
+{
+    const char *params[] = { company_id, environment_id };
+
+    /* Parked machines only (released or retained, never pending_cleanup,
+     * C1), and none another lease holds now: a machine is resumed by one
+     * lease at a time. Newest first. */
+    return many_leases(
+        store, "load reusable leases",
+        "SELECT " LEASE_COLS " FROM environment_leases a "
+        "WHERE a.company_id = $1::uuid AND a.environment_id = $2::uuid "
+        "AND a.lease_policy = 'reuse_by_environment' "
+        "AND a.status IN ('released', 'retained') "
+        "AND a.provider_lease_id IS NOT NULL AND NOT EXISTS ("
+        "SELECT 1 FROM environment_leases b WHERE b.provider = a.provider "
+        "AND b.provider_lease_id = a.provider_lease_id "
+        "AND b.status = 'active') "
+        "ORDER BY a.created_at DESC, a.id LIMIT 8",
+        2, params, arena, rows, row_cnt, err);
+}
+
 int er_store_lease_active_for_workspace(struct er_store *store,
                                         const char *environment_id,
                                         const char *execution_workspace_id,

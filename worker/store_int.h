@@ -356,6 +356,14 @@ int er_store_lease_get(struct er_store *store, const char *id,
                        struct er_err *err);
 /* Lock and return the active leases of company_id's run, oldest first
  * (another company's run id finds nothing). */
+/* The leases of the company's environment whose machine is parked for
+ * reuse (domain.md 3.3.3): policy reuse_by_environment, status released or
+ * retained, a provider lease id no active lease holds; newest first, at
+ * most 8. */
+int er_store_lease_reusable(struct er_store *store, const char *company_id,
+                            const char *environment_id, struct er_arena *arena,
+                            struct er_lease_row **rows, size_t *row_cnt,
+                            struct er_err *err);
 int er_store_lease_active_for_run(struct er_store *store,
                                   const char *company_id, const char *run_id,
                                   struct er_arena *arena,

@@ -34,6 +34,8 @@ struct er_config {
     char secrets_dir[ER_CONFIG_STR_MAX];
     char workspace_roots[ER_CONFIG_STR_MAX]; /* "": none */
     char paperclip_api_url[ER_CONFIG_STR_MAX];
+    char sandbox_dir[ER_CONFIG_STR_MAX]; /* "": the bwrap default */
+    char plugins_dir[ER_CONFIG_STR_MAX]; /* "": no provider plugins */
 };
 
 /* Outcome of er_config_load. */
@@ -189,7 +191,9 @@ int er_kafka_produce(struct rd_kafka_s *rk, const char *topic, const void *key,
 extern volatile sig_atomic_t er_worker_stop;
 
 /* Run the worker with cfg until er_worker_stop is set or a fatal error.
- * Returns 0 on a clean stop, 1 on a runtime failure (logged). */
+ * Returns 0 on a clean stop, 1 on a runtime failure (logged), 2 when a
+ * setting checked at start (the plugins' manifests) is bad (one line on
+ * stderr). */
 int er_worker_run(const struct er_config *cfg);
 
 /* ================================================================

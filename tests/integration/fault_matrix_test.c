@@ -7,9 +7,10 @@
  * byte-identical), one lease, released, its events published once by id
  * with versions 1..3, activity events matching activity_log, every journal
  * entry closed, and on ssh no per-lease directory, control directory or key
- * file left behind. The worker binary must be built with ER_FAULTS (make
- * test does). Runs on the local driver and on the ssh driver against the
- * real sshd of scripts/test-services.sh. */
+ * file left behind, on a bwrap sandbox no sandbox directory or process.
+ * The worker binary must be built with ER_FAULTS (make test does). Runs on
+ * the local driver, on the ssh driver against the real sshd of
+ * scripts/test-services.sh, and on the sandbox driver's bwrap provider. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -55,6 +56,21 @@ static const struct cell ssh_cells[] = {
     { "outcome.after_commit:2", true },   { "intent.after_commit:3", true },
     { "driver.after:4", true },           { "outcome.before_commit:3", true },
     { "offset.before_commit:2", false },  { "relay.after_publish:2", false },
+};
+
+/* The bwrap sandbox has the same steps as ssh: acquire 1, realize (the
+ * upload) 2, provision 3, release 4. Its steps take milliseconds, so the
+ * offsets of several commands may go in one commit, and one batch may be
+ * published at once: the offset and relay cells take the first hit. */
+static const struct cell sandbox_cells[] = {
+    { "intent.before_commit:1", false },  { "intent.after_commit:1", false },
+    { "driver.before:1", false },         { "driver.after:1", false },
+    { "outcome.before_commit:1", false }, { "outcome.after_commit:1", false },
+    { "intent.after_commit:2", false },   { "driver.after:2", false },
+    { "driver.after:3", false },          { "outcome.before_commit:2", true },
+    { "outcome.after_commit:2", true },   { "intent.after_commit:3", true },
+    { "driver.after:4", true },           { "outcome.before_commit:3", true },
+    { "offset.before_commit:1", false },  { "relay.after_publish:1", false },
 };
 
 /* The leading decimal number of text, or -1. */
@@ -130,6 +146,10 @@ static void run_cell(const char *driver, const struct cell *cell)
     char *dirs_after = NULL;
     char *added = NULL;
     bool is_ssh = strcmp(driver, "ssh") == 0;
+    bool is_sandbox = strcmp(driver, "sandbox") == 0;
+    char sandbox_env[ER_HARNESS_PATH_MAX + 64];
+    char sandbox_dir[ER_HARNESS_PATH_MAX + 32];
+    char ws[ER_HARNESS_PATH_MAX + 32];
     size_t n = 0;
     int st;
     int i;
@@ -146,6 +166,23 @@ static void run_cell(const char *driver, const struct cell *cell)
             extra[n++] = ssh->worker_env[i];
         dirs_before = er_harness_ssh_control_dirs();
         ER_HARNESS_NON_NULL(dirs_before);
+    }
+    if (is_sandbox) {
+        char cmd[4 * ER_HARNESS_PATH_MAX];
+
+        /* Under /tmp: the sandbox's own uid must reach its directory. */
+        snprintf(sandbox_dir, sizeof(sandbox_dir),
+                 "/tmp/envrun-sandboxes-XXXXXX");
+        ER_HARNESS_NON_NULL(mkdtemp(sandbox_dir));
+        snprintf(ws, sizeof(ws), "%s/ws", h->dir);
+        snprintf(cmd, sizeof(cmd),
+                 "rm -rf '%s' && mkdir -p '%s' && "
+                 "echo hi > '%s/hello.txt'",
+                 ws, ws, ws);
+        assert_int_equal(system(cmd), 0);
+        snprintf(sandbox_env, sizeof(sandbox_env), "ENVRUN_SANDBOX_DIR=%s",
+                 sandbox_dir);
+        extra[n++] = sandbox_env;
     }
     snprintf(env_line, sizeof(env_line), "ENVRUN_TEST_FAULT=%s", cell->point);
     extra[n++] = env_line;
@@ -165,15 +202,19 @@ static void run_cell(const char *driver, const struct cell *cell)
                                                       "Fault", remote,
                                                       sizeof(remote), env_id),
                          0);
+    if (is_sandbox)
+        er_harness_env_insert(h, run.company_id, "Fault", "sandbox",
+                              "{\"provider\": \"bwrap\"}", env_id);
     er_harness_cmd_acquire(&cmds[0], &run);
-    if (is_ssh)
+    if (is_ssh || is_sandbox)
         cmds[0].cmd.selected_environment_id = env_id;
-    er_harness_cmd_realize(&cmds[1], &run, h->dir);
+    er_harness_cmd_realize(&cmds[1], &run, is_sandbox ? ws : h->dir);
     /* The provision command leaves one line per run beside the per-lease
      * directories, so a second run of it shows. */
     snprintf(overlay, sizeof(overlay),
-             "{\"provisionCommand\": \"echo ran >> ../provisioned.txt\"}");
-    if (is_ssh)
+             "{\"provisionCommand\": \"echo ran >> %s/provisioned.txt\"}",
+             is_sandbox ? "/tmp" : "..");
+    if (is_ssh || is_sandbox)
         cmds[1].cmd.runtime_overlay_json = overlay;
     er_harness_cmd_release(&cmds[2], &run, ER_RELEASE_RELEASED);
     for (i = 0; i < 3; i++) {
@@ -286,6 +327,30 @@ static void run_cell(const char *driver, const struct cell *cell)
             er_harness_fail(__FILE__, __LINE__,
                             "control directories left behind:\n%s", added);
     }
+    if (is_sandbox) {
+        char script[4 * ER_HARNESS_PATH_MAX];
+        char *out = NULL;
+
+        /* No sandbox directory (nor a half-made or half-removed one) and
+         * no process of one is left. */
+        /* The path is put together at run time, so this script's own
+         * command line does not match it. */
+        snprintf(script, sizeof(script),
+                 "ls -A '%s' | head -5; p=\"%.*s\"\"%s\"; "
+                 "for f in /proc/[0-9]*/cmdline; do "
+                 "case $f in /proc/$$/*) continue;; esac; "
+                 "if tr '\\0' ' ' < \"$f\" 2>/dev/null | grep -q -F -- \"$p\"; "
+                 "then echo \"process: $f\"; fi; done",
+                 sandbox_dir, 8, sandbox_dir, sandbox_dir + 8);
+        assert_int_equal(er_harness_ssh_local(script, &out), 0);
+        ER_HARNESS_NON_NULL(out);
+        if (out[0] != '\0')
+            er_harness_fail(__FILE__, __LINE__, "sandbox left behind:\n%s",
+                            out);
+        er_free(out);
+        snprintf(script, sizeof(script), "rmdir '%s'", sandbox_dir);
+        assert_int_equal(system(script), 0);
+    }
     er_free(added);
     er_free(dirs_after);
     er_free(dirs_before);
@@ -322,6 +387,16 @@ static void fault_matrix_ssh(void **state)
             run_cell("ssh", &ssh_cells[i]);
 }
 
+static void fault_matrix_sandbox(void **state)
+{
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(sandbox_cells) / sizeof(sandbox_cells[0]); i++)
+        if (is_selected(&sandbox_cells[i]))
+            run_cell("sandbox", &sandbox_cells[i]);
+}
+
 int main(void)
 {
 #ifndef ER_FAULTS
@@ -334,6 +409,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(fault_matrix_local, teardown),
         cmocka_unit_test_teardown(fault_matrix_ssh, teardown),
+        cmocka_unit_test_teardown(fault_matrix_sandbox, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1409,6 +1409,29 @@ const json_t *er_harness_roundtrip(struct er_harness *h,
     return res;
 }
 
+const json_t *er_harness_realize(struct er_harness *h,
+                                 const struct er_harness_worker *w,
+                                 struct er_harness_run *run, const char *cwd,
+                                 const char *overlay, int timeout_ms)
+{
+    struct er_harness_cmd c;
+
+    er_harness_cmd_realize(&c, run, cwd);
+    c.cmd.runtime_overlay_json = (char *)(uintptr_t)overlay;
+    return er_harness_roundtrip(h, w, &c, timeout_ms);
+}
+
+const json_t *er_harness_release(struct er_harness *h,
+                                 const struct er_harness_worker *w,
+                                 struct er_harness_run *run,
+                                 enum er_release_status status, int timeout_ms)
+{
+    struct er_harness_cmd c;
+
+    er_harness_cmd_release(&c, run, status);
+    return er_harness_roundtrip(h, w, &c, timeout_ms);
+}
+
 const json_t *er_harness_wait_result(struct er_harness *h,
                                      const char *command_id, int timeout_ms)
 {
@@ -1747,6 +1770,46 @@ out:
     PQclear(res);
     PQfinish(conn);
     return rc;
+}
+
+json_t *er_harness_pg_one_row(const char *conninfo, const char *sql,
+                              const char *param)
+{
+    json_t *rows = er_harness_pg_query(conninfo, sql, 1, &param);
+    json_t *row;
+
+    if (rows == NULL || json_array_size(rows) != 1)
+        er_harness_fail(__FILE__, __LINE__, "%zu rows instead of one: %s",
+                        rows != NULL ? json_array_size(rows) : 0, sql);
+    row = json_incref(json_array_get(rows, 0));
+    json_decref(rows);
+    return row;
+}
+
+void er_harness_env_insert(const struct er_harness *h, const char *company_id,
+                           const char *name, const char *driver,
+                           const char *config, char env_id[37])
+{
+    if (er_uuid_v4(env_id) != 0 ||
+        er_harness_pg_exec(
+            h->db_url,
+            "INSERT INTO environments (id, company_id, name, driver, status, "
+            "config) VALUES ($1, $2, $3, $4, 'active', $5::jsonb)",
+            5,
+            (const char *[]){ env_id, company_id, name, driver, config }) != 0)
+        er_harness_fail(__FILE__, __LINE__, "environment %s not inserted",
+                        name);
+}
+
+void er_harness_fresh_dir(const char *path)
+{
+    char cmd[ER_HARNESS_PATH_MAX + 64];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    if (strchr(path, '\'') != NULL || system(cmd) != 0 ||
+        mkdir(path, 0700) != 0)
+        er_harness_fail(__FILE__, __LINE__, "cannot make the directory %s",
+                        path);
 }
 
 void er_harness_pg_control_plane_lease(const struct er_harness *h,

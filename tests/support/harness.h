@@ -272,6 +272,17 @@ const json_t *er_harness_roundtrip(struct er_harness *h,
                                    const struct er_harness_worker *w,
                                    const struct er_harness_cmd *c,
                                    int timeout_ms);
+/* er_harness_roundtrip of a realize of run's active lease with the host
+ * workspace cwd and runtimeOverlayJson overlay (JSON text, may be NULL). */
+const json_t *er_harness_realize(struct er_harness *h,
+                                 const struct er_harness_worker *w,
+                                 struct er_harness_run *run, const char *cwd,
+                                 const char *overlay, int timeout_ms);
+/* er_harness_roundtrip of a release of run's leases with status. */
+const json_t *er_harness_release(struct er_harness *h,
+                                 const struct er_harness_worker *w,
+                                 struct er_harness_run *run,
+                                 enum er_release_status status, int timeout_ms);
 /* Wait until each of the ids has at least one result. */
 bool er_harness_wait_results(struct er_harness *h, const char *const *ids,
                              size_t id_cnt, int timeout_ms);
@@ -394,6 +405,19 @@ long long er_harness_pg_rows_containing(const char *conninfo,
  * after printing the error. */
 int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,
                        const char *const *params);
+/* The one row sql gives with one text parameter, as a new reference;
+ * fails the test when there is not exactly one. */
+json_t *er_harness_pg_one_row(const char *conninfo, const char *sql,
+                              const char *param);
+/* Insert an active environments row of driver for company_id, as the
+ * control plane would, with config (JSON text); its new random id goes to
+ * env_id. Fails the test when the insert fails. */
+void er_harness_env_insert(const struct er_harness *h, const char *company_id,
+                           const char *name, const char *driver,
+                           const char *config, char env_id[37]);
+/* An empty directory (0700) at path, whatever was there before (a rerun
+ * finds the last run's). Fails the test when it cannot be made. */
+void er_harness_fresh_dir(const char *path);
 /* As the control plane does (it does not take envrun's workspace lock):
  * insert an active lease of workspace ws_id of env_id for another live run
  * of company_id; its random id goes to lease_id. Fails the test when the

@@ -808,8 +808,10 @@ static void ssh_acquire_reports_an_unreachable_host(void **state)
     json_t *config = jload(config_text);
     struct er_driver_env env = { "env-1", "co-1",   "my ssh",
                                  "ssh",   "active", config };
-    struct er_driver_lease_ctx ctx = { LEASE_ID, "co-1", "agent-1", "run-1",
-                                       NULL,     NULL,   NULL };
+    struct er_driver_lease_ctx ctx = { .lease_id = LEASE_ID,
+                                       .company_id = "co-1",
+                                       .agent_id = "agent-1",
+                                       .heartbeat_run_id = "run-1" };
     struct er_driver_acquired acq;
     char ctl_dir[ER_SSH_CONTROL_DIR_MAX];
     struct er_err err;
