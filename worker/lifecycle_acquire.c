@@ -233,10 +233,9 @@ static int undo_earlier_attempt(struct er_step *st,
 }
 
 /* The parked machines a sandbox acquire may resume (domain.md 3.3.3): only
- * for the sandbox driver with reuseLease and a run id. Their metadata is
- * parsed into the arena's keeping: the objects are freed with the step
- * (er_lifecycle__jparse results are owned by the caller, so they are kept
- * in st->reusable_meta and released at the end of the acquire). */
+ * for the sandbox driver with reuseLease and a run id. The rows live in the
+ * arena; their parsed metadata objects are kept in st->reusable_meta, which
+ * the acquire releases when it is done. */
 static int reusable_leases(struct er_step *st, const struct er_env_row *env,
                            const json_t *config,
                            struct er_driver_lease_ctx *ctx, struct er_err *err)

@@ -93,7 +93,11 @@ static int group_setup(void **state)
     if (system(behaviour) != 0 || mkdir(plugins_dir, 0700) != 0)
         return -1;
     snprintf(behaviour, sizeof(behaviour), "{\"callLog\": \"%s\"}", call_log);
-    if (install_plugin("test-provider", NULL, behaviour) != 0 ||
+    if (install_plugin("test-provider", NULL, behaviour) != 0)
+        return -1;
+    snprintf(behaviour, sizeof(behaviour),
+             "{\"callLog\": \"%s\", \"nativeSync\": true}", call_log);
+    if (install_plugin("sync", "sync-provider", behaviour) != 0 ||
         install_plugin("stuck", "stuck-provider",
                        "{\"initialize\": \"hang\"}") != 0)
         return -1;
@@ -368,6 +372,56 @@ static void reuse_resumes_then_expiry_destroys(void **state)
     assert_false(dir_exists(root));
 }
 
+/* A provider that offers environmentSyncIn gets the workspace through it,
+ * not through its exec channel (A10). */
+static void native_sync_copies_the_workspace(void **state)
+{
+    struct er_harness_run run;
+    char env_id[37];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    char path[ER_HARNESS_PATH_MAX + 128];
+    const char *plid;
+    json_t *body;
+    json_t *row;
+    json_t *meta;
+    json_t *call;
+    FILE *f;
+
+    (void)state;
+    er_harness_run_init(&run);
+    er_harness_env_insert(h, run.company_id, "Synced", "sandbox",
+                          "{\"provider\": \"sync-provider\"}", env_id);
+    body = er_harness_json_parse_field(acquire_cmd(&run, env_id, NULL),
+                                       "resultJson");
+    plid = er_harness_json_str(body, "lease.providerLeaseId");
+    ER_HARNESS_NON_NULL(plid);
+    row = lease_row(er_harness_json_str(body, "lease.id"), &meta);
+    snprintf(ws, sizeof(ws), "%s/sync-ws", h->dir);
+    er_harness_fresh_dir(ws);
+    snprintf(path, sizeof(path), "%s/synced.txt", ws);
+    f = fopen(path, "w");
+    ER_HARNESS_NON_NULL(f);
+    fputs("via sync\n", f);
+    fclose(f);
+    ER_HARNESS_ASSERT_OK(realize(&run, ws, NULL));
+    snprintf(path, sizeof(path), "%s/workspace/synced.txt",
+             er_harness_json_str(meta, "fakeRootDir"));
+    assert_int_equal(access(path, F_OK), 0);
+    call = last_call("environmentSyncIn", plid);
+    ER_HARNESS_NON_NULL(call);
+    ER_HARNESS_ASSERT_STR(call, "params.operations.0.files.0.sourcePath", ws);
+    ER_HARNESS_ASSERT_STR(call, "params.operations.0.files.0.exclude.0",
+                          ".paperclip-runtime");
+    json_decref(call);
+    /* No archive went through the exec channel. */
+    call = last_call("environmentExecute", plid);
+    assert_null(call);
+    ER_HARNESS_ASSERT_OK(release(&run, ER_RELEASE_RELEASED));
+    json_decref(meta);
+    json_decref(row);
+    json_decref(body);
+}
+
 static long long leases_of(const char *company_id)
 {
     return er_harness_pg_count(h->db_url,
@@ -467,6 +521,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_method_of_a_run),
         cmocka_unit_test(reuse_resumes_then_expiry_destroys),
+        cmocka_unit_test(native_sync_copies_the_workspace),
         cmocka_unit_test(crash_mid_call_fails_it_and_restarts),
         cmocka_unit_test(garbage_on_stdout_is_survived),
         cmocka_unit_test(hang_times_out_with_the_spec_message),

@@ -8,7 +8,8 @@
 // at start; absent: normal behaviour):
 //   {"initialize": "ok" | "hang" | "fail",
 //    "onMethod": {"<method>": "crash" | "hang" | "garbage" | "error"},
-//    "callLog": "<path>"}
+//    "callLog": "<path>",
+//    "nativeSync": true (also offer environmentSyncIn / SyncOut)}
 // and per call from params.config.testBehaviour.onMethod (same shape).
 // crash: exit 3 mid-call after a line on stderr; hang: never answer;
 // garbage: stray stdout lines, then the normal answer; error: a JSON-RPC
@@ -215,6 +216,46 @@ function realizeWorkspace(params) {
   return { cwd, metadata: { provider: DRIVER_KEY, remoteCwd: cwd } };
 }
 
+// Native file sync (A10): each directory operation copies sourcePath into
+// targetPath, leaving out what its exclude list names (a name, or a
+// "prefix*" pattern) at any depth.
+function isExcluded(name, exclude) {
+  return exclude.some((pat) =>
+    pat.endsWith("*") ? name.startsWith(pat.slice(0, -1)) : name === pat,
+  );
+}
+
+function copyTree(src, dst, exclude, counts) {
+  fs.mkdirSync(dst, { recursive: true });
+  for (const entry of fs.readdirSync(src, { withFileTypes: true })) {
+    if (isExcluded(entry.name, exclude)) continue;
+    const from = path.join(src, entry.name);
+    const to = path.join(dst, entry.name);
+    if (entry.isDirectory()) {
+      copyTree(from, to, exclude, counts);
+    } else if (entry.isFile()) {
+      fs.copyFileSync(from, to);
+      counts.files += 1;
+      counts.bytes += fs.statSync(from).size;
+    }
+  }
+}
+
+function syncIn(params) {
+  const operations = Array.isArray(params.operations) ? params.operations : [];
+  return {
+    operations: operations.map((op) => {
+      const counts = { files: 0, bytes: 0 };
+      for (const file of Array.isArray(op.files) ? op.files : []) {
+        const exclude = Array.isArray(file.exclude) ? file.exclude.map(String) : [];
+        if (file.kind === "directory") copyTree(file.sourcePath, file.targetPath, exclude, counts);
+        else throw new Error(`test provider: cannot sync a ${file.kind}`);
+      }
+      return { operationId: op.operationId, filesTransferred: counts.files, bytesTransferred: counts.bytes };
+    }),
+  };
+}
+
 function execute(params, invocationId) {
   if (!params.lease?.providerLeaseId) {
     return {
@@ -294,6 +335,8 @@ const handlers = {
   environmentDestroyLease: destroyLease,
   environmentRealizeWorkspace: realizeWorkspace,
   environmentExecute: execute,
+  environmentSyncIn: syncIn,
+  environmentSyncOut: () => ({ operations: [] }),
 };
 
 let initialized = false;
@@ -305,7 +348,10 @@ function initialize() {
   if (initialized) throw new RpcError(-32002, "Worker already initialized");
   initialized = true;
   log("info", "test provider plugin ready");
-  return { ok: true, supportedMethods: SUPPORTED_METHODS };
+  const methods = behaviour.nativeSync === true
+    ? [...SUPPORTED_METHODS, "environmentSyncIn", "environmentSyncOut"]
+    : SUPPORTED_METHODS;
+  return { ok: true, supportedMethods: methods };
 }
 
 function writeGarbage() {
@@ -330,6 +376,9 @@ async function handle(msg) {
   }
   const handler = handlers[method];
   if (!handler) throw new RpcError(-32601, `Unknown method: ${method}`);
+  if (method.startsWith("environmentSync") && behaviour.nativeSync !== true) {
+    throw new RpcError(-32004, `${method} is not implemented by this plugin`);
+  }
   switch (modeFor(method, params)) {
     case "crash":
       process.stderr.write(`test provider: crashing in ${method} on purpose\n`);
