@@ -615,7 +615,7 @@ int er_bwrap_create(const char *id, const struct er_bwrap_limits *lim,
     int iddir = -1;
     int rc;
 
-    if (!er_bwrap__id_is_valid(id))
+    if (!er_bwrap_id_is_valid(id))
         return er_bwrap__bad_id(err);
     rc = check_programs(err);
     if (rc != 0)

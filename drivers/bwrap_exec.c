@@ -158,7 +158,7 @@ int er_bwrap_exec(const char *id, const struct er_driver_exec *req,
                   struct er_driver_exec_result *out, struct er_err *err)
 {
     result_init(out);
-    if (!er_bwrap__id_is_valid(id))
+    if (!er_bwrap_id_is_valid(id))
         return er_bwrap__bad_id(err);
     return run_in(id, req->command, req->args, req->cwd, req->env,
                   req->stdin_data, req->stdin_len, -1, req->timeout_ms,
@@ -170,7 +170,7 @@ int er_bwrap_exec_fd(const char *id, const char *const *argv, const char *cwd,
                      struct er_driver_exec_result *out, struct er_err *err)
 {
     result_init(out);
-    if (!er_bwrap__id_is_valid(id))
+    if (!er_bwrap_id_is_valid(id))
         return er_bwrap__bad_id(err);
     if (argv == NULL || argv[0] == NULL)
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,

@@ -65,7 +65,6 @@ struct er_bwrap_limit_args {
 
 /* ---- sandbox_bwrap.c (each is described at its definition) ---- */
 
-bool er_bwrap__id_is_valid(const char *id);
 int er_bwrap__bad_id(struct er_err *err); /* ER_EINVAL */
 ER_NODISCARD int er_bwrap__join(char *out, size_t out_len, ...);
 ER_NODISCARD int er_bwrap__sb_path(char *out, size_t out_len, const char *id,

@@ -52,6 +52,25 @@ void er_driver_sweep_all(er_driver_in_use_fn *is_in_use, void *arg)
     }
 }
 
+bool er_driver_lease_tag(const char *lease_id,
+                         char tag[ER_DRIVER_LEASE_TAG_LEN + 1])
+{
+    size_t n = 0;
+    size_t i;
+
+    tag[0] = '\0';
+    if (lease_id == NULL || !er_uuid_is_valid(lease_id, strlen(lease_id)))
+        return false;
+    for (i = 0; lease_id[i] != '\0' && n < ER_DRIVER_LEASE_TAG_LEN; i++) {
+        char c = lease_id[i];
+
+        if (c != '-')
+            tag[n++] = c >= 'A' && c <= 'F' ? (char)(c - 'A' + 'a') : c;
+    }
+    tag[n] = '\0';
+    return true;
+}
+
 static char secrets_dir[4096];
 
 void er_driver_setup(const char *dir)

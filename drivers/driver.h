@@ -119,6 +119,13 @@ struct er_driver_released {
  * from the database: an active lease, or an operation on it in flight. */
 typedef bool er_driver_in_use_fn(const char *lease_tag, void *arg);
 
+#define ER_DRIVER_LEASE_TAG_LEN 16
+
+/* The lease tag of lease_id (see er_driver_in_use_fn), lower case, into
+ * tag. false (tag "") when lease_id is not a UUID. */
+bool er_driver_lease_tag(const char *lease_id,
+                         char tag[ER_DRIVER_LEASE_TAG_LEN + 1]);
+
 /* A driver. Optional operations are NULL; the runtime then answers with
  * the "does not support ..." messages of domain.md 4. On failure an
  * operation returns a negative ER_E* code and puts the cause (one sentence,

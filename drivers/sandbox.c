@@ -236,25 +236,6 @@ static int driver_rc(int rc, struct er_err *err)
     return ER_EDRIVER;
 }
 
-/* The lease tag of lease_id (see er_driver_in_use_fn): the first 16 hex
- * digits without dashes, the id of the bwrap sandbox it makes. false when
- * the id is not a UUID. */
-static bool lease_tag(const char *lease_id, char tag[ER_BWRAP_ID_LEN + 1])
-{
-    size_t n = 0;
-    const char *p;
-
-    if (lease_id == NULL || !er_uuid_is_valid(lease_id, strlen(lease_id)))
-        return false;
-    for (p = lease_id; *p != '\0' && n < ER_BWRAP_ID_LEN; p++) {
-        if (*p == '-')
-            continue;
-        tag[n++] = (char)(*p >= 'A' && *p <= 'F' ? *p - 'A' + 'a' : *p);
-    }
-    tag[n] = '\0';
-    return n == ER_BWRAP_ID_LEN;
-}
-
 /* The metadata every sandbox lease starts with (domain.md 4.3). */
 static json_t *base_metadata(const struct er_driver_lease_ctx *ctx,
                              const struct er_sandbox_config *cfg)
@@ -351,17 +332,11 @@ static bool bwrap_id(const struct er_driver_lease *lease,
                      char id[ER_BWRAP_ID_LEN + 1])
 {
     const char *sid = jstr(lease->metadata, "sandboxId");
-    size_t i;
 
     if (sid == NULL)
-        return lease_tag(lease->id, id);
-    if (strlen(sid) != ER_BWRAP_ID_LEN)
+        return er_driver_lease_tag(lease->id, id);
+    if (!er_bwrap_id_is_valid(sid))
         return false;
-    for (i = 0; i < ER_BWRAP_ID_LEN; i++) {
-        if (!((sid[i] >= '0' && sid[i] <= '9') ||
-              (sid[i] >= 'a' && sid[i] <= 'f')))
-            return false;
-    }
     memcpy(id, sid, ER_BWRAP_ID_LEN + 1);
     return true;
 }
@@ -376,7 +351,7 @@ static int bwrap_acquire(const struct er_sandbox_config *cfg,
     struct er_err derr;
     int rc;
 
-    if (!lease_tag(ctx->lease_id, id))
+    if (!er_driver_lease_tag(ctx->lease_id, id))
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                           "the lease id is not a UUID");
     if (gethostname(host, sizeof(host)) != 0)
@@ -506,8 +481,6 @@ static int bwrap_upload(const char *id, const char *local, const char *cwd,
     er_buf_init(&script, 16384);
     er_sandbox_tar_argv(local, tar_argv);
     rc = er_sandbox_unpack_script(cwd, "-", &script);
-    if (rc == 0)
-        rc = er_buf_append(&script, "", 1);
     if (rc != 0) {
         rc = er_err_set(err, rc, ER_ERRCLASS_NONE,
                         "the workspace path is too long");

@@ -104,7 +104,7 @@ const char *er_bwrap_dir(void)
     return sandbox_dir;
 }
 
-bool er_bwrap__id_is_valid(const char *id)
+bool er_bwrap_id_is_valid(const char *id)
 {
     size_t i;
 
@@ -161,7 +161,7 @@ int er_bwrap_workspace_path(const char *id, char *out, size_t out_len)
 {
     if (out_len > 0)
         out[0] = '\0';
-    if (!er_bwrap__id_is_valid(id))
+    if (!er_bwrap_id_is_valid(id))
         return ER_EINVAL;
     return er_bwrap__sb_path(out, out_len, id, "workspace");
 }
@@ -442,7 +442,7 @@ bool er_bwrap_is_alive(const char *id)
 {
     struct er_bwrap_state st;
 
-    if (!er_bwrap__id_is_valid(id))
+    if (!er_bwrap_id_is_valid(id))
         return false;
     return er_bwrap__sandbox_state(id, &st);
 }
@@ -643,7 +643,7 @@ int er_bwrap_destroy(const char *id, struct er_err *err)
     int iddir = -1;
     int rc = 0;
 
-    if (!er_bwrap__id_is_valid(id))
+    if (!er_bwrap_id_is_valid(id))
         return er_bwrap__bad_id(err);
     lock_fd = open_base();
     if (lock_fd < 0 && errno == ENOENT)
@@ -690,7 +690,7 @@ static void sweep_leftover(int basefd, const char *name, bool is_new)
         return;
     memcpy(id, name + 5, ER_BWRAP_ID_LEN);
     id[ER_BWRAP_ID_LEN] = '\0';
-    if (!er_bwrap__id_is_valid(id) ||
+    if (!er_bwrap_id_is_valid(id) ||
         fstatat(basefd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
         !S_ISDIR(st.st_mode))
         return;
@@ -736,7 +736,7 @@ void er_bwrap_sweep(er_driver_in_use_fn *is_in_use, void *arg)
             sweep_leftover(basefd, de->d_name, de->d_name[1] == 'n');
             continue;
         }
-        if (!er_bwrap__id_is_valid(de->d_name))
+        if (!er_bwrap_id_is_valid(de->d_name))
             continue;
         f = er_bwrap__inspect(basefd, de->d_name, &iddir);
         if (iddir >= 0)

@@ -36,9 +36,12 @@
  * Thread-safe: no global state but the directory, set once at start-up.
  * ================================================================ */
 
-#define ER_BWRAP_ID_LEN    16
+#define ER_BWRAP_ID_LEN    ER_DRIVER_LEASE_TAG_LEN /* a lease tag */
 /* Where the workspace is inside every sandbox. */
 #define ER_BWRAP_WORKSPACE "/workspace"
+
+/* Whether id is a sandbox id: exactly 16 lowercase hex digits. */
+bool er_bwrap_id_is_valid(const char *id);
 
 /* Set the directory sandboxes live under (ENVRUN_SANDBOX_DIR), once at
  * start-up. NULL or "": the default, /var/lib/envrun/sandboxes. */

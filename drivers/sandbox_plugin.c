@@ -772,8 +772,6 @@ static int upload_exec(const struct er_driver_env *env,
         rc = er_buf_printf(&script, "; ");
     if (rc == 0)
         rc = er_sandbox_unpack_script(cwd, archive, &script);
-    if (rc == 0)
-        rc = er_buf_append(&script, "", 1);
     if (rc != 0) {
         rc = er_err_set(err, rc, ER_ERRCLASS_NONE,
                         "the workspace path is too long");

@@ -569,19 +569,10 @@ int er_ssh_exec_script(const struct er_driver_exec *req, const char *cwd,
 
 void er_ssh_control_dir(const char *lease_id, char out[ER_SSH_CONTROL_DIR_MAX])
 {
-    char tag[17];
-    size_t n = 0;
+    char tag[ER_DRIVER_LEASE_TAG_LEN + 1];
     size_t i;
 
-    if (er_uuid_is_valid(lease_id, strlen(lease_id))) {
-        for (i = 0; lease_id[i] != '\0' && n < 16; i++) {
-            char c = lease_id[i];
-
-            if (c != '-')
-                tag[n++] = c >= 'A' && c <= 'F' ? (char)(c - 'A' + 'a') : c;
-        }
-        tag[n] = '\0';
-    } else {
+    if (!er_driver_lease_tag(lease_id, tag)) {
         /* FNV-1a: any other id still gets a short fixed-size name. */
         uint64_t h = 14695981039346656037ull;
 

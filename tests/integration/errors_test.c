@@ -59,22 +59,6 @@ static void assert_error(const json_t *res, const char *outcome,
         ER_HARNESS_ASSERT_STR(res, "errorMessage", message);
 }
 
-/* Insert an environment row directly, as the control plane would. */
-static void insert_environment(const char *id, const char *company_id,
-                               const char *name, const char *driver,
-                               const char *status, const char *config)
-{
-    assert_int_equal(
-        er_harness_pg_exec(
-            h->db_url,
-            "INSERT INTO environments (id, company_id, name, "
-            "driver, status, config) "
-            "VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-            6,
-            (const char *[]){ id, company_id, name, driver, status, config }),
-        0);
-}
-
 static long long lease_count(const char *company_id)
 {
     return er_harness_pg_count(h->db_url,
@@ -117,9 +101,8 @@ static void errors_environment_of_another_company_is_not_found(void **state)
     (void)state;
     er_harness_run_init(&run);
     er_harness_run_init(&other);
-    er_uuid_v4(env_id);
-    insert_environment(env_id, other.company_id, "Theirs", "local", "active",
-                       "{}");
+    er_harness_env_insert(h, other.company_id, "Theirs", "local", "active",
+                          "{}", env_id);
     er_harness_cmd_acquire(&c, &run);
     c.cmd.selected_environment_id = env_id;
     res = roundtrip(&c);
@@ -140,9 +123,8 @@ static void errors_archived_environment_is_inactive(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_uuid_v4(env_id);
-    insert_environment(env_id, run.company_id, "Old box", "ssh", "archived",
-                       "{}");
+    er_harness_env_insert(h, run.company_id, "Old box", "ssh", "archived", "{}",
+                          env_id);
     er_harness_cmd_acquire(&c, &run);
     c.cmd.selected_environment_id = env_id;
     res = roundtrip(&c);
@@ -207,8 +189,8 @@ static void check_acquire_failed(const char *driver, const char *name,
     const json_t *res;
 
     er_harness_run_init(&run);
-    er_uuid_v4(env_id);
-    insert_environment(env_id, run.company_id, name, driver, "active", config);
+    er_harness_env_insert(h, run.company_id, name, driver, "active", config,
+                          env_id);
     er_harness_cmd_acquire(&c, &run);
     c.cmd.selected_environment_id = env_id;
     res = roundtrip(&c);

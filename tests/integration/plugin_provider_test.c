@@ -232,7 +232,7 @@ static void every_method_of_a_run(void **state)
     er_harness_run_init(&run);
     assert_int_equal(er_uuid_v4(ews_id), 0);
     er_harness_env_insert(
-        h, run.company_id, "Plugin", "sandbox",
+        h, run.company_id, "Plugin", "sandbox", "active",
         "{\"provider\": \"test-provider\", \"image\": \"img:1\"}", env_id);
     res = acquire_cmd(&run, env_id, ews_id);
     ER_HARNESS_ASSERT_OK(res);
@@ -332,7 +332,7 @@ static void reuse_resumes_then_expiry_destroys(void **state)
     (void)state;
     er_harness_run_init(&run);
     er_harness_env_insert(
-        h, run.company_id, "Plugin reuse", "sandbox",
+        h, run.company_id, "Plugin reuse", "sandbox", "active",
         "{\"provider\": \"test-provider\", \"reuseLease\": true}", env_id);
     snprintf(want, sizeof(want), "test-provider://%s", env_id);
     res = acquire_cmd(&run, env_id, NULL);
@@ -389,7 +389,7 @@ static void native_sync_copies_the_workspace(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_harness_env_insert(h, run.company_id, "Synced", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Synced", "sandbox", "active",
                           "{\"provider\": \"sync-provider\"}", env_id);
     body = er_harness_json_parse_field(acquire_cmd(&run, env_id, NULL),
                                        "resultJson");
@@ -440,11 +440,11 @@ static void crash_mid_call_fails_it_and_restarts(void **state)
     (void)state;
     er_harness_run_init(&run);
     er_harness_env_insert(
-        h, run.company_id, "Crashy", "sandbox",
+        h, run.company_id, "Crashy", "sandbox", "active",
         "{\"provider\": \"test-provider\", \"testBehaviour\": "
         "{\"onMethod\": {\"environmentAcquireLease\": \"crash\"}}}",
         env_id);
-    er_harness_env_insert(h, run.company_id, "Fine", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Fine", "sandbox", "active",
                           "{\"provider\": \"test-provider\"}", ok_env);
     res = acquire_cmd(&run, env_id, NULL);
     ER_HARNESS_ASSERT_STR(res, "errorCode", "lease_acquire_failed");
@@ -466,7 +466,7 @@ static void garbage_on_stdout_is_survived(void **state)
     (void)state;
     er_harness_run_init(&run);
     er_harness_env_insert(
-        h, run.company_id, "Noisy", "sandbox",
+        h, run.company_id, "Noisy", "sandbox", "active",
         "{\"provider\": \"test-provider\", \"testBehaviour\": "
         "{\"onMethod\": {\"environmentAcquireLease\": \"garbage\"}}}",
         env_id);
@@ -484,7 +484,7 @@ static void hang_times_out_with_the_spec_message(void **state)
     (void)state;
     er_harness_run_init(&run);
     /* timeoutMs 1: the acquire's RPC timeout is 1 + 30000 ms (A6). */
-    er_harness_env_insert(h, run.company_id, "Hangs", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Hangs", "sandbox", "active",
                           "{\"provider\": \"test-provider\", \"timeoutMs\": 1, "
                           "\"testBehaviour\": {\"onMethod\": "
                           "{\"environmentAcquireLease\": \"hang\"}}}",
@@ -505,7 +505,7 @@ static void plugin_that_never_initializes(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_harness_env_insert(h, run.company_id, "Stuck", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Stuck", "sandbox", "active",
                           "{\"provider\": \"stuck-provider\"}", env_id);
     res = acquire_cmd(&run, env_id, NULL);
     ER_HARNESS_ASSERT_STR(res, "errorCode", "lease_acquire_failed");

@@ -134,7 +134,7 @@ static void fake_ids_for_runs_and_probes(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_harness_env_insert(h, run.company_id, "Fake", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Fake", "sandbox", "active",
                           "{\"provider\": \"fake\"}", env_id);
 
     body = acquire(&run, env_id, false);
@@ -174,7 +174,7 @@ static void fake_reuse_resumes_the_parked_lease(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_harness_env_insert(h, run.company_id, "Fake reuse", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Fake reuse", "sandbox", "active",
                           "{\"provider\": \"fake\", \"reuseLease\": true, "
                           "\"image\": \"debian:12\"}",
                           env_id);
@@ -223,8 +223,8 @@ static void fake_provision_is_refused_with_the_spec_message(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_harness_env_insert(h, run.company_id, "Fake prov", "sandbox", "{}",
-                          env_id);
+    er_harness_env_insert(h, run.company_id, "Fake prov", "sandbox", "active",
+                          "{}", env_id);
     body = acquire(&run, env_id, false);
     json_decref(body);
     /* Without a provision command realize works (nothing is copied). */
@@ -247,7 +247,7 @@ static void config_errors_are_named(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_harness_env_insert(h, run.company_id, "Bad key", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Bad key", "sandbox", "active",
                           "{\"provider\": \"Bad Key!\"}", env_id);
     er_harness_cmd_acquire(&c, &run);
     c.cmd.selected_environment_id = env_id;
@@ -256,7 +256,7 @@ static void config_errors_are_named(void **state)
     ER_HARNESS_ASSERT_CONTAINS(er_harness_json_str(res, "errorMessage"),
                                "Sandbox provider must match");
 
-    er_harness_env_insert(h, run.company_id, "Fake extra", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Fake extra", "sandbox", "active",
                           "{\"provider\": \"fake\", \"template\": \"x\"}",
                           env_id);
     er_harness_cmd_acquire(&c, &run);
@@ -266,7 +266,7 @@ static void config_errors_are_named(void **state)
                                "Fake sandbox environment config has an "
                                "unknown key: template");
 
-    er_harness_env_insert(h, run.company_id, "No plugin", "sandbox",
+    er_harness_env_insert(h, run.company_id, "No plugin", "sandbox", "active",
                           "{\"provider\": \"e2b\"}", env_id);
     er_harness_cmd_acquire(&c, &run);
     c.cmd.selected_environment_id = env_id;
@@ -340,7 +340,7 @@ static void bwrap_end_to_end_and_walls(void **state)
 
     (void)state;
     er_harness_run_init(&run);
-    er_harness_env_insert(h, run.company_id, "Bwrap", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Bwrap", "sandbox", "active",
                           "{\"provider\": \"bwrap\", \"maxProcesses\": 64, "
                           "\"memoryMb\": 256, \"timeoutMs\": 600000}",
                           env_id);
@@ -478,7 +478,7 @@ static void bwrap_sandbox_survives_worker_kill(void **state)
     er_harness_run_init(&run);
     snprintf(ws, sizeof(ws), "%s/kill-ws", h->dir);
     er_harness_fresh_dir(ws);
-    er_harness_env_insert(h, run.company_id, "Bwrap kill", "sandbox",
+    er_harness_env_insert(h, run.company_id, "Bwrap kill", "sandbox", "active",
                           "{\"provider\": \"bwrap\"}", env_id);
     body = acquire(&run, env_id, false);
     row = lease_row(er_harness_json_str(body, "lease.id"));

@@ -1788,15 +1788,17 @@ json_t *er_harness_pg_one_row(const char *conninfo, const char *sql,
 
 void er_harness_env_insert(const struct er_harness *h, const char *company_id,
                            const char *name, const char *driver,
-                           const char *config, char env_id[37])
+                           const char *status, const char *config,
+                           char env_id[37])
 {
     if (er_uuid_v4(env_id) != 0 ||
-        er_harness_pg_exec(
-            h->db_url,
-            "INSERT INTO environments (id, company_id, name, driver, status, "
-            "config) VALUES ($1, $2, $3, $4, 'active', $5::jsonb)",
-            5,
-            (const char *[]){ env_id, company_id, name, driver, config }) != 0)
+        er_harness_pg_exec(h->db_url,
+                           "INSERT INTO environments (id, company_id, name, "
+                           "driver, status, config) "
+                           "VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+                           6,
+                           (const char *[]){ env_id, company_id, name, driver,
+                                             status, config }) != 0)
         er_harness_fail(__FILE__, __LINE__, "environment %s not inserted",
                         name);
 }

@@ -409,12 +409,13 @@ int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,
  * fails the test when there is not exactly one. */
 json_t *er_harness_pg_one_row(const char *conninfo, const char *sql,
                               const char *param);
-/* Insert an active environments row of driver for company_id, as the
- * control plane would, with config (JSON text); its new random id goes to
- * env_id. Fails the test when the insert fails. */
+/* Insert an environments row of driver with status ("active", ...) for
+ * company_id, as the control plane would, with config (JSON text); its new
+ * random id goes to env_id. Fails the test when the insert fails. */
 void er_harness_env_insert(const struct er_harness *h, const char *company_id,
                            const char *name, const char *driver,
-                           const char *config, char env_id[37]);
+                           const char *status, const char *config,
+                           char env_id[37]);
 /* An empty directory (0700) at path, whatever was there before (a rerun
  * finds the last run's). Fails the test when it cannot be made. */
 void er_harness_fresh_dir(const char *path);
