@@ -170,6 +170,9 @@ bool er_secret_is_set(const struct er_secret *secret);
 int64_t er_time_now_ms(void);
 /* Monotonic clock in milliseconds. */
 int64_t er_time_mono_ms(void);
+/* The last millisecond of 9999-12-31 UTC: the latest time a timestamp
+ * field may name (ISO 8601 texts have four-digit years). */
+#define ER_TIME_MAX_MS INT64_C(253402300799999)
 /* Format ms since epoch as ISO 8601 UTC with milliseconds
  * ("2026-11-26T13:17:42.123Z"); out must hold 32 bytes. */
 void er_time_iso(int64_t ms, char out[32]);

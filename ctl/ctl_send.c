@@ -32,6 +32,8 @@ static const char usage[] =
     "  --execution-workspace ID    acquire, realize: executionWorkspaceId\n"
     "  --execution-workspace-mode M  acquire: executionWorkspaceMode;\n"
     "                              realize: requestedMode\n"
+    "  --expires-in S              acquire: requestedExpiresAt, S seconds "
+    "from now\n"
     "  --lease ID                  realize: leaseId (default: the run's "
     "lease)\n"
     "  --workspace-json J          realize: workspaceJson "
@@ -55,6 +57,7 @@ struct send_args {
     const char *issue;
     const char *exec_ws;
     const char *exec_ws_mode;
+    const char *expires_in;
     const char *lease;
     const char *workspace_json;
     const char *overlay_json;
@@ -122,6 +125,24 @@ static int read_file(const char *path, struct er_buf *out, struct er_err *err)
 out:
     fclose(f);
     return rc;
+}
+
+/* --expires-in: whole seconds from now, 1 to 10 years' worth. */
+static int expires_at(const char *text, int64_t *out)
+{
+    char *end = NULL;
+    long long s;
+
+    errno = 0;
+    s = strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || s < 1 ||
+        s > 10LL * 366 * 86400) {
+        er_ctl_util_usage_error("send", "--expires-in: expected whole "
+                                        "seconds, 1 to 316224000");
+        return ER_EINVAL;
+    }
+    *out = er_time_now_ms() + (int64_t)s * 1000;
+    return 0;
 }
 
 /* Check the options that are required or restricted to a set of words;
@@ -206,6 +227,7 @@ int er_ctl_send_main(int argc, char **argv)
         { "issue", &a.issue, NULL },
         { "execution-workspace", &a.exec_ws, NULL },
         { "execution-workspace-mode", &a.exec_ws_mode, NULL },
+        { "expires-in", &a.expires_in, NULL },
         { "lease", &a.lease, NULL },
         { "workspace-json", &a.workspace_json, NULL },
         { "runtime-overlay-json", &a.overlay_json, NULL },
@@ -237,7 +259,9 @@ int er_ctl_send_main(int argc, char **argv)
         a.brokers = er_ctl_util_env("ENVRUN_KAFKA_BROKERS", NULL);
     if (a.prefix == NULL)
         a.prefix = er_ctl_util_env("ENVRUN_TOPIC_PREFIX", "envrun.");
-    if (check_args(&a, &kind, &status) != 0) {
+    if (check_args(&a, &kind, &status) != 0 ||
+        (a.expires_in != NULL &&
+         expires_at(a.expires_in, &cmd.requested_expires_at_ms) != 0)) {
         exit_code = ER_CTL_EXIT_USAGE;
         goto out;
     }

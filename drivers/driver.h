@@ -42,6 +42,12 @@ struct er_driver_lease_ctx {
     const char *execution_workspace_id;
     const char *execution_workspace_mode;
     const char *adapter_type; /* the run's adapter, may be NULL */
+    /* The acquire's requestedExpiresAt (ms since the epoch; 0: none): the
+     * latest time the lease may stay active. A driver passes it on where
+     * its provider can bound a lease's life; the lifecycle caps the
+     * lease's expires_at at it whatever the driver returns, and the reaper
+     * releases the lease then. */
+    int64_t requested_expires_at_ms;
     /* Leases whose machine is parked for reuse on this environment
      * (domain.md 3.3.3), newest first; the caller fills them only for a
      * sandbox environment with reuseLease and a run id. Borrowed. */

@@ -1,9 +1,11 @@
 /* plugin_call: the JSON-RPC 2.0 traffic with a plugin's worker (upstream.md
  * A3, A5, A8) and the callers' API: the queue of lines for its stdin, the
  * calls waiting for their answers, the framing of its stdout and stderr
- * and the routing of what it says, and er_plugin_call. Thread-safe: the
- * queue and the calls are under plugin->mu; the reading runs on the
- * plugin's supervisor thread (plugin_host.c). */
+ * and the routing of what it says (scrubbed of its secrets by
+ * plugin_redact.c), and er_plugin_call. Thread-safe: the queue and the
+ * calls are under plugin->mu; the reading runs on the plugin's supervisor
+ * thread (plugin_host.c). */
+
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -205,8 +207,13 @@ static void init_answered(struct er_plugin *plugin, struct er_plugin_proc *proc,
     int code;
 
     if (error != NULL && !json_is_null(error)) {
+        char *clean;
+
         error_fields(error, &code, &reason);
-        er_plugin__init_fail(plugin, proc, reason);
+        clean = er_plugin__scrub_dup(plugin, reason);
+        er_plugin__init_fail(plugin, proc,
+                             clean != NULL ? clean : "out of memory");
+        er_free(clean);
         return;
     }
     if (!json_is_true(json_object_get(result, "ok"))) {
@@ -260,8 +267,16 @@ static void on_response(struct er_plugin *plugin, struct er_plugin_proc *proc,
                    " from the worker of %s",
                    n, plugin->key);
         } else if (error != NULL && !json_is_null(error)) {
+            char *clean;
+
             error_fields(error, &code, &message);
-            call_fail(call, code, message, NULL);
+            clean = er_plugin__scrub_dup(plugin, message);
+            call_fail(call, code,
+                      clean != NULL ? clean
+                                    : "Worker returned an error (its message "
+                                      "is dropped: out of memory)",
+                      NULL);
+            er_free(clean);
         } else {
             json_t *result = json_object_get(msg, "result");
 
@@ -311,6 +326,7 @@ static void on_notification(struct er_plugin *plugin, const char *method,
     const char *level;
     const char *message;
     enum er_log_level lv = ER_LOG_INFO;
+    char *clean;
     char text[3000];
 
     /* execute.log chunks have no live sink here (the call's result carries
@@ -327,7 +343,17 @@ static void on_notification(struct er_plugin *plugin, const char *method,
         lv = ER_LOG_WARN;
     else if (level != NULL && strcmp(level, "error") == 0)
         lv = ER_LOG_ERROR;
-    snprintf(text, sizeof(text), "[plugin] %s", message);
+    pthread_mutex_lock(&plugin->mu);
+    clean = er_plugin__scrub_dup(plugin, message);
+    pthread_mutex_unlock(&plugin->mu);
+    if (clean == NULL) {
+        er_log_kv(ER_LOG_WARN, FAC,
+                  "a log message of the worker is dropped: out of memory",
+                  "plugin", plugin->key, NULL);
+        return;
+    }
+    snprintf(text, sizeof(text), "[plugin] %s", clean);
+    er_free(clean);
     er_log_kv(lv, FAC, text, "plugin", plugin->key, NULL);
 }
 
@@ -403,8 +429,8 @@ static void out_take(struct er_plugin *plugin, struct er_plugin_proc *proc,
     }
 }
 
-void er_plugin__err_line_flush(struct er_plugin *plugin,
-                               struct er_plugin_proc *proc)
+static void err_line_flush(struct er_plugin *plugin,
+                           struct er_plugin_proc *proc)
 {
     char text[ER_PLUGIN_STDERR_LINE_BYTES + 32];
     size_t n = proc->err_line_len;
@@ -419,7 +445,8 @@ void er_plugin__err_line_flush(struct er_plugin *plugin,
     er_log_kv(ER_LOG_INFO, FAC, text, "plugin", plugin->key, NULL);
 }
 
-static void err_take(struct er_plugin *plugin, struct er_plugin_proc *proc,
+/* Scrubbed stderr: keep its tail, log it line by line. */
+static void err_pass(struct er_plugin *plugin, struct er_plugin_proc *proc,
                      const char *p, size_t n)
 {
     size_t i;
@@ -441,13 +468,47 @@ static void err_take(struct er_plugin *plugin, struct er_plugin_proc *proc,
     }
     for (i = 0; i < n; i++) {
         if (p[i] == '\n') {
-            er_plugin__err_line_flush(plugin, proc);
+            err_line_flush(plugin, proc);
             continue;
         }
         if (proc->err_line_len == sizeof(proc->err_line))
-            er_plugin__err_line_flush(plugin, proc);
+            err_line_flush(plugin, proc);
         proc->err_line[proc->err_line_len++] = p[i];
     }
+}
+
+/* n bytes p of stderr (is_final: the worker is gone, nothing more comes):
+ * scrubbed before anything else sees them. */
+static void err_take(struct er_plugin *plugin, struct er_plugin_proc *proc,
+                     const char *p, size_t n, bool is_final)
+{
+    struct er_buf out;
+    int rc;
+
+    /* At most what is held back and the chunk, each run of four bytes or
+     * more become ten. */
+    er_buf_init(&out,
+                3 * (ER_PLUGIN_SECRET_FORM_MAX_BYTES + ER_PLUGIN_READ_CHUNK));
+    pthread_mutex_lock(&plugin->mu);
+    rc = er_plugin__err_scrub(plugin, proc, p, n, is_final, &out);
+    pthread_mutex_unlock(&plugin->mu);
+    if (rc != 0) {
+        /* Nothing that may hold a secret is passed on. */
+        er_plugin__err_pend_fini(proc);
+        er_log_kv(ER_LOG_WARN, FAC,
+                  "stderr of the worker is dropped: out of memory", "plugin",
+                  plugin->key, NULL);
+    } else if (out.len > 0) {
+        err_pass(plugin, proc, (const char *)out.data, out.len);
+    }
+    er_buf_fini(&out);
+}
+
+void er_plugin__err_finish(struct er_plugin *plugin,
+                           struct er_plugin_proc *proc)
+{
+    err_take(plugin, proc, "", 0, true);
+    err_line_flush(plugin, proc);
 }
 
 /* Read what fd has now, at most max_reads chunks (so a flood on one pipe
@@ -469,7 +530,7 @@ bool er_plugin__drain(struct er_plugin *plugin, struct er_plugin_proc *proc,
         if (is_out)
             out_take(plugin, proc, proc->buf, (size_t)n);
         else
-            err_take(plugin, proc, proc->buf, (size_t)n);
+            err_take(plugin, proc, proc->buf, (size_t)n, false);
     }
     return false;
 }
@@ -513,6 +574,13 @@ void er_plugin__proc_finish(struct er_plugin *plugin,
     snprintf(message, sizeof(message),
              "Worker process exited (code=%s, signal=%s)", code, sig);
     pthread_mutex_lock(&plugin->mu);
+    /* The tail was scrubbed as it came; again for a secret noted since. */
+    if (excerpt != NULL) {
+        char *clean = er_plugin__scrub_dup(plugin, excerpt);
+
+        er_free(excerpt);
+        excerpt = clean;
+    }
     is_stopping = proc->stop != ER_PLUGIN_STOP_NONE;
     plugin->status = ER_PLUGIN_CRASHED;
     plugin->pid = 0;
@@ -523,6 +591,9 @@ void er_plugin__proc_finish(struct er_plugin *plugin,
         if (!call->is_done)
             call_fail(call, ER_RPC_WORKER_UNAVAILABLE, message, excerpt);
     }
+    /* Nothing more is read from this worker, which took its secrets with
+     * it; those noted for a call not yet queued stay. */
+    er_plugin__secrets_wipe(plugin, false);
     pthread_cond_broadcast(&plugin->cond);
     pthread_mutex_unlock(&plugin->mu);
     er_log_kv(is_stopping ? ER_LOG_INFO : ER_LOG_WARN, FAC,
@@ -533,6 +604,7 @@ void er_plugin__proc_finish(struct er_plugin *plugin,
     er_plugin__close_fd(&proc->out_fd);
     er_plugin__close_fd(&proc->err_fd);
     er_buf_fini(&proc->line);
+    er_plugin__err_pend_fini(proc);
 }
 
 /* ================================================================
@@ -666,6 +738,9 @@ int er_plugin_call(const char *provider, const char *method,
 
     pthread_mutex_lock(&plugin->mu);
     rc = er_plugin__wait_running(plugin, provider, err);
+    /* In the same hold of mu as the queueing: the worker the call goes to
+     * cannot exit in between. */
+    er_plugin__secrets_hand_over(plugin);
     if (rc != 0) {
         pthread_mutex_unlock(&plugin->mu);
         reply->rpc_code = ER_RPC_WORKER_UNAVAILABLE;

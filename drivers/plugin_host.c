@@ -530,7 +530,7 @@ static bool proc_exited(struct er_plugin *plugin, struct er_plugin_proc *proc)
         er_plugin__drain(plugin, proc, proc->out_fd, true, FINAL_READS);
     if (!proc->is_err_eof)
         er_plugin__drain(plugin, proc, proc->err_fd, false, FINAL_READS);
-    er_plugin__err_line_flush(plugin, proc);
+    er_plugin__err_finish(plugin, proc);
     return true;
 }
 
@@ -625,6 +625,7 @@ static void worker_run(struct er_plugin *plugin)
     proc->out_fd = -1;
     proc->err_fd = -1;
     er_buf_init(&proc->line, ER_PLUGIN_MAX_LINE_BYTES);
+    er_plugin__err_init(proc);
     er_err_clear(&err);
     if (proc_spawn(plugin, proc, &err) != 0) {
         er_log_kv(ER_LOG_ERROR, FAC, "cannot start plugin worker", "plugin",

@@ -3,8 +3,8 @@
  * checks their manifests; plugin_host.c holds the host (the plugin table,
  * setup, shutdown, the workers' environment) and each plugin's supervisor
  * thread (spawn, initialize, stop, restart); plugin_call.c the JSON-RPC
- * traffic with a worker and the callers' API. Private to
- * drivers/plugin_*.c. */
+ * traffic with a worker, the secrets handed to it and redacted from what
+ * it says, and the callers' API. Private to drivers/plugin_*.c. */
 #ifndef ER_DRIVERS_PLUGIN_HOST_INT_H
 #define ER_DRIVERS_PLUGIN_HOST_INT_H
 
@@ -30,6 +30,22 @@
 /* The stop sequence (A4, the rest in plugin_host.c): how long a worker
  * that answered shutdown has to exit before SIGTERM. */
 #define ER_PLUGIN_EXIT_GRACE_MS     500
+
+/* The redaction list (er_plugin_note_secret): at most this many secrets
+ * per plugin; when full, the least recently noted already sent go
+ * first. */
+#define ER_PLUGIN_SECRET_MAX_CNT        32
+/* Shorter values are not redacted: see er_plugin_note_secret. */
+#define ER_PLUGIN_SECRET_MIN_BYTES      4
+/* The longest value noted: the largest secret a reference resolves to. */
+#define ER_PLUGIN_SECRET_MAX_BYTES      ER_SECRETREF_MAX_BYTES
+/* The forms of a value looked for: as sent, without surrounding ASCII
+ * white space, and both as JSON.stringify escapes them inside a string. */
+#define ER_PLUGIN_SECRET_FORM_MAX       4
+/* The longest form: a value of control bytes, each escaped as \u00XX. */
+#define ER_PLUGIN_SECRET_FORM_MAX_BYTES (6u * ER_PLUGIN_SECRET_MAX_BYTES)
+/* What replaces each occurrence of a form. */
+#define ER_PLUGIN_REDACTED              "[REDACTED]"
 
 /* Where a plugin's worker is (struct er_plugin's status). */
 enum er_plugin_status {
@@ -64,6 +80,21 @@ struct er_plugin_outmsg {
     char data[];
 };
 
+/* A secret handed to a plugin's worker (er_plugin_note_secret), under
+ * plugin->mu. */
+struct er_plugin_secret {
+    /* form[0] is the value as sent; the others its other forms, each
+     * stored only when it differs from those before it and is long
+     * enough. */
+    struct er_secret form[ER_PLUGIN_SECRET_FORM_MAX];
+    size_t form_cnt;
+    /* Whether a call carrying it has been queued for the worker (by
+     * er_plugin_call); until then owner is the thread whose next call
+     * carries it. */
+    bool is_sent;
+    pthread_t owner;
+};
+
 /* One plugin: what plugin_manifest.c loaded, and its worker. */
 struct er_plugin {
     /* Read-only from setup to shutdown. */
@@ -93,6 +124,9 @@ struct er_plugin {
     bool has_crashed;
     int64_t last_crash_ms; /* monotonic */
     pid_t pid;             /* the current worker, 0 when none */
+    /* What is redacted from everything the worker says, oldest first. */
+    struct er_plugin_secret secrets[ER_PLUGIN_SECRET_MAX_CNT];
+    size_t secret_cnt;
 };
 
 /* The stop sequence's phases (A4). */
@@ -120,7 +154,14 @@ struct er_plugin_proc {
     /* stdout framing. */
     struct er_buf line;
     bool is_skipping; /* inside an over-long line */
-    /* stderr: the current line and the last ER_PLUGIN_STDERR_TAIL_BYTES. */
+    /* stderr as read and not yet scrubbed for good: the bytes that may
+     * still be the start of a secret, and which of them (one byte each,
+     * non-zero) already belong to one. Wiped before they are freed. */
+    struct er_buf err_pend;
+    struct er_buf err_mask;
+    bool is_err_redacting; /* the last byte passed on was redacted */
+    /* stderr after scrubbing: the current line and the last
+     * ER_PLUGIN_STDERR_TAIL_BYTES. */
     char err_line[ER_PLUGIN_STDERR_LINE_BYTES];
     size_t err_line_len;
     char tail[ER_PLUGIN_STDERR_TAIL_BYTES];
@@ -207,9 +248,33 @@ void er_plugin__out_flush(struct er_plugin *plugin,
  * Supervisor thread. */
 bool er_plugin__drain(struct er_plugin *plugin, struct er_plugin_proc *proc,
                       int fd, bool is_out, size_t max_reads);
-/* Log the stderr line read so far (the worker has exited). */
-void er_plugin__err_line_flush(struct er_plugin *plugin,
-                               struct er_plugin_proc *proc);
+/* The worker has exited and its pipes are drained: pass on the stderr
+ * held back (what is left of a secret cut short is redacted) and log the
+ * last line. Supervisor thread. */
+void er_plugin__err_finish(struct er_plugin *plugin,
+                           struct er_plugin_proc *proc);
+
+/* proc's buffers for stderr, empty (er_plugin__proc_finish frees them). */
+void er_plugin__err_init(struct er_plugin_proc *proc);
+
+/* ---- plugin_redact.c (mu held for all of these) ---- */
+
+/* Wipe and forget the plugin's secrets: all of them when is_all, else
+ * those gone to a worker (the worker has exited). */
+void er_plugin__secrets_wipe(struct er_plugin *plugin, bool is_all);
+/* The calling thread's next call has just been queued for the worker (or
+ * could not be): the secrets it noted now go when that worker exits. */
+void er_plugin__secrets_hand_over(struct er_plugin *plugin);
+/* text with the plugin's secrets redacted, as a new string (er_free), or
+ * NULL when out of memory. */
+char *er_plugin__scrub_dup(const struct er_plugin *plugin, const char *text);
+/* Scrub n more bytes p of the worker's stderr into out (what can no longer
+ * be the start of a secret; all of it when is_final). */
+int er_plugin__err_scrub(struct er_plugin *plugin, struct er_plugin_proc *proc,
+                         const char *p, size_t n, bool is_final,
+                         struct er_buf *out);
+/* Free proc's stderr buffers, wiped. */
+void er_plugin__err_pend_fini(struct er_plugin_proc *proc);
 
 /* The worker has exited and been reaped: fail every waiting call at once
  * and close its descriptors. Supervisor thread. */

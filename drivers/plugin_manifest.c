@@ -610,6 +610,8 @@ static void plugin_free(struct er_plugin *plugin)
     free(plugin->manifest_text); /* from json_dumps */
     er_free(plugin->entry);
     json_decref(plugin->supported);
+    /* At shutdown: what no worker took yet. */
+    er_plugin__secrets_wipe(plugin, true);
     er_plugin__close_fd(&plugin->wake[0]);
     er_plugin__close_fd(&plugin->wake[1]);
     pthread_mutex_destroy(&plugin->mu);

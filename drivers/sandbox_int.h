@@ -208,6 +208,35 @@ int er_plugin_call(const char *provider, const char *method,
 
 void er_plugin_reply_fini(struct er_plugin_reply *reply);
 
+/* Note value (len bytes, borrowed) as a secret about to be handed to the
+ * plugin serving provider, before the call that carries it: from then on
+ * every text that comes out of that plugin has each occurrence of it
+ * replaced by "[REDACTED]" before it is used anywhere: the message of its
+ * error answers (err->msg of er_plugin_call), its `log` notifications and
+ * stderr lines (the worker log) and the stderr excerpt of failure
+ * messages. Also looked for: the value without surrounding ASCII white
+ * space, and both as JSON-escaped inside a string (a plugin printing its
+ * config as JSON). Results (reply->result) are not scrubbed.
+ *
+ * Call it on the thread that then makes that er_plugin_call: the value is
+ * kept, wiped, while the worker the call went to lives (it is the only
+ * other holder), so at most until that worker exits, is restarted or the
+ * host shuts down; noting it again renews it. At most 32 values per
+ * plugin: when full, the least recently noted of those already sent is
+ * dropped first. Values shorter than 4 bytes are ignored (they would
+ * match ordinary text everywhere). Returns 0, also when no plugin serves
+ * provider (nothing will carry the value there); ER_E2BIG when value is
+ * longer than ER_SECRETREF_MAX_BYTES or when this thread has noted more
+ * values than the list holds for its next call; ER_ENOMEM. Thread-safe. */
+int er_plugin_note_secret(const char *provider, const char *value, size_t len);
+/* text with every secret noted for provider's plugin replaced by
+ * "[REDACTED]", as a new string (er_free); NULL when out of memory. For
+ * what a plugin returned that the driver passes on (command output). */
+char *er_plugin_scrub(const char *provider, const char *text);
+/* Whether the string members of v (any depth, keys included) hold a
+ * secret noted for provider's plugin. */
+bool er_plugin_json_holds_secret(const char *provider, const json_t *v);
+
 /* Tests only: shorter waits than upstream's (a field <= 0 keeps the
  * default). Read by the next er_plugin_host_setup; NULL restores all
  * defaults. */

@@ -80,10 +80,13 @@ static bool is_host_key(const char *key)
 /* The config an RPC gets: source (the environment config, or a lease's
  * metadata) without the host's keys and `provider`, each secret reference
  * resolved to its value for company_id (upstream.md A9: plugins receive
- * plaintext). A new object, or NULL with err set. */
+ * plaintext). Each value is noted with the plugin host first, so that
+ * nothing the plugin of source's `provider` says carries it back out. A
+ * new object, or NULL with err set. */
 static json_t *rpc_config(const json_t *source, const char *company_id,
                           struct er_err *err)
 {
+    const char *provider = jstr(source, "provider");
     json_t *out = json_object();
     const char *key;
     json_t *v;
@@ -111,12 +114,29 @@ static json_t *rpc_config(const json_t *source, const char *company_id,
             return NULL;
         }
         value = json_stringn(secret.value, secret.len);
+        rc = provider != NULL && value != NULL
+                 ? er_plugin_note_secret(provider, secret.value, secret.len)
+                 : 0;
         er_secret_fini(&secret);
         if (value == NULL) {
             /* Not UTF-8 text: a plugin takes strings only. */
             json_decref(out);
             er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                        "the secret of %.64s is not UTF-8 text", key);
+            return NULL;
+        }
+        if (provider == NULL || rc != 0) {
+            /* Never a value the host could not redact. */
+            json_decref(value);
+            json_decref(out);
+            if (rc == ER_ENOMEM)
+                oom(err);
+            else
+                er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                           "the secret of %.64s is not sent: %s", key,
+                           provider == NULL
+                               ? "the config names no provider"
+                               : "the config holds too many secrets");
             return NULL;
         }
         if (json_object_set_new(out, key, value) != 0)
@@ -339,10 +359,18 @@ static json_t *lease_metadata(const struct er_driver_env *env,
     if (meta == NULL ||
         json_object_update(meta, (json_t *)(uintptr_t)env->config) != 0)
         goto nomem;
+    /* Members the config holds as secrets, and any member holding a value
+     * resolved from one, are dropped: the metadata is stored, published
+     * and sent back to the plugin. */
     json_object_foreach((json_t *)(uintptr_t)pmeta, key, v)
     {
+        json_t *one = json_pack("{s:O}", key, v);
+        bool is_held =
+            one == NULL || er_plugin_json_holds_secret(cfg->provider, one);
+
+        json_decref(one);
         if (is_host_key(key) ||
-            is_secret_ref(json_object_get(env->config, key)))
+            is_secret_ref(json_object_get(env->config, key)) || is_held)
             continue;
         if (json_object_set(meta, key, v) != 0)
             goto nomem;
@@ -413,6 +441,19 @@ int er_sandbox_plugin_acquire(const struct er_driver_env *env,
             json_decref(params);
             return oom(err);
         }
+        /* The provider bounds the sandbox's life at it and returns the
+         * real expiry; one that cannot returns none (upstream.md C5), and
+         * the lifecycle's cap has the reaper release the lease then. */
+        if (ctx->requested_expires_at_ms > 0) {
+            char iso[32];
+
+            er_time_iso(ctx->requested_expires_at_ms, iso);
+            if (json_object_set_new(params, "requestedExpiresAt",
+                                    json_string(iso)) != 0) {
+                json_decref(params);
+                return oom(err);
+            }
+        }
         rc = call(cfg->provider, "environmentAcquireLease", params,
                   lease_timeout(cfg), &result, err);
         if (rc != 0)
@@ -425,6 +466,17 @@ int er_sandbox_plugin_acquire(const struct er_driver_env *env,
         return er_err_set(err, ER_EDRIVER, ER_ERRCLASS_NONE,
                           "Sandbox provider \"%s\" returned no provider "
                           "lease id.",
+                          cfg->provider);
+    }
+    if (er_plugin_json_holds_secret(
+            cfg->provider, json_object_get(result, "providerLeaseId"))) {
+        /* Never stored or published: the machine is given up. */
+        if (!is_resumed)
+            destroy_made(env, cfg, ctx, id, pmeta);
+        json_decref(result);
+        return er_err_set(err, ER_EDRIVER, ER_ERRCLASS_NONE,
+                          "Sandbox provider \"%s\" returned a provider "
+                          "lease id that holds a secret of its config.",
                           cfg->provider);
     }
     out->expires_at_ms = parse_iso(jstr(result, "expiresAt"));
@@ -555,19 +607,32 @@ int er_sandbox_plugin_release(const struct er_driver_env *env,
 }
 
 /* Fill out from an environmentExecute result (A10). */
-static int exec_result(const json_t *res, size_t cap,
+/* The provider's execute result; its output scrubbed of the secrets the
+ * plugin was given (it ends up in provision failure messages). */
+static int exec_result(const char *provider, const json_t *res, size_t cap,
                        struct er_driver_exec_result *out, struct er_err *err)
 {
     const json_t *code = json_object_get(res, "exitCode");
     const char *sig = jstr(res, "signal");
-    const char *so = jstr(res, "stdout");
-    const char *se = jstr(res, "stderr");
-    size_t so_len = so != NULL ? strlen(so) : 0;
-    size_t se_len = se != NULL ? strlen(se) : 0;
+    char *so = NULL;
+    char *se = NULL;
+    size_t so_len;
+    size_t se_len;
+    int rc = 0;
 
     if (!json_is_object(res))
         return er_err_set(err, ER_EDRIVER, ER_ERRCLASS_NONE,
                           "the provider's execute result is not an object");
+    so = er_plugin_scrub(
+        provider, jstr(res, "stdout") != NULL ? jstr(res, "stdout") : "");
+    se = er_plugin_scrub(
+        provider, jstr(res, "stderr") != NULL ? jstr(res, "stderr") : "");
+    if (so == NULL || se == NULL) {
+        rc = oom(err);
+        goto out;
+    }
+    so_len = strlen(so);
+    se_len = strlen(se);
     out->exit_code = json_is_integer(code) ? (int)json_integer_value(code) : -1;
     snprintf(out->signal, sizeof(out->signal), "%s", sig != NULL ? sig : "");
     out->is_timed_out = json_is_true(json_object_get(res, "timedOut"));
@@ -579,7 +644,8 @@ static int exec_result(const json_t *res, size_t cap,
     out->err_text = er_malloc(se_len + 1);
     if (out->out == NULL || out->err_text == NULL) {
         er_driver_exec_result_fini(out);
-        return oom(err);
+        rc = oom(err);
+        goto out;
     }
     if (so_len > 0)
         memcpy(out->out, so, so_len);
@@ -589,7 +655,10 @@ static int exec_result(const json_t *res, size_t cap,
         memcpy(out->err_text, se, se_len);
     out->err_text[se_len] = '\0';
     out->err_len = se_len;
-    return 0;
+out:
+    er_free(so);
+    er_free(se);
+    return rc;
 }
 
 /* One environmentExecute; bypass_session for commands outside the run's
@@ -652,7 +721,7 @@ static int plugin_exec(const struct er_driver_env *env,
     rc = call(provider, "environmentExecute", params,
               req->timeout_ms + ER_PLUGIN_OVERHEAD_MS, &res, err);
     if (rc == 0)
-        rc = exec_result(res,
+        rc = exec_result(provider, res,
                          req->max_output_bytes > 0 ? req->max_output_bytes
                                                    : ER_PROC_DEFAULT_MAX_OUTPUT,
                          out, err);
@@ -879,6 +948,13 @@ int er_sandbox_plugin_realize(const struct er_driver_env *env,
         return rc;
     /* A trimmed non-empty cwd wins (A10). */
     cwd = jstr(res, "cwd");
+    if (er_plugin_json_holds_secret(provider, json_object_get(res, "cwd"))) {
+        json_decref(res);
+        return er_err_set(err, ER_EDRIVER, ER_ERRCLASS_NONE,
+                          "Sandbox provider \"%s\" returned a workspace "
+                          "directory that holds a secret of its config.",
+                          provider);
+    }
     if (cwd != NULL && cwd[strspn(cwd, " \t\r\n")] == '\0')
         cwd = NULL;
     if (cwd == NULL)

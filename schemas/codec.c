@@ -14,7 +14,8 @@
 #include "schemas/schemas.h"
 #include "schemas/schemas_int.h"
 
-#define REC_CNT        4
+#define REC_CNT        4 /* current records, indexed by er_record_type */
+#define HISTORY_MAX    8 /* earlier versions still read (history/) */
 #define HDR_LEN        ER_CODEC_HDR_LEN
 #define MAGIC0         0xc3
 #define MAGIC1         0x01
@@ -28,9 +29,10 @@
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 struct rec {
-    const char *name; /* .avsc stem, "RunCommand" */
+    const char *name; /* .avsc stem, "RunCommand" or "RunCommand_1" */
     const char *json; /* embedded text, borrowed */
-    uint64_t fp;      /* CRC-64-AVRO of the canonical form */
+    enum er_record_type type;
+    uint64_t fp; /* CRC-64-AVRO of the canonical form */
     avro_schema_t schema;
     avro_value_iface_t *iface;
     avro_value_t value; /* reused for every call; iface NULL when absent */
@@ -39,15 +41,20 @@ struct rec {
 static struct {
     pthread_mutex_t mu;
     bool is_ready;
-    struct rec recs[REC_CNT];
+    /* The current records first (index = type), then the earlier versions
+     * of schemas/avro/history/, read with their own schema: avro-c's
+     * schema resolution cannot fill a field the writer lacks, so decoding
+     * treats a field an earlier version does not have as null. */
+    struct rec recs[REC_CNT + HISTORY_MAX];
+    size_t rec_cnt;
     avro_reader_t reader;
     avro_writer_t writer;
 } codec = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
-    .recs = { { .name = "RunCommand" },
-              { .name = "CommandResult" },
-              { .name = "LeaseEvent" },
-              { .name = "ActivityEvent" } },
+    .recs = { { .name = "RunCommand", .type = ER_REC_RUN_COMMAND },
+              { .name = "CommandResult", .type = ER_REC_COMMAND_RESULT },
+              { .name = "LeaseEvent", .type = ER_REC_LEASE_EVENT },
+              { .name = "ActivityEvent", .type = ER_REC_ACTIVITY_EVENT } },
 };
 
 /* ================================================================
@@ -466,7 +473,7 @@ static void teardown_locked(void)
 {
     size_t i;
 
-    for (i = 0; i < REC_CNT; i++) {
+    for (i = 0; i < ARRAY_LEN(codec.recs); i++) {
         struct rec *rec = &codec.recs[i];
 
         if (rec->value.iface != NULL)
@@ -482,6 +489,7 @@ static void teardown_locked(void)
         rec->fp = 0;
         rec->json = NULL;
     }
+    codec.rec_cnt = 0;
     if (codec.reader != NULL)
         avro_reader_free(codec.reader);
     codec.reader = NULL;
@@ -509,7 +517,8 @@ static int rec_init(struct rec *rec, struct er_err *err)
     int rc = 0;
 
     er_buf_init(&canon, (size_t)64 * 1024);
-    rec->json = embedded_json(rec->name);
+    if (rec->json == NULL)
+        rec->json = embedded_json(rec->name);
     if (rec->json == NULL) {
         rc = er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
                         "%s.avsc: not embedded", rec->name);
@@ -631,6 +640,60 @@ static int check_enums(struct er_err *err)
     return rc;
 }
 
+/* The record an earlier version's stem ("RunCommand_1") belongs to. */
+static enum er_record_type history_type(const char *stem)
+{
+    const char *us = strrchr(stem, '_');
+    size_t i;
+
+    if (us == NULL || us[1] < '1' || us[1] > '9')
+        return ER_REC_UNKNOWN;
+    for (i = 0; i < REC_CNT; i++) {
+        if (strlen(codec.recs[i].name) == (size_t)(us - stem) &&
+            strncmp(codec.recs[i].name, stem, (size_t)(us - stem)) == 0)
+            return codec.recs[i].type;
+    }
+    return ER_REC_UNKNOWN;
+}
+
+/* Load schemas/avro/history/: each file an earlier version of a record,
+ * named <Record>_<n>.avsc, whose values are still read. */
+static int history_init(struct er_err *err)
+{
+    size_t i;
+    size_t k;
+    int rc;
+
+    for (i = 0; er_embed_avsc_history_names[i] != NULL; i++) {
+        struct rec *rec = &codec.recs[REC_CNT + i];
+
+        if (i >= HISTORY_MAX)
+            return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
+                              "schemas/avro/history: more than %d versions",
+                              HISTORY_MAX);
+        rec->name = er_embed_avsc_history_names[i];
+        rec->json = er_embed_avsc_history_texts[i];
+        rec->type = history_type(rec->name);
+        codec.rec_cnt++;
+        if (rec->type == ER_REC_UNKNOWN)
+            return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
+                              "history/%s.avsc: not <Record>_<n> of a "
+                              "record of schemas/avro",
+                              rec->name);
+        rc = rec_init(rec, err);
+        if (rc != 0)
+            return rc;
+        for (k = 0; k < REC_CNT + i; k++) {
+            if (codec.recs[k].fp == rec->fp)
+                return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL,
+                                  "history/%s.avsc: same canonical form as "
+                                  "%s",
+                                  rec->name, codec.recs[k].name);
+        }
+    }
+    return 0;
+}
+
 int er_codec_init(struct er_err *err)
 {
     static const char empty[1] = { 0 };
@@ -643,8 +706,11 @@ int er_codec_init(struct er_err *err)
     avro_set_allocator(avro_alloc, NULL);
     for (i = 0; rc == 0 && i < REC_CNT; i++)
         rc = rec_init(&codec.recs[i], err);
+    codec.rec_cnt = REC_CNT;
     if (rc == 0)
         rc = check_enums(err);
+    if (rc == 0)
+        rc = history_init(err);
     if (rc != 0)
         goto out;
     codec.reader = avro_reader_memory(empty, 0);
@@ -682,6 +748,20 @@ uint64_t er_codec_fingerprint(enum er_record_type type)
     return fp;
 }
 
+uint64_t er_codec_version_fingerprint(const char *name)
+{
+    uint64_t fp = 0;
+    size_t i;
+
+    pthread_mutex_lock(&codec.mu);
+    for (i = 0; name != NULL && i < codec.rec_cnt; i++) {
+        if (strcmp(codec.recs[i].name, name) == 0)
+            fp = codec.recs[i].fp;
+    }
+    pthread_mutex_unlock(&codec.mu);
+    return fp;
+}
+
 const char *er_codec_schema_json(enum er_record_type type)
 {
     if ((int)type < 0 || (int)type >= REC_CNT)
@@ -693,11 +773,13 @@ const char *er_codec_schema_json(enum er_record_type type)
  * Framing
  * ================================================================ */
 
+/* The record (*type) and the version (*recp, may be NULL) of a value. */
 static int identify_locked(const uint8_t *buf, size_t len,
-                           enum er_record_type *type, struct er_err *err)
+                           enum er_record_type *type, struct rec **recp,
+                           struct er_err *err)
 {
     uint64_t fp;
-    int i;
+    size_t i;
 
     *type = ER_REC_UNKNOWN;
     if (buf == NULL || len == 0)
@@ -718,9 +800,11 @@ static int identify_locked(const uint8_t *buf, size_t len,
                           "want 0xc301)",
                           buf[0], buf[1]);
     fp = load_le64(buf + 2);
-    for (i = 0; i < REC_CNT; i++) {
+    for (i = 0; i < codec.rec_cnt; i++) {
         if (codec.recs[i].fp == fp) {
-            *type = (enum er_record_type)i;
+            *type = codec.recs[i].type;
+            if (recp != NULL)
+                *recp = &codec.recs[i];
             return 0;
         }
     }
@@ -740,7 +824,7 @@ int er_codec_identify(const uint8_t *buf, size_t len, enum er_record_type *type,
         *type = ER_REC_UNKNOWN;
         rc = not_ready(err);
     } else {
-        rc = identify_locked(buf, len, type, err);
+        rc = identify_locked(buf, len, type, NULL, err);
     }
     pthread_mutex_unlock(&codec.mu);
     return rc;
@@ -752,7 +836,7 @@ static int load_locked(const uint8_t *buf, size_t len,
                        enum er_record_type *type, avro_value_t **root,
                        struct er_err *err)
 {
-    struct rec *rec;
+    struct rec *rec = NULL;
     struct scan s;
     int rc;
 
@@ -762,10 +846,9 @@ static int load_locked(const uint8_t *buf, size_t len,
         return er_err_set(err, ER_E2BIG, ER_ERRCLASS_SKIP,
                           "value of %zu bytes is over the %d-byte cap", len,
                           ER_CMD_VALUE_MAX_BYTES);
-    rc = identify_locked(buf, len, type, err);
+    rc = identify_locked(buf, len, type, &rec, err);
     if (rc != 0)
         return rc;
-    rec = &codec.recs[*type];
     s.p = buf + HDR_LEN;
     s.len = len - HDR_LEN;
     s.off = 0;
@@ -820,15 +903,19 @@ static void scrub_token_locked(avro_value_t *root)
         (void)avro_value_set_branch(&tok, idx, &str);
 }
 
-/* Finish a call on a record's value and release the lock. The strings a
- * read gave the value are freed now rather than at the next call, and a
- * token is wiped first (contract.md 6: a secret stays in memory only while
- * the operation needs it). */
+/* Finish a call on a record's value (of any version) and release the
+ * lock. The strings a read gave the value are freed now rather than at the
+ * next call, and a token is wiped first (contract.md 6: a secret stays in
+ * memory only while the operation needs it). */
 static void end_locked(enum er_record_type type)
 {
-    if (codec.is_ready && (int)type >= 0 && (int)type < REC_CNT) {
-        avro_value_t *value = &codec.recs[type].value;
+    size_t i;
 
+    for (i = 0; codec.is_ready && i < codec.rec_cnt; i++) {
+        avro_value_t *value = &codec.recs[i].value;
+
+        if (codec.recs[i].type != type || type == ER_REC_UNKNOWN)
+            continue;
         if (type == ER_REC_RUN_COMMAND)
             scrub_token_locked(value);
         (void)avro_value_reset(value);
@@ -941,6 +1028,32 @@ static int get_enum(avro_value_t *rec, const char *name, int *out,
     return rc;
 }
 
+/* A nullable timestamp a record's earlier versions may lack: 0 when null
+ * or absent, else a time from 1970 to the end of 9999. */
+static int get_opt_time(avro_value_t *rec, const char *name, int64_t *out,
+                        struct er_err *err)
+{
+    avro_value_t v;
+    bool is_null = false;
+    int rc;
+
+    *out = 0;
+    if (avro_value_get_by_name(rec, name, &v, NULL) != 0)
+        return 0;
+    rc = unwrap(&v, &is_null, err);
+    if (rc != 0 || is_null)
+        return rc;
+    if (avro_value_get_long(&v, out) != 0)
+        return er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_FATAL, "%s: not a long",
+                          name);
+    if (*out <= 0 || *out > ER_TIME_MAX_MS)
+        return er_err_set(err, ER_EBADMSG, ER_ERRCLASS_SKIP,
+                          "%s: %" PRId64 " is not a time between 1970 and "
+                          "9999",
+                          name, *out);
+    return 0;
+}
+
 /* ================================================================
  * RunCommand
  * ================================================================ */
@@ -985,7 +1098,11 @@ static int get_command_body(avro_value_t *root, struct er_run_command *cmd,
     branch = avro_schema_name(avro_value_get_schema(&body));
     if (strcmp(branch, cmd_branches[ER_CMD_ACQUIRE]) == 0) {
         cmd->kind = ER_CMD_ACQUIRE;
-        return get_strs(&body, acquire_strs, ARRAY_LEN(acquire_strs), cmd, err);
+        rc = get_strs(&body, acquire_strs, ARRAY_LEN(acquire_strs), cmd, err);
+        if (rc == 0)
+            rc = get_opt_time(&body, "requestedExpiresAt",
+                              &cmd->requested_expires_at_ms, err);
+        return rc;
     }
     if (strcmp(branch, cmd_branches[ER_CMD_REALIZE]) == 0) {
         const char *tok;
@@ -1086,7 +1203,8 @@ int er_codec_command_peek_kind(const uint8_t *buf, size_t len,
     int rc;
 
     pthread_mutex_lock(&codec.mu);
-    rc = codec.is_ready ? identify_locked(buf, len, &type, NULL) : ER_EINVAL;
+    rc = codec.is_ready ? identify_locked(buf, len, &type, NULL, NULL)
+                        : ER_EINVAL;
     pthread_mutex_unlock(&codec.mu);
     if (rc != 0 || type != ER_REC_RUN_COMMAND)
         return ER_EBADMSG;
@@ -1136,7 +1254,8 @@ int er_codec_command_peek_ids(const uint8_t *buf, size_t len, char **command_id,
     *command_id = NULL;
     *company_id = NULL;
     pthread_mutex_lock(&codec.mu);
-    rc = codec.is_ready ? identify_locked(buf, len, &type, NULL) : ER_EINVAL;
+    rc = codec.is_ready ? identify_locked(buf, len, &type, NULL, NULL)
+                        : ER_EINVAL;
     pthread_mutex_unlock(&codec.mu);
     if (rc != 0 || type != ER_REC_RUN_COMMAND) {
         rc = ER_EBADMSG;
@@ -1387,6 +1506,12 @@ int er_codec_command_encode(const struct er_run_command *cmd,
     switch (cmd->kind) {
     case ER_CMD_ACQUIRE:
         rc = set_cmd_strs(&body, acquire_strs, ARRAY_LEN(acquire_strs), cmd,
+                          err);
+        if (rc == 0)
+            rc = set_long(&body, "requestedExpiresAt",
+                          cmd->requested_expires_at_ms > 0
+                              ? cmd->requested_expires_at_ms
+                              : -1,
                           err);
         break;
     case ER_CMD_REALIZE:

@@ -78,6 +78,10 @@ struct er_run_command {
     /* AcquireCommand */
     char *selected_environment_id;
     char *execution_workspace_mode;
+    /* requestedExpiresAt: the latest time the lease may stay active, ms
+     * since the epoch; 0 when null (or absent: written with an earlier
+     * version of the schema). */
+    int64_t requested_expires_at_ms;
     /* Acquire and Realize */
     char *adapter_type;
     char *issue_id;
@@ -189,6 +193,10 @@ int er_canonical_form(const char *schema_json, struct er_buf *out,
 /* Fingerprint of a record type's schema (CRC-64-AVRO of its canonical
  * form), as written little-endian after 0xC3 0x01. */
 uint64_t er_codec_fingerprint(enum er_record_type type);
+/* The same for a version by its .avsc stem: a current record
+ * ("RunCommand") or an earlier version still read ("RunCommand_1", from
+ * schemas/avro/history/); 0 when there is no such version. */
+uint64_t er_codec_version_fingerprint(const char *name);
 /* The .avsc text of a record type, borrowed for the process lifetime. */
 const char *er_codec_schema_json(enum er_record_type type);
 
@@ -255,6 +263,9 @@ int er_codec_to_json(const uint8_t *buf, size_t len, struct er_buf *out,
 /* Parallel NULL-terminated arrays: .avsc file stem ("RunCommand") and text. */
 extern const char *const er_embed_avsc_names[];
 extern const char *const er_embed_avsc_texts[];
+/* The same for the earlier versions in history/ ("RunCommand_1"). */
+extern const char *const er_embed_avsc_history_names[];
+extern const char *const er_embed_avsc_history_texts[];
 /* The text of schemas/sql/migrations.sql. */
 extern const char *const er_embed_migrations_sql;
 

@@ -899,3 +899,15 @@ void er_dispatch_set_on_commit(struct er_dispatch *d, void (*fn)(void *),
     d->on_commit = fn;
     d->on_commit_arg = arg;
 }
+
+void er_dispatch_set_expiry_hook(struct er_dispatch *d,
+                                 er_lifecycle_expiry_fn *fn, void *arg)
+{
+    int i;
+
+    /* Under the lock the threads take a job with: they see the hook. */
+    pthread_mutex_lock(&d->mu);
+    for (i = 0; i < d->thread_cnt; i++)
+        er_lifecycle_set_expiry_hook(d->threads[i].lc, fn, arg);
+    pthread_mutex_unlock(&d->mu);
+}

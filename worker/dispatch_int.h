@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/common.h"
+#include "worker/lifecycle_int.h"
 #include "worker/worker.h"
 
 struct er_dispatch;
@@ -85,5 +86,10 @@ bool er_dispatch_failed(struct er_dispatch *d, char *msg, size_t msg_len);
  * callback is set once before jobs are submitted. */
 void er_dispatch_set_on_commit(struct er_dispatch *d, void (*fn)(void *),
                                void *arg);
+/* Hand every thread's lifecycle the hook an acquire calls with a bounded
+ * lease's expiry (er_lifecycle_set_expiry_hook). Set once before jobs are
+ * submitted. */
+void er_dispatch_set_expiry_hook(struct er_dispatch *d,
+                                 er_lifecycle_expiry_fn *fn, void *arg);
 
 #endif

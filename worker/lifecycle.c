@@ -901,6 +901,13 @@ struct er_lifecycle *er_lifecycle_new(const struct er_config *cfg,
     return lc;
 }
 
+void er_lifecycle_set_expiry_hook(struct er_lifecycle *lc,
+                                  er_lifecycle_expiry_fn *fn, void *arg)
+{
+    lc->expiry_fn = fn;
+    lc->expiry_arg = arg;
+}
+
 void er_lifecycle_destroy(struct er_lifecycle *lc)
 {
     if (lc == NULL)

@@ -133,7 +133,8 @@ static int insert_lease(struct er_step *st, const struct er_env_row *env,
     if (rc != 0)
         return rc;
     er_err_clear(&ierr);
-    rc = er_store_lease_insert(lc->store, in, &lc->arena, out, &ierr);
+    rc = er_store_lease_insert(lc->store, in, st->cmd->requested_expires_at_ms,
+                               &lc->arena, out, &ierr);
     if (rc == ER_ECONFLICT) {
         rc = er_store_savepoint_rollback(lc->store, err);
         if (rc != 0)
@@ -346,6 +347,7 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
             .execution_workspace_id = cmd->execution_workspace_id,
             .execution_workspace_mode = cmd->execution_workspace_mode,
             .adapter_type = cmd->adapter_type,
+            .requested_expires_at_ms = cmd->requested_expires_at_ms,
         };
         rc = reusable_leases(st, &env, config, &ctx, err);
         if (rc != 0)
@@ -411,6 +413,8 @@ int er_lifecycle__acquire(struct er_step *st, struct er_err *err)
         rc = er_lifecycle__lease_event(lc, &lease, err);
         if (rc != 0)
             goto out;
+        if (cmd->requested_expires_at_ms > 0 && lc->expiry_fn != NULL)
+            lc->expiry_fn(lc->expiry_arg, lease.expires_at_ms);
         details = json_pack(
             "{s:s, s:s, s:s, s:o, s:o, s:o}", "environmentId", env.id, "driver",
             env.driver, "leasePolicy", lease.lease_policy, "provider",

@@ -80,4 +80,16 @@ void er_lifecycle_sweep_host(struct er_lifecycle *lc);
 int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                       int *reaped, struct er_err *err);
 
+/* When the reaper is next due: the earliest expires_at still ahead among
+ * active leases (ms since the epoch), 0 when there is none. */
+int er_lifecycle_next_expiry(struct er_lifecycle *lc, int64_t *at_ms,
+                             struct er_err *err);
+
+/* Called with a lease's expires_at when an acquire records a lease whose
+ * life the command bounded (requestedExpiresAt), so the reaper can wake
+ * then rather than at its next pass. Set before the first step. */
+typedef void er_lifecycle_expiry_fn(void *arg, int64_t at_ms);
+void er_lifecycle_set_expiry_hook(struct er_lifecycle *lc,
+                                  er_lifecycle_expiry_fn *fn, void *arg);
+
 #endif

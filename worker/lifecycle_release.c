@@ -643,6 +643,12 @@ fail:
     return rc;
 }
 
+int er_lifecycle_next_expiry(struct er_lifecycle *lc, int64_t *at_ms,
+                             struct er_err *err)
+{
+    return er_store_lease_next_expiry(lc->store, at_ms, err);
+}
+
 int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                       int *reaped, struct er_err *err)
 {

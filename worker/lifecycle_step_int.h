@@ -42,6 +42,8 @@ struct er_lifecycle {
     char topic_lease_events[ER_LIFECYCLE_TOPIC_MAX];
     char topic_activity[ER_LIFECYCLE_TOPIC_MAX];
     char topic_dlq[ER_LIFECYCLE_TOPIC_MAX];
+    er_lifecycle_expiry_fn *expiry_fn; /* may be NULL */
+    void *expiry_arg;
 };
 
 /* The state of one step: the command, its result, the result's key. */

@@ -1,16 +1,19 @@
 /* reaper: the TTL sweep thread (see reaper_int.h). It wakes every
- * min(ttl/4, 30 s), expires stale leases 100 at a time through the journal
- * (er_lifecycle_reap), which also releases up to 100 acquisitions whose
- * lease was never recorded and nobody else will finish, and sweeps what
- * crashes left on this host. Every worker runs one; Postgres keeps two from
- * reaping one lease or one acquisition. */
+ * min(ttl/4, 30 s), or sooner when an active lease's expires_at comes
+ * first (at most once a second), expires stale leases 100 at a time
+ * through the journal (er_lifecycle_reap), which also releases up to 100
+ * acquisitions whose lease was never recorded and nobody else will finish, and
+ * sweeps what crashes left on this host. Every worker runs one; Postgres keeps
+ * two from reaping one lease or one acquisition. */
 #include <pthread.h>
 #include <time.h>
 
 #include "worker/lifecycle_int.h"
 #include "worker/reaper_int.h"
 
-#define PASS_LIMIT 100
+#define PASS_LIMIT  100
+/* The shortest time between two passes, however many expiries are due. */
+#define PASS_GAP_MS 1000
 
 struct er_reaper {
     pthread_t tid;
@@ -21,45 +24,77 @@ struct er_reaper {
     struct er_lifecycle *lc;
     int64_t ttl_s;
     int64_t interval_ms;
+    int64_t due_ms; /* wall clock of an earlier pass wanted; 0: none */
 };
+
+void er_reaper_expect(void *arg, int64_t at_ms)
+{
+    struct er_reaper *r = arg;
+
+    pthread_mutex_lock(&r->mu);
+    if (r->due_ms == 0 || at_ms < r->due_ms) {
+        r->due_ms = at_ms;
+        pthread_cond_signal(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Sleep (r->mu held) until the next pass is due: interval_ms after the
+ * last one, or at due_ms if that comes first but never within
+ * PASS_GAP_MS of the last. Returns false when the reaper is stopping. */
+static bool wait_due_locked(struct er_reaper *r, int64_t last_pass_ms)
+{
+    for (;;) {
+        int64_t due = last_pass_ms + r->interval_ms;
+        struct timespec ts;
+
+        if (r->is_stopping)
+            return false;
+        if (r->due_ms > 0 && r->due_ms < due)
+            due = r->due_ms > last_pass_ms + PASS_GAP_MS
+                      ? r->due_ms
+                      : last_pass_ms + PASS_GAP_MS;
+        if (er_time_now_ms() >= due)
+            return true;
+        /* The condition variable waits on CLOCK_REALTIME, as due is. */
+        ts.tv_sec = (time_t)(due / 1000);
+        ts.tv_nsec = (long)(due % 1000) * 1000000;
+        (void)pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    }
+}
 
 static void *reaper_main(void *arg)
 {
     struct er_reaper *r = arg;
     int64_t last_warn = 0;
+    int64_t last_pass = er_time_now_ms();
 
     /* What a crash of this or another worker on this host left behind. */
     er_lifecycle_sweep_host(r->lc);
     pthread_mutex_lock(&r->mu);
-    while (!r->is_stopping) {
-        struct timespec ts;
+    while (wait_due_locked(r, last_pass)) {
         struct er_err err;
+        int64_t next = 0;
         int reaped = 0;
         int rc;
 
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += (time_t)(r->interval_ms / 1000);
-        ts.tv_nsec += (long)(r->interval_ms % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        while (!r->is_stopping &&
-               pthread_cond_timedwait(&r->cv, &r->mu, &ts) == 0)
-            ;
-        if (r->is_stopping)
-            break;
+        r->due_ms = 0;
         pthread_mutex_unlock(&r->mu);
+        last_pass = er_time_now_ms();
         do {
             er_err_clear(&err);
             rc = er_lifecycle_reap(r->lc, r->ttl_s, PASS_LIMIT, &reaped, &err);
         } while (rc == 0 && reaped == PASS_LIMIT);
         er_lifecycle_sweep_host(r->lc);
+        if (rc == 0)
+            rc = er_lifecycle_next_expiry(r->lc, &next, &err);
         if (rc != 0 && er_time_mono_ms() - last_warn >= 60000) {
             ER_LOG_WARN("reaper", "sweep failed: %s", err.msg);
             last_warn = er_time_mono_ms();
         }
         pthread_mutex_lock(&r->mu);
+        if (next > 0 && (r->due_ms == 0 || next < r->due_ms))
+            r->due_ms = next;
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;

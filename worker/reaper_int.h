@@ -13,6 +13,10 @@ struct er_reaper;
 /* Start the reaper thread. Errors: NULL with err set. */
 struct er_reaper *er_reaper_new(const struct er_config *cfg,
                                 struct er_err *err);
+/* Have the reaper pass at at_ms (ms since the epoch) if it would
+ * otherwise pass later: a lease's bounded life ends then. Thread-safe;
+ * arg is the struct er_reaper (an er_lifecycle_expiry_fn). */
+void er_reaper_expect(void *arg, int64_t at_ms);
 /* Stop the thread and free. NULL is ok. */
 void er_reaper_destroy(struct er_reaper *r);
 

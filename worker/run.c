@@ -103,6 +103,7 @@ int er_worker_run(const struct er_config *cfg)
     reaper = er_reaper_new(cfg, &err);
     if (reaper == NULL)
         goto fail;
+    er_dispatch_set_expiry_hook(dispatch, er_reaper_expect, reaper);
     consumer = er_consumer_new(cfg, brokers, dispatch, &err);
     if (consumer == NULL)
         goto fail;

@@ -534,11 +534,19 @@ int er_store_env_get(struct er_store *store, const char *id,
 
 /* ---- leases ---- */
 
+/* expires_at refreshed to the TTL from now, but never past the lease's
+ * cap; $1 is the lease id, TTL_PARAM the TTL's parameter. */
+#define REFRESHED_EXPIRY(TTL_PARAM)                                          \
+    "expires_at = LEAST(now() + make_interval(secs => " TTL_PARAM            \
+    "::bigint), (SELECT expires_cap FROM envrun.lease_state WHERE lease_id " \
+    "= $1::uuid)) "
+
 int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
-                          struct er_arena *arena, struct er_lease_row *out,
-                          struct er_err *err)
+                          int64_t expires_cap_ms, struct er_arena *arena,
+                          struct er_lease_row *out, struct er_err *err)
 {
     char expires[24];
+    char cap[24];
     const char *params[] = {
         in->id,
         in->company_id,
@@ -552,10 +560,15 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
         in->expires_at_ms >= 0 ? expires : NULL,
         in->metadata_json,
         store->lease_ttl_s,
+        expires_cap_ms > 0 ? cap : NULL,
     };
+    const char *cap_params[] = { NULL, cap };
+    PGresult *res;
     int rc;
 
     snprintf(expires, sizeof(expires), "%lld", (long long)in->expires_at_ms);
+    snprintf(cap, sizeof(cap), "%lld", (long long)expires_cap_ms);
+    /* LEAST ignores a NULL cap. */
     rc = one_lease(
         store, "lease insert",
         "INSERT INTO environment_leases (id, company_id, environment_id, "
@@ -563,11 +576,27 @@ int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
         "lease_policy, provider, provider_lease_id, expires_at, metadata) "
         "VALUES (COALESCE($1::uuid, gen_random_uuid()), $2::uuid, $3::uuid, "
         "$4::uuid, $5::uuid, $6::uuid, 'active', $7, $8, $9, "
-        "COALESCE(to_timestamp($10::bigint / 1000.0), "
-        "now() + make_interval(secs => $12::bigint)), $11::jsonb) "
+        "LEAST(COALESCE(to_timestamp($10::bigint / 1000.0), "
+        "now() + make_interval(secs => $12::bigint)), "
+        "to_timestamp($13::bigint / 1000.0)), $11::jsonb) "
         "RETURNING " LEASE_COLS,
-        12, params, arena, out, err);
-    return rc;
+        13, params, arena, out, err);
+    if (rc != 0 || expires_cap_ms <= 0)
+        return rc;
+    /* Version 0: the lease's first event takes 1 (er_store_lease_next_version).
+     */
+    cap_params[0] = out->id;
+    res = er_store__exec(
+        store, "lease expiry cap",
+        "INSERT INTO envrun.lease_state (lease_id, version, expires_cap) "
+        "VALUES ($1::uuid, 0, to_timestamp($2::bigint / 1000.0)) "
+        "ON CONFLICT (lease_id) DO UPDATE SET expires_cap = "
+        "EXCLUDED.expires_cap",
+        2, cap_params, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    PQclear(res);
+    return 0;
 }
 
 int er_store_lease_id_for(struct er_store *store, const char *company_id,
@@ -589,6 +618,24 @@ int er_store_lease_id_for(struct er_store *store, const char *company_id,
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     snprintf(out, 37, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+int er_store_lease_next_expiry(struct er_store *store, int64_t *at_ms,
+                               struct er_err *err)
+{
+    PGresult *res = er_store__exec(
+        store, "next lease expiry",
+        "SELECT (extract(epoch FROM min(expires_at)) * 1000)::bigint FROM "
+        "environment_leases WHERE status = 'active' AND expires_at > now()",
+        0, NULL, NULL, err);
+
+    *at_ms = 0;
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    if (!PQgetisnull(res, 0, 0))
+        *at_ms = er_store__get_i64(res, 0, 0);
     PQclear(res);
     return 0;
 }
@@ -731,12 +778,12 @@ int er_store_lease_set_metadata(struct er_store *store, const char *id,
 {
     const char *params[] = { id, metadata_json, store->lease_ttl_s };
 
-    return one_lease(store, "lease metadata update",
-                     "UPDATE environment_leases SET metadata = $2::jsonb, "
-                     "last_used_at = now(), updated_at = now(), "
-                     "expires_at = now() + make_interval(secs => $3::bigint) "
-                     "WHERE id = $1::uuid RETURNING " LEASE_COLS,
-                     3, params, arena, out, err);
+    return one_lease(
+        store, "lease metadata update",
+        "UPDATE environment_leases SET metadata = $2::jsonb, "
+        "last_used_at = now(), updated_at = now(), " REFRESHED_EXPIRY(
+            "$3") "WHERE id = $1::uuid RETURNING " LEASE_COLS,
+        3, params, arena, out, err);
 }
 
 int er_store_lease_set_status(struct er_store *store, const char *id,
@@ -766,9 +813,8 @@ int er_store_lease_touch(struct er_store *store, const char *id,
 
     return one_lease(store, "lease touch",
                      "UPDATE environment_leases SET last_used_at = now(), "
-                     "updated_at = now(), "
-                     "expires_at = now() + make_interval(secs => $2::bigint) "
-                     "WHERE id = $1::uuid RETURNING " LEASE_COLS,
+                     "updated_at = now(), " REFRESHED_EXPIRY(
+                         "$2") "WHERE id = $1::uuid RETURNING " LEASE_COLS,
                      2, params, arena, out, err);
 }
 

@@ -344,12 +344,19 @@ int er_store_lease_id_for(struct er_store *store, const char *company_id,
                           struct er_err *err);
 /* Insert a new active lease from in's id (NULL: a random one), company_id,
  * environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
- * lease_policy, provider, provider_lease_id, expires_at_ms and metadata_json;
- * out gets the row as stored. ER_ECONFLICT on the single-flight unique index.
- */
+ * lease_policy, provider, provider_lease_id, expires_at_ms (-1: the TTL
+ * from now) and metadata_json; out gets the row as stored. expires_cap_ms
+ * (0: none) is the latest expires_at the lease may ever get: it caps this
+ * one and every later refresh (er_store_lease_touch, _set_metadata), so
+ * the reaper releases the lease then. ER_ECONFLICT on the single-flight
+ * unique index. */
 int er_store_lease_insert(struct er_store *store, const struct er_lease_row *in,
-                          struct er_arena *arena, struct er_lease_row *out,
-                          struct er_err *err);
+                          int64_t expires_cap_ms, struct er_arena *arena,
+                          struct er_lease_row *out, struct er_err *err);
+/* The earliest expires_at still ahead among active leases (ms since the
+ * epoch), or 0 when there is none: when the reaper is next due. */
+int er_store_lease_next_expiry(struct er_store *store, int64_t *at_ms,
+                               struct er_err *err);
 /* Load and lock one lease. ER_ENOTFOUND when missing. */
 int er_store_lease_get(struct er_store *store, const char *id,
                        struct er_arena *arena, struct er_lease_row *out,

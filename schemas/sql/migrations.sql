@@ -257,5 +257,10 @@ CREATE INDEX IF NOT EXISTS operations_acquire_open_idx
 -- the company from the stored CommandResult itself.
 ALTER TABLE envrun.processed_commands ADD COLUMN IF NOT EXISTS company_id text;
 
-INSERT INTO envrun.schema_migrations (version) VALUES (1), (2), (3), (4)
+-- Version 5: the latest time a lease may stay active (the acquire's
+-- requestedExpiresAt), so refreshing expires_at never pushes it past that
+-- and the reaper releases the lease then.
+ALTER TABLE envrun.lease_state ADD COLUMN IF NOT EXISTS expires_cap timestamptz;
+
+INSERT INTO envrun.schema_migrations (version) VALUES (1), (2), (3), (4), (5)
     ON CONFLICT (version) DO NOTHING;

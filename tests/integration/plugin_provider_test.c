@@ -4,8 +4,9 @@
  * on node as upstream runs its plugins) installed in ENVRUN_PLUGINS_DIR.
  * Every environment* method the lifecycle uses, with the params upstream's
  * newer hosts send (agentId, executionWorkspaceId, adapterType); resume of
- * a parked machine and its destroy on expiry; and plugins that crash
- * mid-call, hang, write garbage, or never answer initialize. */
+ * a parked machine and its destroy on expiry; plugins that crash
+ * mid-call, hang, write garbage, or never answer initialize; and one that
+ * echoes the secrets of its config, which must not come back out. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +28,10 @@ static struct er_harness_worker *worker;
 static char plugins_dir[ER_HARNESS_PATH_MAX + 32];
 static char call_log[ER_HARNESS_PATH_MAX + 32];
 static char env_plugins[ER_HARNESS_PATH_MAX + 64];
+/* <h->dir>.secrets: the worker's ENVRUN_SECRETS_DIR, beside its log
+ * directory (where the ssh tests keep theirs). */
+static char secrets_dir[ER_HARNESS_PATH_MAX + 16];
+static char env_secrets[ER_HARNESS_PATH_MAX + 64];
 static const char *worker_env[3];
 
 /* Copy the test plugin to plugins_dir/name; with driver_key (not NULL)
@@ -103,8 +108,15 @@ static int group_setup(void **state)
         return -1;
     snprintf(env_plugins, sizeof(env_plugins), "ENVRUN_PLUGINS_DIR=%s",
              plugins_dir);
+    snprintf(secrets_dir, sizeof(secrets_dir), "%s.secrets", h->dir);
+    snprintf(behaviour, sizeof(behaviour), "rm -rf '%s'", secrets_dir);
+    if (system(behaviour) != 0 || mkdir(secrets_dir, 0700) != 0)
+        return -1;
+    snprintf(env_secrets, sizeof(env_secrets), "ENVRUN_SECRETS_DIR=%s",
+             secrets_dir);
     worker_env[0] = env_plugins;
-    worker_env[1] = NULL;
+    worker_env[1] = env_secrets;
+    worker_env[2] = NULL;
     opts.env = worker_env;
     worker = er_harness_worker_start_warm(h, &opts);
     return worker != NULL ? 0 : -1;
@@ -422,6 +434,48 @@ static void native_sync_copies_the_workspace(void **state)
     json_decref(body);
 }
 
+/* requestedExpiresAt reaches the provider as ISO 8601 (upstream.md C5);
+ * the test plugin returns no expiry, so the lease's expires_at is the
+ * requested time, where the reaper will release it. */
+static void requested_expiry_reaches_the_provider(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    char env_id[37];
+    char iso[32];
+    const char *params[1];
+    const json_t *res;
+    json_t *call;
+    int64_t at = er_time_now_ms() + 3600 * 1000;
+
+    (void)state;
+    er_harness_run_init(&run);
+    er_harness_env_insert(h, run.company_id, "Bounded", "sandbox", "active",
+                          "{\"provider\": \"test-provider\"}", env_id);
+    er_harness_cmd_acquire(&c, &run);
+    c.cmd.selected_environment_id = env_id;
+    c.cmd.requested_expires_at_ms = at;
+    res = roundtrip(&c);
+    ER_HARNESS_ASSERT_OK(res);
+    call = last_call("environmentAcquireLease", run.run_id);
+    ER_HARNESS_NON_NULL(call);
+    er_time_iso(at, iso);
+    ER_HARNESS_ASSERT_STR(call, "params.requestedExpiresAt", iso);
+    json_decref(call);
+    params[0] = er_harness_json_str(res, "leaseId");
+    assert_int_equal(
+        er_harness_pg_count(h->db_url,
+                            "SELECT count(*) FROM environment_leases WHERE "
+                            "id = $1::uuid AND status = 'active' AND "
+                            "abs(extract(epoch FROM expires_at) * 1000 - "
+                            "(SELECT extract(epoch FROM expires_cap) * 1000 "
+                            "FROM envrun.lease_state WHERE lease_id = "
+                            "$1::uuid)) < 1",
+                            1, params),
+        1);
+    ER_HARNESS_ASSERT_OK(release(&run, ER_RELEASE_RELEASED));
+}
+
 static long long leases_of(const char *company_id)
 {
     return er_harness_pg_count(h->db_url,
@@ -516,6 +570,228 @@ static void plugin_that_never_initializes(void **state)
     assert_int_equal(leases_of(run.company_id), 0);
 }
 
+/* Write value as the secret id of company_id (0600, in a 0700 company
+ * directory). */
+static void secret_write(const char *company_id, const char *id,
+                         const char *value)
+{
+    char path[ER_HARNESS_PATH_MAX + 128];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", secrets_dir, company_id);
+    if (mkdir(path, 0700) != 0 && access(path, F_OK) != 0)
+        fail_msg("cannot make %s", path);
+    snprintf(path, sizeof(path), "%s/%s/%s", secrets_dir, company_id, id);
+    f = fopen(path, "w");
+    ER_HARNESS_NON_NULL(f);
+    assert_int_equal(chmod(path, 0600), 0);
+    fputs(value, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Rows of every table of the schemas public and envrun that hold needle
+ * in their text form or in the bytes of a bytea column (the results kept
+ * for replays and the outbox are Avro bytes, whose text form is hex). */
+static long long rows_holding(const char *needle)
+{
+    json_t *tables = er_harness_pg_query(
+        h->db_url,
+        "SELECT format('%I.%I', c.table_schema, c.table_name) AS t, "
+        "coalesce(string_agg(format(' OR position(convert_to($1, ''UTF8'') "
+        "in x.%I) > 0', c.column_name), '') FILTER (WHERE c.data_type = "
+        "'bytea'), '') AS b FROM information_schema.columns c JOIN "
+        "information_schema.tables t USING (table_schema, table_name) "
+        "WHERE c.table_schema IN ('public', 'envrun') AND t.table_type = "
+        "'BASE TABLE' GROUP BY c.table_schema, c.table_name",
+        0, NULL);
+    long long total = 0;
+    size_t i;
+
+    ER_HARNESS_NON_NULL(tables);
+    assert_true(json_array_size(tables) > 5);
+    for (i = 0; i < json_array_size(tables); i++) {
+        const json_t *row = json_array_get(tables, i);
+        char sql[2048];
+        long long n;
+
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM %s x WHERE strpos(x::text, $1) > 0%s",
+                 er_harness_json_str(row, "t"), er_harness_json_str(row, "b"));
+        n = er_harness_pg_count(h->db_url, sql, 1, &needle);
+        assert_true(n >= 0);
+        total += n;
+    }
+    json_decref(tables);
+    return total;
+}
+
+/* None of the needles is in text (NULL: nothing to look in). */
+static void assert_none_in(const char *what, const char *text,
+                           const char *const *needles, size_t cnt)
+{
+    size_t i;
+
+    for (i = 0; text != NULL && i < cnt; i++) {
+        if (strstr(text, needles[i]) != NULL)
+            fail_msg("a secret (%s) leaked into %s: %s", needles[i], what,
+                     text);
+    }
+}
+
+/* A test-provider environment whose config holds the secrets token_id
+ * and key_id of company as accessToken and signingKeyMaterial, with the
+ * test plugin's onMethod modes (JSON members) for each call. */
+static void echo_env(const char *company_id, const char *name,
+                     const char *token_id, const char *key_id,
+                     const char *modes, char env_id[37])
+{
+    char config[1024];
+
+    snprintf(config, sizeof(config),
+             "{\"provider\": \"test-provider\", "
+             "\"accessToken\": {\"type\": \"secret_ref\", \"secretId\": "
+             "\"%s\"}, \"signingKeyMaterial\": {\"type\": \"secret_ref\", "
+             "\"secretId\": \"%s\"}, \"testBehaviour\": {\"onMethod\": "
+             "{%s}}}",
+             token_id, key_id, modes);
+    er_harness_env_insert(h, company_id, name, "sandbox", "active", config,
+                          env_id);
+}
+
+/* An environment whose config holds two secret references: a token, and a
+ * key of several lines with a quote and a backslash (its JSON-escaped form
+ * differs). The plugin shows the config it got (plaintext, as upstream's
+ * protocol has it) in an error answer, a log notification and on stderr,
+ * then in a crash's stderr: the values reach no result, no event, no row
+ * and no log line, while what the plugin said is kept around
+ * "[REDACTED]". */
+static void echoed_secrets_never_come_back_out(void **state)
+{
+    struct er_harness_run run;
+    char token_id[37];
+    char key_id[37];
+    char a[37];
+    char b[37];
+    char c[37];
+    char token[64];
+    char key[256];
+    char env_id[37];
+    char crash_env[37];
+    char result_env[37];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    const char *needles[3];
+    json_t *row;
+    json_t *meta;
+    const char *msg;
+    const json_t *res;
+    char *text;
+    size_t i;
+    int t;
+
+    (void)state;
+    er_harness_run_init(&run);
+    assert_int_equal(er_uuid_v4(token_id), 0);
+    assert_int_equal(er_uuid_v4(key_id), 0);
+    assert_int_equal(er_uuid_v4(a), 0);
+    assert_int_equal(er_uuid_v4(b), 0);
+    assert_int_equal(er_uuid_v4(c), 0);
+    /* Each needle is in one part of a secret: a leak of either form of
+     * either secret, or of a good part of one, shows. */
+    needles[0] = a;
+    needles[1] = b;
+    needles[2] = c;
+    snprintf(token, sizeof(token), "tok-%s", a);
+    snprintf(key, sizeof(key),
+             "-----BEGIN TEST KEY-----\n%s\n\"q\" \\ %s\n"
+             "-----END TEST KEY-----\n",
+             b, c);
+    secret_write(run.company_id, token_id, token);
+    secret_write(run.company_id, key_id, key);
+    echo_env(run.company_id, "Echoes", token_id, key_id,
+             "\"environmentAcquireLease\": \"echo\"", env_id);
+    echo_env(run.company_id, "Echoes and dies", token_id, key_id,
+             "\"environmentAcquireLease\": \"echo-crash\"", crash_env);
+    echo_env(run.company_id, "Echoes back", token_id, key_id,
+             "\"environmentAcquireLease\": \"echo-result\", "
+             "\"environmentExecute\": \"echo-result\"",
+             result_env);
+
+    /* The plugin's error answer. */
+    res = acquire_cmd(&run, env_id, NULL);
+    ER_HARNESS_ASSERT_STR(res, "errorCode", "lease_acquire_failed");
+    msg = er_harness_json_str(res, "errorMessage");
+    ER_HARNESS_ASSERT_CONTAINS(
+        msg, "Failed to acquire lease for environment \"Echoes\" (sandbox): "
+             "test provider: environmentAcquireLease failed on purpose: "
+             "accessToken=[REDACTED] signingKeyMaterial=[REDACTED] config={");
+    assert_none_in("errorMessage", msg, needles, 3);
+    assert_none_in("resultJson", er_harness_json_str(res, "resultJson"),
+                   needles, 3);
+    /* Its log notification and stderr line reach the worker's log. */
+    assert_true(er_harness_worker_wait_log(
+        worker,
+        "[plugin stderr] test provider: environmentAcquireLease echoes "
+        "accessToken=[REDACTED] signingKeyMaterial=[REDACTED] config={",
+        10000));
+    assert_true(er_harness_worker_log_contains(
+        worker, "[plugin] test provider: environmentAcquireLease echoes "
+                "accessToken=[REDACTED] signingKeyMaterial=[REDACTED] "
+                "config={"));
+
+    /* A crash: the stderr excerpt of the failure message. */
+    er_harness_run_init_same_company(&run, &run);
+    res = acquire_cmd(&run, crash_env, NULL);
+    ER_HARNESS_ASSERT_STR(res, "errorCode", "lease_acquire_failed");
+    msg = er_harness_json_str(res, "errorMessage");
+    ER_HARNESS_ASSERT_CONTAINS(msg, "Worker process exited (code=3, "
+                                    "signal=null)\n\nWorker stderr:\n");
+    ER_HARNESS_ASSERT_CONTAINS(msg, "\":\"[REDACTED]\"");
+    assert_none_in("errorMessage", msg, needles, 3);
+    assert_true(er_harness_worker_wait_log(
+        worker,
+        "[plugin stderr] test provider: crashing in environmentAcquireLease: "
+        "accessToken=[REDACTED] signingKeyMaterial=[REDACTED] config={",
+        10000));
+
+    assert_int_equal(leases_of(run.company_id), 0);
+
+    /* In what the plugin returns: the acquire's metadata keeps no member
+     * holding a value (top level or nested), and a provision command's
+     * output is scrubbed in the failure message. */
+    er_harness_run_init_same_company(&run, &run);
+    res = acquire_cmd(&run, result_env, NULL);
+    ER_HARNESS_ASSERT_OK(res);
+    row = lease_row(er_harness_json_str(res, "leaseId"), &meta);
+    assert_null(json_object_get(meta, "echoed"));
+    assert_null(json_object_get(meta, "nested"));
+    ER_HARNESS_ASSERT_STR(meta, "provider", "test-provider");
+    snprintf(ws, sizeof(ws), "%s/echo-ws", h->dir);
+    er_harness_fresh_dir(ws);
+    res = realize(&run, ws, "{\"provisionCommand\": \"echo-me\"}");
+    ER_HARNESS_ASSERT_STR(res, "errorCode", "workspace_realization_failed");
+    msg = er_harness_json_str(res, "errorMessage");
+    ER_HARNESS_ASSERT_CONTAINS(msg, "err accessToken=[REDACTED] "
+                                    "signingKeyMaterial=[REDACTED] config={");
+    assert_none_in("errorMessage", msg, needles, 3);
+    ER_HARNESS_ASSERT_OK(release(&run, ER_RELEASE_FAILED));
+    json_decref(meta);
+    json_decref(row);
+
+    /* Nowhere: no row of any table, no record of any topic, no log line.
+     * (The check finds the failure messages it looks through.) */
+    assert_true(rows_holding("Worker stderr:") > 0);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(rows_holding(needles[i]), 0);
+        for (t = 0; t < ER_HARNESS_TOPIC_CNT; t++)
+            assert_false(er_harness_topic_contains(h, (enum er_harness_topic)t,
+                                                   needles[i]));
+    }
+    text = er_harness_worker_log(worker);
+    ER_HARNESS_NON_NULL(text);
+    assert_none_in("the worker's log", text, needles, 3);
+    er_free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +802,8 @@ int main(void)
         cmocka_unit_test(garbage_on_stdout_is_survived),
         cmocka_unit_test(hang_times_out_with_the_spec_message),
         cmocka_unit_test(plugin_that_never_initializes),
+        cmocka_unit_test(echoed_secrets_never_come_back_out),
+        cmocka_unit_test(requested_expiry_reaches_the_provider),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -191,6 +191,100 @@ static void expires_at_is_set_and_renewed_by_each_step(void **state)
     assert_true(s > 3500 && s <= 3600);
 }
 
+/* An acquire as a producer still on the previous RunCommand (before
+ * requestedExpiresAt) writes it: the current encoding of one without the
+ * field, minus the field's null byte, under that version's fingerprint. */
+static void send_acquire_of_previous_schema(struct er_harness *h,
+                                            struct er_harness_cmd *c,
+                                            struct er_harness_run *run)
+{
+    uint64_t fp = er_codec_version_fingerprint("RunCommand_1");
+    struct er_buf buf;
+    struct er_err err;
+    size_t i;
+
+    assert_true(fp != 0);
+    er_buf_init(&buf, ER_CMD_VALUE_MAX_BYTES);
+    assert_true(c->cmd.requested_expires_at_ms == 0);
+    assert_int_equal(er_codec_command_encode(&c->cmd, &buf, &err), 0);
+    assert_int_equal(buf.data[buf.len - 1], 0); /* requestedExpiresAt null */
+    for (i = 0; i < 8; i++)
+        buf.data[2 + i] = (uint8_t)(fp >> (8 * i));
+    assert_int_equal(
+        er_harness_produce(h, "commands", run->run_id, buf.data, buf.len - 1),
+        0);
+    er_buf_fini(&buf);
+}
+
+/* requestedExpiresAt bounds a lease's life: expires_at is set to it, no
+ * later step pushes it past it, and the reaper releases the lease then,
+ * long before its regular pass (every 30 s at this TTL). An acquire from a
+ * producer on the previous schema is read and gets the TTL as before. */
+static void requested_expiry_bounds_the_lease(void **state)
+{
+    static const char *const env[] = { "ENVRUN_LEASE_TTL_S=3600", NULL };
+    const struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness *h;
+    struct er_harness_run run;
+    struct er_harness_run old;
+    struct er_harness_cmd c;
+    const json_t *res;
+    char lease_id[37];
+    const char *params[1];
+    long long s;
+
+    h = er_harness_new("reaper_requested", 1, NULL);
+    ER_HARNESS_NON_NULL(h);
+    *state = h;
+    ER_HARNESS_NON_NULL(er_harness_worker_start(h, &opts));
+
+    er_harness_run_init(&old);
+    er_harness_cmd_acquire(&c, &old);
+    send_acquire_of_previous_schema(h, &c, &old);
+    res = er_harness_wait_result(h, c.command_id, ER_HARNESS_FIRST_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    snprintf(lease_id, sizeof(lease_id), "%s",
+             er_harness_json_str(res, "leaseId"));
+    s = expires_in_s(h, lease_id);
+    assert_true(s > 3500 && s <= 3600);
+
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&c, &run);
+    c.cmd.requested_expires_at_ms = er_time_now_ms() + 8000;
+    assert_int_equal(er_harness_send(h, &c.cmd), 0);
+    res = er_harness_wait_result(h, c.command_id, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    snprintf(lease_id, sizeof(lease_id), "%s",
+             er_harness_json_str(res, "leaseId"));
+    s = expires_in_s(h, lease_id);
+    assert_true(s >= 1 && s <= 8);
+    /* A realize refreshes the lease's expiry, but not past the bound. */
+    er_harness_cmd_realize(&c, &run, h->dir);
+    assert_int_equal(er_harness_send(h, &c.cmd), 0);
+    res = er_harness_wait_result(h, c.command_id, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_true(expires_in_s(h, lease_id) <= 8);
+    /* Released by the reaper at the bound: within 20 s, where the regular
+     * pass would come only 30 s after the worker started. */
+    params[0] = lease_id;
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM environment_leases WHERE id = $1::uuid AND "
+        "status = 'expired' AND failure_reason = 'lease_expired' AND "
+        "released_at >= expires_at",
+        1, params, 1, 20000));
+    /* The unbounded lease is left alone. */
+    assert_int_equal(er_harness_pg_count(h->db_url,
+                                         "SELECT count(*) FROM "
+                                         "environment_leases WHERE status = "
+                                         "'active'",
+                                         0, NULL),
+                     1);
+}
+
 /* Two workers' reapers run at once over the same stale leases: each lease
  * is expired once, with one activity row, one claim and version 2. */
 static void two_reapers_never_reap_one_lease_twice(void **state)
@@ -1000,6 +1094,7 @@ int main(void)
         cmocka_unit_test_teardown(reaper_expires_lease_after_ttl, teardown),
         cmocka_unit_test_teardown(expires_at_is_set_and_renewed_by_each_step,
                                   teardown),
+        cmocka_unit_test_teardown(requested_expiry_bounds_the_lease, teardown),
         cmocka_unit_test_teardown(two_reapers_never_reap_one_lease_twice,
                                   teardown),
         cmocka_unit_test_teardown(failing_cleanup_is_retried_with_backoff,

@@ -506,6 +506,63 @@ static void bwrap_sandbox_survives_worker_kill(void **state)
     json_decref(body);
 }
 
+/* bwrap cannot bound a sandbox's life itself: with requestedExpiresAt
+ * the lease's expires_at is that time and the reaper releases the lease
+ * then, which kills the sandbox and removes its root (the worker's TTL is
+ * the default six hours, so the regular pass would not come for 30 s). */
+static void bwrap_sandbox_ends_at_its_requested_expiry(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    char env_id[37];
+    char path[ER_HARNESS_PATH_MAX + 128];
+    char lease_id[37];
+    const char *params[1];
+    const json_t *res;
+    json_t *body;
+    json_t *row;
+    json_t *meta;
+
+    (void)state;
+    er_harness_run_init(&run);
+    er_harness_env_insert(h, run.company_id, "Bwrap bounded", "sandbox",
+                          "active", "{\"provider\": \"bwrap\"}", env_id);
+    er_harness_cmd_acquire(&c, &run);
+    c.cmd.selected_environment_id = env_id;
+    c.cmd.requested_expires_at_ms = er_time_now_ms() + 6000;
+    res = roundtrip(&c);
+    ER_HARNESS_ASSERT_OK(res);
+    body = er_harness_json_parse_field(res, "resultJson");
+    snprintf(lease_id, sizeof(lease_id), "%s",
+             er_harness_json_str(body, "lease.id"));
+    row = lease_row(lease_id);
+    meta = er_harness_json_parse_field(row, "metadata");
+    snprintf(path, sizeof(path), "%s/%s", sandbox_dir,
+             er_harness_json_str(meta, "sandboxId"));
+    assert_true(path_exists(path));
+    assert_true(process_with(path));
+    /* The lease's expiry is the requested time, not the TTL. */
+    params[0] = lease_id;
+    assert_int_equal(er_harness_pg_count(
+                         h->db_url,
+                         "SELECT count(*) FROM environment_leases WHERE id = "
+                         "$1::uuid AND expires_at <= now() + interval '6 s'",
+                         1, params),
+                     1);
+
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM environment_leases WHERE id = $1::uuid AND "
+        "status = 'expired' AND failure_reason = 'lease_expired' AND "
+        "cleanup_status = 'success'",
+        1, params, 1, 20000));
+    assert_false(path_exists(path));
+    assert_false(process_with(path));
+    json_decref(meta);
+    json_decref(row);
+    json_decref(body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -515,6 +572,7 @@ int main(void)
         cmocka_unit_test(config_errors_are_named),
         cmocka_unit_test(bwrap_end_to_end_and_walls),
         cmocka_unit_test(bwrap_sandbox_survives_worker_kill),
+        cmocka_unit_test(bwrap_sandbox_ends_at_its_requested_expiry),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -113,6 +113,41 @@ static void w_acquire(struct wire *w, const char *adapter, size_t len)
     w_long(w, 0); /* issueId */
     w_long(w, 0); /* executionWorkspaceId */
     w_long(w, 0); /* executionWorkspaceMode */
+    w_long(w, 0); /* requestedExpiresAt */
+}
+
+/* The fingerprint of schemas/avro/history/RunCommand_1.avsc (RunCommand
+ * before AcquireCommand had requestedExpiresAt), from its text. */
+static uint64_t fp_run_command_1(void)
+{
+    struct er_buf canon;
+    struct er_err err;
+    uint64_t fp;
+    size_t i;
+
+    for (i = 0; er_embed_avsc_history_names[i] != NULL; i++) {
+        if (strcmp(er_embed_avsc_history_names[i], "RunCommand_1") == 0)
+            break;
+    }
+    assert_non_null(er_embed_avsc_history_names[i]);
+    er_buf_init(&canon, 1 << 20);
+    assert_int_equal(
+        er_canonical_form(er_embed_avsc_history_texts[i], &canon, &err), 0);
+    fp = er_canonical_crc64(canon.data, canon.len);
+    er_buf_fini(&canon);
+    assert_true(fp == er_codec_version_fingerprint("RunCommand_1"));
+    return fp;
+}
+
+/* An acquire as a producer on RunCommand_1 writes it, byte for byte. */
+static void w_acquire_1(struct wire *w, const char *adapter)
+{
+    size_t len;
+
+    w_acquire(w, adapter, strlen(adapter));
+    len = w->len - 1; /* without requestedExpiresAt */
+    w_header(w, fp_run_command_1());
+    w->len = len;
 }
 
 static void init_acquire(struct er_run_command *cmd)
@@ -182,6 +217,7 @@ static void assert_same_cmd(const struct er_run_command *a,
         assert_same_str(a->adapter_type, b->adapter_type);
         assert_same_str(a->issue_id, b->issue_id);
         assert_same_str(a->execution_workspace_id, b->execution_workspace_id);
+        assert_true(a->requested_expires_at_ms == b->requested_expires_at_ms);
         break;
     case ER_CMD_REALIZE:
         assert_same_str(a->lease_id, b->lease_id);
@@ -317,6 +353,89 @@ static void command_round_trips_nulls(void **state)
     cmd.adapter_type = "";
     cmd.workspace_json = "{}";
     round_trip(&cmd);
+}
+
+static void command_round_trips_requested_expires_at(void **state)
+{
+    struct er_run_command cmd;
+
+    (void)state;
+    init_acquire(&cmd);
+    cmd.requested_expires_at_ms = 1800000000123;
+    round_trip(&cmd);
+    cmd.requested_expires_at_ms = ER_TIME_MAX_MS;
+    round_trip(&cmd);
+}
+
+/* A producer still on the previous RunCommand (no requestedExpiresAt) is
+ * read: the field is null, every other field as written. */
+static void decode_reads_acquire_of_the_previous_schema(void **state)
+{
+    struct er_run_command cmd;
+    enum er_cmd_kind kind = ER_CMD_RELEASE;
+    enum er_record_type type = ER_REC_UNKNOWN;
+    struct er_err err;
+    struct wire w;
+    size_t body_off = 0;
+    char *command_id = NULL;
+    char *company_id = NULL;
+
+    (void)state;
+    assert_true(fp_run_command_1() != er_codec_fingerprint(ER_REC_RUN_COMMAND));
+    assert_true(er_codec_version_fingerprint("RunCommand") ==
+                er_codec_fingerprint(ER_REC_RUN_COMMAND));
+    assert_true(er_codec_version_fingerprint("RunCommand_9") == 0);
+    w_acquire_1(&w, "codex_local");
+    assert_int_equal(er_codec_identify(w.buf, w.len, &type, &err), 0);
+    assert_int_equal(type, ER_REC_RUN_COMMAND);
+    assert_int_equal(er_codec_command_decode(w.buf, w.len, &cmd, &err), 0);
+    assert_int_equal(cmd.kind, ER_CMD_ACQUIRE);
+    assert_string_equal(cmd.adapter_type, "codex_local");
+    assert_string_equal(cmd.heartbeat_run_id, RUN_ID);
+    assert_true(cmd.requested_expires_at_ms == 0);
+    er_codec_command_fini(&cmd);
+    assert_int_equal(er_codec_command_peek_kind(w.buf, w.len, &kind, &body_off),
+                     0);
+    assert_int_equal(kind, ER_CMD_ACQUIRE);
+    assert_int_equal(
+        er_codec_command_peek_ids(w.buf, w.len, &command_id, &company_id), 0);
+    assert_string_equal(command_id, CMD_ID);
+    assert_string_equal(company_id, COMP_ID);
+    er_free(command_id);
+    er_free(company_id);
+    to_json_is(w.buf, w.len,
+               "{\"commandId\":\"" CMD_ID "\",\"issuedAt\":1700000000000,"
+               "\"companyId\":\"" COMP_ID "\",\"agentId\":\"" AGENT "\","
+               "\"heartbeatRunId\":\"" RUN_ID "\",\"traceparent\":null,"
+               "\"command\":{\"type\":\"AcquireCommand\","
+               "\"selectedEnvironmentId\":null,"
+               "\"adapterType\":\"codex_local\",\"issueId\":null,"
+               "\"executionWorkspaceId\":null,"
+               "\"executionWorkspaceMode\":null}}");
+    /* The previous layout under the current fingerprint is one byte short. */
+    w_acquire(&w, "codex_local", 11);
+    w.len--;
+    decode_fails(w.buf, w.len, ER_EBADMSG);
+}
+
+static void
+decode_rejects_requested_expires_at_outside_the_calendar(void **state)
+{
+    static const int64_t bad[] = { 0, -1, ER_TIME_MAX_MS + 1, INT64_MAX };
+    struct er_err err;
+    struct wire w;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        w_acquire(&w, "codex_local", 11);
+        w.len--;
+        w_long(&w, 1); /* requestedExpiresAt: long */
+        w_long(&w, bad[i]);
+        err = decode_fails(w.buf, w.len, ER_EBADMSG);
+        assert_non_null(strstr(err.msg, "requestedExpiresAt: "));
+        assert_non_null(strstr(err.msg, "is not a time between 1970 and 9999"));
+    }
 }
 
 static void decode_reads_hand_built_acquire(void **state)
@@ -494,7 +613,8 @@ static void to_json_renders_command_union_with_type(void **state)
                "\"selectedEnvironmentId\":null,"
                "\"adapterType\":\"claude_local\",\"issueId\":null,"
                "\"executionWorkspaceId\":null,"
-               "\"executionWorkspaceMode\":null}}");
+               "\"executionWorkspaceMode\":null,"
+               "\"requestedExpiresAt\":null}}");
 
     er_buf_reset(&out);
     cmd.kind = ER_CMD_RELEASE;
@@ -1167,6 +1287,10 @@ int main(void)
         cmocka_unit_test(command_round_trips_release),
         cmocka_unit_test(command_round_trips_nulls),
         cmocka_unit_test(decode_reads_hand_built_acquire),
+        cmocka_unit_test(command_round_trips_requested_expires_at),
+        cmocka_unit_test(decode_reads_acquire_of_the_previous_schema),
+        cmocka_unit_test(
+            decode_rejects_requested_expires_at_outside_the_calendar),
         cmocka_unit_test(result_encodes_and_renders_json),
         cmocka_unit_test(lease_event_encodes_and_renders_json),
         cmocka_unit_test(activity_event_encodes_and_renders_json),

@@ -1,8 +1,9 @@
 /* plugin_host_test: the provider-plugin host against the test provider
  * (tests/plugins/test-provider) run on node: discovery and manifest checks,
  * every environment* method, a plugin error, a crash mid-call, a hang, stray
- * stdout lines, a worker that never initializes, concurrent calls, and
- * that shutdown leaves no process behind. Without node the cases that need
+ * stdout lines, a worker that never initializes, concurrent calls, that
+ * secrets handed to a plugin never come back out of it, and that shutdown
+ * leaves no process behind. Without node the cases that need
  * it are skipped, unless CI is set. */
 #define _XOPEN_SOURCE 700 /* nftw */
 
@@ -39,6 +40,8 @@ static char root[256];            /* this run's scratch directory */
 static char plugins_dir[512];     /* <root>/plugins */
 static char plugin_dir[PATH_MAX]; /* <root>/plugins/test-provider */
 static char call_log[PATH_MAX];   /* <root>/calls.jsonl */
+static char log_path[PATH_MAX];   /* <root>/stderr.log: captured er_log */
+static int saved_stderr = -1;     /* fd 2 while it is captured */
 static bool has_node;
 
 /* ================================================================
@@ -1100,6 +1103,289 @@ static void shutdown_ends_calls_and_leaves_no_process(void **state)
     assert_false(er_plugin_host_has_provider(PROVIDER, NULL));
 }
 
+/* ================================================================
+ * Secrets handed to the plugin (er_plugin_note_secret)
+ * ================================================================ */
+
+/* Send er_log's lines (fd 2), from info up, to log_path until
+ * stderr_restore. */
+static void stderr_capture(void)
+{
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+    assert_true(fd >= 0);
+    saved_stderr = dup(STDERR_FILENO);
+    assert_true(saved_stderr >= 0);
+    assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+    close(fd);
+    er_log_setup(false, ER_LOG_INFO);
+}
+
+static void stderr_restore(void)
+{
+    er_log_setup(false, ER_LOG_WARN);
+    if (saved_stderr < 0)
+        return;
+    dup2(saved_stderr, STDERR_FILENO);
+    close(saved_stderr);
+    saved_stderr = -1;
+}
+
+/* What was logged so far (new string, free()). */
+static char *captured(void)
+{
+    FILE *f = fopen(log_path, "r");
+    char *text = NULL;
+    size_t cap = 0;
+    ssize_t n;
+
+    assert_non_null(f);
+    n = getdelim(&text, &cap, '\0', f);
+    fclose(f);
+    if (n < 0) {
+        free(text);
+        text = strdup("");
+    }
+    assert_non_null(text);
+    return text;
+}
+
+/* Wait up to 5 s for needle in what was logged. */
+static void wait_logged(const char *needle)
+{
+    int64_t deadline = er_time_mono_ms() + 5000;
+
+    for (;;) {
+        char *text = captured();
+        bool is_found = strstr(text, needle) != NULL;
+
+        free(text);
+        if (is_found)
+            return;
+        if (er_time_mono_ms() >= deadline)
+            fail_msg("not logged: %s", needle);
+        sleep_ms(20);
+    }
+}
+
+/* No 8 bytes in a row of secret are in text: neither the secret nor any
+ * good part of it leaked. */
+static void assert_no_part_of(const char *text, const char *secret)
+{
+    size_t n = strlen(secret);
+    char part[9];
+    size_t i;
+
+    for (i = 0; i + 8 <= n; i++) {
+        memcpy(part, secret + i, 8);
+        part[8] = '\0';
+        if (strstr(text, part) != NULL)
+            fail_msg("a part of a secret (\"%s\") leaked into: %s", part, text);
+    }
+}
+
+/* Two secrets: a token, and a key of several lines with a quote and a
+ * backslash (so its JSON-escaped form differs). */
+struct secrets {
+    char token[64];
+    char key[256];
+    char config[1024]; /* params.config naming mode for method */
+};
+
+static void secrets_make(struct secrets *sec, const char *method,
+                         const char *mode)
+{
+    char a[37];
+    char b[37];
+    char c[37];
+    json_t *config;
+    char *text;
+
+    assert_int_equal(er_uuid_v4(a), 0);
+    assert_int_equal(er_uuid_v4(b), 0);
+    assert_int_equal(er_uuid_v4(c), 0);
+    snprintf(sec->token, sizeof(sec->token), "tok-%s", a);
+    snprintf(sec->key, sizeof(sec->key),
+             "-----BEGIN TEST KEY-----\n%s\n\"q\" \\ %s\n"
+             "-----END TEST KEY-----\n",
+             b, c);
+    config = json_pack("{s:s, s:s, s:{s:{s:s}}}", "token", sec->token, "key",
+                       sec->key, "testBehaviour", "onMethod", method, mode);
+    assert_non_null(config);
+    text = json_dumps(config, JSON_COMPACT);
+    assert_non_null(text);
+    snprintf(sec->config, sizeof(sec->config), "%s", text);
+    free(text);
+    json_decref(config);
+}
+
+static void secrets_note(const struct secrets *sec)
+{
+    assert_int_equal(
+        er_plugin_note_secret(PROVIDER, sec->token, strlen(sec->token)), 0);
+    assert_int_equal(
+        er_plugin_note_secret(PROVIDER, sec->key, strlen(sec->key)), 0);
+}
+
+static void assert_no_secret_in(const char *text, const struct secrets *sec)
+{
+    assert_no_part_of(text, sec->token);
+    assert_no_part_of(text, sec->key);
+}
+
+static int call_with(const char *method, const struct secrets *sec,
+                     int64_t timeout_ms, struct er_plugin_reply *reply,
+                     struct er_err *err)
+{
+    char params[1200];
+
+    snprintf(params, sizeof(params),
+             "{\"companyId\":\"" COMPANY "\",\"config\":%s}", sec->config);
+    return call(method, params, timeout_ms, reply, err);
+}
+
+/* A plugin that shows its config in an error answer, a log notification
+ * and on stderr: every copy of the secrets, raw or JSON-escaped, is
+ * redacted, and the rest of what it said is kept. */
+static void echoed_secrets_are_redacted(void **state)
+{
+    struct er_plugin_reply reply;
+    struct secrets sec;
+    struct er_err err;
+    char *text;
+
+    (void)state;
+    need_node();
+    stderr_capture();
+    host_up(NULL);
+    secrets_make(&sec, "environmentProbe", "echo");
+    secrets_note(&sec);
+    assert_int_equal(call_with("environmentProbe", &sec, 10000, &reply, &err),
+                     ER_EDRIVER);
+    assert_int_equal(reply.rpc_code, ER_RPC_WORKER_ERROR);
+    assert_no_secret_in(err.msg, &sec);
+    /* Raw: token=..., key=...; JSON: "token":"...", "key":"..." (cut at
+     * the message's 256 bytes). */
+    if (strncmp(err.msg,
+                "test provider: environmentProbe failed on purpose: "
+                "token=[REDACTED] key=[REDACTED] config={",
+                91) != 0)
+        fail_msg("unexpected message: %s", err.msg);
+    wait_logged("[plugin stderr] test provider: environmentProbe echoes");
+    text = captured();
+    assert_no_secret_in(text, &sec);
+    assert_non_null(strstr(text, "[plugin] test provider: environmentProbe "
+                                 "echoes token=[REDACTED] key=[REDACTED] "
+                                 "config={"));
+    assert_non_null(strstr(text, "[plugin stderr] test provider: "
+                                 "environmentProbe echoes token=[REDACTED] "
+                                 "key=[REDACTED] config={"));
+    assert_non_null(strstr(text, "\"token\":\"[REDACTED]\""));
+    assert_non_null(strstr(text, "\"key\":\"[REDACTED]\""));
+    free(text);
+    host_down();
+    stderr_restore();
+}
+
+/* A secret written to stderr in two pieces, read apart: the first piece
+ * is held back until it is known whether a secret follows. */
+static void secret_split_across_reads_is_redacted(void **state)
+{
+    struct er_plugin_reply reply;
+    struct secrets sec;
+    struct er_err err;
+    char *text;
+
+    (void)state;
+    need_node();
+    stderr_capture();
+    host_up(NULL);
+    secrets_make(&sec, "environmentValidateConfig", "echo-split");
+    secrets_note(&sec);
+    assert_int_equal(
+        call_with("environmentValidateConfig", &sec, 10000, &reply, &err), 0);
+    er_plugin_reply_fini(&reply);
+    wait_logged("split key=[REDACTED] end");
+    text = captured();
+    assert_no_secret_in(text, &sec);
+    assert_non_null(strstr(text, "[plugin stderr] test provider: "
+                                 "environmentValidateConfig split "
+                                 "token=[REDACTED] end"));
+    free(text);
+    host_down();
+    stderr_restore();
+}
+
+/* A worker that shows its config on stderr and dies: the excerpt in the
+ * failure message is redacted. */
+static void crash_excerpt_is_redacted(void **state)
+{
+    struct er_plugin_reply reply;
+    struct secrets sec;
+    struct er_err err;
+    char *text;
+
+    (void)state;
+    need_node();
+    stderr_capture();
+    host_up(NULL);
+    secrets_make(&sec, "environmentExecute", "echo-crash");
+    secrets_note(&sec);
+    assert_int_equal(call_with("environmentExecute", &sec, 10000, &reply, &err),
+                     ER_EDRIVER);
+    assert_int_equal(reply.rpc_code, ER_RPC_WORKER_UNAVAILABLE);
+    assert_no_secret_in(err.msg, &sec);
+    if (strncmp(err.msg,
+                "Worker process exited (code=3, signal=null)\n\nWorker "
+                "stderr:\n",
+                57) != 0 ||
+        strstr(err.msg, "\"key\":\"[REDACTED]\"") == NULL)
+        fail_msg("unexpected message: %s", err.msg);
+    text = captured();
+    assert_no_secret_in(text, &sec);
+    assert_non_null(strstr(text, "[plugin stderr] test provider: crashing "
+                                 "in environmentExecute: token=[REDACTED] "
+                                 "key=[REDACTED] config={"));
+    free(text);
+    host_down();
+    stderr_restore();
+}
+
+/* The list's bounds: short values and unknown providers are ignored; one
+ * thread cannot note more for its next call than the list holds; once its
+ * call has gone, older entries make room. */
+static void noted_secrets_are_bounded(void **state)
+{
+    struct er_plugin_reply reply;
+    struct er_err err;
+    char value[64];
+    int i;
+
+    (void)state;
+    need_node();
+    host_up(NULL);
+    assert_int_equal(er_plugin_note_secret(PROVIDER, "abc", 3), 0);
+    assert_int_equal(er_plugin_note_secret("no-such-provider", "abcdef", 6), 0);
+    assert_int_equal(
+        er_plugin_note_secret(PROVIDER, "x", ER_SECRETREF_MAX_BYTES + 1),
+        ER_E2BIG);
+    for (i = 0; i < 32; i++) {
+        snprintf(value, sizeof(value), "value-number-%d", i);
+        assert_int_equal(er_plugin_note_secret(PROVIDER, value, strlen(value)),
+                         0);
+    }
+    /* Noted again: renewed, not added. */
+    assert_int_equal(er_plugin_note_secret(PROVIDER, value, strlen(value)), 0);
+    assert_int_equal(er_plugin_note_secret(PROVIDER, "one-too-many", 12),
+                     ER_E2BIG);
+    assert_int_equal(call("environmentValidateConfig", "{\"config\":{}}", 10000,
+                          &reply, &err),
+                     0);
+    er_plugin_reply_fini(&reply);
+    assert_int_equal(er_plugin_note_secret(PROVIDER, "one-too-many", 12), 0);
+    host_down();
+}
+
 /* ================================================================ */
 
 static int group_setup(void **state)
@@ -1114,6 +1400,7 @@ static int group_setup(void **state)
     snprintf(plugins_dir, sizeof(plugins_dir), "%s/plugins", root);
     snprintf(plugin_dir, sizeof(plugin_dir), "%s/test-provider", plugins_dir);
     snprintf(call_log, sizeof(call_log), "%s/calls.jsonl", root);
+    snprintf(log_path, sizeof(log_path), "%s/stderr.log", root);
     if (mkdir(plugins_dir, 0755) != 0)
         return -1;
     install_plugin(plugin_dir);
@@ -1136,6 +1423,7 @@ static int test_teardown(void **state)
     (void)state;
     er_plugin_host_shutdown();
     er_plugin_host_set_timing(NULL);
+    stderr_restore();
     return 0;
 }
 
@@ -1171,6 +1459,11 @@ int main(void)
         cmocka_unit_test_teardown(repeated_crashes_give_up, test_teardown),
         cmocka_unit_test_teardown(concurrent_calls_get_their_own_answers,
                                   test_teardown),
+        cmocka_unit_test_teardown(echoed_secrets_are_redacted, test_teardown),
+        cmocka_unit_test_teardown(secret_split_across_reads_is_redacted,
+                                  test_teardown),
+        cmocka_unit_test_teardown(crash_excerpt_is_redacted, test_teardown),
+        cmocka_unit_test_teardown(noted_secrets_are_bounded, test_teardown),
         cmocka_unit_test_teardown(shutdown_ends_calls_and_leaves_no_process,
                                   test_teardown),
     };

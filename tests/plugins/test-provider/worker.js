@@ -7,14 +7,25 @@
 // Failure modes come from test-behaviour.json next to this file (read once
 // at start; absent: normal behaviour):
 //   {"initialize": "ok" | "hang" | "fail",
-//    "onMethod": {"<method>": "crash" | "hang" | "garbage" | "error"},
+//    "onMethod": {"<method>": "crash" | "hang" | "garbage" | "error" |
+//                             "echo" | "echo-crash" | "echo-split" |
+//                             "echo-result"},
 //    "callLog": "<path>",
 //    "nativeSync": true (also offer environmentSyncIn / SyncOut)}
 // and per call from params.config.testBehaviour.onMethod (same shape).
 // crash: exit 3 mid-call after a line on stderr; hang: never answer;
 // garbage: stray stdout lines, then the normal answer; error: a JSON-RPC
-// error -32002. callLog: every request received is appended there as one
-// JSON line {pid, method, params, paperclipInvocation}.
+// error -32002. The echo modes play a plugin that shows the config it got
+// (secrets resolved to plaintext: the host must redact them): echo puts it
+// into a `log` notification, a stderr line and the message of a JSON-RPC
+// error -32002; echo-crash writes it to stderr and exits 3 (the stderr
+// excerpt of the failure); echo-split writes each string member to stderr
+// in two writes 100 ms apart, cut in its middle, then answers normally;
+// echo-result answers, with the config in what it returns (echoResult).
+// The config shows as each string member raw (a multi-line value stays
+// multi-line), then all of it as JSON (values escaped). callLog: every
+// request received is appended there as one JSON line {pid, method,
+// params, paperclipInvocation}.
 //
 // CommonJS on purpose: it runs with or without its package.json beside it.
 "use strict";
@@ -354,6 +365,39 @@ function initialize() {
   return { ok: true, supportedMethods: methods };
 }
 
+// The config as a plugin that echoes it shows it.
+function echoText(config) {
+  const raw = Object.entries(config)
+    .filter(([, v]) => typeof v === "string")
+    .map(([k, v]) => `${k}=${v}`)
+    .join(" ");
+  return `${raw} config=${JSON.stringify(config)}`;
+}
+
+// echo-result: the call succeeds, and what it returns shows the config: an
+// acquire's metadata (top level and nested), an execute of a command
+// mentioning "echo-me" fails with it on stdout and stderr.
+function echoResult(method, params, result) {
+  const text = echoText(params.config ?? {});
+  if (method === "environmentAcquireLease") {
+    return { ...result, metadata: { ...(result.metadata ?? {}), echoed: text, nested: { deep: [text] } } };
+  }
+  if (method === "environmentExecute" && JSON.stringify(params.args ?? []).includes("echo-me")) {
+    return { ...result, exitCode: 1, stdout: `out ${text}\n`, stderr: `err ${text}\n` };
+  }
+  return result;
+}
+
+async function echoSplit(method, config) {
+  for (const [k, v] of Object.entries(config)) {
+    if (typeof v !== "string") continue;
+    const half = Math.floor(v.length / 2);
+    process.stderr.write(`test provider: ${method} split ${k}=${v.slice(0, half)}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    process.stderr.write(`${v.slice(half)} end\n`);
+  }
+}
+
 function writeGarbage() {
   process.stdout.write("this is not json\n");
   process.stdout.write('{"jsonrpc":"1.0","id":1,"result":{}}\n');
@@ -391,6 +435,21 @@ async function handle(msg) {
       break;
     case "error":
       throw new RpcError(-32002, `test provider: ${method} failed on purpose`);
+    case "echo": {
+      const text = echoText(params.config ?? {});
+      log("warn", `test provider: ${method} echoes ${text}`);
+      process.stderr.write(`test provider: ${method} echoes ${text}\n`);
+      throw new RpcError(-32002, `test provider: ${method} failed on purpose: ${text}`);
+    }
+    case "echo-crash":
+      process.stderr.write(`test provider: crashing in ${method}: ${echoText(params.config ?? {})}\n`);
+      process.exit(3);
+      break;
+    case "echo-split":
+      await echoSplit(method, params.config ?? {});
+      break;
+    case "echo-result":
+      return echoResult(method, params, await handler(params, invocationId));
     default:
       break;
   }
