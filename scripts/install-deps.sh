@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(
     # toolchain
     build-essential cmake pkg-config git
+    musl-tools # envrun-gateway is a static musl binary (bridge/gateway/)
     clang clang-format libclang-rt-14-dev
     # libraries (DESIGN.md: dependencies)
     librdkafka-dev libavro-dev libjansson-dev libpq-dev libcmocka-dev
