@@ -162,6 +162,8 @@ struct er_secret {
 int er_secret_set(struct er_secret *secret, const char *value, size_t len);
 void er_secret_fini(struct er_secret *secret);
 bool er_secret_is_set(const struct er_secret *secret);
+/* Zero n bytes at p (NULL is ok) in a way the compiler keeps. */
+void er_wipe(void *p, size_t n);
 
 /* ================================================================
  * Time and ids

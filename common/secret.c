@@ -18,15 +18,20 @@ int er_secret_set(struct er_secret *secret, const char *value, size_t len)
     return 0;
 }
 
+void er_wipe(void *p, size_t n)
+{
+    /* A volatile pointer keeps the compiler from eliding the wipe. */
+    volatile char *v = p;
+    size_t i;
+
+    for (i = 0; p != NULL && i < n; i++)
+        v[i] = 0;
+}
+
 void er_secret_fini(struct er_secret *secret)
 {
     if (secret->value != NULL) {
-        /* A volatile pointer keeps the compiler from eliding the wipe. */
-        volatile char *v = secret->value;
-        size_t i;
-
-        for (i = 0; i < secret->len; i++)
-            v[i] = 0;
+        er_wipe(secret->value, secret->len);
         er_free(secret->value);
     }
     secret->value = NULL;
