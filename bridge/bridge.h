@@ -55,6 +55,12 @@ size_t er_bridge_allow_route_count(const struct er_bridge_allow *allow);
 
 struct er_bridge_fwd;
 
+/* Whether origin is what ENVRUN_PAPERCLIP_API_URL must be: scheme://host
+ * [:port] with scheme http or https and nothing after it (every request
+ * goes there, its path and query set apart). Errors: ER_EINVAL with a
+ * message naming the setting, ER_ENOMEM. */
+int er_bridge_origin_check(const char *origin, struct er_err *err);
+
 /* A forwarder to origin (ENVRUN_PAPERCLIP_API_URL: scheme://host[:port],
  * nothing after) with one reused libcurl handle; allow is borrowed for its
  * life. Not thread-safe: one per bridge. Errors: ER_EINVAL naming the
@@ -104,6 +110,109 @@ void er_bridge_res_error(struct er_bridge_res *res, int status,
                          const char *message, bool is_indeterminate);
 /* GET, HEAD, OPTIONS, TRACE (and a blank method, which is GET). */
 bool er_bridge_method_is_safe(const char *method);
+
+/* ================================================================
+ * Envelopes (envelope.c): the request and response files of upstream.md
+ * B3, also the frames of stream_v1
+ * ================================================================ */
+
+/* 6 x max body + 64 KiB: JSON may spell one byte as six characters. */
+size_t er_bridge_envelope_limit(size_t max_body);
+
+/* A request envelope, parsed and checked: owned copies. */
+struct er_bridge_envelope {
+    char *id;
+    char *method;      /* upper case; GET when absent or blank */
+    char *path;        /* starts with / */
+    char *query;       /* "" or "?..." */
+    char **headers;    /* name (lower case), value, ... */
+    size_t header_cnt; /* pairs */
+    uint8_t *body;     /* decoded (base64 bodies too) */
+    size_t body_len;
+};
+
+/* Parse len bytes of a request envelope (untrusted: from the sandbox).
+ * Errors (class NONE): ER_E2BIG over the envelope limit; ER_EBADMSG with
+ * the message B3 gives ("Invalid bridge request payload. (<field>)",
+ * "Invalid bridge base64 body.", "Unsupported bridge body encoding.",
+ * "Bridge body exceeded the configured size limit."); ER_ENOMEM. */
+int er_bridge_envelope_parse(const char *text, size_t len, size_t max_body,
+                             struct er_bridge_envelope *env,
+                             struct er_err *err);
+void er_bridge_envelope_fini(struct er_bridge_envelope *env);
+/* The request to forward, pointing into env. */
+void er_bridge_envelope_req(const struct er_bridge_envelope *env,
+                            struct er_bridge_req *req);
+/* Append the response envelope for id to out: {id, status, headers, body,
+ * completedAt} and a newline; a body that is not UTF-8 text as base64 with
+ * bodyEncoding "base64". */
+int er_bridge_response_json(const char *id, const struct er_bridge_res *res,
+                            struct er_buf *out, struct er_err *err);
+
+/* ================================================================
+ * queue_v1, the host side (queue.c): upstream.md B6 and B7
+ * ================================================================ */
+
+/* What one exec of a shell script where the gateway runs gave. */
+struct er_bridge_exec_out {
+    int exit_code;     /* -1: it did not exit on its own (killed, timed out) */
+    struct er_buf out; /* stdout; the caller sets the cap */
+    struct er_buf err; /* stderr */
+};
+
+/* The lease's exec channel: run script with `sh -c`, in on its stdin (NULL:
+ * none), within timeout_ms, ended early when *cancel (may be NULL) is set.
+ * Returns 0 with out filled (whatever the exit code), or an error when the
+ * script could not be run at all. */
+typedef int er_bridge_exec_fn(void *arg, const char *script, const void *in,
+                              size_t in_len, int64_t timeout_ms,
+                              const atomic_bool *cancel,
+                              struct er_bridge_exec_out *out,
+                              struct er_err *err);
+
+/* Upstream's numbers (B10), the defaults of the fields below that are 0. */
+#define ER_BRIDGE_POLL_INTERVAL_MS     100
+#define ER_BRIDGE_LIST_WAIT_MS         5000
+#define ER_BRIDGE_ITERATION_TIMEOUT_MS 10000
+#define ER_BRIDGE_MAX_BODY_BYTES       10551296
+#define ER_BRIDGE_STOP_DRAIN_MS        2000
+
+struct er_bridge_queue_opts {
+    er_bridge_exec_fn *exec;
+    void *exec_arg;
+    const char *queue_dir;              /* absolute, where the gateway runs */
+    struct er_bridge_fwd *fwd;          /* borrowed, used by one thread */
+    const struct er_secret *host_token; /* borrowed */
+    const char *run_id;
+    size_t max_body;
+    int64_t poll_interval_ms;
+    int64_t list_wait_ms;
+    int64_t iteration_timeout_ms;
+};
+
+struct er_bridge_poller;
+
+/* Start the host poller of one run's queue (a thread): it long-polls the
+ * queue's requests/ through the exec channel, forwards each request in
+ * name order (er_bridge_handle) and writes its response guarded (only
+ * while the request file exists, never over an answer, under the lock
+ * directory upstream's writers use), then removes the request. A failed
+ * list backs off (200 ms doubling to 5 s); a failed request does not stop
+ * the loop. Errors: ER_ENOMEM, ER_EIO (no thread). */
+int er_bridge_poller_start(const struct er_bridge_queue_opts *opts,
+                           struct er_bridge_poller **out, struct er_err *err);
+/* Stop: requests already listed are handled until drain_ms has passed,
+ * every one left gets 503 "Bridge worker stopped before request could be
+ * handled.", then the thread is joined and p freed. NULL is ok. */
+void er_bridge_poller_stop(struct er_bridge_poller *p, int64_t drain_ms);
+
+struct er_bridge_poller_stats {
+    uint64_t handled;       /* responses written */
+    uint64_t list_failures; /* failed list execs */
+    uint64_t execs;         /* exec channel calls */
+};
+void er_bridge_poller_stats(struct er_bridge_poller *p,
+                            struct er_bridge_poller_stats *out);
 
 /* The text of bridge/allowlist.txt (generated by bridge/embed.cmake). */
 extern const char *const er_embed_bridge_allowlist;

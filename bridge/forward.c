@@ -28,9 +28,7 @@ struct er_bridge_fwd {
  * Setup
  * ================================================================ */
 
-/* An origin is scheme://host[:port] with scheme http or https and nothing
- * after it: every request goes there, its path and query set apart. */
-static int origin_check(const char *origin, struct er_err *err)
+int er_bridge_origin_check(const char *origin, struct er_err *err)
 {
     CURLU *u = curl_url();
     char *scheme = NULL;
@@ -87,7 +85,7 @@ int er_bridge_fwd_new(const char *origin, const struct er_bridge_allow *allow,
         return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL,
                           "libcurl cannot start: %s",
                           curl_easy_strerror(curl_init_rc));
-    rc = origin_check(origin, err);
+    rc = er_bridge_origin_check(origin, err);
     if (rc != 0)
         return rc;
     fwd = er_calloc(1, sizeof(*fwd));

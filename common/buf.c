@@ -100,3 +100,21 @@ uint8_t *er_buf_take(struct er_buf *buf, size_t *len)
     buf->cap = 0;
     return p;
 }
+
+int er_sh_quote(struct er_buf *buf, const char *s)
+{
+    int rc = er_buf_append(buf, "'", 1);
+
+    while (rc == 0 && *s != '\0') {
+        const char *q = strchr(s, '\'');
+        size_t n = q != NULL ? (size_t)(q - s) : strlen(s);
+
+        rc = er_buf_append(buf, s, n);
+        if (rc == 0 && q != NULL)
+            rc = er_buf_append(buf, "'\"'\"'", 5);
+        s += n + (q != NULL ? 1 : 0);
+    }
+    if (rc == 0)
+        rc = er_buf_append(buf, "'", 1);
+    return rc;
+}

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define ER_NODISCARD    __attribute__((warn_unused_result))
 #define ER_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -128,6 +129,9 @@ ER_NODISCARD int er_buf_printf(struct er_buf *buf, const char *fmt, ...)
     ER_PRINTF(2, 3);
 /* Give the caller the data (NUL-terminated); buf is left empty. */
 uint8_t *er_buf_take(struct er_buf *buf, size_t *len);
+/* Append s to buf as one single-quoted POSIX shell word (a quote becomes
+ * '"'"'). Returns 0, ER_E2BIG or ER_ENOMEM. */
+ER_NODISCARD int er_sh_quote(struct er_buf *buf, const char *s);
 
 /* ================================================================
  * Per-command arena: many small allocations, one reset.
@@ -166,12 +170,31 @@ bool er_secret_is_set(const struct er_secret *secret);
 void er_wipe(void *p, size_t n);
 
 /* ================================================================
+ * base64 (standard alphabet, padded; base64.c)
+ * ================================================================ */
+/* Characters the encoding of len bytes takes (without the NUL). */
+size_t er_base64_len(size_t len);
+/* Encode into out, which holds er_base64_len(len) + 1 bytes. */
+void er_base64_encode(const void *data, size_t len, char *out);
+/* The encoding as a new string (er_free), or NULL when out of memory. */
+char *er_base64_dup(const void *data, size_t len);
+/* Decode the canonical encoding in len chars of text (length a multiple
+ * of 4, only the alphabet, at most two '=' at the end, zero bits under
+ * them) into out (max bytes). Returns 0 with *out_len, ER_EINVAL when the
+ * text is not canonical base64, ER_E2BIG when it decodes to more than max
+ * bytes. */
+int er_base64_decode(const char *text, size_t len, void *out, size_t max,
+                     size_t *out_len);
+
+/* ================================================================
  * Time and ids
  * ================================================================ */
 /* Wall clock in milliseconds since the epoch. */
 int64_t er_time_now_ms(void);
 /* Monotonic clock in milliseconds. */
 int64_t er_time_mono_ms(void);
+/* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait. */
+void er_time_deadline_in(int64_t ms, struct timespec *ts);
 /* The last millisecond of 9999-12-31 UTC: the latest time a timestamp
  * field may name (ISO 8601 texts have four-digit years). */
 #define ER_TIME_MAX_MS INT64_C(253402300799999)

@@ -467,10 +467,6 @@ struct er_ssh_config {
 int er_ssh_config_parse(const json_t *config, struct er_ssh_config *cfg,
                         struct er_err *err);
 
-/* Append s to buf as one single-quoted POSIX shell word (a quote becomes
- * '"'"'). Returns 0, ER_E2BIG or ER_ENOMEM. */
-ER_NODISCARD int er_ssh_quote(struct er_buf *buf, const char *s);
-
 /* Check "K=v" entries (env may be NULL): each must have a '=' and every K
  * must match ^[A-Za-z_][A-Za-z0-9_]*$, else ER_EINVAL with `Invalid SSH
  * environment variable key: <k>` (the value is never shown). */

@@ -415,11 +415,11 @@ int er_sandbox_unpack_script(const char *cwd, const char *archive,
     int rc = er_buf_printf(script, "set -e; mkdir -p ");
 
     if (rc == 0)
-        rc = er_ssh_quote(script, cwd);
+        rc = er_sh_quote(script, cwd);
     if (rc == 0)
         rc = er_buf_printf(script, " && cd ");
     if (rc == 0)
-        rc = er_ssh_quote(script, cwd);
+        rc = er_sh_quote(script, cwd);
     /* Everything but .paperclip-runtime goes (4.3 "Upload"). */
     if (rc == 0)
         rc = er_buf_printf(script,
@@ -430,11 +430,11 @@ int er_sandbox_unpack_script(const char *cwd, const char *archive,
                            "tar --no-same-owner --no-same-permissions -xf ");
     if (rc == 0)
         rc = strcmp(archive, "-") == 0 ? er_buf_printf(script, "-")
-                                       : er_ssh_quote(script, archive);
+                                       : er_sh_quote(script, archive);
     if (rc == 0 && strcmp(archive, "-") != 0) {
         rc = er_buf_printf(script, " && rm -f ");
         if (rc == 0)
-            rc = er_ssh_quote(script, archive);
+            rc = er_sh_quote(script, archive);
     }
     return rc;
 }

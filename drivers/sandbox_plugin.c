@@ -742,43 +742,6 @@ int er_sandbox_plugin_execute(const struct er_driver_env *env,
  * realize: the plugin's realize, then the workspace upload
  * ================================================================ */
 
-static const char b64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* base64 of data as a new NUL-terminated string (er_free), or NULL. */
-static char *base64(const char *data, size_t len)
-{
-    size_t out_len = (len + 2) / 3 * 4;
-    char *out = er_malloc(out_len + 1);
-    size_t i;
-    size_t o = 0;
-
-    if (out == NULL)
-        return NULL;
-    for (i = 0; i + 2 < len; i += 3) {
-        uint32_t v = (uint32_t)(unsigned char)data[i] << 16 |
-                     (uint32_t)(unsigned char)data[i + 1] << 8 |
-                     (unsigned char)data[i + 2];
-
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = b64[(v >> 6) & 63];
-        out[o++] = b64[v & 63];
-    }
-    if (i < len) {
-        uint32_t v = (uint32_t)(unsigned char)data[i] << 16;
-
-        if (i + 1 < len)
-            v |= (uint32_t)(unsigned char)data[i + 1] << 8;
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
-        out[o++] = '=';
-    }
-    out[o] = '\0';
-    return out;
-}
-
 /* The archive-through-exec upload of domain.md 4.3: the workspace as a tar
  * archive in base64 on the command's stdin, written to the runtime
  * directory and unpacked into cwd. */
@@ -823,7 +786,7 @@ static int upload_exec(const struct er_driver_env *env,
                         tar.exit_code);
         goto out;
     }
-    text = base64(tar.out, tar.out_len);
+    text = er_base64_dup(tar.out, tar.out_len);
     if (text == NULL) {
         rc = oom(err);
         goto out;
@@ -832,11 +795,11 @@ static int upload_exec(const struct er_driver_env *env,
              "%s/" RUNTIME_DIR "/workspace-upload.tar", cwd);
     rc = er_buf_printf(&script, "set -e; mkdir -p ");
     if (rc == 0)
-        rc = er_ssh_quote(&script, cwd);
+        rc = er_sh_quote(&script, cwd);
     if (rc == 0)
         rc = er_buf_printf(&script, "/" RUNTIME_DIR " && base64 -d > ");
     if (rc == 0)
-        rc = er_ssh_quote(&script, archive);
+        rc = er_sh_quote(&script, archive);
     if (rc == 0)
         rc = er_buf_printf(&script, "; ");
     if (rc == 0)

@@ -428,26 +428,8 @@ int er_ssh_config_parse(const json_t *config, struct er_ssh_config *cfg,
 }
 
 /* ================================================================
- * Quoting, env keys, scripts
+ * Env keys, scripts
  * ================================================================ */
-
-int er_ssh_quote(struct er_buf *buf, const char *s)
-{
-    int rc = er_buf_append(buf, "'", 1);
-
-    while (rc == 0 && *s != '\0') {
-        const char *q = strchr(s, '\'');
-        size_t n = q != NULL ? (size_t)(q - s) : strlen(s);
-
-        rc = er_buf_append(buf, s, n);
-        if (rc == 0 && q != NULL)
-            rc = er_buf_append(buf, "'\"'\"'", 5);
-        s += n + (q != NULL ? 1 : 0);
-    }
-    if (rc == 0)
-        rc = er_buf_append(buf, "'", 1);
-    return rc;
-}
 
 static bool is_env_key(const char *s, size_t n)
 {
@@ -518,7 +500,7 @@ int er_ssh_exec_script(const struct er_driver_exec *req, const char *cwd,
         "pg=$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' ');; esac; "
         "case $pg in ''|*[!0-9]*) pg=$$;; esac; printf '%s%s\\n' ");
     if (rc == 0)
-        rc = er_ssh_quote(script, marker);
+        rc = er_sh_quote(script, marker);
     /* The profiles are sourced only when they parse (`sh -n`), so a
      * bash-only profile cannot end the script; their errors are ignored. */
     if (rc == 0)
@@ -531,7 +513,7 @@ int er_ssh_exec_script(const struct er_driver_exec *req, const char *cwd,
     if (rc == 0 && cwd != NULL) {
         rc = er_buf_append(script, "cd ", 3);
         if (rc == 0)
-            rc = er_ssh_quote(script, cwd);
+            rc = er_sh_quote(script, cwd);
         if (rc == 0)
             rc = er_buf_append(script, " || exit 1; ", 12);
     }
@@ -543,16 +525,16 @@ int er_ssh_exec_script(const struct er_driver_exec *req, const char *cwd,
         rc = er_buf_printf(script, " %.*s=", (int)(eq - req->env[i]),
                            req->env[i]);
         if (rc == 0)
-            rc = er_ssh_quote(script, eq + 1);
+            rc = er_sh_quote(script, eq + 1);
     }
     if (rc == 0)
         rc = er_buf_append(script, " ", 1);
     if (rc == 0)
-        rc = er_ssh_quote(script, req->command);
+        rc = er_sh_quote(script, req->command);
     for (i = 0; rc == 0 && req->args != NULL && req->args[i] != NULL; i++) {
         rc = er_buf_append(script, " ", 1);
         if (rc == 0)
-            rc = er_ssh_quote(script, req->args[i]);
+            rc = er_sh_quote(script, req->args[i]);
     }
     if (rc == ER_E2BIG)
         return er_err_set(err, rc, ER_ERRCLASS_NONE,
@@ -699,7 +681,7 @@ static void sb_add(struct sb *sb, const char *s)
 static void sb_q(struct sb *sb, const char *s)
 {
     if (sb->rc == 0)
-        sb->rc = er_ssh_quote(&sb->buf, s);
+        sb->rc = er_sh_quote(&sb->buf, s);
 }
 
 static int sb_check(const struct sb *sb, struct er_err *err)

@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "bridge/bridge.h"
 #include "drivers/driver.h"
 #include "worker/worker.h"
 
@@ -30,6 +31,7 @@ enum opt_id {
     OPT_SECRETS_DIR,
     OPT_WORKSPACE_ROOTS,
     OPT_PAPERCLIP_API_URL,
+    OPT_BRIDGE_ALLOWLIST,
     OPT_SANDBOX_DIR,
     OPT_PLUGINS_DIR,
     OPT_CNT,
@@ -65,6 +67,8 @@ static const struct opt opts[OPT_CNT] = {
                               false },
     [OPT_PAPERCLIP_API_URL] = { "ENVRUN_PAPERCLIP_API_URL", "paperclip-api-url",
                                 "", false },
+    [OPT_BRIDGE_ALLOWLIST] = { "ENVRUN_BRIDGE_ALLOWLIST", "bridge-allowlist",
+                               "", false },
     [OPT_SANDBOX_DIR] = { "ENVRUN_SANDBOX_DIR", "sandbox-dir", "", false },
     [OPT_PLUGINS_DIR] = { "ENVRUN_PLUGINS_DIR", "plugins-dir", "", false },
 };
@@ -113,7 +117,11 @@ static const char usage_text[] =
     "      colon-separated absolute directories that local workspace paths\n"
     "      must lie under; none: no local workspace path is accepted\n"
     "  --paperclip-api-url    ENVRUN_PAPERCLIP_API_URL    (none)\n"
-    "      http(s):// control-plane API the bridge forwards to\n"
+    "      http(s)://host[:port] of the control-plane API the bridge forwards\n"
+    "      to (the origin only)\n"
+    "  --bridge-allowlist     ENVRUN_BRIDGE_ALLOWLIST     (built in)\n"
+    "      absolute path of the bridge's route and header allow-lists, in\n"
+    "      the format of bridge/allowlist.txt\n"
     "  --sandbox-dir          ENVRUN_SANDBOX_DIR          "
     "(/var/lib/envrun/sandboxes)\n"
     "      absolute directory the bwrap sandbox provider keeps sandboxes in\n"
@@ -510,14 +518,39 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
         return put_str(cfg->workspace_roots, sizeof(cfg->workspace_roots), name,
                        val, errline, errline_len);
     }
-    case OPT_PAPERCLIP_API_URL:
+    case OPT_PAPERCLIP_API_URL: {
+        struct er_err uerr;
+
         if (val[0] != '\0' && !url_is_valid(val)) {
             fail(errline, errline_len, "%s: must be an http:// or https:// URL",
                  name);
             return -1;
         }
+        if (val[0] != '\0' && er_bridge_origin_check(val, &uerr) != 0) {
+            fail(errline, errline_len, "%s", uerr.msg);
+            return -1;
+        }
         return put_str(cfg->paperclip_api_url, sizeof(cfg->paperclip_api_url),
                        name, val, errline, errline_len);
+    }
+    case OPT_BRIDGE_ALLOWLIST: {
+        struct er_bridge_allow *allow = NULL;
+        struct er_err aerr;
+
+        if (val[0] != '\0' && (val[0] != '/' || has_ctl(val))) {
+            fail(errline, errline_len,
+                 "%s: must be an absolute path (got \"%s\")", name, shown);
+            return -1;
+        }
+        /* Read now, so a bad list stops the worker at start. */
+        if (val[0] != '\0' && er_bridge_allow_load(val, &allow, &aerr) != 0) {
+            fail(errline, errline_len, "%s: %s", name, aerr.msg);
+            return -1;
+        }
+        er_bridge_allow_free(allow);
+        return put_str(cfg->bridge_allowlist, sizeof(cfg->bridge_allowlist),
+                       name, val, errline, errline_len);
+    }
     case OPT_SANDBOX_DIR:
         if (val[0] != '\0' && (val[0] != '/' || has_ctl(val))) {
             fail(errline, errline_len,

@@ -466,13 +466,7 @@ static void wait_kick(struct er_outbox *ob, int64_t ms)
 {
     struct timespec ts;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    er_time_deadline_in(ms, &ts);
     pthread_mutex_lock(&ob->mu);
     while (!ob->is_kicked && !ob->is_stopping) {
         if (pthread_cond_timedwait(&ob->cv, &ob->mu, &ts) != 0)

@@ -34,8 +34,9 @@ struct er_config {
     char secrets_dir[ER_CONFIG_STR_MAX];
     char workspace_roots[ER_CONFIG_STR_MAX]; /* "": none */
     char paperclip_api_url[ER_CONFIG_STR_MAX];
-    char sandbox_dir[ER_CONFIG_STR_MAX]; /* "": the bwrap default */
-    char plugins_dir[ER_CONFIG_STR_MAX]; /* "": no provider plugins */
+    char bridge_allowlist[ER_CONFIG_STR_MAX]; /* "": the built-in one */
+    char sandbox_dir[ER_CONFIG_STR_MAX];      /* "": the bwrap default */
+    char plugins_dir[ER_CONFIG_STR_MAX];      /* "": no provider plugins */
 };
 
 /* Outcome of er_config_load. */

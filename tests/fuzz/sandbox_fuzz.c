@@ -95,7 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         er_buf_init(&quoted, 65536);
         /* The cwd goes in only as one quoted shell word. */
         if (er_sandbox_unpack_script(cwd, "-", &script) == 0 &&
-            (er_ssh_quote(&quoted, cwd) != 0 ||
+            (er_sh_quote(&quoted, cwd) != 0 ||
              strstr((const char *)script.data, (const char *)quoted.data) ==
                  NULL))
             abort();

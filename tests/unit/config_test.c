@@ -24,6 +24,7 @@ static const char *const all_vars[] = {
     "ENVRUN_LOG_FORMAT",        "ENVRUN_LOG_LEVEL",
     "ENVRUN_LEASE_TTL_S",       "ENVRUN_SECRETS_DIR",
     "ENVRUN_PAPERCLIP_API_URL", "ENVRUN_WORKSPACE_ROOTS",
+    "ENVRUN_BRIDGE_ALLOWLIST",
 };
 
 static int setup(void **state)
@@ -141,7 +142,7 @@ static void config_reads_every_variable(void **state)
     setenv("ENVRUN_LOG_LEVEL", "debug", 1);
     setenv("ENVRUN_LEASE_TTL_S", "31536000", 1);
     setenv("ENVRUN_SECRETS_DIR", "/run/secrets", 1);
-    setenv("ENVRUN_PAPERCLIP_API_URL", "https://paperclip.example/api", 1);
+    setenv("ENVRUN_PAPERCLIP_API_URL", "https://paperclip.example:8443", 1);
     assert_int_equal(load(&cfg, errline, sizeof(errline), NULL), ER_CONFIG_OK);
     assert_string_equal(cfg.kafka_brokers, "k1:9092,k2:9092");
     assert_string_equal(cfg.kafka_group, "g1");
@@ -155,7 +156,8 @@ static void config_reads_every_variable(void **state)
     assert_int_equal(cfg.log_level, ER_LOG_DEBUG);
     assert_int_equal(cfg.lease_ttl_s, 31536000);
     assert_string_equal(cfg.secrets_dir, "/run/secrets");
-    assert_string_equal(cfg.paperclip_api_url, "https://paperclip.example/api");
+    assert_string_equal(cfg.paperclip_api_url,
+                        "https://paperclip.example:8443");
     er_config_topic(&cfg, "commands.dlq", topic, sizeof(topic));
     assert_string_equal(topic, "commands.dlq");
 
@@ -225,6 +227,11 @@ static void config_rejects_every_bad_variable(void **state)
     env_is_bad("ENVRUN_WORKSPACE_ROOTS", "work", "absolute");
     env_is_bad("ENVRUN_WORKSPACE_ROOTS", "/tmp:/no/such/dir/here", "exist");
     env_is_bad("ENVRUN_PAPERCLIP_API_URL", "paperclip", "http");
+    env_is_bad("ENVRUN_PAPERCLIP_API_URL", "https://paperclip.example/api",
+               "the origin only");
+    env_is_bad("ENVRUN_BRIDGE_ALLOWLIST", "allow.txt", "absolute");
+    env_is_bad("ENVRUN_BRIDGE_ALLOWLIST", "/no/such/allowlist.txt",
+               "ENVRUN_BRIDGE_ALLOWLIST: /no/such/allowlist.txt: ");
 }
 
 static void config_rejects_bad_flags(void **state)

@@ -266,7 +266,7 @@ static void assert_quote_roundtrip(const char *s)
 
     er_buf_init(&buf, 1 << 20);
     assert_int_equal(er_buf_printf(&buf, "printf '%%s' "), 0);
-    assert_int_equal(er_ssh_quote(&buf, s), 0);
+    assert_int_equal(er_sh_quote(&buf, s), 0);
     argv[2] = (const char *)buf.data;
     er_proc_opts_init(&opts);
     opts.argv = argv;
@@ -303,7 +303,7 @@ static void ssh_quote_survives_hostile_strings(void **state)
 
     (void)state;
     er_buf_init(&buf, 1024);
-    assert_int_equal(er_ssh_quote(&buf, "it's"), 0);
+    assert_int_equal(er_sh_quote(&buf, "it's"), 0);
     assert_string_equal((const char *)buf.data, "'it'\"'\"'s'");
     er_buf_fini(&buf);
     for (i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++)

@@ -1,16 +1,13 @@
-/* forward_test: the bridge's forwarder against a stand-in for the Paperclip
- * API (the real API is a Node server that cannot run here): a small HTTP
- * server on loopback, in a thread of this test, that records what reaches
- * it and answers as each case says. Covers the host credential replacing
+/* bridge_forward_test: the bridge's forwarder against a stand-in for the
+ * Paperclip API (tests/support/api_standin.c: the real API is a Node
+ * server that cannot run here), which records what reaches it and answers
+ * as each case says. Covers the host credential replacing
  * the bridge token, the header allow-lists both ways, the route allow-list
  * (refused before anything is sent), API errors passing through, redirects
  * never followed, the size limit, and the 502 / 504-indeterminate answers
  * for failures (domain.md 5.10, upstream.md B6 and B8). */
 #define _GNU_SOURCE /* memmem, strcasestr */
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,98 +15,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "bridge/bridge.h"
+#include "tests/support/api_standin.h"
 
 #define HOST_TOKEN   "host-credential-0123456789abcdef"
 #define BRIDGE_TOKEN "bridge-token-should-never-pass"
 #define RUN_ID       "5b8e2b42-6f3e-4c1e-9a57-0d7f3c2b1a90"
 #define MAX_BODY     4096
 
-/* ---- the stand-in API ---- */
-
-static struct {
-    int fd;
-    int port;
-    pthread_t tid;
-    pthread_mutex_t mu;
-    int hits;
-    char seen[16384];   /* the last request: head and body */
-    const char *answer; /* raw HTTP response, NULL: close at once */
-    int delay_ms;
-} api = { .fd = -1, .mu = PTHREAD_MUTEX_INITIALIZER };
-
-static void *api_main(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        char buf[16384];
-        size_t len = 0;
-        const char *answer;
-        const char *end;
-        long body = 0;
-        int delay;
-        int c = accept(api.fd, NULL, NULL);
-
-        if (c < 0)
-            return NULL;
-        /* Read the head, then Content-Length bytes of body. */
-        while (len < sizeof(buf) - 1) {
-            ssize_t n = read(c, buf + len, sizeof(buf) - 1 - len);
-
-            if (n <= 0)
-                break;
-            len += (size_t)n;
-            buf[len] = '\0';
-            end = strstr(buf, "\r\n\r\n");
-            if (end != NULL) {
-                const char *cl = strcasestr(buf, "\r\ncontent-length:");
-
-                body = cl != NULL && cl < end ? strtol(cl + 17, NULL, 10) : 0;
-                if (len >= (size_t)(end + 4 - buf) + (size_t)body)
-                    break;
-            }
-        }
-        buf[len] = '\0';
-        pthread_mutex_lock(&api.mu);
-        api.hits++;
-        memcpy(api.seen, buf, len + 1);
-        answer = api.answer;
-        delay = api.delay_ms;
-        pthread_mutex_unlock(&api.mu);
-        if (delay > 0)
-            usleep((useconds_t)delay * 1000);
-        if (answer != NULL && write(c, answer, strlen(answer)) < 0)
-            perror("stand-in API write");
-        close(c);
-    }
-}
-
-static void api_answer(const char *answer, int delay_ms)
-{
-    pthread_mutex_lock(&api.mu);
-    api.answer = answer;
-    api.delay_ms = delay_ms;
-    api.hits = 0;
-    api.seen[0] = '\0';
-    pthread_mutex_unlock(&api.mu);
-}
-
-static int api_hits(char *seen, size_t len)
-{
-    int hits;
-
-    pthread_mutex_lock(&api.mu);
-    hits = api.hits;
-    if (seen != NULL)
-        snprintf(seen, len, "%s", api.seen);
-    pthread_mutex_unlock(&api.mu);
-    return hits;
-}
+static struct er_api_standin *api;
 
 /* ---- fixtures ---- */
 
@@ -117,26 +34,22 @@ static struct er_bridge_allow *allow;
 static struct er_bridge_fwd *fwd;
 static struct er_secret token;
 
+static void api_answer(const char *raw, int delay_ms)
+{
+    er_api_standin_answer(api, raw, delay_ms);
+}
+
+static int api_hits(char *seen, size_t len)
+{
+    return er_api_standin_hits(api, seen, len);
+}
+
 static int setup(void **state)
 {
-    struct sockaddr_in sa = { .sin_family = AF_INET };
-    socklen_t sl = sizeof(sa);
-    struct er_err err;
-    char origin[64];
-
     (void)state;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    api.fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (api.fd < 0 || bind(api.fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        listen(api.fd, 16) != 0 ||
-        getsockname(api.fd, (struct sockaddr *)&sa, &sl) != 0)
-        return -1;
-    api.port = ntohs(sa.sin_port);
-    if (pthread_create(&api.tid, NULL, api_main, NULL) != 0)
-        return -1;
-    snprintf(origin, sizeof(origin), "http://127.0.0.1:%d", api.port);
-    if (er_bridge_allow_load(NULL, &allow, &err) != 0 ||
-        er_bridge_fwd_new(origin, allow, MAX_BODY, 2000, &fwd, &err) != 0 ||
+    api = er_api_standin_start();
+    if (api == NULL ||
+        er_api_standin_fwd(api, MAX_BODY, 2000, &allow, &fwd) != 0 ||
         er_secret_set(&token, HOST_TOKEN, strlen(HOST_TOKEN)) != 0)
         return -1;
     return 0;
@@ -145,9 +58,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    shutdown(api.fd, SHUT_RDWR);
-    close(api.fd);
-    pthread_join(api.tid, NULL);
+    er_api_standin_stop(api);
     er_bridge_fwd_free(fwd);
     er_bridge_allow_free(allow);
     er_secret_fini(&token);

@@ -1,0 +1,601 @@
+/* queue: the host side of queue_v1 (upstream.md B6, B7). One thread per
+ * bridged run long-polls the gateway's request directory through the
+ * lease's exec channel, forwards each request and writes its response the
+ * guarded way upstream's host does. Every exec has a deadline (the channel
+ * kills what overruns it), so a hung exec costs one iteration, never the
+ * loop (#11341). The queue is inside the sandbox: names, sizes and
+ * contents are untrusted and checked. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bridge/bridge.h"
+
+#define FAC              "bridge"
+#define NAMES_MAX        256
+#define NAME_MAX_LEN     200
+#define LIST_OUT_MAX     (NAMES_MAX * (NAME_MAX_LEN + 1))
+#define BACKOFF_MAX_MS   5000
+#define WRITE_ATTEMPTS   3 /* MAX_BACKSTOP_WRITE_ATTEMPTS */
+#define WRITE_RETRY_MS   50
+#define STOPPED_MESSAGE  "Bridge worker stopped before request could be handled."
+#define READ_GONE_STATUS 3
+
+struct er_bridge_poller {
+    er_bridge_exec_fn *exec;
+    void *exec_arg;
+    char *queue_dir;
+    char *run_id;
+    struct er_bridge_fwd *fwd;
+    const struct er_secret *host_token;
+    size_t max_body;
+    int64_t poll_interval_ms;
+    int64_t list_wait_ms;
+    int64_t iteration_timeout_ms;
+
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool is_stopping;                    /* under mu */
+    int64_t drain_deadline;              /* mono ms, under mu */
+    atomic_bool cancel_list;             /* ends a list wait at once */
+    struct er_bridge_poller_stats stats; /* under mu */
+};
+
+/* ================================================================
+ * The operations of B7, one exec each
+ * ================================================================ */
+
+static bool is_stopping(struct er_bridge_poller *p, bool *is_past_deadline)
+{
+    bool stopping;
+
+    pthread_mutex_lock(&p->mu);
+    stopping = p->is_stopping;
+    if (is_past_deadline != NULL)
+        *is_past_deadline = stopping && er_time_mono_ms() >= p->drain_deadline;
+    pthread_mutex_unlock(&p->mu);
+    return stopping;
+}
+
+static void count(struct er_bridge_poller *p, uint64_t *field)
+{
+    pthread_mutex_lock(&p->mu);
+    (*field)++;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Run script; out is re-initialised with the given stdout cap. */
+static int run(struct er_bridge_poller *p, const char *script, const void *in,
+               size_t in_len, int64_t timeout_ms, const atomic_bool *cancel,
+               size_t out_max, struct er_bridge_exec_out *out,
+               struct er_err *err)
+{
+    er_buf_init(&out->out, out_max);
+    er_buf_init(&out->err, 4096);
+    out->exit_code = -1;
+    count(p, &p->stats.execs);
+    return p->exec(p->exec_arg, script, in, in_len, timeout_ms, cancel, out,
+                   err);
+}
+
+static const char *text_of(const struct er_buf *b)
+{
+    return b->data != NULL ? (const char *)b->data : "";
+}
+
+/* B7's failure messages: "<action> failed with exit code <n>: <stderr>",
+ * "<action> timed out". */
+static int exec_failed(struct er_err *err, const char *action,
+                       const struct er_bridge_exec_out *out)
+{
+    if (out->exit_code < 0)
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_NONE, "%s timed out",
+                          action);
+    return er_err_set(
+        err, ER_EIO, ER_ERRCLASS_NONE, "%s failed with exit code %d: %.200s",
+        action, out->exit_code,
+        out->err.len > 0 ? text_of(&out->err) : text_of(&out->out));
+}
+
+static void out_fini(struct er_bridge_exec_out *out)
+{
+    er_buf_fini(&out->out);
+    er_buf_fini(&out->err);
+}
+
+/* A request file's name as the gateway makes it: <id>.json, the id of
+ * letters, digits, '-', '_' and '.', not starting with '.'. */
+static bool is_request_name(const char *s, size_t len)
+{
+    size_t i;
+
+    if (len <= 5 || len > NAME_MAX_LEN || s[0] == '.' ||
+        memcmp(s + len - 5, ".json", 5) != 0)
+        return false;
+    for (i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+/* script = prefix + quoted queue path (+ "/" + sub) + suffix. */
+static int script_with(struct er_buf *script, const char *prefix,
+                       const char *dir, const char *sub, const char *suffix)
+{
+    struct er_buf path;
+    int rc;
+
+    er_buf_init(&path, 8192);
+    rc = er_buf_printf(&path, "%s%s%s", dir, sub != NULL ? "/" : "",
+                       sub != NULL ? sub : "");
+    if (rc == 0)
+        rc = er_buf_append(script, prefix, strlen(prefix));
+    if (rc == 0)
+        rc = er_sh_quote(script, (const char *)path.data);
+    if (rc == 0)
+        rc = er_buf_append(script, suffix, strlen(suffix));
+    er_buf_fini(&path);
+    return rc;
+}
+
+static int op_mkdirs(struct er_bridge_poller *p, struct er_err *err)
+{
+    struct er_bridge_exec_out out;
+    struct er_buf script;
+    int rc;
+
+    er_buf_init(&script, 16384);
+    rc = script_with(&script, "q=", p->queue_dir, NULL,
+                     "; mkdir -p \"$q/requests\" \"$q/responses\" "
+                     "\"$q/logs\"");
+    if (rc == 0)
+        rc = run(p, (const char *)script.data, NULL, 0, p->iteration_timeout_ms,
+                 NULL, 4096, &out, err);
+    if (rc == 0 && out.exit_code != 0)
+        rc = exec_failed(err, "mkdir", &out);
+    out_fini(&out);
+    er_buf_fini(&script);
+    return rc;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The request files waiting, sorted (names[] owned by the caller, at most
+ * NAMES_MAX); with wait_ms the exec waits in the sandbox until one is
+ * there or the wait is over. */
+static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
+                   size_t *cnt, struct er_err *err)
+{
+    struct er_bridge_exec_out out;
+    struct er_buf script;
+    char tail[512];
+    const char *s;
+    const char *end;
+    int rc;
+
+    *cnt = 0;
+    snprintf(tail, sizeof(tail),
+             "/requests; end=$(( $(date +%%s) + %lld )); while :; do n=0; "
+             "for f in \"$d\"/*.json; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; "
+             "then printf '%%s\\n' \"${f##*/}\"; n=1; fi; done; "
+             "[ \"$n\" = 1 ] && exit 0; "
+             "[ \"$(date +%%s)\" -ge \"$end\" ] && exit 0; "
+             "sleep %lld.%03lld 2>/dev/null || sleep 1; done",
+             (long long)((wait_ms + 999) / 1000),
+             (long long)(p->poll_interval_ms / 1000),
+             (long long)(p->poll_interval_ms % 1000));
+    er_buf_init(&script, 16384);
+    rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
+    if (rc == 0)
+        rc = run(p, (const char *)script.data, NULL, 0,
+                 p->iteration_timeout_ms + wait_ms, &p->cancel_list,
+                 LIST_OUT_MAX, &out, err);
+    er_buf_fini(&script);
+    if (rc == 0 && out.exit_code != 0)
+        rc = exec_failed(err, "list", &out);
+    s = text_of(&out.out);
+    end = s + out.out.len;
+    while (rc == 0 && s < end && *cnt < NAMES_MAX) {
+        const char *nl = memchr(s, '\n', (size_t)(end - s));
+        size_t len = nl != NULL ? (size_t)(nl - s) : (size_t)(end - s);
+
+        /* What the sandbox lists is checked like everything it says. */
+        if (is_request_name(s, len)) {
+            names[*cnt] = er_strndup(s, len);
+            if (names[*cnt] == NULL)
+                rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE,
+                                "out of memory");
+            else
+                (*cnt)++;
+        }
+        s += len + 1;
+    }
+    out_fini(&out);
+    if (rc == 0)
+        qsort(names, *cnt, sizeof(*names), cmp_names);
+    return rc;
+}
+
+/* Read at most max bytes of requests/<name> into out. 1: the file is gone
+ * (its gateway gave up and removed it). */
+static int op_read(struct er_bridge_poller *p, const char *name, size_t max,
+                   struct er_bridge_exec_out *out, struct er_err *err)
+{
+    struct er_buf script;
+    char tail[256];
+    int rc;
+
+    snprintf(tail, sizeof(tail),
+             "; if [ ! -f \"$f\" ] || [ -L \"$f\" ]; then exit %d; fi; "
+             "head -c %zu \"$f\"",
+             READ_GONE_STATUS, max);
+    er_buf_init(&script, 16384);
+    rc = script_with(&script, "f=", p->queue_dir, "requests", "");
+    if (rc == 0)
+        rc = er_buf_append(&script, "/", 1);
+    if (rc == 0)
+        rc = er_buf_append(&script, name, strlen(name));
+    if (rc == 0)
+        rc = er_buf_append(&script, tail, strlen(tail));
+    if (rc == 0)
+        rc = run(p, (const char *)script.data, NULL, 0, p->iteration_timeout_ms,
+                 NULL, max, out, err);
+    er_buf_fini(&script);
+    if (rc == 0 && out->exit_code == READ_GONE_STATUS)
+        return 1;
+    if (rc == 0 && out->exit_code != 0)
+        rc = exec_failed(err, "read", out);
+    return rc;
+}
+
+/* The guarded response write of B7: under the lock directory upstream's
+ * writers share (a dead holder's lock is taken over), only when no answer
+ * is there yet and, with require_request, only while the request file
+ * exists (its gateway still waits). *wrote says whether it was written. */
+static int op_write(struct er_bridge_poller *p, const char *name,
+                    const struct er_buf *json, bool require_request,
+                    bool *wrote, struct er_err *err)
+{
+    static const char body[] =
+        "; set -eu; mkdir -p \"$q/responses\"; r=\"$q/responses/$n\"; "
+        "l=\"$r.paperclip-write.lock\"; i=0; "
+        "while ! mkdir \"$l\" 2>/dev/null; do "
+        "h=$(cat \"$l/pid\" 2>/dev/null || true); "
+        "if [ -n \"$h\" ] && ! kill -0 \"$h\" 2>/dev/null; then "
+        "rm -rf \"$l\"; continue; fi; i=$((i + 1)); "
+        "if [ \"$i\" -ge 600 ]; then echo 'Timed out acquiring sandbox "
+        "callback bridge response lock.' >&2; exit 1; fi; "
+        "sleep 0.05 2>/dev/null || sleep 1; done; "
+        "echo $$ > \"$l/pid\"; "
+        "trap 'rm -f \"$r.tmp\"; rm -rf \"$l\"' EXIT INT TERM; "
+        "if { [ \"$g\" = 1 ] && [ ! -f \"$q/requests/$n\" ]; } || "
+        "[ -e \"$r\" ]; then cat > /dev/null; echo '{\"wrote\":false}'; "
+        "exit 0; fi; cat > \"$r.tmp\"; mv \"$r.tmp\" \"$r\"; "
+        "echo '{\"wrote\":true}'";
+    struct er_bridge_exec_out out;
+    struct er_buf script;
+    int rc;
+
+    *wrote = false;
+    er_buf_init(&script, 16384);
+    rc = script_with(&script, "q=", p->queue_dir, NULL, "; n=");
+    if (rc == 0)
+        rc = er_buf_printf(&script, "%s; g=%d", name, require_request ? 1 : 0);
+    if (rc == 0)
+        rc = er_buf_append(&script, body, sizeof(body) - 1);
+    if (rc == 0)
+        rc = run(p, (const char *)script.data, json->data, json->len,
+                 p->iteration_timeout_ms, NULL, 4096, &out, err);
+    er_buf_fini(&script);
+    if (rc == 0 && out.exit_code != 0)
+        rc = exec_failed(err, "write bridge response", &out);
+    else if (rc == 0 && strstr(text_of(&out.out), "{\"wrote\":true}") != NULL)
+        *wrote = true;
+    else if (rc == 0 && strstr(text_of(&out.out), "{\"wrote\":false}") == NULL)
+        rc = er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
+                        "Sandbox callback bridge response write wrote "
+                        "invalid result JSON: %.100s",
+                        text_of(&out.out));
+    out_fini(&out);
+    return rc;
+}
+
+static void op_remove(struct er_bridge_poller *p, const char *name)
+{
+    struct er_bridge_exec_out out;
+    struct er_buf script;
+    struct er_err err;
+
+    er_buf_init(&script, 16384);
+    if (script_with(&script, "rm -f ", p->queue_dir, "requests", "/") == 0 &&
+        er_buf_append(&script, name, strlen(name)) == 0 &&
+        run(p, (const char *)script.data, NULL, 0, p->iteration_timeout_ms,
+            NULL, 4096, &out, &err) == 0)
+        out_fini(&out);
+    er_buf_fini(&script);
+}
+
+/* ================================================================
+ * One request
+ * ================================================================ */
+
+static void sleep_ms(struct er_bridge_poller *p, int64_t ms, bool wake_on_stop)
+{
+    struct timespec ts;
+
+    er_time_deadline_in(ms, &ts);
+    pthread_mutex_lock(&p->mu);
+    while (!(wake_on_stop && p->is_stopping) &&
+           pthread_cond_timedwait(&p->cv, &p->mu, &ts) == 0)
+        ;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Write the answer for name (3 attempts, 50 ms apart), then remove the
+ * request file. "Not written" (the caller is gone, or answered) is done
+ * too. */
+static void finalize(struct er_bridge_poller *p, const char *name,
+                     const char *id, const struct er_bridge_res *res,
+                     bool require_request)
+{
+    struct er_buf json;
+    struct er_err err;
+    bool wrote = false;
+    int attempt;
+    int rc = ER_EIO;
+
+    er_buf_init(&json, er_bridge_envelope_limit(p->max_body));
+    if (er_bridge_response_json(id, res, &json, &err) != 0) {
+        ER_LOG_WARN(FAC, "run %s: cannot encode the answer to %s: %s",
+                    p->run_id, name, err.msg);
+        er_buf_fini(&json);
+        return;
+    }
+    for (attempt = 0; attempt < WRITE_ATTEMPTS && rc != 0; attempt++) {
+        if (attempt > 0)
+            sleep_ms(p, WRITE_RETRY_MS, false);
+        er_err_clear(&err);
+        rc = op_write(p, name, &json, require_request, &wrote, &err);
+    }
+    er_buf_fini(&json);
+    if (rc != 0) {
+        ER_LOG_WARN(FAC, "run %s: Sandbox callback bridge worker failed: %s",
+                    p->run_id, err.msg);
+        return;
+    }
+    if (wrote)
+        count(p, &p->stats.handled);
+    op_remove(p, name);
+}
+
+/* id0: the name without ".json", the id of an answer to a request whose
+ * own id cannot be read. */
+static void id_of_name(const char *name, char *id0, size_t len)
+{
+    snprintf(id0, len, "%.*s", (int)(strlen(name) - 5), name);
+}
+
+static void process(struct er_bridge_poller *p, const char *name)
+{
+    struct er_bridge_exec_out out;
+    struct er_bridge_envelope env;
+    struct er_bridge_res res;
+    struct er_bridge_req req;
+    struct er_err err;
+    size_t limit = er_bridge_envelope_limit(p->max_body);
+    char id0[NAME_MAX_LEN];
+    int rc;
+
+    id_of_name(name, id0, sizeof(id0));
+    memset(&res, 0, sizeof(res));
+    er_err_clear(&err);
+    rc = op_read(p, name, limit + 1, &out, &err);
+    if (rc == 1) {
+        out_fini(&out);
+        return; /* its gateway stopped waiting and removed it */
+    }
+    if (rc != 0) {
+        /* Left for the next pass. */
+        ER_LOG_WARN(FAC, "run %s: Sandbox callback bridge worker failed: %s",
+                    p->run_id, err.msg);
+        out_fini(&out);
+        return;
+    }
+    if (out.out.len > limit) {
+        er_bridge_res_error(&res, 413,
+                            "Bridge request envelope exceeded the configured "
+                            "size limit.",
+                            false);
+        finalize(p, name, id0, &res, true);
+        goto out;
+    }
+    rc = er_bridge_envelope_parse(text_of(&out.out), out.out.len, p->max_body,
+                                  &env, &err);
+    if (rc != 0) {
+        er_bridge_res_error(&res, rc == ER_ENOMEM ? 503 : 400,
+                            rc == ER_ENOMEM ? "Bridge host body capacity is "
+                                              "busy. Retry later."
+                                            : "Invalid bridge request payload.",
+                            false);
+        finalize(p, name, id0, &res, true);
+        goto out;
+    }
+    er_bridge_envelope_req(&env, &req);
+    er_bridge_handle(p->fwd, &req, p->host_token, p->run_id, NULL, &res);
+    finalize(p, name, env.id, &res, true);
+    er_bridge_envelope_fini(&env);
+out:
+    er_bridge_res_fini(&res);
+    out_fini(&out);
+}
+
+/* On stop: every request still waiting gets the retry-safe 503 (none of
+ * them was forwarded), written even if its file is about to go. */
+static void answer_the_rest(struct er_bridge_poller *p)
+{
+    char *names[NAMES_MAX];
+    struct er_bridge_res res;
+    struct er_err err;
+    char id0[NAME_MAX_LEN];
+    size_t cnt = 0;
+    size_t i;
+
+    atomic_store(&p->cancel_list, false);
+    if (op_list(p, 0, names, &cnt, &err) != 0)
+        return;
+    for (i = 0; i < cnt; i++) {
+        memset(&res, 0, sizeof(res));
+        er_bridge_res_error(&res, 503, STOPPED_MESSAGE, false);
+        id_of_name(names[i], id0, sizeof(id0));
+        finalize(p, names[i], id0, &res, false);
+        er_bridge_res_fini(&res);
+        er_free(names[i]);
+    }
+}
+
+/* ================================================================
+ * The loop
+ * ================================================================ */
+
+static void *poller_main(void *arg)
+{
+    struct er_bridge_poller *p = arg;
+    int fails = 0;
+    struct er_err err;
+
+    if (op_mkdirs(p, &err) != 0)
+        ER_LOG_WARN(FAC, "run %s: Sandbox callback bridge worker failed: %s",
+                    p->run_id, err.msg);
+    for (;;) {
+        char *names[NAMES_MAX];
+        bool is_past = false;
+        bool stopping = is_stopping(p, NULL);
+        size_t cnt = 0;
+        size_t i;
+        int rc;
+
+        er_err_clear(&err);
+        /* Stopping: the cancel that ended a list wait is spent. */
+        if (stopping)
+            atomic_store(&p->cancel_list, false);
+        rc = op_list(p, stopping ? 0 : p->list_wait_ms, names, &cnt, &err);
+        if (rc != 0) {
+            int64_t backoff = p->poll_interval_ms;
+            int k;
+
+            for (i = 0; i < cnt; i++)
+                er_free(names[i]);
+            if (stopping)
+                break;
+            if (atomic_load(&p->cancel_list))
+                continue; /* a stop ended the wait: no failure */
+            count(p, &p->stats.list_failures);
+            fails++;
+            for (k = 0; k < fails && backoff < BACKOFF_MAX_MS; k++)
+                backoff *= 2;
+            if (backoff > BACKOFF_MAX_MS)
+                backoff = BACKOFF_MAX_MS;
+            if (fails == 1)
+                ER_LOG_WARN(FAC,
+                            "run %s: Sandbox callback bridge worker failed: "
+                            "%s (transient poll failure %d; retrying)",
+                            p->run_id, err.msg, fails);
+            sleep_ms(p, backoff, true);
+            continue;
+        }
+        fails = 0;
+        if (cnt == 0) {
+            if (stopping)
+                break;
+            sleep_ms(p, p->poll_interval_ms, true);
+            continue;
+        }
+        for (i = 0; i < cnt; i++) {
+            if (!is_stopping(p, &is_past) || !is_past)
+                process(p, names[i]);
+            er_free(names[i]);
+        }
+        if (is_stopping(p, &is_past) && is_past)
+            break;
+    }
+    answer_the_rest(p);
+    return NULL;
+}
+
+int er_bridge_poller_start(const struct er_bridge_queue_opts *opts,
+                           struct er_bridge_poller **out, struct er_err *err)
+{
+    struct er_bridge_poller *p = er_calloc(1, sizeof(*p));
+
+    *out = NULL;
+    if (p == NULL)
+        return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
+    p->exec = opts->exec;
+    p->exec_arg = opts->exec_arg;
+    p->queue_dir = er_strdup(opts->queue_dir);
+    p->run_id = er_strdup(opts->run_id);
+    p->fwd = opts->fwd;
+    p->host_token = opts->host_token;
+    p->max_body =
+        opts->max_body > 0 ? opts->max_body : ER_BRIDGE_MAX_BODY_BYTES;
+    p->poll_interval_ms = opts->poll_interval_ms > 0
+                              ? opts->poll_interval_ms
+                              : ER_BRIDGE_POLL_INTERVAL_MS;
+    p->list_wait_ms =
+        opts->list_wait_ms > 0 ? opts->list_wait_ms : ER_BRIDGE_LIST_WAIT_MS;
+    p->iteration_timeout_ms = opts->iteration_timeout_ms > 0
+                                  ? opts->iteration_timeout_ms
+                                  : ER_BRIDGE_ITERATION_TIMEOUT_MS;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (p->queue_dir == NULL || p->run_id == NULL) {
+        er_bridge_poller_stop(p, 0);
+        return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
+    }
+    if (pthread_create(&p->tid, NULL, poller_main, p) != 0) {
+        p->tid = 0;
+        er_bridge_poller_stop(p, 0);
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
+                          "cannot start the bridge's poller thread");
+    }
+    *out = p;
+    return 0;
+}
+
+void er_bridge_poller_stop(struct er_bridge_poller *p, int64_t drain_ms)
+{
+    if (p == NULL)
+        return;
+    /* End a list wait first: the loop then sees the stop and drains. */
+    atomic_store(&p->cancel_list, true);
+    pthread_mutex_lock(&p->mu);
+    p->is_stopping = true;
+    p->drain_deadline = er_time_mono_ms() + (drain_ms > 0 ? drain_ms : 0);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    if (p->tid != 0)
+        pthread_join(p->tid, NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    er_free(p->queue_dir);
+    er_free(p->run_id);
+    er_free(p);
+}
+
+void er_bridge_poller_stats(struct er_bridge_poller *p,
+                            struct er_bridge_poller_stats *out)
+{
+    pthread_mutex_lock(&p->mu);
+    *out = p->stats;
+    pthread_mutex_unlock(&p->mu);
+}

@@ -1,0 +1,509 @@
+/* bridge_queue_test: queue_v1 end to end on real processes. The agent's
+ * HTTP requests go to the real envrun-gateway binary, which queues them as
+ * files; the bridge's host poller reaches the queue only through an exec
+ * channel (here /bin/sh on this host, as upstream's own bridge test runs
+ * its "sandbox" in a temporary directory: domain.md 5.10), forwards each to
+ * a stand-in for the Paperclip API (tests/support/api_standin.c; the real
+ * API cannot run here) and writes the answer back. Covers domain.md 5.10's
+ * round trip, refused routes, the default policy on a hand-written
+ * request file, drain and drain deadline on stop, a malformed request
+ * file, a mutation that fails (409 indeterminate for the agent), a hung
+ * exec that costs one iteration and not the loop (#11341), and the cost of
+ * an idle run. */
+#define _GNU_SOURCE /* strcasestr, memmem */
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "bridge/bridge.h"
+#include "drivers/driver.h"
+#include "tests/support/api_standin.h"
+
+#define GATEWAY      ER_BUILD_DIR "/gateway/envrun-gateway"
+#define BRIDGE_TOKEN "bridge-token-0123456789abcdefghij"
+#define HOST_TOKEN   "host-credential-should-reach-the-api"
+#define RUN_ID       "2f0b8c1e-1d3a-4b5c-9e8f-7a6b5c4d3e2f"
+
+static struct er_api_standin *api;
+static struct er_bridge_allow *allow;
+static struct er_bridge_fwd *fwd;
+static struct er_secret token;
+static char queue_dir[64];
+static pid_t gateway_pid;
+static int gateway_port;
+
+/* ---- the exec channel: /bin/sh -c on this host ---- */
+
+struct runner {
+    atomic_int hang_next_list; /* the next list exec sleeps past its deadline */
+};
+
+static struct runner runner;
+
+static int run_sh(void *arg, const char *script, const void *in, size_t in_len,
+                  int64_t timeout_ms, const atomic_bool *cancel,
+                  struct er_bridge_exec_out *out, struct er_err *err)
+{
+    struct runner *r = arg;
+    struct er_proc_opts opts;
+    struct er_proc_result res;
+    char hung[16384];
+    const char *argv[4] = { "/bin/sh", "-c", script, NULL };
+    int rc;
+
+    if (strstr(script, "/requests; end=") != NULL &&
+        atomic_exchange(&r->hang_next_list, 0) != 0) {
+        snprintf(hung, sizeof(hung), "sleep 60; %s", script);
+        argv[2] = hung;
+    }
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    opts.stdin_data = in;
+    opts.stdin_len = in_len;
+    opts.timeout_ms = timeout_ms;
+    opts.grace_ms = 200;
+    opts.max_output_bytes = out->out.max_len;
+    er_proc_set_cancel(cancel);
+    rc = er_proc_run(&opts, &res, err);
+    er_proc_set_cancel(NULL);
+    if (rc != 0)
+        return rc;
+    out->exit_code = res.is_timed_out ? -1 : res.exit_code;
+    if ((res.out_len > 0 &&
+         er_buf_append(&out->out, res.out, res.out_len) != 0) ||
+        (res.err_len > 0 &&
+         er_buf_append(&out->err, res.err_text, res.err_len) != 0))
+        rc = er_err_set(err, ER_E2BIG, ER_ERRCLASS_NONE, "output too big");
+    er_proc_result_fini(&res);
+    return rc;
+}
+
+static struct er_bridge_poller *poller_start(int64_t list_wait_ms,
+                                             int64_t iteration_ms)
+{
+    const struct er_bridge_queue_opts o = {
+        .exec = run_sh,
+        .exec_arg = &runner,
+        .queue_dir = queue_dir,
+        .fwd = fwd,
+        .host_token = &token,
+        .run_id = RUN_ID,
+        .list_wait_ms = list_wait_ms,
+        .iteration_timeout_ms = iteration_ms,
+    };
+    struct er_bridge_poller *p = NULL;
+    struct er_err err;
+
+    assert_int_equal(er_bridge_poller_start(&o, &p, &err), 0);
+    return p;
+}
+
+/* ---- the gateway ---- */
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    size_t n;
+
+    if (f == NULL)
+        return NULL;
+    buf = er_calloc(1, 1 << 20);
+    n = buf != NULL ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (buf != NULL)
+        buf[n] = '\0';
+    return buf;
+}
+
+static int gateway_start(void)
+{
+    char env_dir[128];
+    const char *envp[] = { "PATH=/usr/bin:/bin",
+                           "PAPERCLIP_BRIDGE_TOKEN=" BRIDGE_TOKEN, env_dir,
+                           "PAPERCLIP_BRIDGE_RESPONSE_TIMEOUT_MS=20000", NULL };
+    const char *argv[] = { GATEWAY, NULL };
+    struct er_proc_opts opts;
+    struct er_err err;
+    char ready[128];
+    int i;
+
+    snprintf(env_dir, sizeof(env_dir), "PAPERCLIP_BRIDGE_QUEUE_DIR=%s",
+             queue_dir);
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    opts.envp = envp;
+    if (er_proc_spawn(&opts, &gateway_pid, &err) != 0) {
+        fprintf(stderr, "gateway: %s\n", err.msg);
+        return -1;
+    }
+    snprintf(ready, sizeof(ready), "%s/ready.json", queue_dir);
+    for (i = 0; i < 200; i++) {
+        char *text = slurp(ready);
+        const char *port = text != NULL ? strstr(text, "\"port\":") : NULL;
+
+        if (port != NULL)
+            gateway_port = atoi(port + 7);
+        er_free(text);
+        if (gateway_port > 0)
+            return 0;
+        usleep(50000);
+    }
+    fprintf(stderr, "gateway: no ready.json\n");
+    return -1;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(queue_dir, sizeof(queue_dir), "/tmp/envrun-bridge-q-XXXXXX");
+    if (mkdtemp(queue_dir) == NULL)
+        return -1;
+    api = er_api_standin_start();
+    if (api == NULL ||
+        er_api_standin_fwd(api, ER_BRIDGE_MAX_BODY_BYTES,
+                           ER_BRIDGE_FORWARD_TIMEOUT_MS, &allow, &fwd) != 0 ||
+        er_secret_set(&token, HOST_TOKEN, strlen(HOST_TOKEN)) != 0)
+        return -1;
+    return gateway_start();
+}
+
+static int teardown(void **state)
+{
+    char cmd[128];
+    int status;
+
+    (void)state;
+    kill(gateway_pid, SIGTERM);
+    waitpid(gateway_pid, &status, 0);
+    er_api_standin_stop(api);
+    er_bridge_fwd_free(fwd);
+    er_bridge_allow_free(allow);
+    er_secret_fini(&token);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", queue_dir);
+    return system(cmd) == 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0
+               ? 0
+               : -1;
+}
+
+/* ---- the agent: one HTTP request to the gateway ---- */
+
+struct reply {
+    int status;
+    char text[65536]; /* head and body */
+    const char *body;
+};
+
+static void agent(const char *method, const char *target, const char *headers,
+                  const char *body, struct reply *r)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    char req[8192];
+    size_t len = 0;
+    int n;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    sa.sin_port = htons((uint16_t)gateway_port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    n = snprintf(req, sizeof(req),
+                 "%s %s HTTP/1.1\r\nhost: 127.0.0.1\r\n%scontent-length: "
+                 "%zu\r\n\r\n%s",
+                 method, target, headers, body != NULL ? strlen(body) : 0,
+                 body != NULL ? body : "");
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    for (;;) {
+        ssize_t k = read(fd, r->text + len, sizeof(r->text) - 1 - len);
+
+        if (k <= 0)
+            break;
+        len += (size_t)k;
+    }
+    close(fd);
+    r->text[len] = '\0';
+    r->status = len > 12 ? atoi(r->text + 9) : 0;
+    r->body = strstr(r->text, "\r\n\r\n");
+    r->body = r->body != NULL ? r->body + 4 : "";
+}
+
+/* A file of the queue ("requests/x.json"), or NULL when missing. */
+static char *queue_file(const char *rel)
+{
+    char path[256];
+
+    snprintf(path, sizeof(path), "%s/%s", queue_dir, rel);
+    return slurp(path);
+}
+
+static void queue_write(const char *rel, const char *text)
+{
+    char path[256];
+    char tmp[270];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", queue_dir, rel);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+/* Wait for responses/<name> (the poller's answer to a hand-written
+ * request); returns its text (er_free) and removes it. */
+static char *wait_response(const char *name, int timeout_ms)
+{
+    char rel[128];
+    char path[256];
+    int waited;
+
+    snprintf(rel, sizeof(rel), "responses/%s", name);
+    snprintf(path, sizeof(path), "%s/%s", queue_dir, rel);
+    for (waited = 0; waited < timeout_ms; waited += 50) {
+        char *text = queue_file(rel);
+
+        if (text != NULL && strchr(text, '\n') != NULL) {
+            unlink(path);
+            return text;
+        }
+        er_free(text);
+        usleep(50000);
+    }
+    return NULL;
+}
+
+/* ---- cases ---- */
+
+static void round_trip_through_the_gateway(void **state)
+{
+    struct er_bridge_poller *p = poller_start(2000, 0);
+    static struct reply r;
+    char seen[65536];
+
+    (void)state;
+    er_api_standin_answer(api,
+                          "HTTP/1.1 200 OK\r\ncontent-type: application/json"
+                          "\r\netag: \"e1\"\r\nset-cookie: a=b\r\n"
+                          "content-length: 14\r\n\r\n{\"name\":\"me\"}\n",
+                          0);
+    agent("GET", "/api/agents/me?view=compact",
+          "authorization: Bearer " BRIDGE_TOKEN "\r\naccept: application/json"
+          "\r\nif-none-match: \"e0\"\r\nx-paperclip-run-id: not-the-run\r\n"
+          "x-bridge-debug: 1\r\n",
+          NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"name\":\"me\"}\n");
+    assert_non_null(strcasestr(r.text, "\r\netag: \"e1\"\r\n"));
+    assert_null(strcasestr(r.text, "set-cookie"));
+    assert_int_equal(er_api_standin_hits(api, seen, sizeof(seen)), 1);
+    assert_non_null(strstr(seen, "GET /api/agents/me?view=compact HTTP/1.1"));
+    assert_non_null(strstr(seen, "authorization: Bearer " HOST_TOKEN "\r\n"));
+    assert_non_null(strstr(seen, "x-paperclip-run-id: " RUN_ID "\r\n"));
+    assert_non_null(strstr(seen, "if-none-match: \"e0\"\r\n"));
+    assert_null(strstr(seen, BRIDGE_TOKEN));
+    assert_null(strstr(seen, "not-the-run"));
+    assert_null(strcasestr(seen, "x-bridge-debug"));
+
+    /* domain.md 5.10 cases 2 and 3: a refused route, a wrong token. */
+    agent("PATCH", "/api/issues/issue-1/labels",
+          "authorization: Bearer " BRIDGE_TOKEN "\r\ncontent-type: "
+          "application/json\r\n",
+          "{}", &r);
+    assert_int_equal(r.status, 403);
+    assert_string_equal(r.body, "{\"error\":\"Route not allowed: PATCH "
+                                "/api/issues/issue-1/labels\"}");
+    agent("GET", "/api/agents/me", "authorization: Bearer wrong\r\n", NULL, &r);
+    assert_int_equal(r.status, 401);
+    assert_int_equal(er_api_standin_hits(api, NULL, 0), 1);
+    er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
+}
+
+/* A mutation whose forward fails may have been applied: the host answers
+ * 504 indeterminate, which the gateway gives the agent as a non-retryable
+ * 409. */
+static void failed_mutation_is_409_for_the_agent(void **state)
+{
+    struct er_bridge_poller *p = poller_start(2000, 0);
+    static struct reply r;
+
+    (void)state;
+    er_api_standin_answer(api, NULL, 0); /* the API drops the connection */
+    agent("POST", "/api/issues/i1/checkout",
+          "authorization: Bearer " BRIDGE_TOKEN "\r\ncontent-type: "
+          "application/json\r\n",
+          "{}", &r);
+    assert_int_equal(r.status, 409);
+    assert_non_null(strcasestr(r.text, "\r\nx-paperclip-bridge-outcome: "
+                                       "indeterminate\r\n"));
+    assert_non_null(strstr(r.body, "\"outcome\":\"indeterminate\""));
+    assert_non_null(strstr(r.body, "\"retryable\":false"));
+    assert_int_equal(er_api_standin_hits(api, NULL, 0), 1);
+    er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
+}
+
+/* Request files written straight into the queue: domain.md 5.10 case 4
+ * (the default policy), and a file that is not an envelope. */
+static void hand_written_requests_get_answers(void **state)
+{
+    struct er_bridge_poller *p = poller_start(2000, 0);
+    char *text;
+
+    (void)state;
+    er_api_standin_answer(api, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                          0);
+    queue_write("requests/req-secrets.json",
+                "{\"id\":\"req-secrets\",\"method\":\"DELETE\",\"path\":"
+                "\"/api/secrets\",\"query\":\"\",\"headers\":{},\"body\":\"\","
+                "\"createdAt\":\"2026-12-01T00:00:00.000Z\"}\n");
+    queue_write("requests/req-bad.json", "{\"id\": \"req-bad\", \"path\": ");
+    text = wait_response("req-secrets.json", 10000);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"id\":\"req-secrets\""));
+    assert_non_null(strstr(text, "\"status\":403"));
+    assert_non_null(strstr(text, "Route not allowed: DELETE /api/secrets"));
+    er_free(text);
+    text = wait_response("req-bad.json", 10000);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"id\":\"req-bad\""));
+    assert_non_null(strstr(text, "\"status\":400"));
+    assert_non_null(strstr(text, "Invalid bridge request payload."));
+    er_free(text);
+    /* Answered requests are removed; the API never saw either. */
+    assert_null(queue_file("requests/req-secrets.json"));
+    assert_null(queue_file("requests/req-bad.json"));
+    assert_int_equal(er_api_standin_hits(api, NULL, 0), 0);
+    er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
+}
+
+static void request_file(const char *id)
+{
+    char rel[128];
+    char text[512];
+
+    snprintf(rel, sizeof(rel), "requests/%s.json", id);
+    snprintf(text, sizeof(text),
+             "{\"id\":\"%s\",\"method\":\"GET\",\"path\":\"/api/agents/me\","
+             "\"query\":\"\",\"headers\":{},\"body\":\"\"}\n",
+             id);
+    queue_write(rel, text);
+}
+
+/* domain.md 5.10 cases 5 and 6: a stop drains what was listed in order;
+ * past the drain deadline the rest get the retry-safe 503. */
+static void stop_drains_then_answers_503(void **state)
+{
+    struct er_bridge_poller *p;
+    char *a;
+    char *b;
+    int i;
+
+    (void)state;
+    er_api_standin_answer(api, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                          1000);
+    request_file("req-a");
+    request_file("req-b");
+    p = poller_start(2000, 0);
+    /* req-a is with the API: stop with a 10 ms drain. */
+    for (i = 0; i < 200 && er_api_standin_hits(api, NULL, 0) == 0; i++)
+        usleep(20000);
+    assert_int_equal(er_api_standin_hits(api, NULL, 0), 1);
+    er_bridge_poller_stop(p, 10);
+    a = wait_response("req-a.json", 5000);
+    b = wait_response("req-b.json", 5000);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(strstr(a, "\"status\":200"));
+    assert_non_null(strstr(b, "\"status\":503"));
+    assert_non_null(strstr(b, "Bridge worker stopped before request could "
+                              "be handled."));
+    assert_int_equal(er_api_standin_hits(api, NULL, 0), 1);
+    er_free(a);
+    er_free(b);
+
+    /* With time to drain, both are handled, in order. */
+    er_api_standin_answer(api, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                          25);
+    request_file("req-c");
+    request_file("req-d");
+    p = poller_start(2000, 0);
+    er_bridge_poller_stop(p, 5000);
+    a = wait_response("req-c.json", 5000);
+    b = wait_response("req-d.json", 5000);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(strstr(a, "\"status\":200"));
+    assert_non_null(strstr(b, "\"status\":200"));
+    er_free(a);
+    er_free(b);
+}
+
+/* #11341: an exec that never returns is killed at its deadline and costs
+ * one iteration; the next request is served. */
+static void hung_exec_costs_one_iteration(void **state)
+{
+    struct er_bridge_poller_stats stats;
+    struct er_bridge_poller *p;
+    static struct reply r;
+
+    (void)state;
+    er_api_standin_answer(api,
+                          "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+                          "{}",
+                          0);
+    atomic_store(&runner.hang_next_list, 1);
+    p = poller_start(500, 1500);
+    agent("GET", "/api/agents/me", "authorization: Bearer " BRIDGE_TOKEN "\r\n",
+          NULL, &r);
+    assert_int_equal(r.status, 200);
+    er_bridge_poller_stats(p, &stats);
+    assert_true(stats.list_failures >= 1);
+    assert_true(stats.handled >= 1);
+    er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
+}
+
+/* An idle run costs about one exec per list wait, not ten a second. */
+static void idle_run_is_cheap(void **state)
+{
+    struct er_bridge_poller_stats stats;
+    struct er_bridge_poller *p;
+
+    (void)state;
+    p = poller_start(2000, 0);
+    usleep(4500 * 1000);
+    er_bridge_poller_stats(p, &stats);
+    er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
+    /* mkdir, then a list every 2 s (+ the poll interval). */
+    assert_true(stats.execs >= 2 && stats.execs <= 5);
+    assert_int_equal(stats.list_failures, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(round_trip_through_the_gateway),
+        cmocka_unit_test(failed_mutation_is_409_for_the_agent),
+        cmocka_unit_test(hand_written_requests_get_answers),
+        cmocka_unit_test(stop_drains_then_answers_503),
+        cmocka_unit_test(hung_exec_costs_one_iteration),
+        cmocka_unit_test(idle_run_is_cheap),
+    };
+
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
