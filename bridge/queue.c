@@ -67,15 +67,20 @@ static void count(struct er_bridge_poller *p, uint64_t *field)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Run script; out is re-initialised with the given stdout cap. */
-static int run(struct er_bridge_poller *p, const char *script, const void *in,
-               size_t in_len, int64_t timeout_ms, const atomic_bool *cancel,
-               size_t out_max, struct er_bridge_exec_out *out,
-               struct er_err *err)
+/* Empty out with the given stdout cap: every operation starts with it,
+ * so out_fini is right whatever fails after. */
+static void out_init(struct er_bridge_exec_out *out, size_t out_max)
 {
     er_buf_init(&out->out, out_max);
     er_buf_init(&out->err, 4096);
     out->exit_code = -1;
+}
+
+/* Run script into out (out_init'ed). */
+static int run(struct er_bridge_poller *p, const char *script, const void *in,
+               size_t in_len, int64_t timeout_ms, const atomic_bool *cancel,
+               struct er_bridge_exec_out *out, struct er_err *err)
+{
     count(p, &p->stats.execs);
     return p->exec(p->exec_arg, script, in, in_len, timeout_ms, cancel, out,
                    err);
@@ -151,13 +156,14 @@ static int op_mkdirs(struct er_bridge_poller *p, struct er_err *err)
     struct er_buf script;
     int rc;
 
+    out_init(&out, 4096);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "q=", p->queue_dir, NULL,
                      "; mkdir -p \"$q/requests\" \"$q/responses\" "
                      "\"$q/logs\"");
     if (rc == 0)
         rc = run(p, (const char *)script.data, NULL, 0, p->iteration_timeout_ms,
-                 NULL, 4096, &out, err);
+                 NULL, &out, err);
     if (rc == 0 && out.exit_code != 0)
         rc = exec_failed(err, "mkdir", &out);
     out_fini(&out);
@@ -194,12 +200,12 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
              (long long)((wait_ms + 999) / 1000),
              (long long)(p->poll_interval_ms / 1000),
              (long long)(p->poll_interval_ms % 1000));
+    out_init(&out, LIST_OUT_MAX);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
     if (rc == 0)
         rc = run(p, (const char *)script.data, NULL, 0,
-                 p->iteration_timeout_ms + wait_ms, &p->cancel_list,
-                 LIST_OUT_MAX, &out, err);
+                 p->iteration_timeout_ms + wait_ms, &p->cancel_list, &out, err);
     er_buf_fini(&script);
     if (rc == 0 && out.exit_code != 0)
         rc = exec_failed(err, "list", &out);
@@ -239,6 +245,7 @@ static int op_read(struct er_bridge_poller *p, const char *name, size_t max,
              "; if [ ! -f \"$f\" ] || [ -L \"$f\" ]; then exit %d; fi; "
              "head -c %zu \"$f\"",
              READ_GONE_STATUS, max);
+    out_init(out, max);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "f=", p->queue_dir, "requests", "");
     if (rc == 0)
@@ -249,7 +256,7 @@ static int op_read(struct er_bridge_poller *p, const char *name, size_t max,
         rc = er_buf_append(&script, tail, strlen(tail));
     if (rc == 0)
         rc = run(p, (const char *)script.data, NULL, 0, p->iteration_timeout_ms,
-                 NULL, max, out, err);
+                 NULL, out, err);
     er_buf_fini(&script);
     if (rc == 0 && out->exit_code == READ_GONE_STATUS)
         return 1;
@@ -287,6 +294,7 @@ static int op_write(struct er_bridge_poller *p, const char *name,
     int rc;
 
     *wrote = false;
+    out_init(&out, 4096);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "q=", p->queue_dir, NULL, "; n=");
     if (rc == 0)
@@ -295,7 +303,7 @@ static int op_write(struct er_bridge_poller *p, const char *name,
         rc = er_buf_append(&script, body, sizeof(body) - 1);
     if (rc == 0)
         rc = run(p, (const char *)script.data, json->data, json->len,
-                 p->iteration_timeout_ms, NULL, 4096, &out, err);
+                 p->iteration_timeout_ms, NULL, &out, err);
     er_buf_fini(&script);
     if (rc == 0 && out.exit_code != 0)
         rc = exec_failed(err, "write bridge response", &out);
@@ -316,12 +324,13 @@ static void op_remove(struct er_bridge_poller *p, const char *name)
     struct er_buf script;
     struct er_err err;
 
+    out_init(&out, 4096);
     er_buf_init(&script, 16384);
     if (script_with(&script, "rm -f ", p->queue_dir, "requests", "/") == 0 &&
-        er_buf_append(&script, name, strlen(name)) == 0 &&
-        run(p, (const char *)script.data, NULL, 0, p->iteration_timeout_ms,
-            NULL, 4096, &out, &err) == 0)
-        out_fini(&out);
+        er_buf_append(&script, name, strlen(name)) == 0)
+        (void)run(p, (const char *)script.data, NULL, 0,
+                  p->iteration_timeout_ms, NULL, &out, &err);
+    out_fini(&out);
     er_buf_fini(&script);
 }
 

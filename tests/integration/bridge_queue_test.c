@@ -289,6 +289,23 @@ static char *wait_response(const char *name, int timeout_ms)
     return NULL;
 }
 
+/* Whether the queue file rel is gone within timeout_ms (the poller
+ * removes a request after writing its answer). */
+static bool gone_within(const char *rel, int timeout_ms)
+{
+    int waited;
+
+    for (waited = 0; waited < timeout_ms; waited += 50) {
+        char *text = queue_file(rel);
+
+        if (text == NULL)
+            return true;
+        er_free(text);
+        usleep(50000);
+    }
+    return false;
+}
+
 /* ---- cases ---- */
 
 static void round_trip_through_the_gateway(void **state)
@@ -386,8 +403,8 @@ static void hand_written_requests_get_answers(void **state)
     assert_non_null(strstr(text, "Invalid bridge request payload."));
     er_free(text);
     /* Answered requests are removed; the API never saw either. */
-    assert_null(queue_file("requests/req-secrets.json"));
-    assert_null(queue_file("requests/req-bad.json"));
+    assert_true(gone_within("requests/req-secrets.json", 5000));
+    assert_true(gone_within("requests/req-bad.json", 5000));
     assert_int_equal(er_api_standin_hits(api, NULL, 0), 0);
     er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
 }
