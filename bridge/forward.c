@@ -163,11 +163,12 @@ void er_bridge_res_error(struct er_bridge_res *res, int status,
                                    "outcome", "indeterminate", "retryable", 0)
                        : json_pack("{s:s}", "error", message);
     char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-    size_t cap = res->body.cap;
+    /* The body's cap as it was, and never less than this message needs. */
+    size_t max = res->body.max_len > 4096 ? res->body.max_len : 4096;
 
     json_decref(body);
     er_bridge_res_fini(res);
-    er_buf_init(&res->body, cap > 0 ? cap : 4096);
+    er_buf_init(&res->body, max);
     res->status = status;
     res_header(res, "content-type", "application/json", 16);
     if (is_indeterminate)
