@@ -606,9 +606,9 @@ int er_sandbox_plugin_release(const struct er_driver_env *env,
     return 0;
 }
 
-/* Fill out from an environmentExecute result (A10). */
-/* The provider's execute result; its output scrubbed of the secrets the
- * plugin was given (it ends up in provision failure messages). */
+/* Fill out from an environmentExecute result (A10), its output scrubbed of
+ * the secrets the plugin was given (it ends up in provision failure
+ * messages). */
 static int exec_result(const char *provider, const json_t *res, size_t cap,
                        struct er_driver_exec_result *out, struct er_err *err)
 {

@@ -47,6 +47,7 @@ static struct {
      * treats a field an earlier version does not have as null. */
     struct rec recs[REC_CNT + HISTORY_MAX];
     size_t rec_cnt;
+    struct rec *loaded; /* the version a decode read into, until end_locked */
     avro_reader_t reader;
     avro_writer_t writer;
 } codec = {
@@ -490,6 +491,7 @@ static void teardown_locked(void)
         rec->json = NULL;
     }
     codec.rec_cnt = 0;
+    codec.loaded = NULL;
     if (codec.reader != NULL)
         avro_reader_free(codec.reader);
     codec.reader = NULL;
@@ -849,6 +851,7 @@ static int load_locked(const uint8_t *buf, size_t len,
     rc = identify_locked(buf, len, type, &rec, err);
     if (rc != 0)
         return rc;
+    codec.loaded = rec;
     s.p = buf + HDR_LEN;
     s.len = len - HDR_LEN;
     s.off = 0;
@@ -903,22 +906,22 @@ static void scrub_token_locked(avro_value_t *root)
         (void)avro_value_set_branch(&tok, idx, &str);
 }
 
-/* Finish a call on a record's value (of any version) and release the
- * lock. The strings a read gave the value are freed now rather than at the
- * next call, and a token is wiped first (contract.md 6: a secret stays in
- * memory only while the operation needs it). */
+/* Finish a call on a record's value (the version a decode read, else the
+ * current record of type) and release the lock. The strings a read gave
+ * the value are freed now rather than at the next call, and a token is
+ * wiped first (contract.md 6: a secret stays in memory only while the
+ * operation needs it). */
 static void end_locked(enum er_record_type type)
 {
-    size_t i;
+    struct rec *rec = codec.loaded;
 
-    for (i = 0; codec.is_ready && i < codec.rec_cnt; i++) {
-        avro_value_t *value = &codec.recs[i].value;
-
-        if (codec.recs[i].type != type || type == ER_REC_UNKNOWN)
-            continue;
-        if (type == ER_REC_RUN_COMMAND)
-            scrub_token_locked(value);
-        (void)avro_value_reset(value);
+    codec.loaded = NULL;
+    if (rec == NULL && (int)type >= 0 && (int)type < REC_CNT)
+        rec = &codec.recs[type];
+    if (codec.is_ready && rec != NULL) {
+        if (rec->type == ER_REC_RUN_COMMAND)
+            scrub_token_locked(&rec->value);
+        (void)avro_value_reset(&rec->value);
     }
     pthread_mutex_unlock(&codec.mu);
 }
