@@ -170,6 +170,18 @@ typedef int er_bridge_exec_fn(void *arg, const char *script, const void *in,
                               struct er_bridge_exec_out *out,
                               struct er_err *err);
 
+/* Empty out with the given stdout cap (stderr: 8 KiB): every operation
+ * starts with it, so er_bridge_exec_out_fini is right whatever fails. */
+void er_bridge_exec_out_init(struct er_bridge_exec_out *out, size_t out_max);
+void er_bridge_exec_out_fini(struct er_bridge_exec_out *out);
+/* The buffer's text, "" when empty. */
+const char *er_bridge_exec_text(const struct er_buf *b);
+/* B7's failure sentences into err (ER_EIO): "<action> timed out" when the
+ * exec did not exit on its own, else "<action> failed with exit code <n>:
+ * <stderr, else stdout>". */
+int er_bridge_exec_failed(struct er_err *err, const char *action,
+                          const struct er_bridge_exec_out *out);
+
 /* Upstream's numbers (B10), the defaults of the fields below that are 0. */
 #define ER_BRIDGE_POLL_INTERVAL_MS     100
 #define ER_BRIDGE_LIST_WAIT_MS         5000
@@ -213,6 +225,86 @@ struct er_bridge_poller_stats {
 };
 void er_bridge_poller_stats(struct er_bridge_poller *p,
                             struct er_bridge_poller_stats *out);
+
+/* ================================================================
+ * One bridged run where its gateway runs (runtime.c): upstream.md B2,
+ * B4, B7
+ * ================================================================ */
+
+#define ER_BRIDGE_TOKEN_BYTES 24
+#define ER_BRIDGE_TOKEN_LEN   32 /* base64url, no padding */
+
+/* The bridge token of a run: 24 bytes of HMAC-SHA256 under the run's host
+ * credential over the run id, base64url. The same command gives the same
+ * token, so a restarted gateway, a redelivered realize and the run's next
+ * owner all hand the agent the token it has; the agent cannot go back from
+ * it to the credential. ER_EINVAL without a credential or run id. */
+int er_bridge_token_derive(const struct er_secret *host_token,
+                           const char *run_id,
+                           char out[ER_BRIDGE_TOKEN_LEN + 1]);
+
+/* Where a bridge lives (B2): <remoteCwd>/.paperclip-runtime/<adapter>/
+ * paperclip-bridge, with server/envrun-gateway and queue/. */
+struct er_bridge_paths {
+    char runtime_dir[1024];
+    char server_dir[1100];
+    char gateway[1200];
+    char queue_dir[1100];
+};
+/* ER_EINVAL when remote_cwd is not absolute or adapter_key is not a plain
+ * name ([A-Za-z0-9_-], at most 64), ER_E2BIG when the path is too long. */
+int er_bridge_paths_init(struct er_bridge_paths *p, const char *remote_cwd,
+                         const char *adapter_key, struct er_err *err);
+
+/* The static envrun-gateway this worker was built with (embedded). */
+const void *er_bridge_gateway_image(size_t *len);
+/* Upload the gateway to paths->gateway unless the file there has its
+ * SHA-256 already (one exec, binary on stdin, under the upload lock;
+ * checked again after the upload when the host has a hash tool). */
+int er_bridge_gateway_install(er_bridge_exec_fn *exec, void *arg,
+                              const struct er_bridge_paths *paths,
+                              bool *is_uploaded, struct er_err *err);
+/* Stop the gateway whose pid queue_dir/server.pid holds (SIGTERM, 40 x
+ * 50 ms, then SIGKILL) and remove server.pid and ready.json. Only a
+ * process that is an envrun-gateway is signalled. */
+int er_bridge_gateway_stop(er_bridge_exec_fn *exec, void *arg,
+                           const char *queue_dir, struct er_err *err);
+
+struct er_bridge_run_opts {
+    er_bridge_exec_fn *exec;          /* control execs */
+    er_bridge_exec_fn *exec_detached; /* the start: its gateway lives on */
+    void *exec_arg;                   /* both get it; must outlive the run */
+    const char *remote_cwd;
+    const char *adapter_key;
+    const char *origin;                  /* ENVRUN_PAPERCLIP_API_URL */
+    const struct er_bridge_allow *allow; /* borrowed for the run's life */
+    const struct er_secret *host_token;  /* copied */
+    const char *lease_id;
+    const char *run_id;
+    int port; /* 0: ephemeral, or the port of an earlier ready.json */
+};
+
+struct er_bridge_run;
+
+/* Install and start the run's gateway (queue_v1), or keep the one serving
+ * with this run's token, and start its host poller. Errors carry B7's
+ * sentences ("start sandbox callback bridge failed with exit code ...",
+ * "Timed out waiting for bridge readiness.", "Sandbox callback bridge did
+ * not report a listening port."); nothing is left running then. */
+int er_bridge_run_start(const struct er_bridge_run_opts *o,
+                        struct er_bridge_run **out, struct er_err *err);
+/* Stop the poller (drain_ms, then 503 for what is left), then, with
+ * stop_gateway, the gateway; free r. NULL is ok. */
+void er_bridge_run_stop(struct er_bridge_run *r, int64_t drain_ms,
+                        bool stop_gateway);
+const char *er_bridge_run_token(const struct er_bridge_run *r);
+/* http://127.0.0.1:<port> */
+const char *er_bridge_run_base_url(const struct er_bridge_run *r);
+const struct er_bridge_paths *
+er_bridge_run_paths(const struct er_bridge_run *r);
+int er_bridge_run_port(const struct er_bridge_run *r);
+/* Whether start found this run's gateway serving and kept it. */
+bool er_bridge_run_was_running(const struct er_bridge_run *r);
 
 /* The text of bridge/allowlist.txt (generated by bridge/embed.cmake). */
 extern const char *const er_embed_bridge_allowlist;

@@ -67,16 +67,7 @@ static void count(struct er_bridge_poller *p, uint64_t *field)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Empty out with the given stdout cap: every operation starts with it,
- * so out_fini is right whatever fails after. */
-static void out_init(struct er_bridge_exec_out *out, size_t out_max)
-{
-    er_buf_init(&out->out, out_max);
-    er_buf_init(&out->err, 4096);
-    out->exit_code = -1;
-}
-
-/* Run script into out (out_init'ed). */
+/* Run script into out (er_bridge_exec_out_init'ed). */
 static int run(struct er_bridge_poller *p, const char *script, const void *in,
                size_t in_len, int64_t timeout_ms, const atomic_bool *cancel,
                struct er_bridge_exec_out *out, struct er_err *err)
@@ -84,31 +75,6 @@ static int run(struct er_bridge_poller *p, const char *script, const void *in,
     count(p, &p->stats.execs);
     return p->exec(p->exec_arg, script, in, in_len, timeout_ms, cancel, out,
                    err);
-}
-
-static const char *text_of(const struct er_buf *b)
-{
-    return b->data != NULL ? (const char *)b->data : "";
-}
-
-/* B7's failure messages: "<action> failed with exit code <n>: <stderr>",
- * "<action> timed out". */
-static int exec_failed(struct er_err *err, const char *action,
-                       const struct er_bridge_exec_out *out)
-{
-    if (out->exit_code < 0)
-        return er_err_set(err, ER_EIO, ER_ERRCLASS_NONE, "%s timed out",
-                          action);
-    return er_err_set(
-        err, ER_EIO, ER_ERRCLASS_NONE, "%s failed with exit code %d: %.200s",
-        action, out->exit_code,
-        out->err.len > 0 ? text_of(&out->err) : text_of(&out->out));
-}
-
-static void out_fini(struct er_bridge_exec_out *out)
-{
-    er_buf_fini(&out->out);
-    er_buf_fini(&out->err);
 }
 
 /* A request file's name as the gateway makes it: <id>.json, the id of
@@ -156,7 +122,7 @@ static int op_mkdirs(struct er_bridge_poller *p, struct er_err *err)
     struct er_buf script;
     int rc;
 
-    out_init(&out, 4096);
+    er_bridge_exec_out_init(&out, 4096);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "q=", p->queue_dir, NULL,
                      "; mkdir -p \"$q/requests\" \"$q/responses\" "
@@ -165,8 +131,8 @@ static int op_mkdirs(struct er_bridge_poller *p, struct er_err *err)
         rc = run(p, (const char *)script.data, NULL, 0, p->iteration_timeout_ms,
                  NULL, &out, err);
     if (rc == 0 && out.exit_code != 0)
-        rc = exec_failed(err, "mkdir", &out);
-    out_fini(&out);
+        rc = er_bridge_exec_failed(err, "mkdir", &out);
+    er_bridge_exec_out_fini(&out);
     er_buf_fini(&script);
     return rc;
 }
@@ -200,7 +166,7 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
              (long long)((wait_ms + 999) / 1000),
              (long long)(p->poll_interval_ms / 1000),
              (long long)(p->poll_interval_ms % 1000));
-    out_init(&out, LIST_OUT_MAX);
+    er_bridge_exec_out_init(&out, LIST_OUT_MAX);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
     if (rc == 0)
@@ -208,8 +174,8 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
                  p->iteration_timeout_ms + wait_ms, &p->cancel_list, &out, err);
     er_buf_fini(&script);
     if (rc == 0 && out.exit_code != 0)
-        rc = exec_failed(err, "list", &out);
-    s = text_of(&out.out);
+        rc = er_bridge_exec_failed(err, "list", &out);
+    s = er_bridge_exec_text(&out.out);
     end = s + out.out.len;
     while (rc == 0 && s < end && *cnt < NAMES_MAX) {
         const char *nl = memchr(s, '\n', (size_t)(end - s));
@@ -226,7 +192,7 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
         }
         s += len + 1;
     }
-    out_fini(&out);
+    er_bridge_exec_out_fini(&out);
     if (rc == 0)
         qsort(names, *cnt, sizeof(*names), cmp_names);
     return rc;
@@ -245,7 +211,7 @@ static int op_read(struct er_bridge_poller *p, const char *name, size_t max,
              "; if [ ! -f \"$f\" ] || [ -L \"$f\" ]; then exit %d; fi; "
              "head -c %zu \"$f\"",
              READ_GONE_STATUS, max);
-    out_init(out, max);
+    er_bridge_exec_out_init(out, max);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "f=", p->queue_dir, "requests", "");
     if (rc == 0)
@@ -261,7 +227,7 @@ static int op_read(struct er_bridge_poller *p, const char *name, size_t max,
     if (rc == 0 && out->exit_code == READ_GONE_STATUS)
         return 1;
     if (rc == 0 && out->exit_code != 0)
-        rc = exec_failed(err, "read", out);
+        rc = er_bridge_exec_failed(err, "read", out);
     return rc;
 }
 
@@ -294,7 +260,7 @@ static int op_write(struct er_bridge_poller *p, const char *name,
     int rc;
 
     *wrote = false;
-    out_init(&out, 4096);
+    er_bridge_exec_out_init(&out, 4096);
     er_buf_init(&script, 16384);
     rc = script_with(&script, "q=", p->queue_dir, NULL, "; n=");
     if (rc == 0)
@@ -306,15 +272,17 @@ static int op_write(struct er_bridge_poller *p, const char *name,
                  p->iteration_timeout_ms, NULL, &out, err);
     er_buf_fini(&script);
     if (rc == 0 && out.exit_code != 0)
-        rc = exec_failed(err, "write bridge response", &out);
-    else if (rc == 0 && strstr(text_of(&out.out), "{\"wrote\":true}") != NULL)
+        rc = er_bridge_exec_failed(err, "write bridge response", &out);
+    else if (rc == 0 &&
+             strstr(er_bridge_exec_text(&out.out), "{\"wrote\":true}") != NULL)
         *wrote = true;
-    else if (rc == 0 && strstr(text_of(&out.out), "{\"wrote\":false}") == NULL)
+    else if (rc == 0 &&
+             strstr(er_bridge_exec_text(&out.out), "{\"wrote\":false}") == NULL)
         rc = er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
                         "Sandbox callback bridge response write wrote "
                         "invalid result JSON: %.100s",
-                        text_of(&out.out));
-    out_fini(&out);
+                        er_bridge_exec_text(&out.out));
+    er_bridge_exec_out_fini(&out);
     return rc;
 }
 
@@ -324,13 +292,13 @@ static void op_remove(struct er_bridge_poller *p, const char *name)
     struct er_buf script;
     struct er_err err;
 
-    out_init(&out, 4096);
+    er_bridge_exec_out_init(&out, 4096);
     er_buf_init(&script, 16384);
     if (script_with(&script, "rm -f ", p->queue_dir, "requests", "/") == 0 &&
         er_buf_append(&script, name, strlen(name)) == 0)
         (void)run(p, (const char *)script.data, NULL, 0,
                   p->iteration_timeout_ms, NULL, &out, &err);
-    out_fini(&out);
+    er_bridge_exec_out_fini(&out);
     er_buf_fini(&script);
 }
 
@@ -410,14 +378,14 @@ static void process(struct er_bridge_poller *p, const char *name)
     er_err_clear(&err);
     rc = op_read(p, name, limit + 1, &out, &err);
     if (rc == 1) {
-        out_fini(&out);
+        er_bridge_exec_out_fini(&out);
         return; /* its gateway stopped waiting and removed it */
     }
     if (rc != 0) {
         /* Left for the next pass. */
         ER_LOG_WARN(FAC, "run %s: Sandbox callback bridge worker failed: %s",
                     p->run_id, err.msg);
-        out_fini(&out);
+        er_bridge_exec_out_fini(&out);
         return;
     }
     if (out.out.len > limit) {
@@ -428,8 +396,8 @@ static void process(struct er_bridge_poller *p, const char *name)
         finalize(p, name, id0, &res, true);
         goto out;
     }
-    rc = er_bridge_envelope_parse(text_of(&out.out), out.out.len, p->max_body,
-                                  &env, &err);
+    rc = er_bridge_envelope_parse(er_bridge_exec_text(&out.out), out.out.len,
+                                  p->max_body, &env, &err);
     if (rc != 0) {
         er_bridge_res_error(&res, rc == ER_ENOMEM ? 503 : 400,
                             rc == ER_ENOMEM ? "Bridge host body capacity is "
@@ -445,7 +413,7 @@ static void process(struct er_bridge_poller *p, const char *name)
     er_bridge_envelope_fini(&env);
 out:
     er_bridge_res_fini(&res);
-    out_fini(&out);
+    er_bridge_exec_out_fini(&out);
 }
 
 /* On stop: every request still waiting gets the retry-safe 503 (none of

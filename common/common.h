@@ -187,6 +187,29 @@ int er_base64_decode(const char *text, size_t len, void *out, size_t max,
                      size_t *out_len);
 
 /* ================================================================
+ * SHA-256 and HMAC-SHA256 (sha256.c)
+ * ================================================================ */
+#define ER_SHA256_LEN 32
+
+struct er_sha256 {
+    uint32_t h[8];
+    uint64_t total; /* bytes so far */
+    uint8_t buf[64];
+    size_t used;
+};
+void er_sha256_init(struct er_sha256 *s);
+void er_sha256_update(struct er_sha256 *s, const void *data, size_t len);
+/* The digest of everything given; s is wiped. */
+void er_sha256_final(struct er_sha256 *s, uint8_t out[ER_SHA256_LEN]);
+void er_sha256(const void *data, size_t len, uint8_t out[ER_SHA256_LEN]);
+/* Lower-case hex of a digest. */
+void er_sha256_hex(const uint8_t digest[ER_SHA256_LEN],
+                   char out[2 * ER_SHA256_LEN + 1]);
+/* HMAC-SHA256 of msg under key (RFC 2104); the key's copies are wiped. */
+void er_hmac_sha256(const void *key, size_t key_len, const void *msg,
+                    size_t msg_len, uint8_t out[ER_SHA256_LEN]);
+
+/* ================================================================
  * Time and ids
  * ================================================================ */
 /* Wall clock in milliseconds since the epoch. */

@@ -9,33 +9,28 @@
 
 /* What follows `nsenter -t <pid>` (see the header comment of
  * sandbox_bwrap.c): the namespaces and root of the sandbox's pid 1 as its
- * uid 0, death with nsenter, a PID namespace and /proc of the command's
- * own, no capabilities and no_new_privs, a session of its own, exactly the
- * requested environment (the NAME=VALUE and the command follow). */
-static const char *const enter_chain[] = {
-    "--user",
-    "--mount",
-    "--uts",
-    "--ipc",
-    "--net",
-    "--cgroup",
-    "--pid",
-    "--root",
-    "-S",
-    "0",
-    "-G",
-    "0",
-    "--",
-    ER_BWRAP_IN_SETPRIV,
-    "--pdeathsig",
-    "KILL",
-    "--",
-    ER_BWRAP_IN_UNSHARE,
-    "--pid",
-    "--fork",
-    "--kill-child",
-    "--mount-proc",
-    "--",
+ * uid 0 and death with nsenter (enter_head); a PID namespace and /proc of
+ * the command's own, so that everything it starts dies with it
+ * (enter_pidns, left out for a detached command, whose background
+ * processes live on under the sandbox's init); no capabilities and
+ * no_new_privs, a session of its own, exactly the requested environment
+ * (enter_tail; the NAME=VALUE and the command follow). */
+static const char *const enter_head[] = {
+    "--user",      "--mount",
+    "--uts",       "--ipc",
+    "--net",       "--cgroup",
+    "--pid",       "--root",
+    "-S",          "0",
+    "-G",          "0",
+    "--",          ER_BWRAP_IN_SETPRIV,
+    "--pdeathsig", "KILL",
+    "--",          NULL,
+};
+static const char *const enter_pidns[] = {
+    ER_BWRAP_IN_UNSHARE, "--pid", "--fork", "--kill-child",
+    "--mount-proc",      "--",    NULL,
+};
+static const char *const enter_tail[] = {
     ER_BWRAP_IN_SETPRIV,
     "--no-new-privs",
     "--bounding-set=-all",
@@ -51,7 +46,7 @@ static const char *const enter_chain[] = {
 
 /* Run cmd with args inside sandbox id (see er_bwrap_exec). */
 static int run_in(const char *id, const char *cmd, const char *const *args,
-                  const char *cwd, const char *const *env,
+                  const char *cwd, const char *const *env, bool is_detached,
                   const char *stdin_data, size_t stdin_len, int stdin_fd,
                   int64_t timeout_ms, size_t max_output,
                   struct er_driver_exec_result *out, struct er_err *err)
@@ -94,7 +89,10 @@ static int run_in(const char *id, const char *cmd, const char *const *args,
     er_bwrap__arg(&a, "nsenter");
     er_bwrap__arg(&a, "-t");
     er_bwrap__arg(&a, pid_text);
-    er_bwrap__add_all(&a, enter_chain);
+    er_bwrap__add_all(&a, enter_head);
+    if (!is_detached)
+        er_bwrap__add_all(&a, enter_pidns);
+    er_bwrap__add_all(&a, enter_tail);
     er_bwrap__arg(&a, cwd != NULL ? cwd : ER_BWRAP_WORKSPACE);
     er_bwrap__arg(&a, "--");
 
@@ -161,8 +159,8 @@ int er_bwrap_exec(const char *id, const struct er_driver_exec *req,
     if (!er_bwrap_id_is_valid(id))
         return er_bwrap__bad_id(err);
     return run_in(id, req->command, req->args, req->cwd, req->env,
-                  req->stdin_data, req->stdin_len, -1, req->timeout_ms,
-                  req->max_output_bytes, out, err);
+                  req->is_detached, req->stdin_data, req->stdin_len, -1,
+                  req->timeout_ms, req->max_output_bytes, out, err);
 }
 
 int er_bwrap_exec_fd(const char *id, const char *const *argv, const char *cwd,
@@ -175,6 +173,6 @@ int er_bwrap_exec_fd(const char *id, const char *const *argv, const char *cwd,
     if (argv == NULL || argv[0] == NULL)
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                           "the command to run is empty");
-    return run_in(id, argv[0], argv + 1, cwd, NULL, NULL, 0, stdin_fd,
+    return run_in(id, argv[0], argv + 1, cwd, NULL, false, NULL, 0, stdin_fd,
                   timeout_ms, 0, out, err);
 }

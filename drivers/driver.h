@@ -99,6 +99,11 @@ struct er_driver_exec {
     size_t stdin_len;
     int64_t timeout_ms;      /* > 0; SIGTERM, then SIGKILL 5 s later */
     size_t max_output_bytes; /* cap per stream; 0: 128 KiB */
+    /* Processes the command leaves running in the background outlive it
+     * (the bridge's gateway): a driver that ends a command's whole process
+     * tree with it (bwrap) does not for this one. Its output must not be
+     * held open by them (redirect it). */
+    bool is_detached;
 };
 
 /* Its outcome. A non-zero exit is a result, not an error. */

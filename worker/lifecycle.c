@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "bridge/bridge.h"
 #include "worker/lifecycle_step_int.h"
 #include "worker/redact_int.h"
 
@@ -416,6 +417,12 @@ static int send_result(struct er_step *st, struct er_err *err)
     st->res.completed_at_ms = er_time_now_ms();
     if (st->result != NULL) {
         er_redact_json(st->result, false);
+        /* The agent's bridge variables pass: PAPERCLIP_API_KEY is the
+         * bridge token, given to the agent this way only. */
+        if (st->bridge_env != NULL &&
+            json_object_set_new(st->result, "bridge",
+                                json_pack("{s:O}", "env", st->bridge_env)) != 0)
+            return er_lifecycle__oom(err);
         st->res.result_json = er_lifecycle__jdump(&lc->arena, st->result);
         if (st->res.result_json == NULL)
             return er_lifecycle__oom(err);
@@ -427,7 +434,25 @@ static int send_result(struct er_step *st, struct er_err *err)
     return outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
 }
 
-/* Encode st's result, queue it and record it as the command's result. */
+/* Where `"PAPERCLIP_API_KEY":"<from>"` is in len bytes at p, the offset of
+ * <from>; -1 when it is not there. from is ER_BRIDGE_TOKEN_LEN long. */
+static ptrdiff_t token_at(const uint8_t *p, size_t len, const char *from)
+{
+    static const char key[] = "\"PAPERCLIP_API_KEY\":\"";
+    size_t klen = sizeof(key) - 1;
+    size_t flen = strlen(from);
+    size_t i;
+
+    for (i = 0; i + klen + flen + 1 <= len; i++) {
+        if (memcmp(p + i, key, klen) == 0 &&
+            memcmp(p + i + klen, from, flen) == 0 && p[i + klen + flen] == '"')
+            return (ptrdiff_t)(i + klen);
+    }
+    return -1;
+}
+
+/* Encode st's result, queue it and record it as the command's result (a
+ * bridge token masked in the record kept: replay puts it back). */
 static int finish(struct er_step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
@@ -436,6 +461,13 @@ static int finish(struct er_step *st, struct er_err *err)
     rc = send_result(st, err);
     if (rc != 0)
         return rc;
+    if (st->bridge_token[0] != '\0') {
+        ptrdiff_t at = token_at(lc->enc.data, lc->enc.len, st->bridge_token);
+
+        if (at >= 0)
+            memcpy(lc->enc.data + at, ER_LIFECYCLE_TOKEN_MASK,
+                   strlen(ER_LIFECYCLE_TOKEN_MASK));
+    }
     rc = er_store_journal_close_command(
         lc->store, st->res.command_id, st->res.company_id,
         st->res.outcome == ER_OUTCOME_OK ? "done" : "failed", err);
@@ -484,10 +516,13 @@ enum replay_outcome {
  * the same company and kind. Returns an enum replay_outcome or < 0. */
 static int replay(struct er_lifecycle *lc, const char *command_id,
                   const char *company_id, enum er_cmd_kind kind,
-                  const uint8_t *key, size_t key_len, struct er_err *err)
+                  const struct er_run_command *cmd, const uint8_t *key,
+                  size_t key_len, struct er_err *err)
 {
     struct er_processed_row row;
     const char *stored_by;
+    char token[ER_BRIDGE_TOKEN_LEN + 1];
+    ptrdiff_t at;
     int rc;
 
     rc = er_store_processed_get(lc->store, command_id, &lc->arena, &row, err);
@@ -499,6 +534,21 @@ static int replay(struct er_lifecycle *lc, const char *command_id,
     if (stored_by == NULL || strcmp(stored_by, company_id) != 0 ||
         strcmp(row.kind, er_codec_kind_name(kind)) != 0)
         return REPLAY_FOREIGN;
+    /* A realize's bridge token, masked in the stored record, derives from
+     * the command's own credential: the agent gets the same token again. */
+    at = token_at(row.result, row.result_len, ER_LIFECYCLE_TOKEN_MASK);
+    if (at >= 0 && cmd != NULL && cmd->kind == ER_CMD_REALIZE &&
+        er_bridge_token_derive(&cmd->host_api_token, cmd->heartbeat_run_id,
+                               token) == 0) {
+        uint8_t *copy = er_arena_alloc(&lc->arena, row.result_len);
+
+        if (copy == NULL)
+            return er_lifecycle__oom(err);
+        memcpy(copy, row.result, row.result_len);
+        memcpy(copy + at, token, ER_BRIDGE_TOKEN_LEN);
+        er_wipe(token, sizeof(token));
+        row.result = copy;
+    }
     rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len,
                              row.result, row.result_len, NULL, err);
     if (rc != 0)
@@ -723,7 +773,8 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     /* CommandResult.kind has no "unknown" symbol: when the command could
      * not be decoded far enough to know its kind, acquire stands in. */
     st.res.kind = cmd != NULL ? cmd->kind : ER_CMD_ACQUIRE;
-    rc = replay(lc, command_id, company_id, st.res.kind, key, key_len, err);
+    rc = replay(lc, command_id, company_id, st.res.kind, NULL, key, key_len,
+                err);
     if (rc != REPLAY_NEW) {
         /* A foreign id gets no answer here: the dead letter is the
          * record of this message, and the id's result belongs to
@@ -802,8 +853,8 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
         key = (const uint8_t *)cmd.command_id;
         key_len = strlen(cmd.command_id);
     }
-    rc =
-        replay(lc, cmd.command_id, cmd.company_id, cmd.kind, key, key_len, err);
+    rc = replay(lc, cmd.command_id, cmd.company_id, cmd.kind, &cmd, key,
+                key_len, err);
     if (rc == REPLAY_SENT) {
         er_log_kv(ER_LOG_INFO, "lifecycle",
                   "command seen before: stored result sent again", "commandId",
@@ -867,6 +918,8 @@ finish:
               er_codec_error_code_name(st.res.error_code), (const char *)NULL);
 out:
     json_decref(st.result);
+    json_decref(st.bridge_env);
+    er_wipe(st.bridge_token, sizeof(st.bridge_token));
     er_codec_command_fini(&cmd);
     return rc;
 }

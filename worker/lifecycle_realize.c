@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "worker/bridge_host_int.h"
 #include "worker/lifecycle_step_int.h"
 
 /* domain.md 3.4 step 3: the provision command runs at most 300 s. */
@@ -186,13 +187,14 @@ static void run_provision(const struct er_driver_ops *ops,
  * resumed after a crash does not run the command a second time: it takes
  * the recorded outcome. Returns 1 when the result already says it failed.
  */
-/* Journal a provision command's outcome the moment it ends. The command
- * may have run for minutes, long enough for the database connection to
- * go: reconnect and try again a few times before giving up, since an
- * outcome not recorded means the command runs again on resume. */
-static int record_provision(struct er_lifecycle *lc, const char *command_id,
-                            const char *lease_id, const char *recorded,
-                            struct er_err *err)
+/* Journal an operation's outcome (a provision command's, a bridge's) the
+ * moment it ends. A provision command may have run for minutes, long enough for
+ * the database connection to go: reconnect and try again a few times before
+ * giving up, since an outcome not recorded means the command runs again on
+ * resume. */
+static int record_done(struct er_lifecycle *lc, const char *command_id,
+                       const char *kind, const char *lease_id,
+                       const char *recorded, struct er_err *err)
 {
     int tries;
     int rc = 0;
@@ -207,8 +209,8 @@ static int record_provision(struct er_lifecycle *lc, const char *command_id,
             if (rc != 0)
                 continue;
         }
-        rc = er_store_journal_close(lc->store, command_id, "provision",
-                                    lease_id, "done", recorded, err);
+        rc = er_store_journal_close(lc->store, command_id, kind, lease_id,
+                                    "done", recorded, err);
         if (rc == 0 || err->cls != ER_ERRCLASS_RETRY)
             break;
     }
@@ -276,8 +278,8 @@ static int provision(struct er_step *st, const struct er_driver_ops *ops,
         json_decref(rec);
         if (recorded == NULL)
             return er_lifecycle__oom(err);
-        rc = record_provision(lc, st->cmd->command_id, dlease->id, recorded,
-                              err);
+        rc = record_done(lc, st->cmd->command_id, "provision", dlease->id,
+                         recorded, err);
         if (rc != 0)
             return rc;
     }
@@ -288,6 +290,79 @@ static int provision(struct er_step *st, const struct er_driver_ops *ops,
         "Failed to provision workspace for environment \"%s\" (%s): %s",
         env->name, driver, detail);
     return 1;
+}
+
+/* The callback bridge (contract.md 7) of a run on a remote lease whose
+ * realize carries hostApiToken: started (or kept) and journaled as
+ * operation "bridge" with where it runs, never a token. The agent's
+ * variables go into the result. Returns 1 when the result says it failed,
+ * 0 (also when there is no bridge to start), or < 0. */
+static int start_bridge(struct er_step *st, const struct er_driver_ops *ops,
+                        const struct er_driver_env *denv,
+                        const struct er_driver_lease *dlease,
+                        const struct er_env_row *env, const char *driver,
+                        const char *remote_cwd, struct er_err *err)
+{
+    struct er_lifecycle *lc = st->lc;
+    const struct er_run_command *cmd = st->cmd;
+    struct er_bridge_host_req req;
+    struct er_err berr;
+    json_t *agent_env = NULL;
+    json_t *detail = NULL;
+    const char *recorded;
+    const char *token;
+    int rc;
+
+    if (!ops->is_remote || !er_secret_is_set(&cmd->host_api_token) ||
+        cmd->heartbeat_run_id == NULL)
+        return 0;
+    rc = er_lifecycle__journal(st, "bridge", dlease->id, env->id, err);
+    if (rc != 0)
+        return rc;
+    req = (struct er_bridge_host_req){ ops,
+                                       denv,
+                                       dlease,
+                                       remote_cwd,
+                                       cmd->adapter_type,
+                                       &cmd->host_api_token,
+                                       cmd->heartbeat_run_id };
+    er_err_clear(&berr);
+    er_fault_point("bridge.before");
+    if (er_bridge_host_start(&req, &agent_env, &detail, &berr) != 0) {
+        if (er_proc_is_cancelled())
+            return er_err_set(err, ER_ECANCELED, ER_ERRCLASS_SKIP,
+                              "bridge start cancelled");
+        er_lifecycle__fail(st, ER_OUTCOME_ERROR,
+                           ER_EC_WORKSPACE_REALIZATION_FAILED,
+                           "Failed to start the callback bridge for "
+                           "environment \"%s\" (%s): %s",
+                           env->name, driver, berr.msg);
+        return 1;
+    }
+    er_fault_point("bridge.after");
+    token = json_string_value(json_object_get(agent_env, "PAPERCLIP_API_KEY"));
+    snprintf(st->bridge_token, sizeof(st->bridge_token), "%s",
+             token != NULL ? token : "");
+    st->bridge_env = agent_env;
+    recorded = er_lifecycle__jdump(&lc->arena, detail);
+    json_decref(detail);
+    if (recorded == NULL)
+        return er_lifecycle__oom(err);
+    return record_done(lc, cmd->command_id, "bridge", dlease->id, recorded,
+                       err);
+}
+
+/* A bridge started for a realize whose result is a failure after all. */
+static void drop_bridge(struct er_step *st, const struct er_driver_ops *ops,
+                        const struct er_driver_env *denv,
+                        const struct er_driver_lease *dlease)
+{
+    if (st->bridge_env == NULL || ops == NULL)
+        return;
+    er_bridge_host_stop(ops, denv, dlease, NULL);
+    json_decref(st->bridge_env);
+    st->bridge_env = NULL;
+    er_wipe(st->bridge_token, sizeof(st->bridge_token));
 }
 
 int er_lifecycle__realize(struct er_step *st, struct er_err *err)
@@ -320,6 +395,9 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
     int rc;
 
     memset(&real, 0, sizeof(real));
+    memset(&denv, 0, sizeof(denv));
+    memset(&dlease, 0, sizeof(dlease));
+    ops = NULL;
     rc = realize_lease(st, &lease, err);
     if (rc != 0)
         return rc > 0 ? 0 : rc;
@@ -419,6 +497,12 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
         prc =
             provision(st, ops, &denv, &dlease, &env, driver, overlay, real.cwd,
                       er_lifecycle__jget_str(meta, "remoteCwd"), host_cwd, err);
+    if (drc == 0 && prc == 0)
+        prc = start_bridge(st, ops, &denv, &dlease, &env, driver,
+                           real.cwd != NULL
+                               ? real.cwd
+                               : er_lifecycle__jget_str(meta, "remoteCwd"),
+                           err);
     if (prc < 0) {
         rc = prc;
         goto out;
@@ -506,6 +590,10 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
     if (st->result == NULL)
         rc = er_lifecycle__oom(err);
 out:
+    /* A failed result keeps no bridge; a step that failed (to be tried
+     * again) keeps it for its next attempt, which finds it serving. */
+    if (rc == 0 && st->res.outcome != ER_OUTCOME_OK)
+        drop_bridge(st, ops, &denv, &dlease);
     json_decref(target);
     json_decref(patch);
     json_decref(request);

@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 
+#include "worker/bridge_host_int.h"
 #include "worker/lifecycle_step_int.h"
 
 #define REAPED "lease_expired"
@@ -100,6 +101,18 @@ static int release_effect(struct er_lifecycle *lc, struct release_item *it,
     }
     denv = er_lifecycle__driver_env(&it->env, config);
     dlease = er_lifecycle__driver_lease(&it->lease, meta);
+    /* The run's callback bridge goes first (contract.md 7), wherever it
+     * was started: this process's registry, else the journal says where
+     * its gateway runs. */
+    if (it->ops->is_remote && it->ops->execute != NULL) {
+        char *detail = NULL;
+        struct er_err jerr;
+
+        er_err_clear(&jerr);
+        (void)er_store_journal_bridge(lc->store, it->lease.id, &lc->arena,
+                                      &detail, &jerr);
+        er_bridge_host_stop(it->ops, &denv, &dlease, detail);
+    }
     er_err_clear(&derr);
     er_fault_point("driver.before");
     rc = it->ops->release(&denv, &dlease, it->rel.status, &it->rel, &derr);

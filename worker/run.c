@@ -7,6 +7,7 @@
 
 #include "drivers/driver.h"
 #include "schemas/schemas.h"
+#include "worker/bridge_host_int.h"
 #include "worker/consumer_int.h"
 #include "worker/dispatch_int.h"
 #include "worker/outbox_int.h"
@@ -74,6 +75,13 @@ int er_worker_run(const struct er_config *cfg)
         fprintf(stderr, "envrun-worker: ENVRUN_PLUGINS_DIR: %s\n", err.msg);
         return 2;
     }
+    if (er_bridge_host_setup(cfg->paperclip_api_url, cfg->bridge_allowlist,
+                             &err) != 0) {
+        /* Checked by the configuration already; reported like it. */
+        fprintf(stderr, "envrun-worker: %s\n", err.msg);
+        er_sandbox_shutdown();
+        return 2;
+    }
     if (er_codec_init(&err) != 0) {
         ER_LOG_ERR("worker", "codec: %s", err.msg);
         return 1;
@@ -121,6 +129,7 @@ out:
     er_dispatch_destroy(dispatch);
     er_outbox_destroy(outbox, OUTBOX_DRAIN_MS);
     er_http_destroy(http);
+    er_bridge_host_shutdown();
     er_sandbox_shutdown();
     er_codec_shutdown();
     return rc;

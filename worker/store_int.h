@@ -168,6 +168,11 @@ int er_store_journal_get(struct er_store *store, const char *command_id,
                          const char *kind, const char *lease_id,
                          struct er_arena *arena, char **state,
                          char **detail_json, struct er_err *err);
+/* The detail of the lease's latest bridge operation (where its gateway
+ * runs: the realize that started it journaled it). ER_ENOTFOUND: none. */
+int er_store_journal_bridge(struct er_store *store, const char *lease_id,
+                            struct er_arena *arena, char **detail_json,
+                            struct er_err *err);
 /* Set one operation's state (done, failed, rolled_back) and, when
  * detail_json is not NULL, its detail. */
 int er_store_journal_close(struct er_store *store, const char *command_id,

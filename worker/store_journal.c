@@ -111,6 +111,34 @@ out:
     return rc;
 }
 
+int er_store_journal_bridge(struct er_store *store, const char *lease_id,
+                            struct er_arena *arena, char **detail_json,
+                            struct er_err *err)
+{
+    const char *params[] = { lease_id };
+    PGresult *res;
+    int rc = 0;
+
+    *detail_json = NULL;
+    res = er_store__exec(store, "bridge lookup",
+                         "SELECT detail::text FROM envrun.operations "
+                         "WHERE lease_id = $1::uuid AND kind = 'bridge' AND "
+                         "detail IS NOT NULL ORDER BY id DESC LIMIT 1",
+                         1, params, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    if (PQntuples(res) == 0) {
+        rc = ER_ENOTFOUND;
+        goto out;
+    }
+    *detail_json = er_store__get_str(res, 0, 0, arena);
+    if (*detail_json == NULL)
+        rc = er_store__oom(err);
+out:
+    PQclear(res);
+    return rc;
+}
+
 int er_store_journal_close(struct er_store *store, const char *command_id,
                            const char *kind, const char *lease_id,
                            const char *state, const char *detail_json,

@@ -430,38 +430,6 @@ static void bwrap_end_to_end_and_walls(void **state)
     json_decref(body);
 }
 
-/* Whether any process has a command line mentioning needle. */
-static bool process_with(const char *needle)
-{
-    DIR *d = opendir("/proc");
-    struct dirent *e;
-    bool is_found = false;
-
-    ER_HARNESS_NON_NULL(d);
-    while (!is_found && (e = readdir(d)) != NULL) {
-        char path[300];
-        char buf[4096];
-        size_t n;
-        size_t i;
-        FILE *f;
-
-        if (e->d_name[0] < '0' || e->d_name[0] > '9')
-            continue;
-        snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
-        f = fopen(path, "r");
-        if (f == NULL)
-            continue;
-        n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        for (i = 0; i < n; i++)
-            buf[i] = buf[i] == '\0' ? ' ' : buf[i];
-        buf[n] = '\0';
-        is_found = strstr(buf, needle) != NULL;
-    }
-    closedir(d);
-    return is_found;
-}
-
 static void bwrap_sandbox_survives_worker_kill(void **state)
 {
     struct er_harness_worker_opts opts = { 0 };
@@ -491,7 +459,7 @@ static void bwrap_sandbox_survives_worker_kill(void **state)
                      128 + SIGKILL);
     snprintf(path, sizeof(path), "%s/%s", sandbox_dir, sid);
     assert_true(path_exists(path));
-    assert_true(process_with(path));
+    assert_true(er_harness_process_with(path));
 
     /* The next worker enters it and releases it; nothing is left. */
     opts.env = worker_env;
@@ -500,7 +468,7 @@ static void bwrap_sandbox_survives_worker_kill(void **state)
     ER_HARNESS_ASSERT_OK(provision(&run, ws, "test -e /tmp/mark.txt"));
     ER_HARNESS_ASSERT_OK(release(&run, ER_RELEASE_FAILED));
     assert_false(path_exists(path));
-    assert_false(process_with(path));
+    assert_false(er_harness_process_with(path));
     json_decref(meta);
     json_decref(row);
     json_decref(body);
@@ -540,7 +508,7 @@ static void bwrap_sandbox_ends_at_its_requested_expiry(void **state)
     snprintf(path, sizeof(path), "%s/%s", sandbox_dir,
              er_harness_json_str(meta, "sandboxId"));
     assert_true(path_exists(path));
-    assert_true(process_with(path));
+    assert_true(er_harness_process_with(path));
     /* The lease's expiry is the requested time, not the TTL. */
     params[0] = lease_id;
     assert_int_equal(er_harness_pg_count(
@@ -557,7 +525,7 @@ static void bwrap_sandbox_ends_at_its_requested_expiry(void **state)
         "cleanup_status = 'success'",
         1, params, 1, 20000));
     assert_false(path_exists(path));
-    assert_false(process_with(path));
+    assert_false(er_harness_process_with(path));
     json_decref(meta);
     json_decref(row);
     json_decref(body);

@@ -5,6 +5,7 @@
 #include "tests/support/harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -2010,4 +2011,35 @@ void er_harness_check_activity(struct er_harness *h)
     }
     json_decref(rows);
     json_decref(ids);
+}
+
+bool er_harness_process_with(const char *needle)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    bool is_found = false;
+
+    ER_HARNESS_NON_NULL(d);
+    while (!is_found && (e = readdir(d)) != NULL) {
+        char path[300];
+        char buf[4096];
+        size_t n;
+        size_t i;
+        FILE *f;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+        f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        for (i = 0; i < n; i++)
+            buf[i] = buf[i] == '\0' ? ' ' : buf[i];
+        buf[n] = '\0';
+        is_found = strstr(buf, needle) != NULL;
+    }
+    closedir(d);
+    return is_found;
 }

@@ -409,6 +409,9 @@ int er_harness_pg_exec(const char *conninfo, const char *sql, int nparams,
  * fails the test when there is not exactly one. */
 json_t *er_harness_pg_one_row(const char *conninfo, const char *sql,
                               const char *param);
+/* Whether any process on this host has a command line mentioning
+ * needle. */
+bool er_harness_process_with(const char *needle);
 /* Insert an environments row of driver with status ("active", ...) for
  * company_id, as the control plane would, with config (JSON text); its new
  * random id goes to env_id. Fails the test when the insert fails. */

@@ -864,9 +864,8 @@ static void ssh_execute_checks_env_before_connecting(void **state)
     const char *args[] = { "-lc", "true", NULL };
     const char *bad_env[] = { "MY-TOKEN=" SECRET, NULL };
     const char *good_env[] = { "SHELL=/bin/bash", NULL };
-    struct er_driver_exec req = {
-        "bash", args, NULL, bad_env, NULL, 0, 1000, 0
-    };
+    struct er_driver_exec req = { "bash", args, NULL, bad_env, NULL,
+                                  0,      1000, 0,    false };
     struct er_driver_exec_result res;
     struct er_err err;
 

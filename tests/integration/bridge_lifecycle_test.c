@@ -1,0 +1,488 @@
+/* bridge_lifecycle_test: the callback bridge through a real worker process
+ * (Kafka mock cluster over TCP, PostgreSQL) on a real bwrap sandbox and
+ * over ssh to the test sshd, forwarding to a stand-in for the Paperclip API
+ * (tests/support/api_standin.c: the real API is a Node server that cannot
+ * run here). A realize carrying hostApiToken starts the gateway and
+ * hands the agent bridge.env; an agent process (a provision command, run
+ * with bash where the gateway runs) reaches the API only through it, with
+ * the host credential put in place of the bridge token; the token is the
+ * same on a second realize and on a replayed one; release stops the
+ * gateway; neither the credential nor the token is left in the database,
+ * the log or any topic but the result's bridge.env. */
+#include <ctype.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "tests/support/api_standin.h"
+#include "tests/support/harness.h"
+
+#define WAIT_MS 60000
+#define API_OK                                                    \
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"       \
+    "ETag: \"v1\"\r\nContent-Length: 23\r\nConnection: close\r\n" \
+    "\r\n{\"id\":\"agent-1\",\"ok\":1}"
+#define API_BODY "{\"id\":\"agent-1\",\"ok\":1}"
+
+static struct er_harness *h;
+static struct er_harness_ssh *ssh;
+static struct er_harness_worker *worker;
+static struct er_api_standin *api;
+static char sandbox_dir[ER_HARNESS_PATH_MAX + 32];
+static char env_text[2][ER_HARNESS_PATH_MAX + 64];
+static const char *worker_env[8];
+
+static int group_setup(void **state)
+{
+    struct er_harness_worker_opts opts = { 0 };
+    size_t n = 0;
+    size_t i;
+
+    (void)state;
+    h = er_harness_new("bridge_lifecycle", 2, NULL);
+    if (h == NULL)
+        return -1;
+    ssh = er_harness_ssh_new(h);
+    api = er_api_standin_start();
+    if (ssh == NULL || api == NULL)
+        return -1;
+    snprintf(sandbox_dir, sizeof(sandbox_dir), "/tmp/envrun-sandboxes-XXXXXX");
+    if (mkdtemp(sandbox_dir) == NULL)
+        return -1;
+    snprintf(env_text[0], sizeof(env_text[0]), "ENVRUN_SANDBOX_DIR=%s",
+             sandbox_dir);
+    snprintf(env_text[1], sizeof(env_text[1]),
+             "ENVRUN_PAPERCLIP_API_URL=http://127.0.0.1:%d",
+             er_api_standin_port(api));
+    for (i = 0; ssh->worker_env[i] != NULL; i++)
+        worker_env[n++] = ssh->worker_env[i];
+    worker_env[n++] = env_text[0];
+    worker_env[n++] = env_text[1];
+    worker_env[n] = NULL;
+    opts.env = worker_env;
+    worker = er_harness_worker_start_warm(h, &opts);
+    return worker != NULL ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    int rc = er_harness_stop_workers(h) ? 0 : -1;
+    char cmd[ER_HARNESS_PATH_MAX + 64];
+
+    (void)state;
+    er_api_standin_stop(api);
+    er_harness_ssh_destroy(ssh);
+    er_harness_destroy(h);
+    h = NULL;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", sandbox_dir);
+    if (system(cmd) != 0)
+        rc = -1;
+    return rc;
+}
+
+/* ----------------------------------------------------------------
+ * Helpers
+ * ---------------------------------------------------------------- */
+
+static const json_t *roundtrip(struct er_harness_cmd *c)
+{
+    const json_t *res = er_harness_roundtrip(h, worker, c, WAIT_MS);
+
+    ER_HARNESS_NON_NULL(res);
+    return res;
+}
+
+static void acquire(struct er_harness_run *run, const char *env_id)
+{
+    struct er_harness_cmd c;
+
+    er_harness_cmd_acquire(&c, run);
+    c.cmd.selected_environment_id = (char *)(uintptr_t)env_id;
+    ER_HARNESS_ASSERT_OK(roundtrip(&c));
+}
+
+/* A realize of run's lease from host workspace ws carrying token as
+ * hostApiToken, with a provision command (NULL: none); c keeps the
+ * command for a resend. */
+static const json_t *realize(struct er_harness_cmd *c,
+                             struct er_harness_run *run, const char *ws,
+                             const char *token, const char *provision)
+{
+    static char overlay[8192];
+    const json_t *res;
+
+    er_harness_cmd_realize(c, run, ws);
+    if (provision != NULL) {
+        json_t *o = json_pack("{s:s}", "provisionCommand", provision);
+        char *text = json_dumps(o, JSON_COMPACT);
+
+        ER_HARNESS_NON_NULL(text);
+        snprintf(overlay, sizeof(overlay), "%s", text);
+        free(text);
+        json_decref(o);
+        c->cmd.runtime_overlay_json = overlay;
+    }
+    assert_int_equal(
+        er_secret_set(&c->cmd.host_api_token, token, strlen(token)), 0);
+    res = roundtrip(c);
+    return res;
+}
+
+static void random_token(char *out, size_t len)
+{
+    char uuid[37];
+
+    er_uuid_v4(uuid);
+    snprintf(out, len, "run-jwt-%s", uuid);
+}
+
+/* The agent's side of a bridged call, as a script for bash where the
+ * gateway runs: reads PAPERCLIP_API_URL and PAPERCLIP_API_KEY from
+ * ./agent.env (the workspace brought it, so the token is in no command),
+ * checks that the API's own port cannot be reached directly, then asks
+ * GET /api/agents/me?view=compact through the bridge and checks the
+ * API's body and ETag came back, and that a wrong token gets 401. */
+static void agent_script(char *out, size_t len, bool expect_no_direct)
+{
+    snprintf(
+        out, len,
+        "set -u; . ./agent.env; port=${PAPERCLIP_API_URL##*:}; "
+        "%s"
+        "call() { exec 3<>/dev/tcp/127.0.0.1/$port || return 1; "
+        "printf 'GET /api/agents/me?view=compact HTTP/1.1\\r\\nHost: x\\r\\n"
+        "Authorization: Bearer %%s\\r\\nAccept: application/json\\r\\n"
+        "X-Paperclip-Run-Id: forged\\r\\nConnection: close\\r\\n\\r\\n' "
+        "\"$1\" >&3; cat <&3; exec 3<&-; }; "
+        "r=$(call \"$PAPERCLIP_API_KEY\"); "
+        "case \"$r\" in *'HTTP/1.1 200'*'%s'*) ;; "
+        "*) echo \"bridged call failed: $r\" | tr '\\r\\n' '  ' >&2; exit 1;; "
+        "esac; "
+        "case \"$r\" in *'\"v1\"'*) ;; *) echo 'etag lost' >&2; exit 1;; esac; "
+        "r=$(call wrong-token); "
+        "case \"$r\" in *'HTTP/1.1 401'*'Invalid bridge token.'*) ;; "
+        "*) echo \"wrong token not refused: $r\" | tr '\\r\\n' '  ' >&2; "
+        "exit 1;; esac",
+        expect_no_direct
+            ? "if (exec 3<>/dev/tcp/127.0.0.1/$API_PORT) 2>/dev/null; then "
+              "echo 'reached the API directly' >&2; exit 1; fi; "
+            : "",
+        API_BODY);
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[ER_HARNESS_PATH_MAX + 64];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    f = fopen(path, "w");
+    ER_HARNESS_NON_NULL(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* ./agent.env for the agent from bridge.env (and the API's port, to
+ * prove it is unreachable). */
+static void write_agent_env(const char *ws, const json_t *body)
+{
+    char text[1024];
+
+    snprintf(text, sizeof(text),
+             "PAPERCLIP_API_URL='%s'\nPAPERCLIP_API_KEY='%s'\nAPI_PORT=%d\n",
+             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL"),
+             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY"),
+             er_api_standin_port(api));
+    write_file(ws, "agent.env", text);
+}
+
+/* bridge.env as contract.md 4 and upstream.md B11 give it. */
+static void check_bridge_env(const json_t *body, const char *host_token)
+{
+    const char *url = er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL");
+    const char *key = er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY");
+    const char *p;
+    size_t i;
+
+    ER_HARNESS_NON_NULL(url);
+    ER_HARNESS_NON_NULL(key);
+    ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_BRIDGE_MODE",
+                          "queue_v1");
+    assert_memory_equal(url, "http://127.0.0.1:", 17);
+    for (p = url + 17; *p != '\0'; p++)
+        assert_true(isdigit((unsigned char)*p));
+    assert_true(atoi(url + 17) > 0 && atoi(url + 17) < 65536);
+    assert_int_equal(strlen(key), 32);
+    for (i = 0; key[i] != '\0'; i++)
+        assert_true(isalnum((unsigned char)key[i]) || key[i] == '-' ||
+                    key[i] == '_');
+    assert_null(strstr(key, host_token));
+    assert_null(strstr(host_token, key));
+}
+
+/* What the API saw: the host credential, the run id, no bridge token. */
+static void check_api_saw(const char *host_token, const char *run_id,
+                          const char *bridge_token, int hits)
+{
+    char seen[8192];
+    char want[256];
+    char *p;
+
+    assert_int_equal(er_api_standin_hits(api, seen, sizeof(seen)), hits);
+    for (p = seen; *p != '\0'; p++)
+        *p = (char)tolower((unsigned char)*p);
+    snprintf(want, sizeof(want), "get /api/agents/me?view=compact http/1.1");
+    ER_HARNESS_ASSERT_CONTAINS(seen, want);
+    snprintf(want, sizeof(want), "authorization: bearer %s", host_token);
+    for (p = want; *p != '\0'; p++)
+        *p = (char)tolower((unsigned char)*p);
+    ER_HARNESS_ASSERT_CONTAINS(seen, want);
+    snprintf(want, sizeof(want), "x-paperclip-run-id: %s", run_id);
+    ER_HARNESS_ASSERT_CONTAINS(seen, want);
+    assert_null(strstr(seen, "forged"));
+    snprintf(want, sizeof(want), "%s", bridge_token);
+    for (p = want; *p != '\0'; p++)
+        *p = (char)tolower((unsigned char)*p);
+    assert_null(strstr(seen, want));
+}
+
+/* Rows of the bytea columns that hold encoded records (results, outbox)
+ * with needle in their bytes. */
+static long long bytea_rows_containing(const char *needle)
+{
+    const char *params[] = { needle };
+
+    return er_harness_pg_count(
+        h->db_url,
+        "SELECT (SELECT count(*) FROM envrun.processed_commands "
+        "WHERE position(convert_to($1, 'UTF8') IN result) > 0) + "
+        "(SELECT count(*) FROM envrun.outbox "
+        "WHERE position(convert_to($1, 'UTF8') IN msg_value) > 0)",
+        1, params);
+}
+
+/* Neither the host credential nor the bridge token is kept or published
+ * anywhere but where it belongs: the credential only in the commands
+ * the test sent, the token only in realize results' bridge.env. */
+static void check_no_leak(const char *host_token, const char *bridge_token)
+{
+    int t;
+
+    er_harness_poll(h, 500);
+    for (t = 0; t < ER_HARNESS_TOPIC_CNT; t++) {
+        if (t != ER_HARNESS_COMMANDS &&
+            er_harness_topic_contains(h, (enum er_harness_topic)t, host_token))
+            er_harness_fail(__FILE__, __LINE__,
+                            "host credential published on topic %d", t);
+        if (t != ER_HARNESS_COMMANDS && t != ER_HARNESS_RESULTS &&
+            er_harness_topic_contains(h, (enum er_harness_topic)t,
+                                      bridge_token))
+            er_harness_fail(__FILE__, __LINE__,
+                            "bridge token published on topic %d", t);
+    }
+    assert_int_equal(er_harness_pg_rows_containing(h->db_url, host_token), 0);
+    assert_int_equal(er_harness_pg_rows_containing(h->db_url, bridge_token), 0);
+    assert_int_equal(bytea_rows_containing(host_token), 0);
+    assert_int_equal(bytea_rows_containing(bridge_token), 0);
+    assert_false(er_harness_worker_log_contains(worker, host_token));
+    assert_false(er_harness_worker_log_contains(worker, bridge_token));
+}
+
+/* The results of command_id so far (replays included). */
+static size_t results_of(const char *command_id,
+                         const struct er_harness_record **out, size_t max)
+{
+    return er_harness_find(h, ER_HARNESS_RESULTS, "commandId", command_id, out,
+                           max);
+}
+
+/* ----------------------------------------------------------------
+ * Tests
+ * ---------------------------------------------------------------- */
+
+/* From inside a bwrap sandbox (no network but its own loopback) the agent
+ * reaches the API only through the bridge, with the host credential in
+ * place of its token (domain.md 5.10 round trip, upstream.md B11). */
+static void bwrap_agent_reaches_api_through_bridge(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd first;
+    struct er_harness_cmd second;
+    const struct er_harness_record *recs[4];
+    char env_id[37];
+    char token[64];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    char script[4096];
+    char bridge_token[40];
+    char url[64];
+    const json_t *res;
+    json_t *body;
+    json_t *again;
+
+    (void)state;
+    er_harness_run_init(&run);
+    random_token(token, sizeof(token));
+    er_harness_env_insert(h, run.company_id, "Bridged bwrap", "sandbox",
+                          "active", "{\"provider\": \"bwrap\"}", env_id);
+    snprintf(ws, sizeof(ws), "%s/bridge-ws", h->dir);
+    er_harness_fresh_dir(ws);
+    write_file(ws, "agent.env", "");
+    acquire(&run, env_id);
+
+    res = realize(&first, &run, ws, token, NULL);
+    ER_HARNESS_ASSERT_OK(res);
+    body = er_harness_json_parse_field(res, "resultJson");
+    ER_HARNESS_NON_NULL(body);
+    check_bridge_env(body, token);
+    snprintf(bridge_token, sizeof(bridge_token), "%s",
+             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY"));
+    snprintf(url, sizeof(url), "%s",
+             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL"));
+
+    /* The same command again (a redelivery): its stored result, the same
+     * token (the record kept in the database has it masked). */
+    assert_int_equal(er_harness_send(h, &first.cmd), 0);
+    assert_true(er_harness_wait_count(h, ER_HARNESS_RESULTS, "commandId",
+                                      first.command_id, 2, WAIT_MS));
+    assert_int_equal(results_of(first.command_id, recs, 4), 2);
+    again = er_harness_json_parse_field(recs[1]->json, "resultJson");
+    ER_HARNESS_ASSERT_STR(again, "bridge.env.PAPERCLIP_API_KEY", bridge_token);
+    json_decref(again);
+
+    /* The agent: a second realize's provision command, bash in the
+     * sandbox, with the variables the first result gave. */
+    write_agent_env(ws, body);
+    er_api_standin_answer(api, API_OK, 0);
+    agent_script(script, sizeof(script), true);
+    res = realize(&second, &run, ws, token, script);
+    ER_HARNESS_ASSERT_OK(res);
+    check_api_saw(token, run.run_id, bridge_token, 1);
+    json_decref(body);
+    /* The gateway kept serving: same URL, same token. */
+    body = er_harness_json_parse_field(res, "resultJson");
+    ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_KEY", bridge_token);
+    ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_URL", url);
+    assert_true(
+        er_harness_worker_log_contains(worker, "callback bridge re-attached"));
+
+    ER_HARNESS_ASSERT_OK(
+        er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
+    assert_true(
+        er_harness_worker_log_contains(worker, "callback bridge stopped"));
+    check_no_leak(token, bridge_token);
+    er_secret_fini(&first.cmd.host_api_token);
+    er_secret_fini(&second.cmd.host_api_token);
+    json_decref(body);
+}
+
+/* Over ssh (upstream.md B12): the gateway is uploaded once, serves the
+ * agent on the ssh host, and is gone after release. */
+static void ssh_agent_reaches_api_through_bridge(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd first;
+    struct er_harness_cmd second;
+    char env_id[37];
+    char token[64];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    char script[4096];
+    char gateway[ER_HARNESS_PATH_MAX + 256];
+    char bridge_token[40];
+    const char *cwd;
+    const json_t *res;
+    json_t *config;
+    json_t *body;
+
+    (void)state;
+    er_harness_run_init(&run);
+    random_token(token, sizeof(token));
+    config = er_harness_ssh_config(ssh, NULL, "per_lease");
+    assert_int_equal(er_harness_ssh_env_insert(h, run.company_id, "Bridged ssh",
+                                               config, env_id),
+                     0);
+    json_decref(config);
+    snprintf(ws, sizeof(ws), "%s/bridge-ssh-ws", h->dir);
+    er_harness_fresh_dir(ws);
+    write_file(ws, "agent.env", "");
+    acquire(&run, env_id);
+
+    res = realize(&first, &run, ws, token, NULL);
+    ER_HARNESS_ASSERT_OK(res);
+    body = er_harness_json_parse_field(res, "resultJson");
+    check_bridge_env(body, token);
+    snprintf(bridge_token, sizeof(bridge_token), "%s",
+             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY"));
+    cwd = er_harness_json_str(body, "workspaceRealization.remote.path");
+    if (cwd == NULL)
+        cwd = er_harness_json_str(body, "lease.metadata.remoteCwd");
+    ER_HARNESS_NON_NULL(cwd);
+    snprintf(gateway, sizeof(gateway),
+             "%s/.paperclip-runtime/claude_local/paperclip-bridge/server/"
+             "envrun-gateway",
+             cwd);
+    assert_true(er_harness_process_with(gateway));
+
+    write_agent_env(ws, body);
+    er_api_standin_answer(api, API_OK, 0);
+    agent_script(script, sizeof(script), false);
+    res = realize(&second, &run, ws, token, script);
+    ER_HARNESS_ASSERT_OK(res);
+    check_api_saw(token, run.run_id, bridge_token, 1);
+    /* The gateway file was there with its checksum: not sent again. */
+    assert_true(
+        er_harness_worker_log_contains(worker, "\"uploaded\":\"false\""));
+
+    ER_HARNESS_ASSERT_OK(
+        er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
+    assert_false(er_harness_process_with(gateway));
+    check_no_leak(token, bridge_token);
+    er_secret_fini(&first.cmd.host_api_token);
+    er_secret_fini(&second.cmd.host_api_token);
+    json_decref(body);
+}
+
+/* A provider that cannot run commands cannot carry a bridge: the realize
+ * fails with a message that says so. */
+static void fake_sandbox_cannot_bridge(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    char env_id[37];
+    char token[64];
+    const json_t *res;
+    const char *msg;
+
+    (void)state;
+    er_harness_run_init(&run);
+    random_token(token, sizeof(token));
+    er_harness_env_insert(h, run.company_id, "Fake bridged", "sandbox",
+                          "active", "{\"provider\": \"fake\"}", env_id);
+    acquire(&run, env_id);
+    res = realize(&c, &run, h->dir, token, NULL);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "error");
+    ER_HARNESS_ASSERT_STR(res, "errorCode", "workspace_realization_failed");
+    msg = er_harness_json_str(res, "errorMessage");
+    ER_HARNESS_NON_NULL(msg);
+    ER_HARNESS_ASSERT_CONTAINS(msg, "Failed to start the callback bridge for "
+                                    "environment \"Fake bridged\" (sandbox): ");
+    assert_null(strstr(msg, token));
+    er_secret_fini(&c.cmd.host_api_token);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bwrap_agent_reaches_api_through_bridge),
+        cmocka_unit_test(ssh_agent_reaches_api_through_bridge),
+        cmocka_unit_test(fake_sandbox_cannot_bridge),
+    };
+
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

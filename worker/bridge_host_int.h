@@ -1,0 +1,59 @@
+/* bridge_host: the callback bridges this worker runs (contract.md 7), one
+ * per bridged run: started by realize for a remote lease whose command
+ * carries hostApiToken, stopped by release. The bridge's exec channel is
+ * the lease's driver (execute). Process-wide and thread-safe: a registry
+ * keyed by lease id under one mutex; the bridges' pollers run on threads
+ * of their own. */
+#ifndef ER_WORKER_BRIDGE_HOST_INT_H
+#define ER_WORKER_BRIDGE_HOST_INT_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "common/common.h"
+#include "drivers/driver.h"
+
+/* Once at start-up: the API origin (ENVRUN_PAPERCLIP_API_URL; "" or NULL:
+ * bridges cannot start) and the allow-list file (NULL or "": built in).
+ * Errors (a configuration error): ER_EINVAL naming the setting. */
+int er_bridge_host_setup(const char *api_url, const char *allowlist_path,
+                         struct er_err *err);
+/* Stop every poller this process runs and free the registry. Gateways
+ * are left running: the run's next owner re-attaches to them. */
+void er_bridge_host_shutdown(void);
+
+/* What starting one run's bridge needs (borrowed; copied where kept). */
+struct er_bridge_host_req {
+    const struct er_driver_ops *ops;
+    const struct er_driver_env *env;
+    const struct er_driver_lease *lease;
+    const char *remote_cwd;  /* the realized remote workspace */
+    const char *adapter_key; /* the run's adapter type */
+    const struct er_secret *host_token;
+    const char *run_id;
+};
+
+/* Start the run's bridge (or keep the one serving with its token) and fill
+ * *agent_env with {PAPERCLIP_API_URL, PAPERCLIP_API_KEY,
+ * PAPERCLIP_API_BRIDGE_MODE, PAPERCLIP_BRIDGE_QUEUE_DIR} and *detail with
+ * what the journal keeps of it (no secret: transport, queueDir, port,
+ * remoteCwd, adapter). Errors: ER_EINVAL when bridges are not configured or
+ * the driver cannot execute, else the bridge's own (B7 sentences). */
+int er_bridge_host_start(const struct er_bridge_host_req *req,
+                         json_t **agent_env, json_t **detail,
+                         struct er_err *err);
+
+/* Stop the lease's bridge: its poller when this process runs it, then its
+ * gateway, through the driver; detail_json (the journal's, may be NULL)
+ * names the queue when this process does not hold the bridge. Best
+ * effort: failures are logged. */
+void er_bridge_host_stop(const struct er_driver_ops *ops,
+                         const struct er_driver_env *env,
+                         const struct er_driver_lease *lease,
+                         const char *detail_json);
+
+/* How many bridges this process runs. */
+size_t er_bridge_host_count(void);
+
+#endif
