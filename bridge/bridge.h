@@ -200,6 +200,10 @@ struct er_bridge_queue_opts {
     int64_t poll_interval_ms;
     int64_t list_wait_ms;
     int64_t iteration_timeout_ms;
+    /* May be NULL. While it says false the poller neither lists nor
+     * forwards (a handover of the run is under way). */
+    bool (*may_forward)(void *arg);
+    void *may_forward_arg;
 };
 
 struct er_bridge_poller;
@@ -215,7 +219,10 @@ int er_bridge_poller_start(const struct er_bridge_queue_opts *opts,
                            struct er_bridge_poller **out, struct er_err *err);
 /* Stop: requests already listed are handled until drain_ms has passed,
  * every one left gets 503 "Bridge worker stopped before request could be
- * handled.", then the thread is joined and p freed. NULL is ok. */
+ * handled.", then the thread is joined and p freed. With drain_ms <= 0 a
+ * forward in flight is aborted too (its answer: 504 indeterminate, B6);
+ * with drain_ms < 0 (a handover to the run's next owner) the requests
+ * still waiting are left in the queue for it. NULL is ok. */
 void er_bridge_poller_stop(struct er_bridge_poller *p, int64_t drain_ms);
 
 struct er_bridge_poller_stats {
@@ -225,6 +232,65 @@ struct er_bridge_poller_stats {
 };
 void er_bridge_poller_stats(struct er_bridge_poller *p,
                             struct er_bridge_poller_stats *out);
+
+/* ================================================================
+ * stream_v1, the host side (stream.c)
+ * ================================================================ */
+
+/* The lease's exec channel held open: run script with `sh -c`, its stdin
+ * and stdout the descriptors in_fd and out_fd (borrowed), until it ends,
+ * timeout_ms passes or *cancel is set; *exit_code gets its exit code (-1
+ * when it did not exit on its own). Returns 0, or an error when it could
+ * not run at all (a channel that cannot hold an exec open says so). */
+typedef int er_bridge_hold_fn(void *arg, const char *script, int in_fd,
+                              int out_fd, int64_t timeout_ms,
+                              const atomic_bool *cancel, int *exit_code,
+                              struct er_err *err);
+
+/* Forwards in flight at once for one stream_v1 bridge. */
+#define ER_BRIDGE_STREAM_FORWARDERS 8
+
+struct er_bridge_stream_opts {
+    er_bridge_hold_fn *hold;
+    void *hold_arg;
+    /* Reads the token from its first stdin line, then execs the gateway
+     * in stream_v1 mode on the same stdin and stdout. */
+    const char *script;
+    const char *token;
+    const char *origin;
+    const struct er_bridge_allow *allow; /* borrowed */
+    const struct er_secret *host_token;  /* borrowed */
+    const char *run_id;
+    size_t max_body;                /* 0: ER_BRIDGE_MAX_BODY_BYTES */
+    bool (*may_forward)(void *arg); /* see er_bridge_queue_opts */
+    void *may_forward_arg;
+};
+
+struct er_bridge_stream;
+
+/* Start the gateway through one held exec and wait (10 s) for its ready
+ * frame; then requests are forwarded as their frames come, up to
+ * ER_BRIDGE_STREAM_FORWARDERS at once, each answered with a response
+ * frame; an abandoned request that was not forwarded yet never is.
+ * Errors: ER_EIO "start sandbox callback bridge stream failed: <why>"
+ * (nothing is left running), ER_ENOMEM. */
+int er_bridge_stream_start(const struct er_bridge_stream_opts *o,
+                           struct er_bridge_stream **out, struct er_err *err);
+/* Stop: requests waiting are forwarded until drain_ms has passed (<= 0:
+ * forwards in flight are aborted, 504-indeterminate), then the gateway's
+ * stdin closes (it answers its waiters and exits; after 3 s the exec is
+ * ended) and s is freed. NULL is ok. */
+void er_bridge_stream_stop(struct er_bridge_stream *s, int64_t drain_ms);
+int er_bridge_stream_port(struct er_bridge_stream *s);
+/* Whether the held exec still runs. */
+bool er_bridge_stream_is_alive(struct er_bridge_stream *s);
+
+struct er_bridge_stream_stats {
+    uint64_t handled;    /* responses sent */
+    uint64_t bad_frames; /* frames of an unknown type, or over the queue */
+};
+void er_bridge_stream_stats(struct er_bridge_stream *s,
+                            struct er_bridge_stream_stats *out);
 
 /* ================================================================
  * One bridged run where its gateway runs (runtime.c): upstream.md B2,
@@ -273,7 +339,10 @@ int er_bridge_gateway_stop(er_bridge_exec_fn *exec, void *arg,
 struct er_bridge_run_opts {
     er_bridge_exec_fn *exec;          /* control execs */
     er_bridge_exec_fn *exec_detached; /* the start: its gateway lives on */
-    void *exec_arg;                   /* both get it; must outlive the run */
+    /* NULL: queue_v1 only. Else stream_v1 is tried first (queue_v1 when
+     * the channel cannot hold an exec open, or the stream fails). */
+    er_bridge_hold_fn *hold;
+    void *exec_arg; /* both get it; must outlive the run */
     const char *remote_cwd;
     const char *adapter_key;
     const char *origin;                  /* ENVRUN_PAPERCLIP_API_URL */
@@ -282,12 +351,15 @@ struct er_bridge_run_opts {
     const char *lease_id;
     const char *run_id;
     int port; /* 0: ephemeral, or the port of an earlier ready.json */
+    bool (*may_forward)(void *arg); /* see er_bridge_queue_opts */
+    void *may_forward_arg;
 };
 
 struct er_bridge_run;
 
-/* Install and start the run's gateway (queue_v1), or keep the one serving
- * with this run's token, and start its host poller. Errors carry B7's
+/* Install and start the run's gateway: stream_v1 through a held exec when
+ * o->hold is set and it works, else queue_v1 (or keep the queue_v1 gateway
+ * serving with this run's token) with its host poller. Errors carry B7's
  * sentences ("start sandbox callback bridge failed with exit code ...",
  * "Timed out waiting for bridge readiness.", "Sandbox callback bridge did
  * not report a listening port."); nothing is left running then. */
@@ -305,6 +377,11 @@ er_bridge_run_paths(const struct er_bridge_run *r);
 int er_bridge_run_port(const struct er_bridge_run *r);
 /* Whether start found this run's gateway serving and kept it. */
 bool er_bridge_run_was_running(const struct er_bridge_run *r);
+/* "stream_v1" or "queue_v1". */
+const char *er_bridge_run_transport(const struct er_bridge_run *r);
+/* stream_v1: whether its held exec still runs; queue_v1: true (whether its
+ * gateway serves is known only where it runs). */
+bool er_bridge_run_is_alive(struct er_bridge_run *r);
 
 /* The text of bridge/allowlist.txt (generated by bridge/embed.cmake). */
 extern const char *const er_embed_bridge_allowlist;

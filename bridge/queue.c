@@ -38,9 +38,13 @@ struct er_bridge_poller {
     pthread_t tid;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool is_stopping;                    /* under mu */
-    int64_t drain_deadline;              /* mono ms, under mu */
-    atomic_bool cancel_list;             /* ends a list wait at once */
+    bool is_stopping;          /* under mu */
+    int64_t drain_deadline;    /* mono ms, under mu */
+    atomic_bool cancel_list;   /* ends a list wait at once */
+    atomic_bool abort_forward; /* a stop without drain */
+    atomic_bool is_handover;   /* a stop that answers nothing */
+    bool (*may_forward)(void *arg);
+    void *may_forward_arg;
     struct er_bridge_poller_stats stats; /* under mu */
 };
 
@@ -234,7 +238,9 @@ static int op_read(struct er_bridge_poller *p, const char *name, size_t max,
 /* The guarded response write of B7: under the lock directory upstream's
  * writers share (a dead holder's lock is taken over), only when no answer
  * is there yet and, with require_request, only while the request file
- * exists (its gateway still waits). *wrote says whether it was written. */
+ * exists (its gateway still waits). *wrote says whether it was written.
+ * Either way the request is done with: the same exec removes its file
+ * (one exec less per request than a separate remove). */
 static int op_write(struct er_bridge_poller *p, const char *name,
                     const struct er_buf *json, bool require_request,
                     bool *wrote, struct er_err *err)
@@ -252,8 +258,9 @@ static int op_write(struct er_bridge_poller *p, const char *name,
         "echo $$ > \"$l/pid\"; "
         "trap 'rm -f \"$r.tmp\"; rm -rf \"$l\"' EXIT INT TERM; "
         "if { [ \"$g\" = 1 ] && [ ! -f \"$q/requests/$n\" ]; } || "
-        "[ -e \"$r\" ]; then cat > /dev/null; echo '{\"wrote\":false}'; "
-        "exit 0; fi; cat > \"$r.tmp\"; mv \"$r.tmp\" \"$r\"; "
+        "[ -e \"$r\" ]; then cat > /dev/null; rm -f \"$q/requests/$n\"; "
+        "echo '{\"wrote\":false}'; exit 0; fi; cat > \"$r.tmp\"; "
+        "mv \"$r.tmp\" \"$r\"; rm -f \"$q/requests/$n\"; "
         "echo '{\"wrote\":true}'";
     struct er_bridge_exec_out out;
     struct er_buf script;
@@ -284,22 +291,6 @@ static int op_write(struct er_bridge_poller *p, const char *name,
                         er_bridge_exec_text(&out.out));
     er_bridge_exec_out_fini(&out);
     return rc;
-}
-
-static void op_remove(struct er_bridge_poller *p, const char *name)
-{
-    struct er_bridge_exec_out out;
-    struct er_buf script;
-    struct er_err err;
-
-    er_bridge_exec_out_init(&out, 4096);
-    er_buf_init(&script, 16384);
-    if (script_with(&script, "rm -f ", p->queue_dir, "requests", "/") == 0 &&
-        er_buf_append(&script, name, strlen(name)) == 0)
-        (void)run(p, (const char *)script.data, NULL, 0,
-                  p->iteration_timeout_ms, NULL, &out, &err);
-    er_bridge_exec_out_fini(&out);
-    er_buf_fini(&script);
 }
 
 /* ================================================================
@@ -352,7 +343,6 @@ static void finalize(struct er_bridge_poller *p, const char *name,
     }
     if (wrote)
         count(p, &p->stats.handled);
-    op_remove(p, name);
 }
 
 /* id0: the name without ".json", the id of an answer to a request whose
@@ -408,7 +398,8 @@ static void process(struct er_bridge_poller *p, const char *name)
         goto out;
     }
     er_bridge_envelope_req(&env, &req);
-    er_bridge_handle(p->fwd, &req, p->host_token, p->run_id, NULL, &res);
+    er_bridge_handle(p->fwd, &req, p->host_token, p->run_id, &p->abort_forward,
+                     &res);
     finalize(p, name, env.id, &res, true);
     er_bridge_envelope_fini(&env);
 out:
@@ -444,6 +435,11 @@ static void answer_the_rest(struct er_bridge_poller *p)
  * The loop
  * ================================================================ */
 
+static bool is_paused(struct er_bridge_poller *p)
+{
+    return p->may_forward != NULL && !p->may_forward(p->may_forward_arg);
+}
+
 static void *poller_main(void *arg)
 {
     struct er_bridge_poller *p = arg;
@@ -465,6 +461,12 @@ static void *poller_main(void *arg)
         /* Stopping: the cancel that ended a list wait is spent. */
         if (stopping)
             atomic_store(&p->cancel_list, false);
+        /* Paused (its run's partition is between owners): requests wait
+         * in the queue, nobody forwards them twice. */
+        if (!stopping && is_paused(p)) {
+            sleep_ms(p, p->poll_interval_ms, true);
+            continue;
+        }
         rc = op_list(p, stopping ? 0 : p->list_wait_ms, names, &cnt, &err);
         if (rc != 0) {
             int64_t backoff = p->poll_interval_ms;
@@ -498,14 +500,17 @@ static void *poller_main(void *arg)
             continue;
         }
         for (i = 0; i < cnt; i++) {
-            if (!is_stopping(p, &is_past) || !is_past)
+            if ((!is_stopping(p, &is_past) || !is_past) &&
+                (stopping || !is_paused(p)))
                 process(p, names[i]);
             er_free(names[i]);
         }
         if (is_stopping(p, &is_past) && is_past)
             break;
     }
-    answer_the_rest(p);
+    /* A handover leaves what waits to the run's next owner. */
+    if (!atomic_load(&p->is_handover))
+        answer_the_rest(p);
     return NULL;
 }
 
@@ -523,6 +528,8 @@ int er_bridge_poller_start(const struct er_bridge_queue_opts *opts,
     p->run_id = er_strdup(opts->run_id);
     p->fwd = opts->fwd;
     p->host_token = opts->host_token;
+    p->may_forward = opts->may_forward;
+    p->may_forward_arg = opts->may_forward_arg;
     p->max_body =
         opts->max_body > 0 ? opts->max_body : ER_BRIDGE_MAX_BODY_BYTES;
     p->poll_interval_ms = opts->poll_interval_ms > 0
@@ -553,8 +560,13 @@ void er_bridge_poller_stop(struct er_bridge_poller *p, int64_t drain_ms)
 {
     if (p == NULL)
         return;
-    /* End a list wait first: the loop then sees the stop and drains. */
+    /* End a list wait first: the loop then sees the stop and drains. A
+     * stop without drain (a handover) also aborts a forward in flight. */
     atomic_store(&p->cancel_list, true);
+    if (drain_ms <= 0)
+        atomic_store(&p->abort_forward, true);
+    if (drain_ms < 0)
+        atomic_store(&p->is_handover, true);
     pthread_mutex_lock(&p->mu);
     p->is_stopping = true;
     p->drain_deadline = er_time_mono_ms() + (drain_ms > 0 ? drain_ms : 0);

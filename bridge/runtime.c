@@ -17,6 +17,10 @@
 /* Start and readiness (200 x 50 ms) in one exec, with room for the rest. */
 #define START_TIMEOUT_MS   20000
 #define ADAPTER_KEY_MAX    64
+/* How often a queue_v1 gateway looks for the response a request waits
+ * for (upstream: 100 ms). Only a waiting request costs a look, so a
+ * shorter step costs an idle bridge nothing. */
+#define GATEWAY_POLL_MS    "10"
 
 extern const unsigned char er_embed_gateway[];
 extern const size_t er_embed_gateway_len;
@@ -24,6 +28,7 @@ extern const size_t er_embed_gateway_len;
 struct er_bridge_run {
     struct er_bridge_fwd *fwd;
     struct er_bridge_poller *poller;
+    struct er_bridge_stream *stream; /* stream_v1; else queue_v1 */
     er_bridge_exec_fn *exec;
     void *exec_arg;
     struct er_bridge_paths paths;
@@ -156,6 +161,24 @@ static int assign(struct er_buf *b, const char *name, const char *value)
     "exit 1; fi; sleep 0.05 2>/dev/null || sleep 1; done; "                 \
     "echo $$ > \"$lock/pid\"; "
 
+/* pid: the gateway's pid from $q/server.pid; alive=1 when that process
+ * lives and is an envrun-gateway (a reused pid is never signalled). */
+#define GATEWAY_ALIVE_SH                                          \
+    "pid=$(cat \"$q/server.pid\" 2>/dev/null || true); alive=0; " \
+    "if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null && "      \
+    "tr '\\000' ' ' < \"/proc/$pid/cmdline\" 2>/dev/null | "      \
+    "grep -q envrun-gateway; then alive=1; fi; "
+
+/* Stop $q's queue_v1 gateway (B7: SIGTERM, 40 x 50 ms, then SIGKILL) and
+ * remove its files. */
+#define GATEWAY_STOP_SH                                            \
+    GATEWAY_ALIVE_SH                                               \
+    "if [ \"$alive\" = 1 ]; then kill \"$pid\" 2>/dev/null; i=0; " \
+    "while kill -0 \"$pid\" 2>/dev/null && [ \"$i\" -lt 40 ]; do " \
+    "sleep 0.05 2>/dev/null || sleep 1; i=$((i + 1)); done; "      \
+    "kill -9 \"$pid\" 2>/dev/null; fi; "                           \
+    "rm -f \"$q/server.pid\" \"$q/ready.json\" \"$q/server.token-sha256\"; "
+
 /* sha256 of a file, or "" with no tool for it. */
 #define SUM_SH                                               \
     "sum() { if command -v sha256sum >/dev/null 2>&1; then " \
@@ -281,11 +304,8 @@ static int gateway_start(er_bridge_exec_fn *exec, void *arg,
         rc = er_buf_printf(
             &script,
             "set -u; want=%s; port=%d; log=\"$q/logs/bridge.log\"; "
-            "mkdir -p \"$q/requests\" \"$q/responses\" \"$q/logs\" || exit 1; "
-            "pid=$(cat \"$q/server.pid\" 2>/dev/null || true); alive=0; "
-            "if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null && "
-            "tr '\\000' ' ' < \"/proc/$pid/cmdline\" 2>/dev/null | "
-            "grep -q envrun-gateway; then alive=1; fi; "
+            "mkdir -p \"$q/requests\" \"$q/responses\" \"$q/logs\" || exit "
+            "1; " GATEWAY_ALIVE_SH
             "if [ \"$alive\" = 1 ] && [ -s \"$q/ready.json\" ] && "
             "[ \"$(cat \"$q/server.token-sha256\" 2>/dev/null)\" = \"$want\" ]"
             "; then cat >/dev/null; echo running; "
@@ -300,7 +320,8 @@ static int gateway_start(er_bridge_exec_fn *exec, void *arg,
             "printf '%%s\\n' \"$want\" > \"$q/server.token-sha256\"; "
             "export PAPERCLIP_BRIDGE_TOKEN PAPERCLIP_API_BRIDGE_MODE=queue_v1 "
             "PAPERCLIP_BRIDGE_QUEUE_DIR=\"$q\" "
-            "PAPERCLIP_BRIDGE_PORT=\"${port:-0}\"; "
+            "PAPERCLIP_BRIDGE_PORT=\"${port:-0}\" "
+            "PAPERCLIP_BRIDGE_POLL_INTERVAL_MS=" GATEWAY_POLL_MS "; "
             "nohup \"$gw\" >> \"$log\" 2>&1 < /dev/null & pid=$!; "
             "unset PAPERCLIP_BRIDGE_TOKEN; echo \"$pid\" > \"$q/server.pid\"; "
             "i=0; while [ \"$i\" -lt 200 ]; do "
@@ -335,23 +356,60 @@ int er_bridge_gateway_stop(er_bridge_exec_fn *exec, void *arg,
     er_buf_init(&script, 16384);
     rc = assign(&script, "q", queue_dir);
     if (rc == 0)
-        rc = er_buf_printf(
-            &script, "%s",
-            "pid=$(cat \"$q/server.pid\" 2>/dev/null || true); "
-            "if [ -n \"$pid\" ] && tr '\\000' ' ' < \"/proc/$pid/cmdline\" "
-            "2>/dev/null | grep -q envrun-gateway; then "
-            "kill \"$pid\" 2>/dev/null; i=0; "
-            "while kill -0 \"$pid\" 2>/dev/null && [ \"$i\" -lt 40 ]; do "
-            "sleep 0.05 2>/dev/null || sleep 1; i=$((i + 1)); done; "
-            "kill -9 \"$pid\" 2>/dev/null; fi; "
-            "rm -f \"$q/server.pid\" \"$q/ready.json\" "
-            "\"$q/server.token-sha256\"; exit 0");
+        rc = er_buf_printf(&script, "%s", GATEWAY_STOP_SH "exit 0");
     if (rc == 0)
         rc = run_script(exec, arg, "stop sandbox callback bridge", &script,
                         NULL, 0, CONTROL_TIMEOUT_MS, &out, err);
     er_bridge_exec_out_fini(&out);
     er_buf_fini(&script);
     return rc;
+}
+
+/* stream_v1 (see er_bridge_stream_start): a queue_v1 gateway of this run
+ * that may hold the port is stopped first. */
+static int stream_start(const struct er_bridge_run_opts *o,
+                        struct er_bridge_run *r, struct er_err *err)
+{
+    struct er_bridge_stream_opts so;
+    struct er_buf script;
+    int rc;
+
+    er_buf_init(&script, 16384);
+    rc = assign(&script, "q", r->paths.queue_dir);
+    if (rc == 0)
+        rc = assign(&script, "gw", r->paths.gateway);
+    if (rc == 0)
+        rc = er_buf_printf(
+            &script,
+            "port=%d; mkdir -p \"$q/logs\" || exit 1; " GATEWAY_STOP_SH
+            "IFS= read -r PAPERCLIP_BRIDGE_TOKEN || exit 1; "
+            "export PAPERCLIP_BRIDGE_TOKEN PAPERCLIP_API_BRIDGE_MODE=stream_v1 "
+            "PAPERCLIP_BRIDGE_PORT=\"$port\"; "
+            "exec \"$gw\" 2>> \"$q/logs/bridge.log\"",
+            o->port);
+    if (rc != 0) {
+        er_buf_fini(&script);
+        return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
+    }
+    memset(&so, 0, sizeof(so));
+    so.hold = o->hold;
+    so.hold_arg = o->exec_arg;
+    so.script = (const char *)script.data;
+    so.token = r->token;
+    so.origin = o->origin;
+    so.allow = o->allow;
+    so.host_token = &r->host_token;
+    so.run_id = r->run_id;
+    so.max_body = ER_BRIDGE_MAX_BODY_BYTES;
+    so.may_forward = o->may_forward;
+    so.may_forward_arg = o->may_forward_arg;
+    rc = er_bridge_stream_start(&so, &r->stream, err);
+    er_buf_fini(&script);
+    if (rc != 0)
+        return rc;
+    r->port = er_bridge_stream_port(r->stream);
+    snprintf(r->base_url, sizeof(r->base_url), "http://127.0.0.1:%d", r->port);
+    return 0;
 }
 
 int er_bridge_run_start(const struct er_bridge_run_opts *o,
@@ -384,6 +442,16 @@ int er_bridge_run_start(const struct er_bridge_run_opts *o,
     if (rc == 0)
         rc = er_bridge_gateway_install(o->exec, o->exec_arg, &r->paths,
                                        &is_uploaded, err);
+    if (rc == 0 && o->hold != NULL) {
+        struct er_err serr;
+
+        er_err_clear(&serr);
+        if (stream_start(o, r, &serr) == 0)
+            goto started;
+        er_log_kv(ER_LOG_WARN, "bridge",
+                  "stream_v1 bridge failed; using the file bridge", "runId",
+                  r->run_id, "error", serr.msg, (const char *)NULL);
+    }
     if (rc == 0)
         rc = gateway_start(o->exec_detached, o->exec_arg, r, o->port, err);
     if (rc == 0) {
@@ -395,6 +463,8 @@ int er_bridge_run_start(const struct er_bridge_run_opts *o,
         q.host_token = &r->host_token;
         q.run_id = r->run_id;
         q.max_body = ER_BRIDGE_MAX_BODY_BYTES;
+        q.may_forward = o->may_forward;
+        q.may_forward_arg = o->may_forward_arg;
         rc = er_bridge_poller_start(&q, &r->poller, err);
         if (rc != 0) {
             struct er_err ignored;
@@ -408,12 +478,13 @@ int er_bridge_run_start(const struct er_bridge_run_opts *o,
         er_bridge_run_stop(r, 0, false);
         return rc;
     }
+started:
     er_log_kv(ER_LOG_INFO, "bridge",
               r->was_running ? "callback bridge re-attached"
                              : "callback bridge started",
-              "runId", r->run_id, "baseUrl", r->base_url, "queueDir",
-              r->paths.queue_dir, "uploaded", is_uploaded ? "true" : "false",
-              (const char *)NULL);
+              "runId", r->run_id, "transport", er_bridge_run_transport(r),
+              "baseUrl", r->base_url, "queueDir", r->paths.queue_dir,
+              "uploaded", is_uploaded ? "true" : "false", (const char *)NULL);
     *out = r;
     return 0;
 }
@@ -423,8 +494,11 @@ void er_bridge_run_stop(struct er_bridge_run *r, int64_t drain_ms,
 {
     if (r == NULL)
         return;
+    /* A stream_v1 gateway ends with its stream, whatever stop_gateway. */
+    er_bridge_stream_stop(r->stream, drain_ms);
     er_bridge_poller_stop(r->poller, drain_ms);
-    if (stop_gateway && r->paths.queue_dir[0] != '\0' && r->port > 0) {
+    if (stop_gateway && r->stream == NULL && r->paths.queue_dir[0] != '\0' &&
+        r->port > 0) {
         struct er_err err;
 
         er_err_clear(&err);
@@ -462,4 +536,14 @@ int er_bridge_run_port(const struct er_bridge_run *r)
 bool er_bridge_run_was_running(const struct er_bridge_run *r)
 {
     return r->was_running;
+}
+
+const char *er_bridge_run_transport(const struct er_bridge_run *r)
+{
+    return r->stream != NULL ? "stream_v1" : "queue_v1";
+}
+
+bool er_bridge_run_is_alive(struct er_bridge_run *r)
+{
+    return r->stream == NULL || er_bridge_stream_is_alive(r->stream);
 }

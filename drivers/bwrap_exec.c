@@ -48,7 +48,7 @@ static const char *const enter_tail[] = {
 static int run_in(const char *id, const char *cmd, const char *const *args,
                   const char *cwd, const char *const *env, bool is_detached,
                   const char *stdin_data, size_t stdin_len, int stdin_fd,
-                  int64_t timeout_ms, size_t max_output,
+                  int stdout_fd, int64_t timeout_ms, size_t max_output,
                   struct er_driver_exec_result *out, struct er_err *err)
 {
     struct er_bwrap_limit_args la;
@@ -124,6 +124,7 @@ static int run_in(const char *id, const char *cmd, const char *const *args,
     opts.stdin_data = stdin_data;
     opts.stdin_len = stdin_len;
     opts.stdin_fd = stdin_fd;
+    opts.stdout_fd = stdout_fd;
     opts.timeout_ms = timeout_ms;
     opts.max_output_bytes = max_output;
     rc = er_proc_run(&opts, &res, err);
@@ -158,8 +159,13 @@ int er_bwrap_exec(const char *id, const struct er_driver_exec *req,
     result_init(out);
     if (!er_bwrap_id_is_valid(id))
         return er_bwrap__bad_id(err);
+    if (req->stdio != NULL)
+        return run_in(id, req->command, req->args, req->cwd, req->env,
+                      req->is_detached, NULL, 0, req->stdio->in_fd,
+                      req->stdio->out_fd, req->timeout_ms,
+                      req->max_output_bytes, out, err);
     return run_in(id, req->command, req->args, req->cwd, req->env,
-                  req->is_detached, req->stdin_data, req->stdin_len, -1,
+                  req->is_detached, req->stdin_data, req->stdin_len, -1, -1,
                   req->timeout_ms, req->max_output_bytes, out, err);
 }
 
@@ -174,5 +180,5 @@ int er_bwrap_exec_fd(const char *id, const char *const *argv, const char *cwd,
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                           "the command to run is empty");
     return run_in(id, argv[0], argv + 1, cwd, NULL, false, NULL, 0, stdin_fd,
-                  timeout_ms, 0, out, err);
+                  -1, timeout_ms, 0, out, err);
 }

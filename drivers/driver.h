@@ -89,6 +89,12 @@ struct er_driver_realized {
     json_t *record; /* owned: the workspaceRealization record (2.6) */
 };
 
+/* Descriptors a command reads and writes instead (borrowed). */
+struct er_driver_stdio {
+    int in_fd;  /* its stdin */
+    int out_fd; /* its stdout */
+};
+
 /* One command to run in the environment (domain.md 4, execute). */
 struct er_driver_exec {
     const char *command;     /* program, e.g. "bash" */
@@ -104,6 +110,11 @@ struct er_driver_exec {
      * tree with it (bwrap) does not for this one. Its output must not be
      * held open by them (redirect it). */
     bool is_detached;
+    /* NULL, or the command's stdin and stdout are these descriptors (no
+     * stdin_data, no stdout capture) and the call returns when it ends:
+     * one exec held open for as long as a stream over it lasts (the
+     * bridge's stream_v1). ER_EINVAL from a driver that cannot (plugins). */
+    const struct er_driver_stdio *stdio;
 };
 
 /* Its outcome. A non-zero exit is a result, not an error. */

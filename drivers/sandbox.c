@@ -718,7 +718,12 @@ static int sandbox_execute(const struct er_driver_env *env,
                        "the sandbox %s is not running", id);
         break;
     case ER_SANDBOX_PLUGIN:
-        rc = er_sandbox_plugin_execute(env, lease, req, out, err);
+        /* environmentExecute answers once, with the whole output. */
+        if (req->stdio != NULL)
+            rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                            "provider plugins cannot hold a command open");
+        else
+            rc = er_sandbox_plugin_execute(env, lease, req, out, err);
         break;
     }
     return driver_rc(rc, err);

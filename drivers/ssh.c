@@ -1047,7 +1047,8 @@ static int conn_init(struct conn *conn, const struct er_driver_env *env,
 struct remote_io {
     const char *stdin_data; /* or NULL */
     size_t stdin_len;
-    int stdin_fd; /* >= 0: stdin from this fd (borrowed) */
+    int stdin_fd;  /* >= 0: stdin from this fd (borrowed) */
+    int stdout_fd; /* >= 0: stdout to this fd (borrowed), not captured */
     int64_t timeout_ms;
     size_t max_output_bytes;
     er_proc_timeout_fn *on_timeout;
@@ -1058,6 +1059,7 @@ static void remote_io_init(struct remote_io *io, int64_t timeout_ms)
 {
     memset(io, 0, sizeof(*io));
     io->stdin_fd = -1;
+    io->stdout_fd = -1;
     io->timeout_ms = timeout_ms;
 }
 
@@ -1088,6 +1090,7 @@ static int run_remote(const struct conn *conn, const char *script,
     opts.stdin_data = io->stdin_data;
     opts.stdin_len = io->stdin_len;
     opts.stdin_fd = io->stdin_fd;
+    opts.stdout_fd = io->stdout_fd;
     opts.timeout_ms = io->timeout_ms;
     opts.max_output_bytes = io->max_output_bytes;
     opts.on_timeout = io->on_timeout;
@@ -2408,6 +2411,12 @@ static int exec_run(const struct conn *conn, const struct er_driver_exec *req,
                    req->timeout_ms > 0 ? req->timeout_ms : EXEC_DEFAULT_MS);
     io.stdin_data = req->stdin_data;
     io.stdin_len = req->stdin_data != NULL ? req->stdin_len : 0;
+    if (req->stdio != NULL) {
+        io.stdin_data = NULL;
+        io.stdin_len = 0;
+        io.stdin_fd = req->stdio->in_fd;
+        io.stdout_fd = req->stdio->out_fd;
+    }
     io.max_output_bytes = req->max_output_bytes;
     io.on_timeout = kill_remote;
     io.on_timeout_arg = &kc;

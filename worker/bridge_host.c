@@ -1,6 +1,7 @@
 /* bridge_host: the registry of this worker's callback bridges and their
  * exec channel over the lease's driver (see bridge_host_int.h). */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,20 +26,26 @@ struct chan {
 struct entry {
     struct entry *next;
     char lease_id[64];
+    int32_t partition;
     struct chan *chan;
     struct er_bridge_run *run;
 };
+
+/* Partitions whose runs' bridges wait (revoked, maybe coming back). */
+#define PAUSE_MAX 1024
+static atomic_bool paused[PAUSE_MAX];
 
 static struct {
     pthread_mutex_t mu;
     struct er_bridge_allow *allow;
     char origin[512];
+    bool is_queue_only;
     struct entry *head;
     size_t cnt;
 } host = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 int er_bridge_host_setup(const char *api_url, const char *allowlist_path,
-                         struct er_err *err)
+                         bool is_queue_only, struct er_err *err)
 {
     struct er_bridge_allow *allow = NULL;
     int rc;
@@ -59,6 +66,7 @@ int er_bridge_host_setup(const char *api_url, const char *allowlist_path,
     host.allow = allow;
     snprintf(host.origin, sizeof(host.origin), "%s",
              api_url != NULL ? api_url : "");
+    host.is_queue_only = is_queue_only;
     pthread_mutex_unlock(&host.mu);
     return 0;
 }
@@ -121,6 +129,18 @@ static struct chan *chan_new(const struct er_driver_ops *ops,
     return c;
 }
 
+/* The driver's views of the copies c keeps. */
+static void chan_views(const struct chan *c, struct er_driver_env *env,
+                       struct er_driver_lease *lease)
+{
+    *env = (struct er_driver_env){ c->env_id, c->company_id, c->env_name,
+                                   c->driver, c->env_status, c->config };
+    *lease =
+        (struct er_driver_lease){ c->lease_id, c->lease_status,      c->policy,
+                                  c->provider, c->provider_lease_id, c->run_id,
+                                  c->meta };
+}
+
 /* One `sh -c script` through the lease's driver. A poller's call brings
  * its cancel flag; the step's own calls keep the thread's. */
 static int chan_exec(struct chan *c, bool is_detached, const char *script,
@@ -129,12 +149,8 @@ static int chan_exec(struct chan *c, bool is_detached, const char *script,
                      struct er_err *err)
 {
     const char *args[] = { "-c", script, NULL };
-    struct er_driver_env env = { c->env_id, c->company_id, c->env_name,
-                                 c->driver, c->env_status, c->config };
-    struct er_driver_lease lease = {
-        c->lease_id,          c->lease_status, c->policy, c->provider,
-        c->provider_lease_id, c->run_id,       c->meta
-    };
+    struct er_driver_env env;
+    struct er_driver_lease lease;
     struct er_driver_exec req;
     struct er_driver_exec_result res;
     int rc;
@@ -148,6 +164,7 @@ static int chan_exec(struct chan *c, bool is_detached, const char *script,
     req.timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
     req.max_output_bytes = out->out.max_len;
     req.is_detached = is_detached;
+    chan_views(c, &env, &lease);
     if (cancel != NULL)
         er_proc_set_cancel(cancel);
     rc = c->ops->execute(&env, &lease, &req, &res, err);
@@ -166,6 +183,38 @@ static int chan_exec(struct chan *c, bool is_detached, const char *script,
     return rc;
 }
 
+/* stream_v1's held exec: the gateway's stdin and stdout are our pipes;
+ * not detached, so it ends with the exec (and with this worker). */
+static int chan_hold(void *arg, const char *script, int in_fd, int out_fd,
+                     int64_t timeout_ms, const atomic_bool *cancel,
+                     int *exit_code, struct er_err *err)
+{
+    struct chan *c = arg;
+    const char *args[] = { "-c", script, NULL };
+    struct er_driver_env env;
+    struct er_driver_lease lease;
+    struct er_driver_stdio stdio = { in_fd, out_fd };
+    struct er_driver_exec req;
+    struct er_driver_exec_result res;
+    int rc;
+
+    memset(&req, 0, sizeof(req));
+    req.command = "sh";
+    req.args = args;
+    req.cwd = c->cwd;
+    req.timeout_ms = timeout_ms;
+    req.stdio = &stdio;
+    chan_views(c, &env, &lease);
+    er_proc_set_cancel(cancel);
+    rc = c->ops->execute(&env, &lease, &req, &res, err);
+    er_proc_set_cancel(NULL);
+    if (rc != 0)
+        return rc;
+    *exit_code = res.is_timed_out ? -1 : res.exit_code;
+    er_driver_exec_result_fini(&res);
+    return 0;
+}
+
 static int exec_plain(void *arg, const char *script, const void *in,
                       size_t in_len, int64_t timeout_ms,
                       const atomic_bool *cancel, struct er_bridge_exec_out *out,
@@ -182,6 +231,14 @@ static int exec_detached(void *arg, const char *script, const void *in,
 {
     return chan_exec(arg, true, script, in, in_len, timeout_ms, cancel, out,
                      err);
+}
+
+static bool entry_may_forward(void *arg)
+{
+    const struct entry *e = arg;
+
+    return e->partition < 0 || e->partition >= PAUSE_MAX ||
+           !atomic_load(&paused[e->partition]);
 }
 
 /* Take the lease's entry out of the registry (NULL: none). */
@@ -203,9 +260,9 @@ static struct entry *take(const char *lease_id)
     return e;
 }
 
-static void entry_free(struct entry *e, bool stop_gateway)
+static void entry_free(struct entry *e, int64_t drain_ms, bool stop_gateway)
 {
-    er_bridge_run_stop(e->run, STOP_DRAIN_MS, stop_gateway);
+    er_bridge_run_stop(e->run, drain_ms, stop_gateway);
     chan_free(e->chan);
     er_free(e);
 }
@@ -219,6 +276,8 @@ int er_bridge_host_start(const struct er_bridge_host_req *req,
     struct entry *e;
     struct entry *old;
     char origin[sizeof(host.origin)];
+    const char *transport;
+    int port = 0;
     int rc;
 
     *agent_env = NULL;
@@ -237,15 +296,27 @@ int er_bridge_host_start(const struct er_bridge_host_req *req,
                           req->ops->name);
     if (strlen(req->lease->id) >= sizeof(e->lease_id))
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE, "bad lease id");
-    /* A realize seen again (redelivered, resumed): its poller goes; the
-     * gateway stays and is kept below, token and port unchanged. */
+    /* A realize seen again (redelivered, resumed, the run's next one): a
+     * stream_v1 bridge still running is kept as it is; otherwise the old
+     * one goes (a queue_v1 gateway stays and is found serving below) and
+     * the new one asks for its port. */
     old = take(req->lease->id);
-    if (old != NULL)
-        entry_free(old, false);
+    if (old != NULL && er_bridge_run_is_alive(old->run) &&
+        strcmp(er_bridge_run_transport(old->run), "stream_v1") == 0) {
+        e = old;
+        er_log_kv(ER_LOG_INFO, "bridge", "callback bridge kept", "leaseId",
+                  e->lease_id, "transport", "stream_v1", (const char *)NULL);
+        goto answer;
+    }
+    if (old != NULL) {
+        port = er_bridge_run_port(old->run);
+        entry_free(old, STOP_DRAIN_MS, false);
+    }
     e = er_calloc(1, sizeof(*e));
     if (e == NULL)
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
     snprintf(e->lease_id, sizeof(e->lease_id), "%s", req->lease->id);
+    e->partition = req->partition;
     e->chan = chan_new(req->ops, req->env, req->lease, req->remote_cwd);
     if (e->chan == NULL) {
         er_free(e);
@@ -262,19 +333,30 @@ int er_bridge_host_start(const struct er_bridge_host_req *req,
     o.host_token = req->host_token;
     o.lease_id = req->lease->id;
     o.run_id = req->run_id;
+    o.may_forward = entry_may_forward;
+    o.may_forward_arg = e;
+    o.hold = host.is_queue_only ? NULL : chan_hold;
+    o.port = req->port > 0 ? req->port : port;
     rc = er_bridge_run_start(&o, &e->run, err);
     if (rc != 0) {
         chan_free(e->chan);
         er_free(e);
         return rc;
     }
+answer:
     paths = er_bridge_run_paths(e->run);
-    *agent_env =
-        json_pack("{s:s, s:s, s:s, s:s}", "PAPERCLIP_API_URL",
-                  er_bridge_run_base_url(e->run), "PAPERCLIP_API_KEY",
-                  er_bridge_run_token(e->run), "PAPERCLIP_API_BRIDGE_MODE",
-                  "queue_v1", "PAPERCLIP_BRIDGE_QUEUE_DIR", paths->queue_dir);
-    *detail = json_pack("{s:s, s:s, s:i, s:s, s:s}", "transport", "queue_v1",
+    transport = er_bridge_run_transport(e->run);
+    *agent_env = json_pack("{s:s, s:s, s:s}", "PAPERCLIP_API_URL",
+                           er_bridge_run_base_url(e->run), "PAPERCLIP_API_KEY",
+                           er_bridge_run_token(e->run),
+                           "PAPERCLIP_API_BRIDGE_MODE", transport);
+    if (*agent_env != NULL && strcmp(transport, "queue_v1") == 0 &&
+        json_object_set_new(*agent_env, "PAPERCLIP_BRIDGE_QUEUE_DIR",
+                            json_string(paths->queue_dir)) != 0) {
+        json_decref(*agent_env);
+        *agent_env = NULL;
+    }
+    *detail = json_pack("{s:s, s:s, s:i, s:s, s:s}", "transport", transport,
                         "queueDir", paths->queue_dir, "port",
                         er_bridge_run_port(e->run), "remoteCwd",
                         req->remote_cwd, "adapter", req->adapter_key);
@@ -283,7 +365,7 @@ int er_bridge_host_start(const struct er_bridge_host_req *req,
         json_decref(*detail);
         *agent_env = NULL;
         *detail = NULL;
-        entry_free(e, true);
+        entry_free(e, STOP_DRAIN_MS, true);
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
     }
     pthread_mutex_lock(&host.mu);
@@ -307,7 +389,7 @@ void er_bridge_host_stop(const struct er_driver_ops *ops,
     struct er_err err;
 
     if (e != NULL) {
-        entry_free(e, true);
+        entry_free(e, STOP_DRAIN_MS, true);
         er_log_kv(ER_LOG_INFO, "bridge", "callback bridge stopped", "leaseId",
                   lease->id, (const char *)NULL);
         return;
@@ -346,7 +428,7 @@ void er_bridge_host_shutdown(void)
         pthread_mutex_unlock(&host.mu);
         if (e == NULL)
             break;
-        entry_free(e, false);
+        entry_free(e, -1, false);
     }
     pthread_mutex_lock(&host.mu);
     er_bridge_allow_free(host.allow);
@@ -362,4 +444,80 @@ size_t er_bridge_host_count(void)
     n = host.cnt;
     pthread_mutex_unlock(&host.mu);
     return n;
+}
+
+bool er_bridge_host_has(const char *lease_id)
+{
+    struct entry *e;
+    bool is_found = false;
+
+    pthread_mutex_lock(&host.mu);
+    for (e = host.head; e != NULL && !is_found; e = e->next)
+        is_found = strcmp(e->lease_id, lease_id) == 0;
+    pthread_mutex_unlock(&host.mu);
+    return is_found;
+}
+
+void er_bridge_host_pause(int32_t partition, bool is_paused)
+{
+    if (partition >= 0 && partition < PAUSE_MAX)
+        atomic_store(&paused[partition], is_paused);
+}
+
+static bool is_in(int32_t p, const int32_t *ids, size_t cnt)
+{
+    size_t i;
+
+    for (i = 0; i < cnt; i++) {
+        if (ids[i] == p)
+            return true;
+    }
+    return false;
+}
+
+/* Hand over (stop the pollers of) the bridges whose partition is in ids
+ * (is_in true) or not in ids (is_in false). */
+static void hand_over(const int32_t *ids, size_t cnt, bool want_in)
+{
+    struct entry **pp;
+    struct entry *gone = NULL;
+    struct entry *e;
+
+    pthread_mutex_lock(&host.mu);
+    pp = &host.head;
+    while (*pp != NULL) {
+        e = *pp;
+        if (e->partition >= 0 && is_in(e->partition, ids, cnt) == want_in) {
+            *pp = e->next;
+            host.cnt--;
+            e->next = gone;
+            gone = e;
+        } else {
+            pp = &e->next;
+        }
+    }
+    pthread_mutex_unlock(&host.mu);
+    while (gone != NULL) {
+        e = gone;
+        gone = e->next;
+        er_log_kv(ER_LOG_INFO, "bridge",
+                  "callback bridge handed over with its partition", "leaseId",
+                  e->lease_id, (const char *)NULL);
+        entry_free(e, -1, false);
+    }
+}
+
+void er_bridge_host_drop_partition(int32_t partition)
+{
+    hand_over(&partition, 1, true);
+    er_bridge_host_pause(partition, false);
+}
+
+void er_bridge_host_assigned(const int32_t *ids, size_t cnt)
+{
+    size_t i;
+
+    hand_over(ids, cnt, false);
+    for (i = 0; i < PAUSE_MAX; i++)
+        atomic_store(&paused[i], false);
 }

@@ -32,6 +32,7 @@ enum opt_id {
     OPT_WORKSPACE_ROOTS,
     OPT_PAPERCLIP_API_URL,
     OPT_BRIDGE_ALLOWLIST,
+    OPT_BRIDGE_TRANSPORT,
     OPT_SANDBOX_DIR,
     OPT_PLUGINS_DIR,
     OPT_CNT,
@@ -69,6 +70,8 @@ static const struct opt opts[OPT_CNT] = {
                                 "", false },
     [OPT_BRIDGE_ALLOWLIST] = { "ENVRUN_BRIDGE_ALLOWLIST", "bridge-allowlist",
                                "", false },
+    [OPT_BRIDGE_TRANSPORT] = { "ENVRUN_BRIDGE_TRANSPORT", "bridge-transport",
+                               "auto", false },
     [OPT_SANDBOX_DIR] = { "ENVRUN_SANDBOX_DIR", "sandbox-dir", "", false },
     [OPT_PLUGINS_DIR] = { "ENVRUN_PLUGINS_DIR", "plugins-dir", "", false },
 };
@@ -122,6 +125,9 @@ static const char usage_text[] =
     "  --bridge-allowlist     ENVRUN_BRIDGE_ALLOWLIST     (built in)\n"
     "      absolute path of the bridge's route and header allow-lists, in\n"
     "      the format of bridge/allowlist.txt\n"
+    "  --bridge-transport     ENVRUN_BRIDGE_TRANSPORT     (auto)\n"
+    "      auto: stream_v1 where the lease can hold a command open (bwrap,\n"
+    "      ssh), else queue_v1; queue_v1: always the file queue\n"
     "  --sandbox-dir          ENVRUN_SANDBOX_DIR          "
     "(/var/lib/envrun/sandboxes)\n"
     "      absolute directory the bwrap sandbox provider keeps sandboxes in\n"
@@ -551,6 +557,14 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
         return put_str(cfg->bridge_allowlist, sizeof(cfg->bridge_allowlist),
                        name, val, errline, errline_len);
     }
+    case OPT_BRIDGE_TRANSPORT:
+        if (strcmp(val, "auto") != 0 && strcmp(val, "queue_v1") != 0) {
+            fail(errline, errline_len,
+                 "%s: must be auto or queue_v1 (got \"%s\")", name, shown);
+            return -1;
+        }
+        cfg->bridge_queue_only = strcmp(val, "queue_v1") == 0;
+        return 0;
     case OPT_SANDBOX_DIR:
         if (val[0] != '\0' && (val[0] != '/' || has_ctl(val))) {
             fail(errline, errline_len,

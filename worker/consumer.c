@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "worker/bridge_host_int.h"
 #include "worker/consumer_int.h"
 #include "worker/dispatch_int.h"
 #include "worker/kafka_int.h"
@@ -67,6 +68,10 @@ struct er_consumer {
     struct offset_set finished[MAX_PARTITIONS];
     size_t max_inflight;
     bool is_paused;
+    /* Called (with the time) once an assignment is claimed: the reaper
+     * re-attaches the bridges of its runs. May be NULL. */
+    void (*on_assign)(void *arg, int64_t at_ms);
+    void *on_assign_arg;
 };
 
 static void offset_set_clear(struct offset_set *s)
@@ -372,6 +377,11 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
         }
         /* What could not be handed over (the worker is stopping). */
         er_dispatch_cancel_parked(c->dispatch, NULL, 0);
+        /* Bridges of runs whose partition went elsewhere are handed
+         * over; the rest forward again. */
+        er_bridge_host_assigned(ids, cnt);
+        if (c->on_assign != NULL)
+            c->on_assign(c->on_assign_arg, er_time_now_ms());
         rd_kafka_assign(rk, parts);
         c->is_paused = false;
         er_metrics_set_kafka_ready(true);
@@ -384,10 +394,15 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
      * cancels them. A lost assignment (the session expired: the partitions
      * may be someone else's already) or an error cancels them now. */
     if (kerr == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS &&
-        !rd_kafka_assignment_lost(rk) && !er_worker_stop)
+        !rd_kafka_assignment_lost(rk) && !er_worker_stop) {
         er_dispatch_park_partitions(c->dispatch, ids, cnt);
-    else
+        for (i = 0; i < (int)cnt; i++)
+            er_bridge_host_pause(ids[i], true);
+    } else {
         er_dispatch_drop_partitions(c->dispatch, ids, cnt);
+        for (i = 0; i < (int)cnt; i++)
+            er_bridge_host_drop_partition(ids[i]);
+    }
     collect_done(c);
     commit_offsets(c, true);
     for (i = 0; i < (int)cnt; i++) {
@@ -606,4 +621,16 @@ void er_consumer_destroy(struct er_consumer *c)
         offset_set_clear(&c->finished[p]);
     }
     er_free(c);
+}
+
+void er_consumer_set_on_assign(struct er_consumer *c,
+                               void (*fn)(void *arg, int64_t at_ms), void *arg)
+{
+    c->on_assign = fn;
+    c->on_assign_arg = arg;
+}
+
+const char *er_consumer_owner(const struct er_consumer *c)
+{
+    return c->owner;
 }

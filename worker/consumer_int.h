@@ -2,6 +2,8 @@
 #ifndef ER_WORKER_CONSUMER_INT_H
 #define ER_WORKER_CONSUMER_INT_H
 
+#include <stdint.h>
+
 #include "common/common.h"
 #include "worker/dispatch_int.h"
 #include "worker/worker.h"
@@ -18,5 +20,10 @@ struct er_consumer *er_consumer_new(const struct er_config *cfg,
  * commit and leave the group. Returns 0 on a clean stop, 1 on failure. */
 int er_consumer_run(struct er_consumer *c);
 void er_consumer_destroy(struct er_consumer *c);
+/* fn(arg, now) after each assignment is claimed (before er_consumer_run). */
+void er_consumer_set_on_assign(struct er_consumer *c,
+                               void (*fn)(void *arg, int64_t at_ms), void *arg);
+/* This worker's owner id in partition_fence (host:pid). */
+const char *er_consumer_owner(const struct er_consumer *c);
 
 #endif

@@ -135,3 +135,111 @@ int er_kafka_produce(struct rd_kafka_s *rk, const char *topic, const void *key,
     rd_kafka_error_destroy(error);
     return code;
 }
+
+/* ================================================================
+ * One message by its coordinates (er_kafka_fetch)
+ * ================================================================ */
+
+struct er_kafka_fetcher {
+    rd_kafka_t *rk;
+};
+
+struct er_kafka_fetcher *
+er_kafka_fetcher_new(const char *brokers, const char *props, struct er_err *err)
+{
+    /* assign() only: this consumer never joins the group (its id is
+     * needed by librdkafka, never used) and commits nothing. */
+    static const char *const defaults[] = {
+        "group.id",
+        "envrun-fetch",
+        "enable.auto.commit",
+        "false",
+        "auto.offset.reset",
+        "error",
+        "enable.partition.eof",
+        "true",
+        NULL,
+    };
+    struct er_kafka_fetcher *f;
+    rd_kafka_conf_t *conf;
+    char errstr[512];
+
+    conf = er_kafka_conf_new(brokers, defaults, props, errstr, sizeof(errstr));
+    if (conf == NULL) {
+        er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "kafka: %s", errstr);
+        return NULL;
+    }
+    f = er_calloc(1, sizeof(*f));
+    if (f == NULL) {
+        rd_kafka_conf_destroy(conf);
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+        return NULL;
+    }
+    f->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+    if (f->rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        er_free(f);
+        er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "kafka: %s", errstr);
+        return NULL;
+    }
+    return f;
+}
+
+void er_kafka_fetcher_destroy(struct er_kafka_fetcher *f)
+{
+    if (f == NULL)
+        return;
+    rd_kafka_destroy(f->rk);
+    er_free(f);
+}
+
+int er_kafka_fetch(struct er_kafka_fetcher *f, const char *topic,
+                   int32_t partition, int64_t offset, int timeout_ms,
+                   struct er_buf *value, struct er_err *err)
+{
+    rd_kafka_topic_partition_list_t *parts;
+    int64_t deadline = er_time_mono_ms() + timeout_ms;
+    int rc = ER_ETIMEDOUT;
+
+    parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = offset;
+    if (rd_kafka_assign(f->rk, parts) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_topic_partition_list_destroy(parts);
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY,
+                          "kafka: cannot assign %s [%d]", topic,
+                          (int)partition);
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+    while (er_time_mono_ms() < deadline) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(f->rk, 100);
+
+        if (m == NULL)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF ||
+            m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+            m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+            rc = er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_NONE,
+                            "kafka: %s [%d] has no message at offset %lld",
+                            topic, (int)partition, (long long)offset);
+            rd_kafka_message_destroy(m);
+            break;
+        }
+        if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR || m->offset != offset ||
+            m->partition != partition) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        er_buf_reset(value);
+        rc = m->len > 0 ? er_buf_append(value, m->payload, m->len) : 0;
+        if (rc != 0)
+            er_err_set(err, rc, ER_ERRCLASS_NONE, "kafka: message too large");
+        rd_kafka_message_destroy(m);
+        break;
+    }
+    if (rc == ER_ETIMEDOUT)
+        er_err_set(err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
+                   "kafka: no message from %s [%d] within %d ms", topic,
+                   (int)partition, timeout_ms);
+    (void)rd_kafka_assign(f->rk, NULL);
+    return rc;
+}

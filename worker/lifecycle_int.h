@@ -92,4 +92,20 @@ typedef void er_lifecycle_expiry_fn(void *arg, int64_t at_ms);
 void er_lifecycle_set_expiry_hook(struct er_lifecycle *lc,
                                   er_lifecycle_expiry_fn *fn, void *arg);
 
+/* The value of the commands topic's message at partition and offset into
+ * value (er_kafka_fetch's errors). */
+typedef int er_lifecycle_fetch_fn(void *arg, const char *topic,
+                                  int32_t partition, int64_t offset,
+                                  struct er_buf *value, struct er_err *err);
+
+/* The bridge follows its run (contract.md 7): for every active lease whose
+ * realize came from a partition owner holds (partition_fence) and whose
+ * bridge this process does not run, read that realize command again
+ * (fetch: its hostApiToken is stored nowhere) and re-attach to the
+ * gateway, or start it again with the same token and port. Failures are
+ * logged per bridge; *attached gets how many were re-attached. */
+int er_lifecycle_bridges_follow(struct er_lifecycle *lc, const char *owner,
+                                er_lifecycle_fetch_fn *fetch, void *fetch_arg,
+                                int *attached, struct er_err *err);
+
 #endif

@@ -319,13 +319,17 @@ static int start_bridge(struct er_step *st, const struct er_driver_ops *ops,
     rc = er_lifecycle__journal(st, "bridge", dlease->id, env->id, err);
     if (rc != 0)
         return rc;
-    req = (struct er_bridge_host_req){ ops,
-                                       denv,
-                                       dlease,
-                                       remote_cwd,
-                                       cmd->adapter_type,
-                                       &cmd->host_api_token,
-                                       cmd->heartbeat_run_id };
+    req =
+        (struct er_bridge_host_req){ ops,
+                                     denv,
+                                     dlease,
+                                     remote_cwd,
+                                     cmd->adapter_type,
+                                     &cmd->host_api_token,
+                                     cmd->heartbeat_run_id,
+                                     st->coords != NULL ? st->coords->partition
+                                                        : -1,
+                                     0 };
     er_err_clear(&berr);
     er_fault_point("bridge.before");
     if (er_bridge_host_start(&req, &agent_env, &detail, &berr) != 0) {
@@ -602,5 +606,130 @@ out:
     json_decref(ws);
     json_decref(meta);
     er_driver_realized_fini(&real);
+    return rc;
+}
+
+/* Re-attach one journaled bridge (see er_lifecycle_bridges_follow) from
+ * its realize command. Returns 1 when attached, 0 when it cannot be (a
+ * warning says why), < 0 on a failure of the database. */
+static int follow_one(struct er_lifecycle *lc, const struct er_bridge_op *op,
+                      const struct er_run_command *cmd, struct er_err *err)
+{
+    struct er_env_row env;
+    struct er_lease_row lease;
+    struct er_bridge_host_req req;
+    struct er_err berr;
+    const struct er_driver_ops *ops;
+    struct er_driver_env denv;
+    struct er_driver_lease dlease;
+    json_t *detail = er_lifecycle__jparse(op->detail_json);
+    json_t *config = NULL;
+    json_t *meta = NULL;
+    json_t *agent_env = NULL;
+    json_t *detail2 = NULL;
+    const char *driver;
+    int rc;
+
+    rc = er_store_lease_get(lc->store, op->lease_id, &lc->arena, &lease, err);
+    if (rc == 0)
+        rc = er_store_env_get(lc->store, lease.environment_id, &lc->arena, &env,
+                              err);
+    if (rc != 0)
+        goto out;
+    config = json_loads(env.config_json, 0, NULL);
+    meta = er_lifecycle__jparse(lease.metadata_json);
+    if (config == NULL || !json_is_object(meta)) {
+        rc = 0;
+        goto out;
+    }
+    driver = er_lifecycle__jget_str(meta, "driver") != NULL
+                 ? er_lifecycle__jget_str(meta, "driver")
+                 : env.driver;
+    ops = er_driver_find(driver);
+    if (ops == NULL || strcmp(lease.status, "active") != 0) {
+        rc = 0;
+        goto out;
+    }
+    denv = er_lifecycle__driver_env(&env, config);
+    dlease = er_lifecycle__driver_lease(&lease, meta);
+    req = (struct er_bridge_host_req){
+        ops,
+        &denv,
+        &dlease,
+        er_lifecycle__jget_str(detail, "remoteCwd"),
+        er_lifecycle__jget_str(detail, "adapter"),
+        &cmd->host_api_token,
+        cmd->heartbeat_run_id,
+        op->partition,
+        (int)json_integer_value(json_object_get(detail, "port")),
+    };
+    er_err_clear(&berr);
+    if (er_bridge_host_start(&req, &agent_env, &detail2, &berr) != 0) {
+        er_log_kv(ER_LOG_WARN, "bridge", "callback bridge not re-attached",
+                  "leaseId", op->lease_id, "error", berr.msg,
+                  (const char *)NULL);
+        rc = 0;
+        goto out;
+    }
+    rc = 1;
+out:
+    json_decref(agent_env);
+    json_decref(detail2);
+    json_decref(meta);
+    json_decref(config);
+    json_decref(detail);
+    return rc;
+}
+
+int er_lifecycle_bridges_follow(struct er_lifecycle *lc, const char *owner,
+                                er_lifecycle_fetch_fn *fetch, void *fetch_arg,
+                                int *attached, struct er_err *err)
+{
+    struct er_bridge_op *ops = NULL;
+    struct er_buf value;
+    size_t cnt = 0;
+    size_t i;
+    int rc;
+
+    *attached = 0;
+    er_arena_reset(&lc->arena);
+    rc = er_store_journal_bridges_owned(lc->store, lc->topic_commands, owner,
+                                        &lc->arena, &ops, &cnt, err);
+    er_buf_init(&value, ER_CMD_VALUE_MAX_BYTES);
+    for (i = 0; rc == 0 && i < cnt; i++) {
+        struct er_run_command cmd;
+        struct er_err ferr;
+        const char *why = NULL;
+
+        if (er_bridge_host_has(ops[i].lease_id))
+            continue;
+        memset(&cmd, 0, sizeof(cmd));
+        er_err_clear(&ferr);
+        if (fetch(fetch_arg, lc->topic_commands, ops[i].partition,
+                  ops[i].offset, &value, &ferr) != 0)
+            why = ferr.msg;
+        else if (er_codec_command_decode(value.data, value.len, &cmd, &ferr) !=
+                 0)
+            why = "its realize command no longer decodes";
+        else if (cmd.kind != ER_CMD_REALIZE ||
+                 strcmp(cmd.command_id, ops[i].command_id) != 0)
+            why = "the journaled offset holds another command";
+        else if (!er_secret_is_set(&cmd.host_api_token) ||
+                 cmd.heartbeat_run_id == NULL)
+            why = "its realize command carries no hostApiToken";
+        if (why != NULL) {
+            er_log_kv(ER_LOG_WARN, "bridge", "callback bridge not re-attached",
+                      "leaseId", ops[i].lease_id, "error", why,
+                      (const char *)NULL);
+        } else {
+            rc = follow_one(lc, &ops[i], &cmd, err);
+            if (rc > 0)
+                (*attached)++;
+            rc = rc > 0 ? 0 : rc;
+        }
+        er_codec_command_fini(&cmd);
+    }
+    er_buf_fini(&value);
+    er_arena_reset(&lc->arena);
     return rc;
 }

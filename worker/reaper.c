@@ -6,14 +6,18 @@
  * sweeps what crashes left on this host. Every worker runs one; Postgres keeps
  * two from reaping one lease or one acquisition. */
 #include <pthread.h>
+#include <stdio.h>
 #include <time.h>
 
+#include "worker/kafka_int.h"
 #include "worker/lifecycle_int.h"
 #include "worker/reaper_int.h"
 
-#define PASS_LIMIT  100
+#define PASS_LIMIT    100
 /* The shortest time between two passes, however many expiries are due. */
-#define PASS_GAP_MS 1000
+#define PASS_GAP_MS   1000
+/* How long reading one realize command back from Kafka may take. */
+#define FETCH_WAIT_MS 10000
 
 struct er_reaper {
     pthread_t tid;
@@ -25,6 +29,12 @@ struct er_reaper {
     int64_t ttl_s;
     int64_t interval_ms;
     int64_t due_ms; /* wall clock of an earlier pass wanted; 0: none */
+    /* Bridges (er_reaper_follow_bridges): this worker's owner id, Kafka
+     * to read realize commands from. Set before the first assignment. */
+    char owner[128];
+    char brokers[1024];
+    char props[2048];
+    struct er_kafka_fetcher *fetcher; /* the thread's, made when needed */
 };
 
 void er_reaper_expect(void *arg, int64_t at_ms)
@@ -63,6 +73,38 @@ static bool wait_due_locked(struct er_reaper *r, int64_t last_pass_ms)
     }
 }
 
+static int fetch(void *arg, const char *topic, int32_t partition,
+                 int64_t offset, struct er_buf *value, struct er_err *err)
+{
+    struct er_reaper *r = arg;
+
+    if (r->fetcher == NULL) {
+        r->fetcher = er_kafka_fetcher_new(r->brokers, r->props, err);
+        if (r->fetcher == NULL)
+            return err->code;
+    }
+    return er_kafka_fetch(r->fetcher, topic, partition, offset, FETCH_WAIT_MS,
+                          value, err);
+}
+
+/* Re-attach the bridges of runs whose partition this worker now holds. */
+static int follow_bridges(struct er_reaper *r, struct er_err *err)
+{
+    char owner[sizeof(r->owner)];
+    int attached = 0;
+    int rc;
+
+    pthread_mutex_lock(&r->mu);
+    snprintf(owner, sizeof(owner), "%s", r->owner);
+    pthread_mutex_unlock(&r->mu);
+    if (owner[0] == '\0')
+        return 0;
+    rc = er_lifecycle_bridges_follow(r->lc, owner, fetch, r, &attached, err);
+    if (rc == 0 && attached > 0)
+        ER_LOG_INFO("reaper", "%d callback bridges re-attached", attached);
+    return rc;
+}
+
 static void *reaper_main(void *arg)
 {
     struct er_reaper *r = arg;
@@ -86,6 +128,8 @@ static void *reaper_main(void *arg)
             rc = er_lifecycle_reap(r->lc, r->ttl_s, PASS_LIMIT, &reaped, &err);
         } while (rc == 0 && reaped == PASS_LIMIT);
         er_lifecycle_sweep_host(r->lc);
+        if (rc == 0)
+            rc = follow_bridges(r, &err);
         if (rc == 0)
             rc = er_lifecycle_next_expiry(r->lc, &next, &err);
         if (rc != 0 && er_time_mono_ms() - last_warn >= 60000) {
@@ -141,8 +185,19 @@ void er_reaper_destroy(struct er_reaper *r)
         pthread_mutex_unlock(&r->mu);
         pthread_join(r->tid, NULL);
     }
+    er_kafka_fetcher_destroy(r->fetcher);
     er_lifecycle_destroy(r->lc);
     pthread_cond_destroy(&r->cv);
     pthread_mutex_destroy(&r->mu);
     er_free(r);
+}
+
+void er_reaper_follow_bridges(struct er_reaper *r, const char *owner,
+                              const char *brokers, const char *props)
+{
+    pthread_mutex_lock(&r->mu);
+    snprintf(r->brokers, sizeof(r->brokers), "%s", brokers);
+    snprintf(r->props, sizeof(r->props), "%s", props != NULL ? props : "");
+    snprintf(r->owner, sizeof(r->owner), "%s", owner);
+    pthread_mutex_unlock(&r->mu);
 }

@@ -17,6 +17,12 @@ struct er_reaper *er_reaper_new(const struct er_config *cfg,
  * otherwise pass later: a lease's bounded life ends then. Thread-safe;
  * arg is the struct er_reaper (an er_lifecycle_expiry_fn). */
 void er_reaper_expect(void *arg, int64_t at_ms);
+/* Have each pass re-attach the callback bridges of runs whose partition
+ * owner (this worker's partition_fence id) holds, reading their realize
+ * commands from brokers (props: ENVRUN_KAFKA_PROPS). Thread-safe; call
+ * before the consumer runs. */
+void er_reaper_follow_bridges(struct er_reaper *r, const char *owner,
+                              const char *brokers, const char *props);
 /* Stop the thread and free. NULL is ok. */
 void er_reaper_destroy(struct er_reaper *r);
 

@@ -76,7 +76,7 @@ int er_worker_run(const struct er_config *cfg)
         return 2;
     }
     if (er_bridge_host_setup(cfg->paperclip_api_url, cfg->bridge_allowlist,
-                             &err) != 0) {
+                             cfg->bridge_queue_only, &err) != 0) {
         /* Checked by the configuration already; reported like it. */
         fprintf(stderr, "envrun-worker: %s\n", err.msg);
         er_sandbox_shutdown();
@@ -115,6 +115,9 @@ int er_worker_run(const struct er_config *cfg)
     consumer = er_consumer_new(cfg, brokers, dispatch, &err);
     if (consumer == NULL)
         goto fail;
+    er_reaper_follow_bridges(reaper, er_consumer_owner(consumer), brokers,
+                             cfg->kafka_props);
+    er_consumer_set_on_assign(consumer, er_reaper_expect, reaper);
     ER_LOG_INFO("worker", "started: group %s, concurrency %d", cfg->kafka_group,
                 cfg->concurrency);
     rc = er_consumer_run(consumer);

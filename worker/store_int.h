@@ -173,6 +173,21 @@ int er_store_journal_get(struct er_store *store, const char *command_id,
 int er_store_journal_bridge(struct er_store *store, const char *lease_id,
                             struct er_arena *arena, char **detail_json,
                             struct er_err *err);
+/* A bridge a realize started, as the journal keeps it. Arena strings. */
+struct er_bridge_op {
+    const char *lease_id;
+    const char *command_id;
+    int32_t partition; /* of the realize command */
+    int64_t offset;
+    const char *detail_json; /* where the gateway runs */
+};
+/* The bridges of active leases whose realize came from a partition of
+ * topic that owner holds (partition_fence), latest per lease, at most
+ * 256. */
+int er_store_journal_bridges_owned(struct er_store *store, const char *topic,
+                                   const char *owner, struct er_arena *arena,
+                                   struct er_bridge_op **ops, size_t *op_cnt,
+                                   struct er_err *err);
 /* Set one operation's state (done, failed, rolled_back) and, when
  * detail_json is not NULL, its detail. */
 int er_store_journal_close(struct er_store *store, const char *command_id,

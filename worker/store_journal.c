@@ -139,6 +139,64 @@ out:
     return rc;
 }
 
+int er_store_journal_bridges_owned(struct er_store *store, const char *topic,
+                                   const char *owner, struct er_arena *arena,
+                                   struct er_bridge_op **ops, size_t *op_cnt,
+                                   struct er_err *err)
+{
+    const char *params[] = { topic, owner };
+    PGresult *res;
+    int rc = 0;
+    int n;
+    int i;
+
+    *ops = NULL;
+    *op_cnt = 0;
+    /* The latest bridge operation of each active lease whose command came
+     * from a partition this owner holds. */
+    res = er_store__exec(
+        store, "bridges owned",
+        "SELECT DISTINCT ON (o.lease_id) o.lease_id::text, o.command_id, "
+        "o.partition_id, o.kafka_offset, o.detail::text "
+        "FROM envrun.operations o "
+        "JOIN envrun.partition_fence f ON f.topic = o.topic "
+        "AND f.partition_id = o.partition_id "
+        "JOIN environment_leases l ON l.id = o.lease_id "
+        "WHERE o.kind = 'bridge' AND o.state = 'done' AND "
+        "o.detail IS NOT NULL AND o.kafka_offset IS NOT NULL AND "
+        "o.topic = $1 AND f.owner = $2 AND l.status = 'active' "
+        "ORDER BY o.lease_id, o.id DESC LIMIT 256",
+        2, params, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    n = PQntuples(res);
+    if (n > 0) {
+        *ops = er_arena_alloc(arena, sizeof(**ops) * (size_t)n);
+        if (*ops == NULL) {
+            rc = er_store__oom(err);
+            goto out;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        struct er_bridge_op *op = &(*ops)[i];
+
+        op->lease_id = er_store__get_str(res, i, 0, arena);
+        op->command_id = er_store__get_str(res, i, 1, arena);
+        op->partition = (int32_t)strtol(PQgetvalue(res, i, 2), NULL, 10);
+        op->offset = strtoll(PQgetvalue(res, i, 3), NULL, 10);
+        op->detail_json = er_store__get_str(res, i, 4, arena);
+        if (op->lease_id == NULL || op->command_id == NULL ||
+            op->detail_json == NULL) {
+            rc = er_store__oom(err);
+            goto out;
+        }
+    }
+    *op_cnt = (size_t)n;
+out:
+    PQclear(res);
+    return rc;
+}
+
 int er_store_journal_close(struct er_store *store, const char *command_id,
                            const char *kind, const char *lease_id,
                            const char *state, const char *detail_json,

@@ -35,8 +35,10 @@ struct er_config {
     char workspace_roots[ER_CONFIG_STR_MAX]; /* "": none */
     char paperclip_api_url[ER_CONFIG_STR_MAX];
     char bridge_allowlist[ER_CONFIG_STR_MAX]; /* "": the built-in one */
-    char sandbox_dir[ER_CONFIG_STR_MAX];      /* "": the bwrap default */
-    char plugins_dir[ER_CONFIG_STR_MAX];      /* "": no provider plugins */
+    /* ENVRUN_BRIDGE_TRANSPORT=queue_v1: never stream_v1. */
+    bool bridge_queue_only;
+    char sandbox_dir[ER_CONFIG_STR_MAX]; /* "": the bwrap default */
+    char plugins_dir[ER_CONFIG_STR_MAX]; /* "": no provider plugins */
 };
 
 /* Outcome of er_config_load. */

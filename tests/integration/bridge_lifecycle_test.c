@@ -10,7 +10,9 @@
  * gateway; neither the credential nor the token is left in the database,
  * the log or any topic but the result's bridge.env. */
 #include <ctype.h>
+#include <dirent.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -204,7 +207,8 @@ static void write_agent_env(const char *ws, const json_t *body)
 }
 
 /* bridge.env as contract.md 4 and upstream.md B11 give it. */
-static void check_bridge_env(const json_t *body, const char *host_token)
+static void check_bridge_env(const json_t *body, const char *host_token,
+                             const char *mode)
 {
     const char *url = er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL");
     const char *key = er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY");
@@ -213,8 +217,14 @@ static void check_bridge_env(const json_t *body, const char *host_token)
 
     ER_HARNESS_NON_NULL(url);
     ER_HARNESS_NON_NULL(key);
-    ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_BRIDGE_MODE",
-                          "queue_v1");
+    ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_BRIDGE_MODE", mode);
+    /* queue_v1 also names its queue (upstream.md B11). */
+    if (strcmp(mode, "queue_v1") == 0)
+        ER_HARNESS_NON_NULL(
+            er_harness_json_str(body, "bridge.env.PAPERCLIP_BRIDGE_QUEUE_DIR"));
+    else
+        assert_null(
+            er_harness_json_at(body, "bridge.env.PAPERCLIP_BRIDGE_QUEUE_DIR"));
     assert_memory_equal(url, "http://127.0.0.1:", 17);
     for (p = url + 17; *p != '\0'; p++)
         assert_true(isdigit((unsigned char)*p));
@@ -295,12 +305,69 @@ static void check_no_leak(const char *host_token, const char *bridge_token)
     assert_false(er_harness_worker_log_contains(worker, bridge_token));
 }
 
+/* SIGKILL every process whose program (argv[0]) is path; how many. */
+static int kill_program(const char *path)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int cnt = 0;
+
+    ER_HARNESS_NON_NULL(d);
+    while ((e = readdir(d)) != NULL) {
+        char file[300];
+        char argv0[4096];
+        size_t n;
+        FILE *f;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(file, sizeof(file), "/proc/%s/cmdline", e->d_name);
+        f = fopen(file, "r");
+        if (f == NULL)
+            continue;
+        n = fread(argv0, 1, sizeof(argv0) - 1, f);
+        fclose(f);
+        argv0[n] = '\0'; /* the first NUL ends argv[0] */
+        if (strcmp(argv0, path) == 0 &&
+            kill((pid_t)atoi(e->d_name), SIGKILL) == 0)
+            cnt++;
+    }
+    closedir(d);
+    return cnt;
+}
+
 /* The results of command_id so far (replays included). */
 static size_t results_of(const char *command_id,
                          const struct er_harness_record **out, size_t max)
 {
     return er_harness_find(h, ER_HARNESS_RESULTS, "commandId", command_id, out,
                            max);
+}
+
+/* A bridged run on env_id: acquire, then a realize from a fresh host
+ * workspace <h->dir>/<ws_name> (into ws) carrying token, whose bridge.env
+ * is checked (transport mode). Returns the realize's body (new reference);
+ * first keeps the command, bridge_token the agent's token. */
+static json_t *bridged_run(struct er_harness_run *run, const char *env_id,
+                           const char *mode, const char *ws_name,
+                           const char *token, struct er_harness_cmd *first,
+                           char *ws, size_t ws_len, char bridge_token[40])
+{
+    const json_t *res;
+    json_t *body;
+
+    snprintf(ws, ws_len, "%s/%s", h->dir, ws_name);
+    er_harness_fresh_dir(ws);
+    write_file(ws, "agent.env", "");
+    acquire(run, env_id);
+    res = realize(first, run, ws, token, NULL);
+    ER_HARNESS_ASSERT_OK(res);
+    body = er_harness_json_parse_field(res, "resultJson");
+    ER_HARNESS_NON_NULL(body);
+    check_bridge_env(body, token, mode);
+    snprintf(bridge_token, 40, "%s",
+             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY"));
+    return body;
 }
 
 /* ----------------------------------------------------------------
@@ -331,18 +398,8 @@ static void bwrap_agent_reaches_api_through_bridge(void **state)
     random_token(token, sizeof(token));
     er_harness_env_insert(h, run.company_id, "Bridged bwrap", "sandbox",
                           "active", "{\"provider\": \"bwrap\"}", env_id);
-    snprintf(ws, sizeof(ws), "%s/bridge-ws", h->dir);
-    er_harness_fresh_dir(ws);
-    write_file(ws, "agent.env", "");
-    acquire(&run, env_id);
-
-    res = realize(&first, &run, ws, token, NULL);
-    ER_HARNESS_ASSERT_OK(res);
-    body = er_harness_json_parse_field(res, "resultJson");
-    ER_HARNESS_NON_NULL(body);
-    check_bridge_env(body, token);
-    snprintf(bridge_token, sizeof(bridge_token), "%s",
-             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY"));
+    body = bridged_run(&run, env_id, "stream_v1", "bridge-ws", token, &first,
+                       ws, sizeof(ws), bridge_token);
     snprintf(url, sizeof(url), "%s",
              er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL"));
 
@@ -369,8 +426,7 @@ static void bwrap_agent_reaches_api_through_bridge(void **state)
     body = er_harness_json_parse_field(res, "resultJson");
     ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_KEY", bridge_token);
     ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_URL", url);
-    assert_true(
-        er_harness_worker_log_contains(worker, "callback bridge re-attached"));
+    assert_true(er_harness_worker_log_contains(worker, "callback bridge kept"));
 
     ER_HARNESS_ASSERT_OK(
         er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
@@ -383,12 +439,17 @@ static void bwrap_agent_reaches_api_through_bridge(void **state)
 }
 
 /* Over ssh (upstream.md B12): the gateway is uploaded once, serves the
- * agent on the ssh host, and is gone after release. */
+ * agent on the ssh host, comes back with the same port and token after it
+ * died, and is gone after release. */
 static void ssh_agent_reaches_api_through_bridge(void **state)
 {
     struct er_harness_run run;
     struct er_harness_cmd first;
     struct er_harness_cmd second;
+    struct er_harness_cmd third;
+    struct er_harness_cmd fourth;
+    json_t *later;
+    int i;
     char env_id[37];
     char token[64];
     char ws[ER_HARNESS_PATH_MAX + 32];
@@ -408,17 +469,8 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
                                                config, env_id),
                      0);
     json_decref(config);
-    snprintf(ws, sizeof(ws), "%s/bridge-ssh-ws", h->dir);
-    er_harness_fresh_dir(ws);
-    write_file(ws, "agent.env", "");
-    acquire(&run, env_id);
-
-    res = realize(&first, &run, ws, token, NULL);
-    ER_HARNESS_ASSERT_OK(res);
-    body = er_harness_json_parse_field(res, "resultJson");
-    check_bridge_env(body, token);
-    snprintf(bridge_token, sizeof(bridge_token), "%s",
-             er_harness_json_str(body, "bridge.env.PAPERCLIP_API_KEY"));
+    body = bridged_run(&run, env_id, "stream_v1", "bridge-ssh-ws", token,
+                       &first, ws, sizeof(ws), bridge_token);
     cwd = er_harness_json_str(body, "workspaceRealization.remote.path");
     if (cwd == NULL)
         cwd = er_harness_json_str(body, "lease.metadata.remoteCwd");
@@ -435,9 +487,28 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     res = realize(&second, &run, ws, token, script);
     ER_HARNESS_ASSERT_OK(res);
     check_api_saw(token, run.run_id, bridge_token, 1);
+
+    /* The gateway dies (the host was restarted, say): the next realize
+     * starts it again, on the same port with the same token, and the
+     * agent's variables still hold. */
+    assert_true(kill_program(gateway) > 0);
+    for (i = 0; i < 100 && er_harness_process_with(gateway); i++)
+        nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+    assert_false(er_harness_process_with(gateway));
+    res = realize(&third, &run, ws, token, NULL);
+    ER_HARNESS_ASSERT_OK(res);
     /* The gateway file was there with its checksum: not sent again. */
     assert_true(
         er_harness_worker_log_contains(worker, "\"uploaded\":\"false\""));
+    later = er_harness_json_parse_field(res, "resultJson");
+    ER_HARNESS_ASSERT_STR(later, "bridge.env.PAPERCLIP_API_KEY", bridge_token);
+    ER_HARNESS_ASSERT_STR(
+        later, "bridge.env.PAPERCLIP_API_URL",
+        er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL"));
+    assert_true(er_harness_process_with(gateway));
+    er_api_standin_answer(api, API_OK, 0);
+    ER_HARNESS_ASSERT_OK(realize(&fourth, &run, ws, token, script));
+    check_api_saw(token, run.run_id, bridge_token, 1);
 
     ER_HARNESS_ASSERT_OK(
         er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
@@ -445,7 +516,110 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     check_no_leak(token, bridge_token);
     er_secret_fini(&first.cmd.host_api_token);
     er_secret_fini(&second.cmd.host_api_token);
+    er_secret_fini(&third.cmd.host_api_token);
+    er_secret_fini(&fourth.cmd.host_api_token);
+    json_decref(later);
     json_decref(body);
+}
+
+/* Workers with ENVRUN_BRIDGE_TRANSPORT=queue_v1 (is_queue) or the
+ * default. */
+static struct er_harness_worker *start_worker(bool is_queue)
+{
+    static const char *env[10];
+    struct er_harness_worker_opts opts = { 0 };
+    size_t n;
+
+    for (n = 0; worker_env[n] != NULL; n++)
+        env[n] = worker_env[n];
+    if (is_queue)
+        env[n++] = "ENVRUN_BRIDGE_TRANSPORT=queue_v1";
+    env[n] = NULL;
+    opts.env = env;
+    return er_harness_worker_start_warm(h, &opts);
+}
+
+/* The bridge follows its run: the worker is SIGKILLed between two of the
+ * agent's requests; the run's next owner reads the realize back from
+ * Kafka and re-attaches: a queue_v1 gateway still serves in the sandbox
+ * and is kept; a stream_v1 one died with its exec and starts again on the
+ * same port. The agent's next request is served with the same URL and
+ * token. */
+static void follow_across_kill(const char *mode)
+{
+    bool is_queue = strcmp(mode, "queue_v1") == 0;
+    struct er_harness_run run;
+    struct er_harness_cmd first;
+    struct er_harness_cmd second;
+    struct er_harness_cmd third;
+    char env_id[37];
+    char token[64];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    char script[4096];
+    char bridge_token[40];
+    const json_t *res;
+    json_t *body;
+    json_t *later;
+
+    /* This test's workers use the transport asked for. */
+    assert_int_equal(er_harness_worker_stop(worker, SIGTERM, 30000), 0);
+    worker = start_worker(is_queue);
+    ER_HARNESS_NON_NULL(worker);
+    er_harness_run_init(&run);
+    random_token(token, sizeof(token));
+    er_harness_env_insert(h, run.company_id, "Bridged kill", "sandbox",
+                          "active", "{\"provider\": \"bwrap\"}", env_id);
+    body = bridged_run(&run, env_id, mode,
+                       is_queue ? "bridge-kq-ws" : "bridge-ks-ws", token,
+                       &first, ws, sizeof(ws), bridge_token);
+    write_agent_env(ws, body);
+    agent_script(script, sizeof(script), true);
+    er_api_standin_answer(api, API_OK, 0);
+    ER_HARNESS_ASSERT_OK(realize(&second, &run, ws, token, script));
+    check_api_saw(token, run.run_id, bridge_token, 1);
+
+    /* The worker dies mid-conversation; the next one takes the run. */
+    assert_int_equal(er_harness_worker_stop(worker, SIGKILL, 5000),
+                     128 + SIGKILL);
+    worker = start_worker(is_queue);
+    ER_HARNESS_NON_NULL(worker);
+    if (!er_harness_worker_wait_log(worker, "callback bridges re-attached",
+                                    WAIT_MS)) {
+        er_harness_worker_dump_log(worker, 4000);
+        fail_msg("the next owner did not re-attach the bridge");
+    }
+    /* queue_v1: the gateway was found serving and kept. */
+    assert_true(er_harness_worker_log_contains(
+                    worker, "callback bridge re-attached") == is_queue);
+    er_api_standin_answer(api, API_OK, 0);
+    res = realize(&third, &run, ws, token, script);
+    ER_HARNESS_ASSERT_OK(res);
+    check_api_saw(token, run.run_id, bridge_token, 1);
+    later = er_harness_json_parse_field(res, "resultJson");
+    ER_HARNESS_ASSERT_STR(later, "bridge.env.PAPERCLIP_API_KEY", bridge_token);
+    ER_HARNESS_ASSERT_STR(
+        later, "bridge.env.PAPERCLIP_API_URL",
+        er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL"));
+    ER_HARNESS_ASSERT_OK(
+        er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
+    check_no_leak(token, bridge_token);
+    er_secret_fini(&first.cmd.host_api_token);
+    er_secret_fini(&second.cmd.host_api_token);
+    er_secret_fini(&third.cmd.host_api_token);
+    json_decref(later);
+    json_decref(body);
+}
+
+static void queue_bridge_follows_its_run_across_a_worker_kill(void **state)
+{
+    (void)state;
+    follow_across_kill("queue_v1");
+}
+
+static void stream_bridge_follows_its_run_across_a_worker_kill(void **state)
+{
+    (void)state;
+    follow_across_kill("stream_v1");
 }
 
 /* A provider that cannot run commands cannot carry a bridge: the realize
@@ -482,6 +656,8 @@ int main(void)
         cmocka_unit_test(bwrap_agent_reaches_api_through_bridge),
         cmocka_unit_test(ssh_agent_reaches_api_through_bridge),
         cmocka_unit_test(fake_sandbox_cannot_bridge),
+        cmocka_unit_test(queue_bridge_follows_its_run_across_a_worker_kill),
+        cmocka_unit_test(stream_bridge_follows_its_run_across_a_worker_kill),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -865,7 +865,7 @@ static void ssh_execute_checks_env_before_connecting(void **state)
     const char *bad_env[] = { "MY-TOKEN=" SECRET, NULL };
     const char *good_env[] = { "SHELL=/bin/bash", NULL };
     struct er_driver_exec req = { "bash", args, NULL, bad_env, NULL,
-                                  0,      1000, 0,    false };
+                                  0,      1000, 0,    false,   NULL };
     struct er_driver_exec_result res;
     struct er_err err;
 
