@@ -200,6 +200,9 @@ struct er_bridge_queue_opts {
     int64_t poll_interval_ms;
     int64_t list_wait_ms;
     int64_t iteration_timeout_ms;
+    /* The envrun-gateway where the queue is (NULL: unknown): its
+     * --wait-requests does the list's wait. */
+    const char *gateway;
     /* May be NULL. While it says false the poller neither lists nor
      * forwards (a handover of the run is under way). */
     bool (*may_forward)(void *arg);

@@ -28,6 +28,7 @@ struct er_bridge_poller {
     void *exec_arg;
     char *queue_dir;
     char *run_id;
+    char *gateway; /* NULL: the list waits with a shell loop */
     struct er_bridge_fwd *fwd;
     const struct er_secret *host_token;
     size_t max_body;
@@ -172,7 +173,22 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
              (long long)(p->poll_interval_ms % 1000));
     er_bridge_exec_out_init(&out, LIST_OUT_MAX);
     er_buf_init(&script, 16384);
-    rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
+    /* The gateway binary waits without a process per step and wakes at
+     * once; the shell loop is for a gateway that is not there. */
+    if (p->gateway != NULL && wait_ms > 0) {
+        rc = script_with(&script, "gw=", p->gateway, NULL, "; d=");
+        if (rc == 0)
+            rc = er_sh_quote(&script, p->queue_dir);
+        if (rc == 0)
+            rc = er_buf_printf(&script,
+                               "/requests; if [ -x \"$gw\" ]; then exec "
+                               "\"$gw\" --wait-requests \"$d\" %lld; fi; ",
+                               (long long)wait_ms);
+        if (rc == 0)
+            rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
+    } else {
+        rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
+    }
     if (rc == 0)
         rc = run(p, (const char *)script.data, NULL, 0,
                  p->iteration_timeout_ms + wait_ms, &p->cancel_list, &out, err);
@@ -272,6 +288,11 @@ static int op_write(struct er_bridge_poller *p, const char *name,
     rc = script_with(&script, "q=", p->queue_dir, NULL, "; n=");
     if (rc == 0)
         rc = er_buf_printf(&script, "%s; g=%d", name, require_request ? 1 : 0);
+    /* The gateway binary does the same in one process. */
+    if (rc == 0 && p->gateway != NULL)
+        rc = script_with(&script, "; gw=", p->gateway, NULL,
+                         "; if [ -x \"$gw\" ]; then exec \"$gw\" "
+                         "--write-response \"$q\" \"$n\" \"$g\"; fi");
     if (rc == 0)
         rc = er_buf_append(&script, body, sizeof(body) - 1);
     if (rc == 0)
@@ -526,6 +547,7 @@ int er_bridge_poller_start(const struct er_bridge_queue_opts *opts,
     p->exec_arg = opts->exec_arg;
     p->queue_dir = er_strdup(opts->queue_dir);
     p->run_id = er_strdup(opts->run_id);
+    p->gateway = opts->gateway != NULL ? er_strdup(opts->gateway) : NULL;
     p->fwd = opts->fwd;
     p->host_token = opts->host_token;
     p->may_forward = opts->may_forward;
@@ -578,6 +600,7 @@ void er_bridge_poller_stop(struct er_bridge_poller *p, int64_t drain_ms)
     pthread_mutex_destroy(&p->mu);
     er_free(p->queue_dir);
     er_free(p->run_id);
+    er_free(p->gateway);
     er_free(p);
 }
 

@@ -459,6 +459,7 @@ int er_bridge_run_start(const struct er_bridge_run_opts *o,
         q.exec = o->exec;
         q.exec_arg = o->exec_arg;
         q.queue_dir = r->paths.queue_dir;
+        q.gateway = r->paths.gateway;
         q.fwd = r->fwd;
         q.host_token = &r->host_token;
         q.run_id = r->run_id;

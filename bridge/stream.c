@@ -183,8 +183,13 @@ static bool is_abandoned_locked(struct er_bridge_stream *s, const char *id)
     return false;
 }
 
+static void respond(struct er_bridge_stream *s, const char *id,
+                    const struct er_bridge_res *res);
+
 static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
 {
+    bool is_full = false;
+
     json_t *root = json_loadb(text, len, 0, NULL);
     const char *type = json_string_value(json_object_get(root, "type"));
     const char *id = json_string_value(json_object_get(root, "id"));
@@ -204,7 +209,9 @@ static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
         snprintf(s->abandoned[s->abandoned_next], ID_MAX, "%s", id);
         s->abandoned_next = (s->abandoned_next + 1) % ABANDONED_MAX;
     } else if (type != NULL && strcmp(type, "request") == 0 &&
-               s->q_len < QUEUE_MAX) {
+               s->q_len >= QUEUE_MAX) {
+        is_full = id != NULL;
+    } else if (type != NULL && strcmp(type, "request") == 0) {
         struct frame *f = er_calloc(1, sizeof(*f));
 
         if (f != NULL) {
@@ -223,6 +230,17 @@ static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
     }
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    if (is_full) {
+        /* Never forwarded: retry-safe (B6's answer to a full ledger). */
+        struct er_bridge_res res;
+
+        memset(&res, 0, sizeof(res));
+        er_bridge_res_error(&res, 503,
+                            "Bridge host body capacity is busy. Retry later.",
+                            false);
+        respond(s, id, &res);
+        er_bridge_res_fini(&res);
+    }
     json_decref(root);
     er_free(text);
 }

@@ -451,9 +451,12 @@ bool er_bridge_host_has(const char *lease_id)
     struct entry *e;
     bool is_found = false;
 
+    /* A stream_v1 bridge whose exec ended (its gateway died) is not one
+     * this process runs any more: the next pass starts it again. */
     pthread_mutex_lock(&host.mu);
     for (e = host.head; e != NULL && !is_found; e = e->next)
-        is_found = strcmp(e->lease_id, lease_id) == 0;
+        is_found = strcmp(e->lease_id, lease_id) == 0 &&
+                   er_bridge_run_is_alive(e->run);
     pthread_mutex_unlock(&host.mu);
     return is_found;
 }

@@ -62,7 +62,8 @@ void er_bridge_host_stop(const struct er_driver_ops *ops,
 
 /* How many bridges this process runs. */
 size_t er_bridge_host_count(void);
-/* Whether this process runs the lease's bridge. */
+/* Whether this process runs the lease's bridge (and, for stream_v1, its
+ * held exec still runs). */
 bool er_bridge_host_has(const char *lease_id);
 /* The commands partition left this worker: stop the pollers of its runs'
  * bridges at once (a forward in flight is aborted, its request answered

@@ -356,17 +356,21 @@ static int start_bridge(struct er_step *st, const struct er_driver_ops *ops,
                        err);
 }
 
-/* A bridge started for a realize whose result is a failure after all. */
-static void drop_bridge(struct er_step *st, const struct er_driver_ops *ops,
-                        const struct er_driver_env *denv,
-                        const struct er_driver_lease *dlease)
+/* A bridge started for a realize whose result is a failure after all: it
+ * stops, and its journal entry says so (in the outcome's transaction), so
+ * that no later owner of the run re-attaches it. */
+static int drop_bridge(struct er_step *st, const struct er_driver_ops *ops,
+                       const struct er_driver_env *denv,
+                       const struct er_driver_lease *dlease, struct er_err *err)
 {
     if (st->bridge_env == NULL || ops == NULL)
-        return;
+        return 0;
     er_bridge_host_stop(ops, denv, dlease, NULL);
     json_decref(st->bridge_env);
     st->bridge_env = NULL;
     er_wipe(st->bridge_token, sizeof(st->bridge_token));
+    return er_store_journal_close(st->lc->store, st->cmd->command_id, "bridge",
+                                  dlease->id, "failed", NULL, err);
 }
 
 int er_lifecycle__realize(struct er_step *st, struct er_err *err)
@@ -597,7 +601,7 @@ out:
     /* A failed result keeps no bridge; a step that failed (to be tried
      * again) keeps it for its next attempt, which finds it serving. */
     if (rc == 0 && st->res.outcome != ER_OUTCOME_OK)
-        drop_bridge(st, ops, &denv, &dlease);
+        rc = drop_bridge(st, ops, &denv, &dlease, err);
     json_decref(target);
     json_decref(patch);
     json_decref(request);
@@ -712,7 +716,8 @@ int er_lifecycle_bridges_follow(struct er_lifecycle *lc, const char *owner,
                  0)
             why = "its realize command no longer decodes";
         else if (cmd.kind != ER_CMD_REALIZE ||
-                 strcmp(cmd.command_id, ops[i].command_id) != 0)
+                 strcmp(cmd.command_id, ops[i].command_id) != 0 ||
+                 strcmp(cmd.company_id, ops[i].company_id) != 0)
             why = "the journaled offset holds another command";
         else if (!er_secret_is_set(&cmd.host_api_token) ||
                  cmd.heartbeat_run_id == NULL)

@@ -177,6 +177,7 @@ int er_store_journal_bridge(struct er_store *store, const char *lease_id,
 struct er_bridge_op {
     const char *lease_id;
     const char *command_id;
+    const char *company_id;
     int32_t partition; /* of the realize command */
     int64_t offset;
     const char *detail_json; /* where the gateway runs */

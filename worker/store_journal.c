@@ -157,7 +157,7 @@ int er_store_journal_bridges_owned(struct er_store *store, const char *topic,
     res = er_store__exec(
         store, "bridges owned",
         "SELECT DISTINCT ON (o.lease_id) o.lease_id::text, o.command_id, "
-        "o.partition_id, o.kafka_offset, o.detail::text "
+        "o.partition_id, o.kafka_offset, o.detail::text, o.company_id::text "
         "FROM envrun.operations o "
         "JOIN envrun.partition_fence f ON f.topic = o.topic "
         "AND f.partition_id = o.partition_id "
@@ -185,8 +185,9 @@ int er_store_journal_bridges_owned(struct er_store *store, const char *topic,
         op->partition = (int32_t)strtol(PQgetvalue(res, i, 2), NULL, 10);
         op->offset = strtoll(PQgetvalue(res, i, 3), NULL, 10);
         op->detail_json = er_store__get_str(res, i, 4, arena);
+        op->company_id = er_store__get_str(res, i, 5, arena);
         if (op->lease_id == NULL || op->command_id == NULL ||
-            op->detail_json == NULL) {
+            op->detail_json == NULL || op->company_id == NULL) {
             rc = er_store__oom(err);
             goto out;
         }

@@ -421,6 +421,7 @@ static nfds_t build_poll(struct er_gateway *gw, struct pollfd *pfds,
     pfds[n++] =
         (struct pollfd){ is_stream && er_gwstream_has_output(gw) ? 1 : -1,
                          POLLOUT, 0 };
+    pfds[n++] = (struct pollfd){ gw->notify_fd, POLLIN, 0 };
     for (i = 0; i < ER_GW_CONN_MAX; i++) {
         struct er_gwconn *conn = &gw->conns[i];
         short ev;
@@ -449,7 +450,7 @@ static nfds_t build_poll(struct er_gateway *gw, struct pollfd *pfds,
 
 static int loop(struct er_gateway *gw)
 {
-    struct pollfd pfds[ER_GW_CONN_MAX + 4];
+    struct pollfd pfds[ER_GW_CONN_MAX + 5];
     int conn_idx[ER_GW_CONN_MAX];
     size_t i;
 
@@ -475,6 +476,8 @@ static int loop(struct er_gateway *gw)
             er_gwstream_on_input(gw);
         if (pfds[3].revents != 0)
             er_gwstream_on_output(gw);
+        if (pfds[4].revents != 0)
+            er_gwqueue_on_notify(gw);
         for (i = 0; i < ER_GW_CONN_MAX; i++) {
             if (conn_idx[i] >= 0 && pfds[conn_idx[i]].revents != 0)
                 er_gwconn_on_io(gw, &gw->conns[i], pfds[conn_idx[i]].revents);
@@ -503,6 +506,7 @@ int er_gateway_run(const struct er_gateway_config *cfg)
     gw->listen_fd = -1;
     gw->requests_dir = -1;
     gw->responses_dir = -1;
+    gw->notify_fd = -1;
     for (i = 0; i < ER_GW_CONN_MAX; i++) {
         gw->conns[i].fd = -1;
         gw->conns[i].file_fd = -1;

@@ -44,4 +44,21 @@ int er_gateway_config_load(struct er_gateway_config *cfg, char *msg,
  * logging it to stderr). cfg is borrowed for the call. */
 int er_gateway_run(const struct er_gateway_config *cfg);
 
+/* `envrun-gateway --wait-requests <requests dir> <ms>`: the host's list of
+ * queue_v1 (upstream.md B7) done by the gateway binary: print the name of
+ * every regular, non-symlink `*.json` in dir, one a line, as soon as there
+ * is one (inotify wakes it; without inotify it looks every 10 ms, with no
+ * process started), or nothing after ms; a missing dir lists nothing.
+ * Returns the exit code (0; 2 for bad arguments). */
+int er_gateway_wait_requests(const char *dir, const char *ms_text);
+
+/* `envrun-gateway --write-response <queue dir> <name> <require 0|1>`: B7's
+ * guarded response write of stdin to responses/<name> (under the lock
+ * directory upstream's writers share, a dead holder's taken over; only
+ * while requests/<name> is a regular file when require is 1; never over
+ * an answer; via <name>.tmp and a rename), then requests/<name> removed.
+ * Prints {"wrote":true|false}; exit 1 with the reason on stderr. */
+int er_gateway_write_response(const char *queue, const char *name,
+                              const char *require);
+
 #endif

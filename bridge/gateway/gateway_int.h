@@ -506,6 +506,7 @@ struct er_gateway {
     int sig_pipe[2];
     int requests_dir; /* queue_v1: open directories */
     int responses_dir;
+    int notify_fd; /* queue_v1: inotify on responses/, or -1 */
     char base_url[ER_GATEWAY_HOST_MAX + 32];
     int port;
     bool is_host_gone; /* stream_v1: stdin closed or protocol error */
@@ -545,6 +546,8 @@ size_t er_gwconn_waiting(const struct er_gateway *gw);
 
 /* gwqueue.c: queue_v1. */
 int er_gwqueue_open(struct er_gateway *gw);
+/* notify_fd is readable: responses/ changed; waiting requests look now. */
+void er_gwqueue_on_notify(struct er_gateway *gw);
 int er_gwqueue_write_ready(struct er_gateway *gw, const char *json, size_t len);
 /* B5 step 2: 0 when there is room (after the stale sweep), -1 when full. */
 int er_gwqueue_depth_check(struct er_gateway *gw);

@@ -1,14 +1,26 @@
 /* gateway_main: envrun-gateway's entry point. Reads the environment of
  * upstream.md B4, prints a startup error as one line and exits 1, or runs
- * the gateway until it stops. */
+ * the gateway until it stops; with --wait-requests, the host's list of the
+ * queue instead (gateway.h). */
 #include <stdio.h>
+#include <string.h>
 
 #include "bridge/gateway/gateway.h"
 
-int main(void)
+int main(int argc, char **argv)
 {
     static struct er_gateway_config cfg;
     char msg[256];
+
+    if (argc == 4 && strcmp(argv[1], "--wait-requests") == 0)
+        return er_gateway_wait_requests(argv[2], argv[3]);
+    if (argc == 5 && strcmp(argv[1], "--write-response") == 0)
+        return er_gateway_write_response(argv[2], argv[3], argv[4]);
+    if (argc != 1) {
+        fprintf(stderr, "usage: envrun-gateway [--wait-requests DIR MS | "
+                        "--write-response QUEUE NAME 0|1]\n");
+        return 2;
+    }
 
     if (er_gateway_config_load(&cfg, msg, sizeof(msg)) != 0) {
         fprintf(stderr, "[paperclip-bridge] %s\n", msg);

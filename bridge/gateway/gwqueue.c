@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,7 +71,30 @@ int er_gwqueue_open(struct er_gateway *gw)
         log_path_errno("could not open", path, errno);
         return -1;
     }
+    /* A response landing (renamed into place, or written) wakes the
+     * requests waiting at once; without inotify they poll as upstream's. */
+    gw->notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (gw->notify_fd >= 0 &&
+        inotify_add_watch(gw->notify_fd, path, IN_MOVED_TO | IN_CLOSE_WRITE) <
+            0) {
+        close(gw->notify_fd);
+        gw->notify_fd = -1;
+    }
     return 0;
+}
+
+void er_gwqueue_on_notify(struct er_gateway *gw)
+{
+    char buf[4096];
+    int64_t now = er_gateway_mono_ms();
+    size_t i;
+
+    while (read(gw->notify_fd, buf, sizeof(buf)) > 0)
+        ;
+    for (i = 0; i < ER_GW_CONN_MAX; i++) {
+        if (gw->conns[i].state == ER_GWCONN_WAIT)
+            gw->conns[i].poll_at_ms = now;
+    }
 }
 
 static int write_all(int fd, const char *p, size_t n)

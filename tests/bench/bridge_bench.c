@@ -211,8 +211,13 @@ static int exec_common(const char *script, const void *in, size_t in_len,
                        struct er_bridge_exec_out *out, struct er_err *err)
 {
     struct er_driver_exec_result res;
+    int64_t t0 = now_us();
     int rc = run(script, in, in_len, timeout_ms, is_detached, NULL, cancel,
                  &res, err);
+
+    if (getenv("BRIDGE_BENCH_DEBUG") != NULL)
+        fprintf(stderr, "exec %6lld us  %.40s\n", (long long)(now_us() - t0),
+                script);
 
     if (rc != 0)
         return rc;
