@@ -21,6 +21,9 @@
 #define FAC             "bridge"
 #define FRAME_HDR_LEN   4
 #define QUEUE_MAX       256 /* requests waiting for a forwarder */
+/* Bytes of request frames waiting, at most (one frame always fits): the
+ * sandbox cannot make the worker hold more for it than this. */
+#define QUEUE_BYTES_MAX ((size_t)64 * 1024 * 1024)
 #define ABANDONED_MAX   64
 #define ID_MAX          128
 #define READY_WAIT_MS   10000
@@ -61,6 +64,7 @@ struct er_bridge_stream {
     long pid;
     struct frame *q_head, *q_tail;
     size_t q_len;
+    size_t q_bytes;
     char abandoned[ABANDONED_MAX][ID_MAX];
     size_t abandoned_next;
     struct er_bridge_stream_stats stats;
@@ -209,7 +213,8 @@ static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
         snprintf(s->abandoned[s->abandoned_next], ID_MAX, "%s", id);
         s->abandoned_next = (s->abandoned_next + 1) % ABANDONED_MAX;
     } else if (type != NULL && strcmp(type, "request") == 0 &&
-               s->q_len >= QUEUE_MAX) {
+               (s->q_len >= QUEUE_MAX ||
+                (s->q_len > 0 && s->q_bytes + len > QUEUE_BYTES_MAX))) {
         is_full = id != NULL;
     } else if (type != NULL && strcmp(type, "request") == 0) {
         struct frame *f = er_calloc(1, sizeof(*f));
@@ -224,6 +229,7 @@ static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
                 s->q_head = f;
             s->q_tail = f;
             s->q_len++;
+            s->q_bytes += len;
         }
     } else {
         s->stats.bad_frames++;
@@ -387,6 +393,7 @@ static void *forwarder_main(void *arg)
         if (s->q_head == NULL)
             s->q_tail = NULL;
         s->q_len--;
+        s->q_bytes -= f->len;
         pthread_mutex_unlock(&s->mu);
         handle(s, fwd, f);
         er_free(f->text);
