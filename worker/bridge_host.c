@@ -129,47 +129,51 @@ static struct chan *chan_new(const struct er_driver_ops *ops,
     return c;
 }
 
-/* The driver's views of the copies c keeps. */
-static void chan_views(const struct chan *c, struct er_driver_env *env,
-                       struct er_driver_lease *lease)
+/* Run `sh -c script` through the lease's driver with what req already
+ * holds (stdin, deadline, ...), from the copies c keeps. A call that brings
+ * a cancel flag (a poller's, a stream's) has it for the call; the step's
+ * own calls keep the thread's. */
+static int chan_run(const struct chan *c, const char *script,
+                    struct er_driver_exec *req, const atomic_bool *cancel,
+                    struct er_driver_exec_result *res, struct er_err *err)
 {
-    *env = (struct er_driver_env){ c->env_id, c->company_id, c->env_name,
-                                   c->driver, c->env_status, c->config };
-    *lease =
-        (struct er_driver_lease){ c->lease_id, c->lease_status,      c->policy,
-                                  c->provider, c->provider_lease_id, c->run_id,
-                                  c->meta };
+    const char *args[] = { "-c", script, NULL };
+    const struct er_driver_env env = { c->env_id, c->company_id, c->env_name,
+                                       c->driver, c->env_status, c->config };
+    const struct er_driver_lease lease = {
+        c->lease_id,          c->lease_status, c->policy, c->provider,
+        c->provider_lease_id, c->run_id,       c->meta
+    };
+    int rc;
+
+    req->command = "sh";
+    req->args = args;
+    req->cwd = c->cwd;
+    if (cancel != NULL)
+        er_proc_set_cancel(cancel);
+    rc = c->ops->execute(&env, &lease, req, res, err);
+    if (cancel != NULL)
+        er_proc_set_cancel(NULL);
+    return rc;
 }
 
-/* One `sh -c script` through the lease's driver. A poller's call brings
- * its cancel flag; the step's own calls keep the thread's. */
+/* One exec of the bridge's exec channel (er_bridge_exec_fn). */
 static int chan_exec(struct chan *c, bool is_detached, const char *script,
                      const void *in, size_t in_len, int64_t timeout_ms,
                      const atomic_bool *cancel, struct er_bridge_exec_out *out,
                      struct er_err *err)
 {
-    const char *args[] = { "-c", script, NULL };
-    struct er_driver_env env;
-    struct er_driver_lease lease;
     struct er_driver_exec req;
     struct er_driver_exec_result res;
     int rc;
 
     memset(&req, 0, sizeof(req));
-    req.command = "sh";
-    req.args = args;
-    req.cwd = c->cwd;
     req.stdin_data = in;
     req.stdin_len = in_len;
     req.timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
     req.max_output_bytes = out->out.max_len;
     req.is_detached = is_detached;
-    chan_views(c, &env, &lease);
-    if (cancel != NULL)
-        er_proc_set_cancel(cancel);
-    rc = c->ops->execute(&env, &lease, &req, &res, err);
-    if (cancel != NULL)
-        er_proc_set_cancel(NULL);
+    rc = chan_run(c, script, &req, cancel, &res, err);
     if (rc != 0)
         return rc;
     out->exit_code = res.is_timed_out ? -1 : res.exit_code;
@@ -189,25 +193,15 @@ static int chan_hold(void *arg, const char *script, int in_fd, int out_fd,
                      int64_t timeout_ms, const atomic_bool *cancel,
                      int *exit_code, struct er_err *err)
 {
-    struct chan *c = arg;
-    const char *args[] = { "-c", script, NULL };
-    struct er_driver_env env;
-    struct er_driver_lease lease;
     struct er_driver_stdio stdio = { in_fd, out_fd };
     struct er_driver_exec req;
     struct er_driver_exec_result res;
     int rc;
 
     memset(&req, 0, sizeof(req));
-    req.command = "sh";
-    req.args = args;
-    req.cwd = c->cwd;
     req.timeout_ms = timeout_ms;
     req.stdio = &stdio;
-    chan_views(c, &env, &lease);
-    er_proc_set_cancel(cancel);
-    rc = c->ops->execute(&env, &lease, &req, &res, err);
-    er_proc_set_cancel(NULL);
+    rc = chan_run(arg, script, &req, cancel, &res, err);
     if (rc != 0)
         return rc;
     *exit_code = res.is_timed_out ? -1 : res.exit_code;
@@ -376,24 +370,31 @@ answer:
     return 0;
 }
 
+bool er_bridge_host_drop(const char *lease_id)
+{
+    struct entry *e = take(lease_id);
+
+    if (e == NULL)
+        return false;
+    entry_free(e, STOP_DRAIN_MS, true);
+    er_log_kv(ER_LOG_INFO, "bridge", "callback bridge stopped", "leaseId",
+              lease_id, (const char *)NULL);
+    return true;
+}
+
 void er_bridge_host_stop(const struct er_driver_ops *ops,
                          const struct er_driver_env *env,
                          const struct er_driver_lease *lease,
                          const char *detail_json)
 {
-    struct entry *e = take(lease->id);
     struct chan *c;
     json_t *detail;
     const char *queue_dir;
     const char *cwd;
     struct er_err err;
 
-    if (e != NULL) {
-        entry_free(e, STOP_DRAIN_MS, true);
-        er_log_kv(ER_LOG_INFO, "bridge", "callback bridge stopped", "leaseId",
-                  lease->id, (const char *)NULL);
+    if (er_bridge_host_drop(lease->id))
         return;
-    }
     /* Started by another worker (or before a restart): its gateway still
      * runs where the journal says. */
     if (detail_json == NULL || ops->execute == NULL)

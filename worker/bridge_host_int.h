@@ -60,6 +60,10 @@ void er_bridge_host_stop(const struct er_driver_ops *ops,
                          const struct er_driver_lease *lease,
                          const char *detail_json);
 
+/* Stop the lease's bridge if this process runs it (poller, then gateway);
+ * whether it did. */
+bool er_bridge_host_drop(const char *lease_id);
+
 /* How many bridges this process runs. */
 size_t er_bridge_host_count(void);
 /* Whether this process runs the lease's bridge (and, for stream_v1, its

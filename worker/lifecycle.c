@@ -12,6 +12,7 @@
 #include <jansson.h>
 
 #include "bridge/bridge.h"
+#include "worker/bridge_host_int.h"
 #include "worker/lifecycle_step_int.h"
 #include "worker/redact_int.h"
 
@@ -985,6 +986,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
     for (attempt = 0; attempt < 2; attempt++) {
         er_arena_reset(&lc->arena);
         memset(&lc->undo, 0, sizeof(lc->undo));
+        lc->bridge_drop = NULL;
         rc = er_store_begin(lc->store, err);
         if (rc == 0)
             rc = fence(lc, coords, err);
@@ -999,6 +1001,8 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
             er_fault_point("outcome.after_commit");
             if (lc->undo.lease_id != NULL)
                 er_lifecycle__undo_finish(lc, &lc->undo);
+            if (lc->bridge_drop != NULL)
+                (void)er_bridge_host_drop(lc->bridge_drop);
             break;
         }
         er_store_rollback(lc->store);

@@ -356,21 +356,23 @@ static int start_bridge(struct er_step *st, const struct er_driver_ops *ops,
                        err);
 }
 
-/* A bridge started for a realize whose result is a failure after all: it
- * stops, and its journal entry says so (in the outcome's transaction), so
- * that no later owner of the run re-attaches it. */
-static int drop_bridge(struct er_step *st, const struct er_driver_ops *ops,
-                       const struct er_driver_env *denv,
-                       const struct er_driver_lease *dlease, struct er_err *err)
+/* A bridge started for a realize whose result is a failure after all: its
+ * journal entry says so (in the outcome's transaction), so that no later
+ * owner of the run re-attaches it, and it stops once that commits (its
+ * stop runs remote commands: never with the transaction open). */
+static int drop_bridge(struct er_step *st, const char *lease_id,
+                       struct er_err *err)
 {
-    if (st->bridge_env == NULL || ops == NULL)
+    if (st->bridge_env == NULL)
         return 0;
-    er_bridge_host_stop(ops, denv, dlease, NULL);
+    st->lc->bridge_drop = er_arena_strdup(&st->lc->arena, lease_id);
+    if (st->lc->bridge_drop == NULL)
+        return er_lifecycle__oom(err);
     json_decref(st->bridge_env);
     st->bridge_env = NULL;
     er_wipe(st->bridge_token, sizeof(st->bridge_token));
     return er_store_journal_close(st->lc->store, st->cmd->command_id, "bridge",
-                                  dlease->id, "failed", NULL, err);
+                                  lease_id, "failed", NULL, err);
 }
 
 int er_lifecycle__realize(struct er_step *st, struct er_err *err)
@@ -403,9 +405,6 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
     int rc;
 
     memset(&real, 0, sizeof(real));
-    memset(&denv, 0, sizeof(denv));
-    memset(&dlease, 0, sizeof(dlease));
-    ops = NULL;
     rc = realize_lease(st, &lease, err);
     if (rc != 0)
         return rc > 0 ? 0 : rc;
@@ -601,7 +600,7 @@ out:
     /* A failed result keeps no bridge; a step that failed (to be tried
      * again) keeps it for its next attempt, which finds it serving. */
     if (rc == 0 && st->res.outcome != ER_OUTCOME_OK)
-        rc = drop_bridge(st, ops, &denv, &dlease, err);
+        rc = drop_bridge(st, lease.id, err);
     json_decref(target);
     json_decref(patch);
     json_decref(request);

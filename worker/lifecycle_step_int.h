@@ -32,6 +32,9 @@ struct er_undo {
 struct er_lifecycle {
     struct er_store *store;
     struct er_undo undo; /* set by the step, run after its commit */
+    /* A lease whose bridge the step's failed realize started: stopped after
+     * the commit, never with the transaction open (arena; NULL: none). */
+    const char *bridge_drop;
     /* The step's driver works (er_store_effect_hold on this partition). */
     bool is_effect_held;
     int32_t effect_partition;
