@@ -6,6 +6,7 @@
  * loop (#11341). The queue is inside the sandbox: names, sizes and
  * contents are untrusted and checked. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,20 +148,70 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The first request's bytes as the gateway's list printed them (one
+ * exec less per request than op_read). */
+struct preread {
+    char *name; /* NULL: none */
+    char *text; /* NUL-terminated */
+    size_t len;
+};
+
+static void preread_fini(struct preread *pre)
+{
+    er_free(pre->name);
+    er_free(pre->text);
+    memset(pre, 0, sizeof(*pre));
+}
+
+/* What follows the names' empty line: "<name>\n<n>\n<n bytes>". Bytes
+ * that do not match n (the output was cut) are not used. */
+static int preread_parse(struct preread *pre, const char *s, const char *end)
+{
+    const char *nl = memchr(s, '\n', (size_t)(end - s));
+    const char *data;
+    size_t n = 0;
+
+    if (nl == NULL || !is_request_name(s, (size_t)(nl - s)))
+        return 0; /* not usable: the request is read on its own */
+    for (data = nl + 1; data < end && *data >= '0' && *data <= '9'; data++) {
+        if (n > (SIZE_MAX - 9) / 10)
+            return 0;
+        n = n * 10 + (size_t)(*data - '0');
+    }
+    if (data == nl + 1 || data >= end || *data != '\n' ||
+        (size_t)(end - data - 1) != n)
+        return 0;
+    data++;
+    pre->name = er_strndup(s, (size_t)(nl - s));
+    pre->len = (size_t)n;
+    pre->text = er_malloc(pre->len + 1);
+    if (pre->name == NULL || pre->text == NULL) {
+        preread_fini(pre);
+        return ER_ENOMEM;
+    }
+    memcpy(pre->text, data, pre->len);
+    pre->text[pre->len] = '\0';
+    return 0;
+}
+
 /* The request files waiting, sorted (names[] owned by the caller, at most
  * NAMES_MAX); with wait_ms the exec waits in the sandbox until one is
- * there or the wait is over. */
+ * there or the wait is over. With the gateway binary, *pre gets the first
+ * request's bytes (at most its size limit and one) where it could read
+ * them. */
 static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
-                   size_t *cnt, struct er_err *err)
+                   size_t *cnt, struct preread *pre, struct er_err *err)
 {
     struct er_bridge_exec_out out;
     struct er_buf script;
     char tail[512];
     const char *s;
     const char *end;
+    size_t read_max = er_bridge_envelope_limit(p->max_body) + 1;
     int rc;
 
     *cnt = 0;
+    memset(pre, 0, sizeof(*pre));
     snprintf(tail, sizeof(tail),
              "/requests; end=$(( $(date +%%s) + %lld )); while :; do n=0; "
              "for f in \"$d\"/*.json; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; "
@@ -171,10 +222,11 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
              (long long)((wait_ms + 999) / 1000),
              (long long)(p->poll_interval_ms / 1000),
              (long long)(p->poll_interval_ms % 1000));
-    er_bridge_exec_out_init(&out, LIST_OUT_MAX);
+    er_bridge_exec_out_init(&out, LIST_OUT_MAX + NAME_MAX_LEN + 2 + read_max);
     er_buf_init(&script, 16384);
-    /* The gateway binary waits without a process per step and wakes at
-     * once; the shell loop is for a gateway that is not there. */
+    /* The gateway binary waits without a process per step, wakes at once
+     * and prints the first request; the shell loop is for a gateway that
+     * is not there. */
     if (p->gateway != NULL && wait_ms > 0) {
         rc = script_with(&script, "gw=", p->gateway, NULL, "; d=");
         if (rc == 0)
@@ -182,8 +234,8 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
         if (rc == 0)
             rc = er_buf_printf(&script,
                                "/requests; if [ -x \"$gw\" ]; then exec "
-                               "\"$gw\" --wait-requests \"$d\" %lld; fi; ",
-                               (long long)wait_ms);
+                               "\"$gw\" --wait-requests \"$d\" %lld %zu; fi; ",
+                               (long long)wait_ms, read_max);
         if (rc == 0)
             rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
     } else {
@@ -197,10 +249,20 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
         rc = er_bridge_exec_failed(err, "list", &out);
     s = er_bridge_exec_text(&out.out);
     end = s + out.out.len;
-    while (rc == 0 && s < end && *cnt < NAMES_MAX) {
+    while (rc == 0 && s < end) {
         const char *nl = memchr(s, '\n', (size_t)(end - s));
         size_t len = nl != NULL ? (size_t)(nl - s) : (size_t)(end - s);
 
+        if (len == 0) { /* the names end; the first request follows */
+            rc = preread_parse(pre, s + 1, end);
+            if (rc == ER_ENOMEM)
+                er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
+            break;
+        }
+        if (*cnt >= NAMES_MAX) {
+            s += len + 1;
+            continue;
+        }
         /* What the sandbox lists is checked like everything it says. */
         if (is_request_name(s, len)) {
             names[*cnt] = er_strndup(s, len);
@@ -215,6 +277,8 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
     er_bridge_exec_out_fini(&out);
     if (rc == 0)
         qsort(names, *cnt, sizeof(*names), cmp_names);
+    else
+        preread_fini(pre);
     return rc;
 }
 
@@ -373,7 +437,10 @@ static void id_of_name(const char *name, char *id0, size_t len)
     snprintf(id0, len, "%.*s", (int)(strlen(name) - 5), name);
 }
 
-static void process(struct er_bridge_poller *p, const char *name)
+/* Answer requests/<name>; pre: its bytes from the list, or NULL to read
+ * them. */
+static void process(struct er_bridge_poller *p, const char *name,
+                    const struct preread *pre)
 {
     struct er_bridge_exec_out out;
     struct er_bridge_envelope env;
@@ -382,12 +449,16 @@ static void process(struct er_bridge_poller *p, const char *name)
     struct er_err err;
     size_t limit = er_bridge_envelope_limit(p->max_body);
     char id0[NAME_MAX_LEN];
-    int rc;
+    const char *text;
+    size_t len;
+    int rc = 0;
 
     id_of_name(name, id0, sizeof(id0));
     memset(&res, 0, sizeof(res));
     er_err_clear(&err);
-    rc = op_read(p, name, limit + 1, &out, &err);
+    er_bridge_exec_out_init(&out, 0); /* holds nothing yet */
+    if (pre == NULL)
+        rc = op_read(p, name, limit + 1, &out, &err);
     if (rc == 1) {
         er_bridge_exec_out_fini(&out);
         return; /* its gateway stopped waiting and removed it */
@@ -399,7 +470,9 @@ static void process(struct er_bridge_poller *p, const char *name)
         er_bridge_exec_out_fini(&out);
         return;
     }
-    if (out.out.len > limit) {
+    text = pre != NULL ? pre->text : er_bridge_exec_text(&out.out);
+    len = pre != NULL ? pre->len : out.out.len;
+    if (len > limit) {
         er_bridge_res_error(&res, 413,
                             "Bridge request envelope exceeded the configured "
                             "size limit.",
@@ -407,8 +480,7 @@ static void process(struct er_bridge_poller *p, const char *name)
         finalize(p, name, id0, &res, true);
         goto out;
     }
-    rc = er_bridge_envelope_parse(er_bridge_exec_text(&out.out), out.out.len,
-                                  p->max_body, &env, &err);
+    rc = er_bridge_envelope_parse(text, len, p->max_body, &env, &err);
     if (rc != 0) {
         er_bridge_res_error(&res, rc == ER_ENOMEM ? 503 : 400,
                             rc == ER_ENOMEM ? "Bridge host body capacity is "
@@ -433,6 +505,7 @@ out:
 static void answer_the_rest(struct er_bridge_poller *p)
 {
     char *names[NAMES_MAX];
+    struct preread pre;
     struct er_bridge_res res;
     struct er_err err;
     char id0[NAME_MAX_LEN];
@@ -440,8 +513,9 @@ static void answer_the_rest(struct er_bridge_poller *p)
     size_t i;
 
     atomic_store(&p->cancel_list, false);
-    if (op_list(p, 0, names, &cnt, &err) != 0)
+    if (op_list(p, 0, names, &cnt, &pre, &err) != 0)
         return;
+    preread_fini(&pre);
     for (i = 0; i < cnt; i++) {
         memset(&res, 0, sizeof(res));
         er_bridge_res_error(&res, 503, STOPPED_MESSAGE, false);
@@ -472,6 +546,7 @@ static void *poller_main(void *arg)
                     p->run_id, err.msg);
     for (;;) {
         char *names[NAMES_MAX];
+        struct preread pre;
         bool is_past = false;
         bool stopping = is_stopping(p, NULL);
         size_t cnt = 0;
@@ -488,7 +563,8 @@ static void *poller_main(void *arg)
             sleep_ms(p, p->poll_interval_ms, true);
             continue;
         }
-        rc = op_list(p, stopping ? 0 : p->list_wait_ms, names, &cnt, &err);
+        rc =
+            op_list(p, stopping ? 0 : p->list_wait_ms, names, &cnt, &pre, &err);
         if (rc != 0) {
             int64_t backoff = p->poll_interval_ms;
             int k;
@@ -515,6 +591,7 @@ static void *poller_main(void *arg)
         }
         fails = 0;
         if (cnt == 0) {
+            preread_fini(&pre);
             if (stopping)
                 break;
             sleep_ms(p, p->poll_interval_ms, true);
@@ -523,9 +600,13 @@ static void *poller_main(void *arg)
         for (i = 0; i < cnt; i++) {
             if ((!is_stopping(p, &is_past) || !is_past) &&
                 (stopping || !is_paused(p)))
-                process(p, names[i]);
+                process(p, names[i],
+                        pre.name != NULL && strcmp(pre.name, names[i]) == 0
+                            ? &pre
+                            : NULL);
             er_free(names[i]);
         }
+        preread_fini(&pre);
         if (is_stopping(p, &is_past) && is_past)
             break;
     }

@@ -35,14 +35,29 @@ struct entry {
 #define PAUSE_MAX 1024
 static atomic_bool paused[PAUSE_MAX];
 
+/* A start in progress, on its caller's stack: a second start or a drop
+ * of the same lease waits for it, so that a realize and a re-attach (the
+ * reaper's follow pass) never run two bridges for one lease. */
+struct starting {
+    struct starting *next;
+    const char *lease_id;
+};
+
 static struct {
     pthread_mutex_t mu;
+    pthread_cond_t started; /* a start ended */
     struct er_bridge_allow *allow;
     char origin[512];
     bool is_queue_only;
     struct entry *head;
     size_t cnt;
-} host = { .mu = PTHREAD_MUTEX_INITIALIZER };
+    struct starting *starting;
+    /* The consumer's assignment, once known: a start that ends after its
+     * partition was handed over does not keep its bridge. */
+    bool is_assign_known;
+    bool owned[PAUSE_MAX];
+} host = { .mu = PTHREAD_MUTEX_INITIALIZER,
+           .started = PTHREAD_COND_INITIALIZER };
 
 int er_bridge_host_setup(const char *api_url, const char *allowlist_path,
                          bool is_queue_only, struct er_err *err)
@@ -235,13 +250,28 @@ static bool entry_may_forward(void *arg)
            !atomic_load(&paused[e->partition]);
 }
 
-/* Take the lease's entry out of the registry (NULL: none). */
-static struct entry *take(const char *lease_id)
+static bool is_starting_locked(const char *lease_id)
+{
+    const struct starting *st;
+
+    for (st = host.starting; st != NULL; st = st->next) {
+        if (strcmp(st->lease_id, lease_id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Take the lease's entry out of the registry (NULL: none), once no start
+ * of it is in progress; with st, reserve the lease for a start (ended by
+ * start_end). */
+static struct entry *take(const char *lease_id, struct starting *st)
 {
     struct entry **pp;
     struct entry *e = NULL;
 
     pthread_mutex_lock(&host.mu);
+    while (is_starting_locked(lease_id))
+        pthread_cond_wait(&host.started, &host.mu);
     for (pp = &host.head; *pp != NULL; pp = &(*pp)->next) {
         if (strcmp((*pp)->lease_id, lease_id) == 0) {
             e = *pp;
@@ -250,6 +280,42 @@ static struct entry *take(const char *lease_id)
             break;
         }
     }
+    if (st != NULL) {
+        st->lease_id = lease_id;
+        st->next = host.starting;
+        host.starting = st;
+    }
+    pthread_mutex_unlock(&host.mu);
+    return e;
+}
+
+static bool is_owned_locked(int32_t partition)
+{
+    return partition < 0 || partition >= PAUSE_MAX || !host.is_assign_known ||
+           host.owned[partition];
+}
+
+/* End the start st: keep e (may be NULL) in the registry unless its
+ * partition left this worker meanwhile; what is not kept is returned for
+ * the caller to hand over. */
+static struct entry *start_end(struct starting *st, struct entry *e)
+{
+    struct starting **pp;
+
+    pthread_mutex_lock(&host.mu);
+    for (pp = &host.starting; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == st) {
+            *pp = st->next;
+            break;
+        }
+    }
+    if (e != NULL && is_owned_locked(e->partition)) {
+        e->next = host.head;
+        host.head = e;
+        host.cnt++;
+        e = NULL;
+    }
+    pthread_cond_broadcast(&host.started);
     pthread_mutex_unlock(&host.mu);
     return e;
 }
@@ -261,40 +327,23 @@ static void entry_free(struct entry *e, int64_t drain_ms, bool stop_gateway)
     er_free(e);
 }
 
-int er_bridge_host_start(const struct er_bridge_host_req *req,
-                         json_t **agent_env, json_t **detail,
-                         struct er_err *err)
+/* er_bridge_host_start with the lease reserved: old is its entry taken
+ * out of the registry (NULL: none); *out gets the entry to keep. */
+static int start_one(const struct er_bridge_host_req *req, const char *origin,
+                     struct entry *old, struct entry **out, json_t **agent_env,
+                     json_t **detail, struct er_err *err)
 {
     struct er_bridge_run_opts o;
     const struct er_bridge_paths *paths;
     struct entry *e;
-    struct entry *old;
-    char origin[sizeof(host.origin)];
     const char *transport;
     int port = 0;
     int rc;
 
-    *agent_env = NULL;
-    *detail = NULL;
-    pthread_mutex_lock(&host.mu);
-    snprintf(origin, sizeof(origin), "%s", host.origin);
-    pthread_mutex_unlock(&host.mu);
-    if (origin[0] == '\0' || host.allow == NULL)
-        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
-                          "ENVRUN_PAPERCLIP_API_URL is not set, so the "
-                          "worker has no API to forward to.");
-    if (req->ops->execute == NULL)
-        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
-                          "Environment driver \"%s\" does not support command "
-                          "execution.",
-                          req->ops->name);
-    if (strlen(req->lease->id) >= sizeof(e->lease_id))
-        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE, "bad lease id");
     /* A realize seen again (redelivered, resumed, the run's next one): a
      * stream_v1 bridge still running is kept as it is; otherwise the old
      * one goes (a queue_v1 gateway stays and is found serving below) and
      * the new one asks for its port. */
-    old = take(req->lease->id);
     if (old != NULL && er_bridge_run_is_alive(old->run) &&
         strcmp(er_bridge_run_transport(old->run), "stream_v1") == 0) {
         e = old;
@@ -362,17 +411,51 @@ answer:
         entry_free(e, STOP_DRAIN_MS, true);
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
     }
-    pthread_mutex_lock(&host.mu);
-    e->next = host.head;
-    host.head = e;
-    host.cnt++;
-    pthread_mutex_unlock(&host.mu);
+    *out = e;
     return 0;
+}
+
+int er_bridge_host_start(const struct er_bridge_host_req *req,
+                         json_t **agent_env, json_t **detail,
+                         struct er_err *err)
+{
+    struct starting st;
+    struct entry *e = NULL;
+    char origin[sizeof(host.origin)];
+    int rc;
+
+    *agent_env = NULL;
+    *detail = NULL;
+    pthread_mutex_lock(&host.mu);
+    snprintf(origin, sizeof(origin), "%s", host.origin);
+    pthread_mutex_unlock(&host.mu);
+    if (origin[0] == '\0' || host.allow == NULL)
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "ENVRUN_PAPERCLIP_API_URL is not set, so the "
+                          "worker has no API to forward to.");
+    if (req->ops->execute == NULL)
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "Environment driver \"%s\" does not support command "
+                          "execution.",
+                          req->ops->name);
+    if (strlen(req->lease->id) >= sizeof(e->lease_id))
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE, "bad lease id");
+    rc = start_one(req, origin, take(req->lease->id, &st), &e, agent_env,
+                   detail, err);
+    e = start_end(&st, rc == 0 ? e : NULL);
+    if (e != NULL) {
+        /* The partition left meanwhile: its next owner re-attaches. */
+        er_log_kv(ER_LOG_INFO, "bridge",
+                  "callback bridge handed over with its partition", "leaseId",
+                  e->lease_id, (const char *)NULL);
+        entry_free(e, -1, false);
+    }
+    return rc;
 }
 
 bool er_bridge_host_drop(const char *lease_id)
 {
-    struct entry *e = take(lease_id);
+    struct entry *e = take(lease_id, NULL);
 
     if (e == NULL)
         return false;
@@ -513,6 +596,11 @@ static void hand_over(const int32_t *ids, size_t cnt, bool want_in)
 
 void er_bridge_host_drop_partition(int32_t partition)
 {
+    if (partition >= 0 && partition < PAUSE_MAX) {
+        pthread_mutex_lock(&host.mu);
+        host.owned[partition] = false;
+        pthread_mutex_unlock(&host.mu);
+    }
     hand_over(&partition, 1, true);
     er_bridge_host_pause(partition, false);
 }
@@ -521,6 +609,11 @@ void er_bridge_host_assigned(const int32_t *ids, size_t cnt)
 {
     size_t i;
 
+    pthread_mutex_lock(&host.mu);
+    host.is_assign_known = true;
+    for (i = 0; i < PAUSE_MAX; i++)
+        host.owned[i] = is_in((int32_t)i, ids, cnt);
+    pthread_mutex_unlock(&host.mu);
     hand_over(ids, cnt, false);
     for (i = 0; i < PAUSE_MAX; i++)
         atomic_store(&paused[i], false);

@@ -44,13 +44,17 @@ int er_gateway_config_load(struct er_gateway_config *cfg, char *msg,
  * logging it to stderr). cfg is borrowed for the call. */
 int er_gateway_run(const struct er_gateway_config *cfg);
 
-/* `envrun-gateway --wait-requests <requests dir> <ms>`: the host's list of
- * queue_v1 (upstream.md B7) done by the gateway binary: print the name of
- * every regular, non-symlink `*.json` in dir, one a line, as soon as there
- * is one (inotify wakes it; without inotify it looks every 10 ms, with no
- * process started), or nothing after ms; a missing dir lists nothing.
- * Returns the exit code (0; 2 for bad arguments). */
-int er_gateway_wait_requests(const char *dir, const char *ms_text);
+/* `envrun-gateway --wait-requests <requests dir> <ms> [<max>]`: the host's
+ * list of queue_v1 (upstream.md B7) done by the gateway binary: print the
+ * name of every regular, non-symlink `*.json` in dir, one a line, as soon
+ * as there is one (inotify wakes it; without inotify it looks every 10 ms,
+ * with no process started), or nothing after ms; a missing dir lists
+ * nothing. With max (> 0), the host's read of the first request too: an
+ * empty line, the least name, a line with a length n and n bytes of that
+ * file (at most max; left out when it is not a regular file any more).
+ * max_text may be NULL. Returns the exit code (0; 2 for bad arguments). */
+int er_gateway_wait_requests(const char *dir, const char *ms_text,
+                             const char *max_text);
 
 /* `envrun-gateway --write-response <queue dir> <name> <require 0|1>`: B7's
  * guarded response write of stdin to responses/<name> (under the lock

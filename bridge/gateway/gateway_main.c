@@ -12,12 +12,13 @@ int main(int argc, char **argv)
     static struct er_gateway_config cfg;
     char msg[256];
 
-    if (argc == 4 && strcmp(argv[1], "--wait-requests") == 0)
-        return er_gateway_wait_requests(argv[2], argv[3]);
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "--wait-requests") == 0)
+        return er_gateway_wait_requests(argv[2], argv[3],
+                                        argc == 5 ? argv[4] : NULL);
     if (argc == 5 && strcmp(argv[1], "--write-response") == 0)
         return er_gateway_write_response(argv[2], argv[3], argv[4]);
     if (argc != 1) {
-        fprintf(stderr, "usage: envrun-gateway [--wait-requests DIR MS | "
+        fprintf(stderr, "usage: envrun-gateway [--wait-requests DIR MS [MAX] | "
                         "--write-response QUEUE NAME 0|1]\n");
         return 2;
     }

@@ -7,9 +7,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,13 +25,15 @@
 #define FALLBACK_STEP_MS 10
 #define WAIT_MAX_MS      60000
 
-/* Print the request files in dir; how many (-1: dir cannot be read). */
-static int list_once(const char *dir)
+/* Print the request files in dir; how many (-1: dir cannot be read).
+ * first gets the least name (by strcmp: the one the host takes first). */
+static int list_once(const char *dir, char first[NAME_MAX + 1])
 {
     DIR *d = opendir(dir);
     struct dirent *e;
     int cnt = 0;
 
+    first[0] = '\0';
     if (d == NULL)
         return -1;
     while ((e = readdir(d)) != NULL) {
@@ -43,16 +47,60 @@ static int list_once(const char *dir)
             !S_ISREG(st.st_mode))
             continue;
         printf("%s\n", e->d_name);
+        if (first[0] == '\0' || strcmp(e->d_name, first) < 0)
+            snprintf(first, NAME_MAX + 1, "%s", e->d_name);
         cnt++;
     }
     closedir(d);
     return cnt;
 }
 
-int er_gateway_wait_requests(const char *dir, const char *ms_text)
+/* After the names: an empty line, the first name, a line with a length
+ * and that many bytes of the file (at most max), so that the host needs
+ * no exec to read it. Nothing when it is gone or not a regular file (the
+ * host reads it itself); a length the bytes do not match (the file
+ * shrank, the output was cut) tells the host the same. */
+static void print_first(const char *dir, const char *first, size_t max)
 {
+    char buf[65536];
+    struct stat st;
+    size_t left;
+    int dfd;
+    int fd;
+
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    fd = openat(dfd, first, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    close(dfd);
+    if (fd < 0)
+        return;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0) {
+        close(fd);
+        return;
+    }
+    left = (uint64_t)st.st_size < max ? (size_t)st.st_size : max;
+    printf("\n%s\n%zu\n", first, left);
+    while (left > 0) {
+        ssize_t n = read(fd, buf, left < sizeof(buf) ? left : sizeof(buf));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        fwrite(buf, 1, (size_t)n, stdout);
+        left -= (size_t)n;
+    }
+    close(fd);
+}
+
+int er_gateway_wait_requests(const char *dir, const char *ms_text,
+                             const char *max_text)
+{
+    char first[NAME_MAX + 1];
     char *end = NULL;
     long ms = strtol(ms_text, &end, 10);
+    unsigned long long max = 0;
     int64_t deadline;
     int cnt;
     int fd;
@@ -61,13 +109,23 @@ int er_gateway_wait_requests(const char *dir, const char *ms_text)
         fprintf(stderr, "[paperclip-bridge] --wait-requests: bad wait\n");
         return 2;
     }
+    if (max_text != NULL) {
+        end = NULL;
+        errno = 0;
+        max = strtoull(max_text, &end, 10);
+        if (end == max_text || *end != '\0' || errno != 0 ||
+            max_text[0] == '-' || max > SIZE_MAX / 2) {
+            fprintf(stderr, "[paperclip-bridge] --wait-requests: bad size\n");
+            return 2;
+        }
+    }
     deadline = er_gateway_mono_ms() + ms;
     /* A request already there is printed at once, with no inotify
      * instance: tearing one down waits for an RCU grace period (about
      * 20 ms here), which only a wait that really waits should pay. */
-    cnt = list_once(dir);
+    cnt = list_once(dir, first);
     if (cnt != 0 || ms == 0)
-        return fflush(stdout) == 0 ? 0 : 1;
+        goto out;
     /* Watch, then look again: nothing published in between is missed. */
     fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (fd >= 0 && inotify_add_watch(
@@ -78,7 +136,7 @@ int er_gateway_wait_requests(const char *dir, const char *ms_text)
     for (;;) {
         int64_t left;
 
-        cnt = list_once(dir);
+        cnt = list_once(dir, first);
         if (cnt != 0) /* some, or no directory (nothing to wait for) */
             break;
         left = deadline - er_gateway_mono_ms();
@@ -100,6 +158,9 @@ int er_gateway_wait_requests(const char *dir, const char *ms_text)
     }
     if (fd >= 0)
         close(fd);
+out:
+    if (cnt > 0 && max > 0)
+        print_first(dir, first, (size_t)max);
     return fflush(stdout) == 0 ? 0 : 1;
 }
 

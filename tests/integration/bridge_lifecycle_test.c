@@ -650,12 +650,104 @@ static void fake_sandbox_cannot_bridge(void **state)
     er_secret_fini(&c.cmd.host_api_token);
 }
 
+/* A realize whose bridge started but whose result is a failure keeps no
+ * bridge: here the lease stops being active while the provision command
+ * runs (another worker's reaper, say), so the realize fails after its
+ * bridge came up. The bridge's journal entry is closed failed (no later
+ * owner re-attaches it), the result carries no bridge, and the gateway is
+ * stopped once the outcome committed. */
+static void failed_realize_keeps_no_bridge(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    const struct er_harness_record *recs[2];
+    char env_id[37];
+    char lease_id[37];
+    char token[64];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    char line[128];
+    const char *params[2];
+    const json_t *res;
+    json_t *body;
+    int i;
+
+    (void)state;
+    er_harness_run_init(&run);
+    random_token(token, sizeof(token));
+    er_harness_env_insert(h, run.company_id, "Bridged then failed", "sandbox",
+                          "active", "{\"provider\": \"bwrap\"}", env_id);
+    er_harness_cmd_acquire(&c, &run);
+    c.cmd.selected_environment_id = (char *)(uintptr_t)env_id;
+    res = roundtrip(&c);
+    ER_HARNESS_ASSERT_OK(res);
+    body = er_harness_json_parse_field(res, "resultJson");
+    ER_HARNESS_NON_NULL(body);
+    snprintf(lease_id, sizeof(lease_id), "%s",
+             er_harness_json_str(body, "lease.id"));
+    json_decref(body);
+
+    snprintf(ws, sizeof(ws), "%s/bridge-failed-ws", h->dir);
+    er_harness_fresh_dir(ws);
+    er_harness_cmd_realize(&c, &run, ws);
+    c.cmd.runtime_overlay_json =
+        (char *)(uintptr_t) "{\"provisionCommand\": \"sleep 2\"}";
+    assert_int_equal(er_secret_set(&c.cmd.host_api_token, token, strlen(token)),
+                     0);
+    assert_int_equal(er_harness_send(h, &c.cmd), 0);
+    params[0] = c.command_id;
+    assert_true(er_harness_pg_wait_count(
+        h,
+        "SELECT count(*) FROM envrun.operations WHERE command_id = $1 AND "
+        "kind = 'provision' AND state = 'started'",
+        1, params, 1, WAIT_MS));
+    params[0] = lease_id;
+    assert_int_equal(
+        er_harness_pg_exec(h->db_url,
+                           "UPDATE environment_leases SET status = 'released', "
+                           "released_at = now() WHERE id = $1",
+                           1, params),
+        0);
+
+    assert_true(er_harness_wait_count(h, ER_HARNESS_RESULTS, "commandId",
+                                      c.command_id, 1, WAIT_MS));
+    assert_int_equal(results_of(c.command_id, recs, 2), 1);
+    res = recs[0]->json;
+    ER_HARNESS_ASSERT_STR(res, "outcome", "error");
+    ER_HARNESS_ASSERT_STR(res, "errorCode", "workspace_realization_failed");
+    ER_HARNESS_ASSERT_CONTAINS(er_harness_json_str(res, "errorMessage"),
+                               "is not active (status: released)");
+    assert_null(er_harness_json_str(res, "resultJson"));
+    /* The bridge did start, and its entry says it failed. */
+    params[0] = c.command_id;
+    params[1] = lease_id;
+    assert_int_equal(
+        er_harness_pg_count(h->db_url,
+                            "SELECT count(*) FROM envrun.operations WHERE "
+                            "command_id = $1 AND lease_id = $2::uuid AND "
+                            "kind = 'bridge' AND state = 'failed'",
+                            2, params),
+        1);
+    /* Stopped after the commit: the worker says so, no gateway is left. */
+    snprintf(line, sizeof(line), "callback bridge stopped leaseId=%s",
+             lease_id);
+    for (i = 0; i < 100 && !er_harness_worker_log_contains(worker, line); i++)
+        nanosleep(&(struct timespec){ 0, 100000000 }, NULL);
+    assert_true(er_harness_worker_log_contains(worker, line));
+    for (i = 0; i < 100 && er_harness_process_with("envrun-gateway"); i++)
+        nanosleep(&(struct timespec){ 0, 100000000 }, NULL);
+    assert_false(er_harness_process_with("envrun-gateway"));
+    assert_int_equal(er_harness_pg_rows_containing(h->db_url, token), 0);
+    assert_false(er_harness_worker_log_contains(worker, token));
+    er_secret_fini(&c.cmd.host_api_token);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bwrap_agent_reaches_api_through_bridge),
         cmocka_unit_test(ssh_agent_reaches_api_through_bridge),
         cmocka_unit_test(fake_sandbox_cannot_bridge),
+        cmocka_unit_test(failed_realize_keeps_no_bridge),
         cmocka_unit_test(queue_bridge_follows_its_run_across_a_worker_kill),
         cmocka_unit_test(stream_bridge_follows_its_run_across_a_worker_kill),
     };

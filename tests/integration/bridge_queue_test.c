@@ -94,12 +94,19 @@ static int run_sh(void *arg, const char *script, const void *in, size_t in_len,
     return rc;
 }
 
+/* The gateway binary the pollers list with (NULL: the shell loop) and
+ * their body limit (0: the default). */
+static const char *list_gateway;
+static size_t list_max_body;
+
 static struct er_bridge_poller *poller_start(int64_t list_wait_ms,
                                              int64_t iteration_ms)
 {
     const struct er_bridge_queue_opts o = {
         .exec = run_sh,
         .exec_arg = &runner,
+        .gateway = list_gateway,
+        .max_body = list_max_body,
         .queue_dir = queue_dir,
         .fwd = fwd,
         .host_token = &token,
@@ -519,6 +526,81 @@ static void idle_run_is_cheap(void **state)
     assert_int_equal(stats.list_failures, 0);
 }
 
+/* The list done by the gateway binary brings the first request with it:
+ * a request costs two execs (list, write), not three; a request over the
+ * limit is refused from what the list brought, a planted symlink is never
+ * read through. */
+static void gateway_list_brings_the_first_request(void **state)
+{
+    struct er_bridge_poller_stats stats;
+    struct er_bridge_poller *p;
+    static struct reply r;
+    static char big[80000]; /* over 6 x 1024 + 64 KiB */
+    char path[256];
+    char *text;
+    int i;
+
+    (void)state;
+    list_max_body = 1024;
+    p = poller_start(2000, 0);
+    er_api_standin_answer(api,
+                          "HTTP/1.1 200 OK\r\ncontent-type: application/json"
+                          "\r\ncontent-length: 3\r\n\r\n{}\n",
+                          0);
+    for (i = 0; i < 3; i++) {
+        agent("GET", "/api/agents/me",
+              "authorization: Bearer " BRIDGE_TOKEN "\r\n", NULL, &r);
+        assert_int_equal(r.status, 200);
+    }
+    /* The agent has its answer once the file is there: the write's exec
+     * may still be ending. */
+    for (i = 0; i < 100; i++) {
+        er_bridge_poller_stats(p, &stats);
+        if (stats.handled == 3)
+            break;
+        usleep(20000);
+    }
+    assert_int_equal(stats.handled, 3);
+    /* mkdir, then per request a list and a write, and the list waiting
+     * now: 8 (reading each request on its own would make it 11). */
+    assert_true(stats.execs <= 8);
+
+    memset(big, ' ', sizeof(big) - 1);
+    memcpy(big, "{\"id\":\"req-big\",", 16);
+    big[sizeof(big) - 2] = '}';
+    queue_write("requests/req-big.json", big);
+    text = wait_response("req-big.json", 10000);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"status\":413"));
+    er_free(text);
+
+    snprintf(path, sizeof(path), "%s/requests/a-link.json", queue_dir);
+    assert_int_equal(symlink("/etc/passwd", path), 0);
+    request_file("req-after-link");
+    text = wait_response("req-after-link.json", 10000);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"status\":200"));
+    er_free(text);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(er_api_standin_hits(api, NULL, 0), 4);
+    er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
+    list_max_body = 0;
+}
+
+static int gateway_list_on(void **state)
+{
+    (void)state;
+    list_gateway = GATEWAY;
+    return 0;
+}
+
+static int gateway_list_off(void **state)
+{
+    (void)state;
+    list_gateway = NULL;
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -528,6 +610,12 @@ int main(void)
         cmocka_unit_test(stop_drains_then_answers_503),
         cmocka_unit_test(hung_exec_costs_one_iteration),
         cmocka_unit_test(idle_run_is_cheap),
+        cmocka_unit_test_setup_teardown(round_trip_through_the_gateway,
+                                        gateway_list_on, gateway_list_off),
+        cmocka_unit_test_setup_teardown(hand_written_requests_get_answers,
+                                        gateway_list_on, gateway_list_off),
+        cmocka_unit_test_setup_teardown(gateway_list_brings_the_first_request,
+                                        gateway_list_on, gateway_list_off),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
