@@ -29,6 +29,10 @@
 #include "tests/support/harness.h"
 
 #define WAIT_MS 60000
+/* The gateway's program in a bwrap sandbox (the tests' adapter type). */
+#define SANDBOX_GATEWAY                                            \
+    "/workspace/.paperclip-runtime/claude_local/paperclip-bridge/" \
+    "server/envrun-gateway"
 #define API_OK                                                    \
     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"       \
     "ETag: \"v1\"\r\nContent-Length: 23\r\nConnection: close\r\n" \
@@ -152,7 +156,11 @@ static void random_token(char *out, size_t len)
  * ./agent.env (the workspace brought it, so the token is in no command),
  * checks that the API's own port cannot be reached directly, then asks
  * GET /api/agents/me?view=compact through the bridge and checks the
- * API's body and ETag came back, and that a wrong token gets 401. */
+ * API's body and ETag came back, that a wrong token gets 401, a refused
+ * route 403 and a text body 415 (domain.md 5.10 cases 2, 3, 7), that a
+ * `//host/...` target is served by the configured API (its path only, as
+ * a URL parser reads it: the API's second hit), and that an encoded slash
+ * and a dot-dot path are refused (4xx; they never reach the API). */
 static void agent_script(char *out, size_t len, bool expect_no_direct)
 {
     snprintf(
@@ -172,12 +180,31 @@ static void agent_script(char *out, size_t len, bool expect_no_direct)
         "r=$(call wrong-token); "
         "case \"$r\" in *'HTTP/1.1 401'*'Invalid bridge token.'*) ;; "
         "*) echo \"wrong token not refused: $r\" | tr '\\r\\n' '  ' >&2; "
-        "exit 1;; esac",
+        "exit 1;; esac; "
+        "ask() { exec 3<>/dev/tcp/127.0.0.1/$port || return 1; "
+        "printf '%%s %%s HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer "
+        "%%s\\r\\nContent-Type: %%s\\r\\nContent-Length: %%s\\r\\n"
+        "Connection: close\\r\\n\\r\\n%%s' \"$1\" \"$2\" "
+        "\"$PAPERCLIP_API_KEY\" \"$3\" \"${#4}\" \"$4\" >&3; cat <&3; "
+        "exec 3<&-; }; "
+        "want() { case \"$1\" in *\"HTTP/1.1 $2\"*\"$3\"*) ;; "
+        "*) echo \"$4: $1\" | tr '\\r\\n' '  ' >&2; exit 1;; esac; }; "
+        "want \"$(ask PATCH /api/issues/issue-1/labels application/json "
+        "'{}')\" 403 'Route not allowed: PATCH /api/issues/issue-1/labels' "
+        "'route not refused'; "
+        "want \"$(ask POST /api/issues/i1/comments text/plain hi)\" 415 "
+        "'Bridge only accepts JSON request bodies.' 'text body not refused'; "
+        "want \"$(ask GET //evil.example/api/agents/me application/json "
+        "'')\" 200 '%s' 'authority target not kept at the origin'; "
+        "want \"$(ask GET /api/agents/%%2F..%%2Fsecrets application/json "
+        "'')\" 4 '' 'encoded slash not refused'; "
+        "want \"$(ask GET /api/agents/../../api/secrets application/json "
+        "'')\" 4 '' 'dot-dot path not refused'",
         expect_no_direct
             ? "if (exec 3<>/dev/tcp/127.0.0.1/$API_PORT) 2>/dev/null; then "
               "echo 'reached the API directly' >&2; exit 1; fi; "
             : "",
-        API_BODY);
+        API_BODY, API_BODY);
 }
 
 static void write_file(const char *dir, const char *name, const char *text)
@@ -237,11 +264,12 @@ static void check_bridge_env(const json_t *body, const char *host_token,
     assert_null(strstr(host_token, key));
 }
 
-/* What the API saw: the host credential, the run id, no bridge token. */
+/* What the API saw of the agent script's calls: the host credential, the
+ * run id, no bridge token. */
 static void check_api_saw(const char *host_token, const char *run_id,
                           const char *bridge_token, int hits)
 {
-    char seen[8192];
+    char seen[16384];
     char want[256];
     char *p;
 
@@ -257,6 +285,9 @@ static void check_api_saw(const char *host_token, const char *run_id,
     snprintf(want, sizeof(want), "x-paperclip-run-id: %s", run_id);
     ER_HARNESS_ASSERT_CONTAINS(seen, want);
     assert_null(strstr(seen, "forged"));
+    /* The agent's `//evil.example/...` call came here, as a path. */
+    ER_HARNESS_ASSERT_CONTAINS(seen, "get /api/agents/me http/1.1");
+    assert_null(strstr(seen, "evil.example"));
     snprintf(want, sizeof(want), "%s", bridge_token);
     for (p = want; *p != '\0'; p++)
         *p = (char)tolower((unsigned char)*p);
@@ -305,15 +336,16 @@ static void check_no_leak(const char *host_token, const char *bridge_token)
     assert_false(er_harness_worker_log_contains(worker, bridge_token));
 }
 
-/* SIGKILL every process whose program (argv[0]) is path; how many. */
-static int kill_program(const char *path)
+/* The pids (at most max) of the processes whose program (argv[0]) is
+ * path; how many. */
+static size_t program_pids(const char *path, pid_t *out, size_t max)
 {
     DIR *d = opendir("/proc");
     struct dirent *e;
-    int cnt = 0;
+    size_t cnt = 0;
 
     ER_HARNESS_NON_NULL(d);
-    while ((e = readdir(d)) != NULL) {
+    while ((e = readdir(d)) != NULL && cnt < max) {
         char file[300];
         char argv0[4096];
         size_t n;
@@ -328,12 +360,43 @@ static int kill_program(const char *path)
         n = fread(argv0, 1, sizeof(argv0) - 1, f);
         fclose(f);
         argv0[n] = '\0'; /* the first NUL ends argv[0] */
-        if (strcmp(argv0, path) == 0 &&
-            kill((pid_t)atoi(e->d_name), SIGKILL) == 0)
-            cnt++;
+        if (strcmp(argv0, path) == 0)
+            out[cnt++] = (pid_t)atoi(e->d_name);
     }
     closedir(d);
     return cnt;
+}
+
+/* SIGKILL every process whose program is path; how many. */
+static int kill_program(const char *path)
+{
+    pid_t pids[64];
+    size_t cnt = program_pids(path, pids, 64);
+    size_t i;
+    int killed = 0;
+
+    for (i = 0; i < cnt; i++)
+        killed += kill(pids[i], SIGKILL) == 0;
+    return killed;
+}
+
+/* Whether a process runs program path that is not one of the cnt pids in
+ * before. */
+static bool program_runs_besides(const char *path, const pid_t *before,
+                                 size_t cnt)
+{
+    pid_t now[64];
+    size_t now_cnt = program_pids(path, now, 64);
+    size_t i;
+    size_t j;
+
+    for (i = 0; i < now_cnt; i++) {
+        for (j = 0; j < cnt && before[j] != now[i]; j++)
+            ;
+        if (j == cnt)
+            return true;
+    }
+    return false;
 }
 
 /* The results of command_id so far (replays included). */
@@ -386,7 +449,7 @@ static void bwrap_agent_reaches_api_through_bridge(void **state)
     char env_id[37];
     char token[64];
     char ws[ER_HARNESS_PATH_MAX + 32];
-    char script[4096];
+    char script[8192];
     char bridge_token[40];
     char url[64];
     const json_t *res;
@@ -420,7 +483,7 @@ static void bwrap_agent_reaches_api_through_bridge(void **state)
     agent_script(script, sizeof(script), true);
     res = realize(&second, &run, ws, token, script);
     ER_HARNESS_ASSERT_OK(res);
-    check_api_saw(token, run.run_id, bridge_token, 1);
+    check_api_saw(token, run.run_id, bridge_token, 2);
     json_decref(body);
     /* The gateway kept serving: same URL, same token. */
     body = er_harness_json_parse_field(res, "resultJson");
@@ -453,7 +516,7 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     char env_id[37];
     char token[64];
     char ws[ER_HARNESS_PATH_MAX + 32];
-    char script[4096];
+    char script[8192];
     char gateway[ER_HARNESS_PATH_MAX + 256];
     char bridge_token[40];
     const char *cwd;
@@ -486,7 +549,7 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     agent_script(script, sizeof(script), false);
     res = realize(&second, &run, ws, token, script);
     ER_HARNESS_ASSERT_OK(res);
-    check_api_saw(token, run.run_id, bridge_token, 1);
+    check_api_saw(token, run.run_id, bridge_token, 2);
 
     /* The gateway dies (the host was restarted, say): the next realize
      * starts it again, on the same port with the same token, and the
@@ -508,7 +571,7 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     assert_true(er_harness_process_with(gateway));
     er_api_standin_answer(api, API_OK, 0);
     ER_HARNESS_ASSERT_OK(realize(&fourth, &run, ws, token, script));
-    check_api_saw(token, run.run_id, bridge_token, 1);
+    check_api_saw(token, run.run_id, bridge_token, 2);
 
     ER_HARNESS_ASSERT_OK(
         er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
@@ -555,7 +618,7 @@ static void follow_across_kill(const char *mode)
     char env_id[37];
     char token[64];
     char ws[ER_HARNESS_PATH_MAX + 32];
-    char script[4096];
+    char script[8192];
     char bridge_token[40];
     const json_t *res;
     json_t *body;
@@ -576,7 +639,7 @@ static void follow_across_kill(const char *mode)
     agent_script(script, sizeof(script), true);
     er_api_standin_answer(api, API_OK, 0);
     ER_HARNESS_ASSERT_OK(realize(&second, &run, ws, token, script));
-    check_api_saw(token, run.run_id, bridge_token, 1);
+    check_api_saw(token, run.run_id, bridge_token, 2);
 
     /* The worker dies mid-conversation; the next one takes the run. */
     assert_int_equal(er_harness_worker_stop(worker, SIGKILL, 5000),
@@ -594,7 +657,7 @@ static void follow_across_kill(const char *mode)
     er_api_standin_answer(api, API_OK, 0);
     res = realize(&third, &run, ws, token, script);
     ER_HARNESS_ASSERT_OK(res);
-    check_api_saw(token, run.run_id, bridge_token, 1);
+    check_api_saw(token, run.run_id, bridge_token, 2);
     later = er_harness_json_parse_field(res, "resultJson");
     ER_HARNESS_ASSERT_STR(later, "bridge.env.PAPERCLIP_API_KEY", bridge_token);
     ER_HARNESS_ASSERT_STR(
@@ -666,12 +729,16 @@ static void failed_realize_keeps_no_bridge(void **state)
     char token[64];
     char ws[ER_HARNESS_PATH_MAX + 32];
     char line[128];
+    pid_t before[64];
+    size_t before_cnt = 0;
     const char *params[2];
     const json_t *res;
     json_t *body;
     int i;
 
     (void)state;
+    /* Gateways other tests left are not this one's. */
+    before_cnt = program_pids(SANDBOX_GATEWAY, before, 64);
     er_harness_run_init(&run);
     random_token(token, sizeof(token));
     er_harness_env_insert(h, run.company_id, "Bridged then failed", "sandbox",
@@ -728,14 +795,16 @@ static void failed_realize_keeps_no_bridge(void **state)
                             2, params),
         1);
     /* Stopped after the commit: the worker says so, no gateway is left. */
-    snprintf(line, sizeof(line), "callback bridge stopped leaseId=%s",
-             lease_id);
+    snprintf(line, sizeof(line),
+             "\"callback bridge stopped\",\"leaseId\":\"%s\"", lease_id);
     for (i = 0; i < 100 && !er_harness_worker_log_contains(worker, line); i++)
         nanosleep(&(struct timespec){ 0, 100000000 }, NULL);
     assert_true(er_harness_worker_log_contains(worker, line));
-    for (i = 0; i < 100 && er_harness_process_with("envrun-gateway"); i++)
+    for (i = 0;
+         i < 100 && program_runs_besides(SANDBOX_GATEWAY, before, before_cnt);
+         i++)
         nanosleep(&(struct timespec){ 0, 100000000 }, NULL);
-    assert_false(er_harness_process_with("envrun-gateway"));
+    assert_false(program_runs_besides(SANDBOX_GATEWAY, before, before_cnt));
     assert_int_equal(er_harness_pg_rows_containing(h->db_url, token), 0);
     assert_false(er_harness_worker_log_contains(worker, token));
     er_secret_fini(&c.cmd.host_api_token);

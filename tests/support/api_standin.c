@@ -62,6 +62,7 @@ static void *standin_main(void *arg)
     for (;;) {
         const char *answer;
         size_t len;
+        size_t used;
         int delay;
         int c = accept(api->fd, NULL, NULL);
 
@@ -70,7 +71,12 @@ static void *standin_main(void *arg)
         len = read_request(c, buf, sizeof(buf));
         pthread_mutex_lock(&api->mu);
         api->hits++;
-        memcpy(api->seen, buf, len + 1);
+        /* Appended, as much as fits: every request since the answer. */
+        used = strlen(api->seen);
+        if (len > sizeof(api->seen) - 1 - used)
+            len = sizeof(api->seen) - 1 - used;
+        memcpy(api->seen + used, buf, len);
+        api->seen[used + len] = '\0';
         answer = api->answer;
         delay = api->delay_ms;
         pthread_mutex_unlock(&api->mu);

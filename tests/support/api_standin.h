@@ -19,8 +19,9 @@ int er_api_standin_port(const struct er_api_standin *api);
  * answer) after delay_ms; forget what was seen. raw is borrowed. */
 void er_api_standin_answer(struct er_api_standin *api, const char *raw,
                            int delay_ms);
-/* Requests seen since the last er_api_standin_answer; the last one's text
- * into seen (may be NULL). */
+/* Requests seen since the last er_api_standin_answer; their text, one
+ * after another (as much as the stand-in keeps: 64 KiB), into seen (may
+ * be NULL). */
 int er_api_standin_hits(struct er_api_standin *api, char *seen, size_t len);
 
 struct er_bridge_allow;
