@@ -7,6 +7,8 @@ BUILD_ASAN   ?= build-asan
 BUILD_FUZZ   ?= build-fuzz
 SERVICES     ?= .tmp/services
 FUZZ_SECONDS ?= 60
+# Seconds each libFuzzer target runs in `make test` (the CI gate).
+CI_FUZZ_SECONDS ?= 20
 JOBS         ?= 2
 
 # Source folders whose *.c/*.h clang-format checks (tests/fuzz/corpus holds
@@ -30,7 +32,8 @@ demo: deps build
 	./$(BUILD)/envrunctl dev --demo
 
 # The CI gate (.ci/run): every label but bench on the normal build, unit and
-# integration again under gcc's ASan+UBSan, then the format check. Every
+# integration again under gcc's ASan+UBSan, every libFuzzer target for
+# CI_FUZZ_SECONDS (scripts/fuzz.sh), then the format check. Every
 # stage runs even when an earlier one failed, so one run reports all of
 # them; the throwaway services are stopped however the recipe ends.
 # Test builds compile the fault points (-DER_FAULTS=ON) the fault-matrix
@@ -61,6 +64,9 @@ test: deps
 	else \
 		failed="$$failed asan-build"; \
 	fi; \
+	echo "== libFuzzer ($(BUILD_FUZZ), $(CI_FUZZ_SECONDS) s a target)"; \
+	bash scripts/fuzz.sh $(BUILD_FUZZ) $(CI_FUZZ_SECONDS) $(JOBS) \
+		|| failed="$$failed fuzz"; \
 	echo "== clang-format --dry-run --Werror"; \
 	$(FORMAT_FILES) | xargs -r clang-format --dry-run --Werror \
 		|| failed="$$failed format"; \
@@ -73,27 +79,10 @@ format:
 	$(FORMAT_FILES) | xargs -r clang-format -i
 
 # libFuzzer: every *_fuzz target for FUZZ_SECONDS on a copy of its corpus
-# (new inputs land in the copy, not in tests/fuzz/corpus).
+# (new inputs land in the copy, not in tests/fuzz/corpus); crashing inputs
+# stay in $(BUILD_FUZZ). scripts/fuzz.sh does it, for make test too.
 fuzz: deps
-	CC=clang cmake -S . -B $(BUILD_FUZZ) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-		-DER_FUZZ=ON -DER_SANITIZE=address,undefined
-	cmake --build $(BUILD_FUZZ) -j$(JOBS) --target \
-		$$(for f in tests/fuzz/*_fuzz.c; do basename $$f .c; done)
-	@set -u; failed=""; \
-	for bin in $$(find $(BUILD_FUZZ)/tests -maxdepth 1 -type f -name '*_fuzz' \
-			-perm -u+x | sort); do \
-		name=$$(basename $$bin); stem=$${name%_fuzz}; \
-		corpus=$(BUILD_FUZZ)/corpus/$$stem; \
-		rm -rf $$corpus; mkdir -p $$corpus; \
-		if [ -d tests/fuzz/corpus/$$stem ]; then \
-			cp -R tests/fuzz/corpus/$$stem/. $$corpus/; \
-		fi; \
-		echo "== $$name for $(FUZZ_SECONDS) s"; \
-		$$bin -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-			-artifact_prefix=$(BUILD_FUZZ)/$$name- $$corpus \
-			|| failed="$$failed $$name"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "make fuzz: FAILED:$$failed"; exit 1; fi
+	bash scripts/fuzz.sh $(BUILD_FUZZ) $(FUZZ_SECONDS) $(JOBS)
 
 bench: build
 	@set -u; \

@@ -119,6 +119,9 @@ bool er_bridge_method_is_safe(const char *method);
 /* 6 x max body + 64 KiB: JSON may spell one byte as six characters. */
 size_t er_bridge_envelope_limit(size_t max_body);
 
+/* The longest request id an envelope may carry, in bytes. */
+#define ER_BRIDGE_ENVELOPE_ID_MAX 128
+
 /* A request envelope, parsed and checked: owned copies. */
 struct er_bridge_envelope {
     char *id;
@@ -270,6 +273,39 @@ struct er_bridge_stream_opts {
 };
 
 struct er_bridge_stream;
+
+/* What a frame from the gateway is. */
+enum er_bridge_frame_type {
+    /* Not a JSON object, no type or an unknown one, an abandon without an
+     * id: counted in bad_frames. */
+    ER_BRIDGE_FRAME_BAD,
+    ER_BRIDGE_FRAME_READY, /* the gateway listens on port */
+    /* A ready frame without a valid port: ignored, and not counted. */
+    ER_BRIDGE_FRAME_READY_BAD,
+    ER_BRIDGE_FRAME_ABANDON, /* the request id's client is gone */
+    ER_BRIDGE_FRAME_REQUEST, /* the frame is its request envelope */
+};
+
+/* A frame's fields, copied out. */
+struct er_bridge_frame {
+    bool has_id; /* "id" is a string without NUL bytes (it may be "") */
+    /* Its "id", cut to fit at a UTF-8 character boundary (every id an
+     * envelope accepts fits); "" without has_id. */
+    char id[ER_BRIDGE_ENVELOPE_ID_MAX + 1];
+    int port; /* READY: 1..65535; else 0 */
+    long pid; /* READY: "pid" when it is an integer; else 0 */
+};
+
+/* Classify one stream_v1 frame from the gateway (untrusted: it runs in
+ * the sandbox): len bytes of JSON (text may be NULL when len is 0), an
+ * object with a string "type" ("ready" with an integer "port", "abandon"
+ * with "id", "request"), and fill *frame. NUL bytes are allowed in the
+ * JSON's strings (a request body may hold them) but not in "type" or
+ * "id". A request frame is parsed further by er_bridge_envelope_parse.
+ * Pure; thread-safe. */
+enum er_bridge_frame_type
+er_bridge_stream_frame_parse(const char *text, size_t len,
+                             struct er_bridge_frame *frame);
 
 /* Start the gateway through one held exec and wait (10 s) for its ready
  * frame; then requests are forwarded as their frames come, up to

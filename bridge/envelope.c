@@ -8,7 +8,6 @@
 
 #include "bridge/bridge.h"
 
-#define ID_MAX       128
 #define PATH_MAX_LEN 8192
 #define HEADERS_MAX  64
 #define HEADER_MAX   8192
@@ -163,7 +162,7 @@ int er_bridge_envelope_parse(const char *text, size_t len, size_t max_body,
         json_decref(root);
         return invalid(err, "not a JSON object");
     }
-    rc = opt_str(root, "id", ID_MAX, &id, err);
+    rc = opt_str(root, "id", ER_BRIDGE_ENVELOPE_ID_MAX, &id, err);
     if (rc == 0 && (id == NULL || id[0] == '\0'))
         rc = invalid(err, "id");
     if (rc == 0)

@@ -25,7 +25,6 @@
  * sandbox cannot make the worker hold more for it than this. */
 #define QUEUE_BYTES_MAX ((size_t)64 * 1024 * 1024)
 #define ABANDONED_MAX   64
-#define ID_MAX          128
 #define READY_WAIT_MS   10000
 #define EXIT_WAIT_MS    3000
 #define HOLD_FOREVER_MS ((int64_t)30 * 24 * 3600 * 1000)
@@ -34,6 +33,7 @@ struct frame {
     struct frame *next;
     char *text;
     size_t len;
+    char id[ER_BRIDGE_ENVELOPE_ID_MAX + 1]; /* er_bridge_frame's */
 };
 
 struct er_bridge_stream {
@@ -65,7 +65,7 @@ struct er_bridge_stream {
     struct frame *q_head, *q_tail;
     size_t q_len;
     size_t q_bytes;
-    char abandoned[ABANDONED_MAX][ID_MAX];
+    char abandoned[ABANDONED_MAX][ER_BRIDGE_ENVELOPE_ID_MAX + 1];
     size_t abandoned_next;
     struct er_bridge_stream_stats stats;
     char gone_why[256];
@@ -190,49 +190,125 @@ static bool is_abandoned_locked(struct er_bridge_stream *s, const char *id)
 static void respond(struct er_bridge_stream *s, const char *id,
                     const struct er_bridge_res *res);
 
-static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
+/* A string member without NUL bytes, else NULL. */
+static const char *plain_str(const json_t *obj, const char *key)
 {
-    bool is_full = false;
+    const json_t *v = json_object_get(obj, key);
+    const char *str = json_string_value(v);
 
-    json_t *root = json_loadb(text, len, 0, NULL);
-    const char *type = json_string_value(json_object_get(root, "type"));
-    const char *id = json_string_value(json_object_get(root, "id"));
+    if (str == NULL || strlen(str) != json_string_length(v))
+        return NULL;
+    return str;
+}
 
-    pthread_mutex_lock(&s->mu);
-    if (type != NULL && strcmp(type, "ready") == 0) {
+enum er_bridge_frame_type
+er_bridge_stream_frame_parse(const char *text, size_t len,
+                             struct er_bridge_frame *frame)
+{
+    enum er_bridge_frame_type type = ER_BRIDGE_FRAME_BAD;
+    json_t *root = NULL;
+    const char *type_str;
+    const char *id;
+
+    ER_ASSERT(frame != NULL);
+    memset(frame, 0, sizeof(*frame));
+    /* Not a JSON object: json_object_get gives NULL, so no type. A request
+     * body may hold NUL bytes (\u0000 in its text), so they are allowed;
+     * the envelope parser allows them too. */
+    if (text != NULL)
+        root = json_loadb(text, len, JSON_ALLOW_NUL, NULL);
+    type_str = plain_str(root, "type");
+    id = plain_str(root, "id");
+    if (id != NULL) {
+        size_t id_len = strlen(id);
+
+        /* Cut at a character boundary, so the id stays UTF-8 and an
+         * answer to it can be encoded. */
+        if (id_len >= sizeof(frame->id)) {
+            id_len = sizeof(frame->id) - 1;
+            while (id_len > 0 && ((unsigned char)id[id_len] & 0xc0) == 0x80)
+                id_len--;
+        }
+        memcpy(frame->id, id, id_len);
+        frame->id[id_len] = '\0';
+        frame->has_id = true;
+    }
+    if (type_str == NULL) {
+        type = ER_BRIDGE_FRAME_BAD;
+    } else if (strcmp(type_str, "ready") == 0) {
         json_t *port = json_object_get(root, "port");
         json_t *pid = json_object_get(root, "pid");
 
+        type = ER_BRIDGE_FRAME_READY_BAD;
         if (json_is_integer(port) && json_integer_value(port) > 0 &&
             json_integer_value(port) <= 65535) {
-            s->port = (int)json_integer_value(port);
-            s->pid = json_is_integer(pid) ? (long)json_integer_value(pid) : 0;
-            s->is_ready = true;
+            frame->port = (int)json_integer_value(port);
+            frame->pid =
+                json_is_integer(pid) ? (long)json_integer_value(pid) : 0;
+            type = ER_BRIDGE_FRAME_READY;
         }
-    } else if (type != NULL && strcmp(type, "abandon") == 0 && id != NULL) {
-        snprintf(s->abandoned[s->abandoned_next], ID_MAX, "%s", id);
-        s->abandoned_next = (s->abandoned_next + 1) % ABANDONED_MAX;
-    } else if (type != NULL && strcmp(type, "request") == 0 &&
-               (s->q_len >= QUEUE_MAX ||
-                (s->q_len > 0 && s->q_bytes + len > QUEUE_BYTES_MAX))) {
-        is_full = id != NULL;
-    } else if (type != NULL && strcmp(type, "request") == 0) {
-        struct frame *f = er_calloc(1, sizeof(*f));
+    } else if (strcmp(type_str, "abandon") == 0 && frame->has_id) {
+        type = ER_BRIDGE_FRAME_ABANDON;
+    } else if (strcmp(type_str, "request") == 0) {
+        type = ER_BRIDGE_FRAME_REQUEST;
+    }
+    json_decref(root);
+    return type;
+}
 
-        if (f != NULL) {
-            f->text = text;
-            f->len = len;
+/* Queue a request frame for the forwarders; whether it took text (it
+ * does not when out of memory: the frame is dropped and times out). */
+static bool enqueue_locked(struct er_bridge_stream *s, char *text, size_t len,
+                           const char *id)
+{
+    struct frame *f = er_calloc(1, sizeof(*f));
+
+    if (f == NULL)
+        return false;
+    f->text = text;
+    f->len = len;
+    snprintf(f->id, sizeof(f->id), "%s", id);
+    if (s->q_tail != NULL)
+        s->q_tail->next = f;
+    else
+        s->q_head = f;
+    s->q_tail = f;
+    s->q_len++;
+    s->q_bytes += len;
+    return true;
+}
+
+static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
+{
+    struct er_bridge_frame frame;
+    enum er_bridge_frame_type type;
+    bool is_full = false;
+
+    type = er_bridge_stream_frame_parse(text, len, &frame);
+    pthread_mutex_lock(&s->mu);
+    switch (type) {
+    case ER_BRIDGE_FRAME_READY:
+        s->port = frame.port;
+        s->pid = frame.pid;
+        s->is_ready = true;
+        break;
+    case ER_BRIDGE_FRAME_READY_BAD:
+        break; /* ignored: start times out or the gateway says again */
+    case ER_BRIDGE_FRAME_ABANDON:
+        snprintf(s->abandoned[s->abandoned_next],
+                 sizeof(s->abandoned[s->abandoned_next]), "%s", frame.id);
+        s->abandoned_next = (s->abandoned_next + 1) % ABANDONED_MAX;
+        break;
+    case ER_BRIDGE_FRAME_REQUEST:
+        if (s->q_len >= QUEUE_MAX ||
+            (s->q_len > 0 && s->q_bytes + len > QUEUE_BYTES_MAX))
+            is_full = frame.has_id;
+        else if (enqueue_locked(s, text, len, frame.id))
             text = NULL;
-            if (s->q_tail != NULL)
-                s->q_tail->next = f;
-            else
-                s->q_head = f;
-            s->q_tail = f;
-            s->q_len++;
-            s->q_bytes += len;
-        }
-    } else {
+        break;
+    case ER_BRIDGE_FRAME_BAD:
         s->stats.bad_frames++;
+        break;
     }
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -244,10 +320,9 @@ static void on_frame(struct er_bridge_stream *s, char *text, size_t len)
         er_bridge_res_error(&res, 503,
                             "Bridge host body capacity is busy. Retry later.",
                             false);
-        respond(s, id, &res);
+        respond(s, frame.id, &res);
         er_bridge_res_fini(&res);
     }
-    json_decref(root);
     er_free(text);
 }
 
@@ -315,19 +390,12 @@ static void handle(struct er_bridge_stream *s, struct er_bridge_fwd *fwd,
     struct er_bridge_req req;
     struct er_bridge_res res;
     struct er_err err;
-    json_t *root;
-    char id[ID_MAX];
+    const char *id = f->id;
     bool is_abandoned;
 
     memset(&env, 0, sizeof(env));
     memset(&res, 0, sizeof(res));
     er_err_clear(&err);
-    root = json_loadb(f->text, f->len, 0, NULL);
-    snprintf(id, sizeof(id), "%s",
-             json_string_value(json_object_get(root, "id")) != NULL
-                 ? json_string_value(json_object_get(root, "id"))
-                 : "");
-    json_decref(root);
     if (id[0] == '\0')
         return; /* nobody to answer: the gateway times it out */
     pthread_mutex_lock(&s->mu);
