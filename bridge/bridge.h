@@ -231,6 +231,22 @@ int er_bridge_poller_start(const struct er_bridge_queue_opts *opts,
  * still waiting are left in the queue for it. NULL is ok. */
 void er_bridge_poller_stop(struct er_bridge_poller *p, int64_t drain_ms);
 
+/* What a queue_v1 list exec printed (the sandbox's output: untrusted):
+ * request file names, one a line; those that look like one (<id>.json,
+ * the id of [A-Za-z0-9._-] not starting with '.', at most 200 bytes) go
+ * to names (at most max, sorted, er_free each; *cnt of them, also on
+ * failure). Then, from the gateway binary, maybe an empty line,
+ * "<name>\n<n>\n" and n bytes of that request: *pre gets them (name NULL
+ * when absent or malformed; er_bridge_preread_fini). 0 or ER_ENOMEM. */
+struct er_bridge_preread {
+    char *name; /* NULL: none */
+    char *text; /* NUL-terminated */
+    size_t len;
+};
+int er_bridge_list_parse(const char *text, size_t len, char **names, size_t max,
+                         size_t *cnt, struct er_bridge_preread *pre);
+void er_bridge_preread_fini(struct er_bridge_preread *pre);
+
 struct er_bridge_poller_stats {
     uint64_t handled;       /* responses written */
     uint64_t list_failures; /* failed list execs */

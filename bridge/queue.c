@@ -148,15 +148,7 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* The first request's bytes as the gateway's list printed them (one
- * exec less per request than op_read). */
-struct preread {
-    char *name; /* NULL: none */
-    char *text; /* NUL-terminated */
-    size_t len;
-};
-
-static void preread_fini(struct preread *pre)
+void er_bridge_preread_fini(struct er_bridge_preread *pre)
 {
     er_free(pre->name);
     er_free(pre->text);
@@ -165,7 +157,8 @@ static void preread_fini(struct preread *pre)
 
 /* What follows the names' empty line: "<name>\n<n>\n<n bytes>". Bytes
  * that do not match n (the output was cut) are not used. */
-static int preread_parse(struct preread *pre, const char *s, const char *end)
+static int preread_parse(struct er_bridge_preread *pre, const char *s,
+                         const char *end)
 {
     const char *nl = memchr(s, '\n', (size_t)(end - s));
     const char *data;
@@ -186,12 +179,44 @@ static int preread_parse(struct preread *pre, const char *s, const char *end)
     pre->len = (size_t)n;
     pre->text = er_malloc(pre->len + 1);
     if (pre->name == NULL || pre->text == NULL) {
-        preread_fini(pre);
+        er_bridge_preread_fini(pre);
         return ER_ENOMEM;
     }
     memcpy(pre->text, data, pre->len);
     pre->text[pre->len] = '\0';
     return 0;
+}
+
+int er_bridge_list_parse(const char *text, size_t len, char **names, size_t max,
+                         size_t *cnt, struct er_bridge_preread *pre)
+{
+    const char *s = text;
+    const char *end = text + len;
+    int rc = 0;
+
+    *cnt = 0;
+    memset(pre, 0, sizeof(*pre));
+    while (rc == 0 && s < end) {
+        const char *nl = memchr(s, '\n', (size_t)(end - s));
+        size_t n = nl != NULL ? (size_t)(nl - s) : (size_t)(end - s);
+
+        if (n == 0) { /* the names end; the first request follows */
+            rc = preread_parse(pre, s + 1, end);
+            break;
+        }
+        /* What the sandbox lists is checked like everything it says. */
+        if (*cnt < max && is_request_name(s, n)) {
+            names[*cnt] = er_strndup(s, n);
+            if (names[*cnt] == NULL)
+                rc = ER_ENOMEM;
+            else
+                (*cnt)++;
+        }
+        s += n + 1;
+    }
+    if (rc == 0)
+        qsort(names, *cnt, sizeof(*names), cmp_names);
+    return rc;
 }
 
 /* The request files waiting, sorted (names[] owned by the caller, at most
@@ -200,13 +225,12 @@ static int preread_parse(struct preread *pre, const char *s, const char *end)
  * request's bytes (at most its size limit and one) where it could read
  * them. */
 static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
-                   size_t *cnt, struct preread *pre, struct er_err *err)
+                   size_t *cnt, struct er_bridge_preread *pre,
+                   struct er_err *err)
 {
     struct er_bridge_exec_out out;
     struct er_buf script;
     char tail[512];
-    const char *s;
-    const char *end;
     size_t read_max = er_bridge_envelope_limit(p->max_body) + 1;
     int rc;
 
@@ -247,38 +271,13 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
     er_buf_fini(&script);
     if (rc == 0 && out.exit_code != 0)
         rc = er_bridge_exec_failed(err, "list", &out);
-    s = er_bridge_exec_text(&out.out);
-    end = s + out.out.len;
-    while (rc == 0 && s < end) {
-        const char *nl = memchr(s, '\n', (size_t)(end - s));
-        size_t len = nl != NULL ? (size_t)(nl - s) : (size_t)(end - s);
-
-        if (len == 0) { /* the names end; the first request follows */
-            rc = preread_parse(pre, s + 1, end);
-            if (rc == ER_ENOMEM)
-                er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
-            break;
-        }
-        if (*cnt >= NAMES_MAX) {
-            s += len + 1;
-            continue;
-        }
-        /* What the sandbox lists is checked like everything it says. */
-        if (is_request_name(s, len)) {
-            names[*cnt] = er_strndup(s, len);
-            if (names[*cnt] == NULL)
-                rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE,
-                                "out of memory");
-            else
-                (*cnt)++;
-        }
-        s += len + 1;
+    if (rc == 0 &&
+        er_bridge_list_parse(er_bridge_exec_text(&out.out), out.out.len, names,
+                             NAMES_MAX, cnt, pre) != 0) {
+        er_bridge_preread_fini(pre);
+        rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
     }
     er_bridge_exec_out_fini(&out);
-    if (rc == 0)
-        qsort(names, *cnt, sizeof(*names), cmp_names);
-    else
-        preread_fini(pre);
     return rc;
 }
 
@@ -440,7 +439,7 @@ static void id_of_name(const char *name, char *id0, size_t len)
 /* Answer requests/<name>; pre: its bytes from the list, or NULL to read
  * them. */
 static void process(struct er_bridge_poller *p, const char *name,
-                    const struct preread *pre)
+                    const struct er_bridge_preread *pre)
 {
     struct er_bridge_exec_out out;
     struct er_bridge_envelope env;
@@ -505,7 +504,7 @@ out:
 static void answer_the_rest(struct er_bridge_poller *p)
 {
     char *names[NAMES_MAX];
-    struct preread pre;
+    struct er_bridge_preread pre;
     struct er_bridge_res res;
     struct er_err err;
     char id0[NAME_MAX_LEN];
@@ -515,7 +514,7 @@ static void answer_the_rest(struct er_bridge_poller *p)
     atomic_store(&p->cancel_list, false);
     if (op_list(p, 0, names, &cnt, &pre, &err) != 0)
         return;
-    preread_fini(&pre);
+    er_bridge_preread_fini(&pre);
     for (i = 0; i < cnt; i++) {
         memset(&res, 0, sizeof(res));
         er_bridge_res_error(&res, 503, STOPPED_MESSAGE, false);
@@ -546,7 +545,7 @@ static void *poller_main(void *arg)
                     p->run_id, err.msg);
     for (;;) {
         char *names[NAMES_MAX];
-        struct preread pre;
+        struct er_bridge_preread pre;
         bool is_past = false;
         bool stopping = is_stopping(p, NULL);
         size_t cnt = 0;
@@ -591,7 +590,7 @@ static void *poller_main(void *arg)
         }
         fails = 0;
         if (cnt == 0) {
-            preread_fini(&pre);
+            er_bridge_preread_fini(&pre);
             if (stopping)
                 break;
             sleep_ms(p, p->poll_interval_ms, true);
@@ -606,7 +605,7 @@ static void *poller_main(void *arg)
                             : NULL);
             er_free(names[i]);
         }
-        preread_fini(&pre);
+        er_bridge_preread_fini(&pre);
         if (is_stopping(p, &is_past) && is_past)
             break;
     }
