@@ -243,3 +243,16 @@ int er_kafka_fetch(struct er_kafka_fetcher *f, const char *topic,
     (void)rd_kafka_assign(f->rk, NULL);
     return rc;
 }
+
+int er_kafka_fetch_lazy(struct er_kafka_fetcher **f, const char *brokers,
+                        const char *props, const char *topic, int32_t partition,
+                        int64_t offset, int timeout_ms, struct er_buf *value,
+                        struct er_err *err)
+{
+    if (*f == NULL) {
+        *f = er_kafka_fetcher_new(brokers, props, err);
+        if (*f == NULL)
+            return err != NULL ? err->code : ER_EIO;
+    }
+    return er_kafka_fetch(*f, topic, partition, offset, timeout_ms, value, err);
+}

@@ -36,5 +36,11 @@ void er_kafka_fetcher_destroy(struct er_kafka_fetcher *f);
 int er_kafka_fetch(struct er_kafka_fetcher *f, const char *topic,
                    int32_t partition, int64_t offset, int timeout_ms,
                    struct er_buf *value, struct er_err *err);
+/* er_kafka_fetch through *f, made by er_kafka_fetcher_new(brokers, props)
+ * at the first call: a thread that never fetches costs no client. */
+int er_kafka_fetch_lazy(struct er_kafka_fetcher **f, const char *brokers,
+                        const char *props, const char *topic, int32_t partition,
+                        int64_t offset, int timeout_ms, struct er_buf *value,
+                        struct er_err *err);
 
 #endif

@@ -15,6 +15,7 @@
 #include "worker/bridge_host_int.h"
 #include "worker/lifecycle_step_int.h"
 #include "worker/redact_int.h"
+#include "worker/token_relay_int.h"
 
 #define ARENA_MAX  (64u * 1024 * 1024)
 #define ENCODE_MAX (8u * 1024 * 1024)
@@ -150,7 +151,7 @@ static int outbox(struct er_lifecycle *lc, const char *topic,
                   struct er_err *err)
 {
     return er_store_outbox_add(lc->store, topic, key, key_len, lc->enc.data,
-                               lc->enc.len, headers, err);
+                               lc->enc.len, headers, NULL, err);
 }
 
 /* Queue a LeaseEvent for the row as it now is, with the next version. */
@@ -409,11 +410,10 @@ void er_lifecycle__set_env(struct er_step *st, const struct er_env_row *env)
  * The step
  * ================================================================ */
 
-/* Encode st's result and queue it on the results topic. */
-static int send_result(struct er_step *st, struct er_err *err)
+/* Encode st's result into lc->enc. */
+static int encode_result(struct er_step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
-    int rc;
 
     st->res.completed_at_ms = er_time_now_ms();
     if (st->result != NULL) {
@@ -429,46 +429,65 @@ static int send_result(struct er_step *st, struct er_err *err)
             return er_lifecycle__oom(err);
     }
     er_buf_reset(&lc->enc);
-    rc = er_codec_result_encode(&st->res, &lc->enc, err);
+    return er_codec_result_encode(&st->res, &lc->enc, err);
+}
+
+/* Encode st's result and queue it on the results topic. */
+static int send_result(struct er_step *st, struct er_err *err)
+{
+    int rc = encode_result(st, err);
+
     if (rc != 0)
         return rc;
-    return outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
+    return outbox(st->lc, st->lc->topic_results, st->key, st->key_len, NULL,
+                  err);
 }
 
-/* Where `"PAPERCLIP_API_KEY":"<from>"` is in len bytes at p, the offset of
- * <from>; -1 when it is not there. from is ER_BRIDGE_TOKEN_LEN long. */
-static ptrdiff_t token_at(const uint8_t *p, size_t len, const char *from)
+/* Queue the encoded result (lc->enc) of the realize command_id of
+ * company_id read at coords, which holds the bridge token masked: its
+ * outbox row notes where the relay gets the token back, and this
+ * process's relay gets it in memory (token_relay_int.h). */
+static int send_masked(struct er_lifecycle *lc, const uint8_t *key,
+                       size_t key_len, const char *command_id,
+                       const char *company_id,
+                       const struct er_msg_coords *coords, const char *token,
+                       struct er_err *err)
 {
-    static const char key[] = "\"PAPERCLIP_API_KEY\":\"";
-    size_t klen = sizeof(key) - 1;
-    size_t flen = strlen(from);
-    size_t i;
+    const char *from = er_token_relay_from(
+        &lc->arena, lc->topic_commands, coords != NULL ? coords->partition : -1,
+        coords != NULL ? coords->offset : -1, command_id, company_id);
 
-    for (i = 0; i + klen + flen + 1 <= len; i++) {
-        if (memcmp(p + i, key, klen) == 0 &&
-            memcmp(p + i + klen, from, flen) == 0 && p[i + klen + flen] == '"')
-            return (ptrdiff_t)(i + klen);
-    }
-    return -1;
+    if (from == NULL)
+        return er_lifecycle__oom(err);
+    er_token_relay_put(from, token);
+    return er_store_outbox_add(lc->store, lc->topic_results, key, key_len,
+                               lc->enc.data, lc->enc.len, NULL, from, err);
 }
 
-/* Encode st's result, queue it and record it as the command's result (a
- * bridge token masked in the record kept: replay puts it back). */
+/* Encode st's result, queue it and record it as the command's result. A
+ * bridge token is masked in both: the relay puts it back in the message
+ * it publishes, replay in the one it queues again. */
 static int finish(struct er_step *st, struct er_err *err)
 {
     struct er_lifecycle *lc = st->lc;
+    ptrdiff_t at = -1;
     int rc;
 
-    rc = send_result(st, err);
+    rc = encode_result(st, err);
     if (rc != 0)
         return rc;
-    if (st->bridge_token[0] != '\0') {
-        ptrdiff_t at = token_at(lc->enc.data, lc->enc.len, st->bridge_token);
-
-        if (at >= 0)
-            memcpy(lc->enc.data + at, ER_LIFECYCLE_TOKEN_MASK,
-                   strlen(ER_LIFECYCLE_TOKEN_MASK));
+    if (st->bridge_token[0] != '\0')
+        at = er_token_relay_find(lc->enc.data, lc->enc.len, st->bridge_token);
+    if (at >= 0) {
+        memcpy(lc->enc.data + at, ER_TOKEN_RELAY_MASK,
+               strlen(ER_TOKEN_RELAY_MASK));
+        rc = send_masked(lc, st->key, st->key_len, st->res.command_id,
+                         st->res.company_id, st->coords, st->bridge_token, err);
+    } else {
+        rc = outbox(lc, lc->topic_results, st->key, st->key_len, NULL, err);
     }
+    if (rc != 0)
+        return rc;
     rc = er_store_journal_close_command(
         lc->store, st->res.command_id, st->res.company_id,
         st->res.outcome == ER_OUTCOME_OK ? "done" : "failed", err);
@@ -514,16 +533,19 @@ enum replay_outcome {
 };
 
 /* Re-send the stored result of a command seen before, only to a command of
- * the same company and kind. Returns an enum replay_outcome or < 0. */
+ * the same company and kind. A realize's stored result holds its bridge
+ * token masked: it goes out with the token derived from the redelivered
+ * command's own credential (read at coords), so the agent gets the token
+ * it has. Returns an enum replay_outcome or < 0. */
 static int replay(struct er_lifecycle *lc, const char *command_id,
                   const char *company_id, enum er_cmd_kind kind,
-                  const struct er_run_command *cmd, const uint8_t *key,
+                  const struct er_run_command *cmd,
+                  const struct er_msg_coords *coords, const uint8_t *key,
                   size_t key_len, struct er_err *err)
 {
     struct er_processed_row row;
     const char *stored_by;
     char token[ER_BRIDGE_TOKEN_LEN + 1];
-    ptrdiff_t at;
     int rc;
 
     rc = er_store_processed_get(lc->store, command_id, &lc->arena, &row, err);
@@ -535,23 +557,23 @@ static int replay(struct er_lifecycle *lc, const char *command_id,
     if (stored_by == NULL || strcmp(stored_by, company_id) != 0 ||
         strcmp(row.kind, er_codec_kind_name(kind)) != 0)
         return REPLAY_FOREIGN;
-    /* A realize's bridge token, masked in the stored record, derives from
-     * the command's own credential: the agent gets the same token again. */
-    at = token_at(row.result, row.result_len, ER_LIFECYCLE_TOKEN_MASK);
-    if (at >= 0 && cmd != NULL && cmd->kind == ER_CMD_REALIZE &&
+    if (cmd != NULL && cmd->kind == ER_CMD_REALIZE &&
+        er_token_relay_find(row.result, row.result_len, ER_TOKEN_RELAY_MASK) >=
+            0 &&
         er_bridge_token_derive(&cmd->host_api_token, cmd->heartbeat_run_id,
                                token) == 0) {
-        uint8_t *copy = er_arena_alloc(&lc->arena, row.result_len);
-
-        if (copy == NULL)
-            return er_lifecycle__oom(err);
-        memcpy(copy, row.result, row.result_len);
-        memcpy(copy + at, token, ER_BRIDGE_TOKEN_LEN);
+        er_buf_reset(&lc->enc);
+        rc = er_buf_append(&lc->enc, row.result, row.result_len);
+        if (rc == 0)
+            rc = send_masked(lc, key, key_len, command_id, company_id, coords,
+                             token, err);
+        else
+            rc = er_lifecycle__oom(err);
         er_wipe(token, sizeof(token));
-        row.result = copy;
+    } else {
+        rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len,
+                                 row.result, row.result_len, NULL, NULL, err);
     }
-    rc = er_store_outbox_add(lc->store, lc->topic_results, key, key_len,
-                             row.result, row.result_len, NULL, err);
     if (rc != 0)
         return rc;
     er_metrics_replay();
@@ -774,8 +796,8 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     /* CommandResult.kind has no "unknown" symbol: when the command could
      * not be decoded far enough to know its kind, acquire stands in. */
     st.res.kind = cmd != NULL ? cmd->kind : ER_CMD_ACQUIRE;
-    rc = replay(lc, command_id, company_id, st.res.kind, NULL, key, key_len,
-                err);
+    rc = replay(lc, command_id, company_id, st.res.kind, NULL, NULL, key,
+                key_len, err);
     if (rc != REPLAY_NEW) {
         /* A foreign id gets no answer here: the dead letter is the
          * record of this message, and the id's result belongs to
@@ -854,7 +876,7 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
         key = (const uint8_t *)cmd.command_id;
         key_len = strlen(cmd.command_id);
     }
-    rc = replay(lc, cmd.command_id, cmd.company_id, cmd.kind, &cmd, key,
+    rc = replay(lc, cmd.command_id, cmd.company_id, cmd.kind, &cmd, coords, key,
                 key_len, err);
     if (rc == REPLAY_SENT) {
         er_log_kv(ER_LOG_INFO, "lifecycle",

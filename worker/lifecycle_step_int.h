@@ -62,15 +62,11 @@ struct er_step {
     json_t *reusable_meta;
     /* realize: the bridge's environment for the agent (owned; NULL: no
      * bridge), set into the result after its redaction, and its token,
-     * masked in the stored copy of the result ("" when none). */
+     * masked in the stored and queued copies of the result ("" when
+     * none; see token_relay_int.h). */
     json_t *bridge_env;
     char bridge_token[40];
 };
-
-/* What a stored result holds where a bridge token was: as long as a token,
- * so the stored record's encoding stays valid when replay puts the
- * command's token back. */
-#define ER_LIFECYCLE_TOKEN_MASK "[REDACTED-BRIDGE-TOKEN---------]"
 
 /* Who an activity row is attributed to (domain.md 3.8). */
 struct er_actor {

@@ -18,6 +18,7 @@
 #include "worker/kafka_int.h"
 #include "worker/outbox_int.h"
 #include "worker/store_int.h"
+#include "worker/token_relay_int.h"
 
 /* A batch is at most BATCH_ROWS rows and BATCH_BYTES of keys and values;
  * values longer than VALUE_FETCH_MAX are never read whole. */
@@ -33,6 +34,7 @@
 #define MAX_MSG_DEFAULT  1000000 /* librdkafka's message.max.bytes */
 #define TOPIC_MAX        256
 #define HDR_TRUNCATED    "envrun.truncated"
+#define FETCH_WAIT_MS    5000
 
 /* What became of one row of the batch. */
 enum slot_state {
@@ -48,6 +50,7 @@ struct slot {
     enum slot_state state;
     int kerr;           /* the rd_kafka_resp_err_t that decided it, or 0 */
     const char *reason; /* why quarantined (arena); NULL: from kerr */
+    bool is_filled;     /* its value holds a bridge token: wiped after */
 };
 
 struct er_outbox {
@@ -64,7 +67,11 @@ struct er_outbox {
     size_t max_msg_bytes;  /* the producer's message.max.bytes */
     size_t value_max;      /* longest value prefix fetched */
     char topic_dlq[TOPIC_MAX];
-    char owner[128];    /* host:pid, recorded with the relay's claim */
+    char owner[128]; /* host:pid, recorded with the relay's claim */
+    char *brokers;   /* and props: for the fetcher, made when needed */
+    char *props;
+    struct er_kafka_fetcher *fetcher; /* reads realize commands back */
+    char held_why[256]; /* why the batch's rows wait, beside delivery */
     int64_t generation; /* of the relay's fence, claimed with the lock */
     /* Set by the relay thread or the callbacks it serves (librdkafka calls
      * them from rd_kafka_poll/flush on the polling thread). */
@@ -366,7 +373,8 @@ static int settle(struct er_outbox *ob, int *lock_session,
             err, ER_EKAFKA, ER_ERRCLASS_RETRY,
             "%zu of %zu outbox messages not delivered: %s", kept_cnt, cnt,
             first_kerr != 0 ? rd_kafka_err2str((rd_kafka_resp_err_t)first_kerr)
-                            : "no delivery report");
+            : ob->held_why[0] != '\0' ? ob->held_why
+                                      : "no delivery report");
     return (int)cnt;
 }
 
@@ -394,6 +402,43 @@ static void lost_claim(struct er_outbox *ob, int *lock_session, int64_t current,
                 (long long)ob->generation, now, cnt, why->msg);
 }
 
+static int fetch(void *arg, const char *topic, int32_t partition,
+                 int64_t offset, struct er_buf *value, struct er_err *err)
+{
+    struct er_outbox *ob = arg;
+
+    return er_kafka_fetch_lazy(&ob->fetcher, ob->brokers, ob->props, topic,
+                               partition, offset, FETCH_WAIT_MS, value, err);
+}
+
+/* Put the bridge token back into row r (its value is the batch's own
+ * copy), see token_relay_int.h. Returns 0 when r may go out (filled, or
+ * refused for good: slot says so), or an error (class RETRY) when the
+ * token cannot be had now: r and the rows after it wait. */
+static int fill_token(struct er_outbox *ob, struct er_outbox_row *r,
+                      struct slot *slot, struct er_err *err)
+{
+    int rc;
+
+    if (r->value_full_len != r->value_len)
+        return 0; /* never sent whole: produce_row quarantines it */
+    /* The row is committed, its token only in memory or in Kafka: a test
+     * kills the worker here, so that another one's relay must restore it. */
+    er_fault_point("relay.before_fill");
+    rc = er_token_relay_fill(r->token_from, r->value, r->value_len, fetch, ob,
+                             err);
+    if (rc == 0) {
+        slot->is_filled = true;
+        return 0;
+    }
+    if (err->cls == ER_ERRCLASS_RETRY)
+        return rc;
+    /* The masked result must not go out as if it were the answer. */
+    slot->state = SLOT_QUARANTINE;
+    slot->reason = er_arena_strdup(&ob->arena, err->msg);
+    return 0;
+}
+
 /* Publish one batch under the relay's claim (lock_session: the session
  * holding the lock, set to 0 when the claim is lost). Returns the rows
  * fetched (>= 0; 0 also when the batch was dropped) or a negative code. */
@@ -409,6 +454,7 @@ static int relay_batch(struct er_outbox *ob, int *lock_session,
 
     er_arena_reset(&ob->arena);
     ob->is_slots_gone = false;
+    ob->held_why[0] = '\0';
     rc = er_store_outbox_fetch(ob->store, BATCH_ROWS, BATCH_BYTES,
                                ob->value_max, &ob->arena, &rows, &cnt, err);
     if (rc != 0 || cnt == 0)
@@ -430,15 +476,30 @@ static int relay_batch(struct er_outbox *ob, int *lock_session,
         return 0;
     }
     for (i = 0; i < cnt; i++) {
+        struct er_err ferr;
+
         slots[i].id = rows[i].id;
         /* Rows go out in id order. After a refusal for now (a full queue,
-         * a fatal producer) the later rows wait too, so none overtakes an
-         * earlier one of its key; a row refused for good is never sent, so
-         * skipping it reorders nothing. */
+         * a fatal producer, a token that cannot be read back yet) the
+         * later rows wait too, so none overtakes an earlier one of its
+         * key; a row refused for good is never sent, so skipping it
+         * reorders nothing. */
+        er_err_clear(&ferr);
+        if (rows[i].token_from != NULL &&
+            fill_token(ob, &rows[i], &slots[i], &ferr) != 0) {
+            snprintf(ob->held_why, sizeof(ob->held_why), "%s", ferr.msg);
+            break;
+        }
+        if (slots[i].state == SLOT_QUARANTINE)
+            continue;
         if (produce_row(ob, &rows[i], &slots[i]) != 0)
             break;
     }
     drain(ob);
+    for (i = 0; i < cnt; i++) {
+        if (slots[i].is_filled)
+            er_wipe(rows[i].value, rows[i].value_len);
+    }
     /* Published, not yet deleted: a crash here republishes the batch. */
     er_fault_point("relay.after_publish");
     return settle(ob, lock_session, rows, slots, cnt, err);
@@ -602,6 +663,12 @@ struct er_outbox *er_outbox_new(const struct er_config *cfg,
         snprintf(ob->owner, sizeof(ob->owner), "%s:%ld", host, (long)getpid());
     }
     ob->generation = -1;
+    ob->brokers = er_strdup(brokers);
+    ob->props = er_strdup(cfg->kafka_props);
+    if (ob->brokers == NULL || ob->props == NULL) {
+        er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+        goto fail;
+    }
     ob->store = er_store_new(cfg->database_url, err);
     if (ob->store == NULL)
         goto fail;
@@ -668,6 +735,9 @@ void er_outbox_destroy(struct er_outbox *ob, int drain_ms)
         rd_kafka_flush(ob->rk, 5000);
         rd_kafka_destroy(ob->rk);
     }
+    er_kafka_fetcher_destroy(ob->fetcher);
+    er_free(ob->brokers);
+    er_free(ob->props);
     er_store_destroy(ob->store);
     er_arena_fini(&ob->arena);
     pthread_cond_destroy(&ob->cv);

@@ -78,13 +78,8 @@ static int fetch(void *arg, const char *topic, int32_t partition,
 {
     struct er_reaper *r = arg;
 
-    if (r->fetcher == NULL) {
-        r->fetcher = er_kafka_fetcher_new(r->brokers, r->props, err);
-        if (r->fetcher == NULL)
-            return err->code;
-    }
-    return er_kafka_fetch(r->fetcher, topic, partition, offset, FETCH_WAIT_MS,
-                          value, err);
+    return er_kafka_fetch_lazy(&r->fetcher, r->brokers, r->props, topic,
+                               partition, offset, FETCH_WAIT_MS, value, err);
 }
 
 /* Re-attach the bridges of runs whose partition this worker now holds. */

@@ -79,6 +79,7 @@ struct er_outbox_row {
     size_t value_len;
     size_t value_full_len; /* the stored value's length (>= value_len) */
     char *headers_json;    /* NULL or a JSON object of string values */
+    char *token_from;      /* NULL, or where its bridge token comes from */
 };
 
 /* An outbox row to move to envrun.outbox_quarantine, and why. */
@@ -281,11 +282,14 @@ int er_store_journal_unrecorded_close(struct er_store *store,
 
 /* ---- outbox ---- */
 
-/* Queue a message; headers_json may be NULL. */
+/* Queue a message; headers_json may be NULL. token_from (NULL for most
+ * rows) notes where the relay gets the bridge token the value holds masked
+ * (token_relay_int.h). */
 int er_store_outbox_add(struct er_store *store, const char *topic,
                         const uint8_t *key, size_t key_len,
                         const uint8_t *value, size_t value_len,
-                        const char *headers_json, struct er_err *err);
+                        const char *headers_json, const char *token_from,
+                        struct er_err *err);
 /* Try to become the one relay of the cluster (a session advisory lock).
  * *session gets the database session holding it now (its backend pid), or
  * 0 when another session holds it. */

@@ -12,12 +12,13 @@
 int er_store_outbox_add(struct er_store *store, const char *topic,
                         const uint8_t *key, size_t key_len,
                         const uint8_t *value, size_t value_len,
-                        const char *headers_json, struct er_err *err)
+                        const char *headers_json, const char *token_from,
+                        struct er_err *err)
 {
     const char *params[] = { topic, (const char *)key, (const char *)value,
-                             headers_json };
+                             headers_json, token_from };
     /* A zero length would mean "text"; an empty key is sent as NULL. */
-    const int lengths[] = { 0, (int)key_len, (int)value_len, 0 };
+    const int lengths[] = { 0, (int)key_len, (int)value_len, 0, 0 };
     PGresult *res;
 
     if (key_len == 0)
@@ -25,9 +26,9 @@ int er_store_outbox_add(struct er_store *store, const char *topic,
     ER_ASSERT(value_len > 0 && value_len < INT32_MAX && key_len < INT32_MAX);
     res = er_store__exec(
         store, "outbox insert",
-        "INSERT INTO envrun.outbox (topic, msg_key, msg_value, headers) "
-        "VALUES ($1, $2, $3, $4::jsonb)",
-        4, params, lengths, err);
+        "INSERT INTO envrun.outbox (topic, msg_key, msg_value, headers, "
+        "token_from) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)",
+        5, params, lengths, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     PQclear(res);
@@ -119,7 +120,7 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
     res = PQexecParams(
         store->conn,
         "SELECT id, topic, msg_key, substring(msg_value FROM 1 FOR $3::int), "
-        "octet_length(msg_value)::bigint, headers::text "
+        "octet_length(msg_value)::bigint, headers::text, token_from::text "
         "FROM (SELECT o.*, row_number() OVER w AS rn, "
         "sum(coalesce(octet_length(o.msg_key), 0) + "
         "least(octet_length(o.msg_value), $3::int)) OVER w AS run_bytes "
@@ -158,9 +159,11 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
         r->value_full_len =
             full_len > (int64_t)r->value_len ? (size_t)full_len : r->value_len;
         r->headers_json = er_store__get_str(res, i, 5, arena);
+        r->token_from = er_store__get_str(res, i, 6, arena);
         if (r->topic == NULL || r->value == NULL ||
             (!PQgetisnull(res, i, 2) && r->key == NULL) ||
-            (!PQgetisnull(res, i, 5) && r->headers_json == NULL)) {
+            (!PQgetisnull(res, i, 5) && r->headers_json == NULL) ||
+            (!PQgetisnull(res, i, 6) && r->token_from == NULL)) {
             rc = er_store__oom(err);
             goto out;
         }

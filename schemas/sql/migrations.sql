@@ -262,5 +262,12 @@ ALTER TABLE envrun.processed_commands ADD COLUMN IF NOT EXISTS company_id text;
 -- and the reaper releases the lease then.
 ALTER TABLE envrun.lease_state ADD COLUMN IF NOT EXISTS expires_cap timestamptz;
 
-INSERT INTO envrun.schema_migrations (version) VALUES (1), (2), (3), (4), (5)
+-- Version 6: a realize result's bridge token is never written here. Its
+-- outbox row holds it masked and notes in token_from where the relay gets
+-- it back (the realize command's topic, partition and offset, read again
+-- from Kafka when the worker that wrote the row is gone).
+ALTER TABLE envrun.outbox ADD COLUMN IF NOT EXISTS token_from jsonb;
+
+INSERT INTO envrun.schema_migrations (version)
+    VALUES (1), (2), (3), (4), (5), (6)
     ON CONFLICT (version) DO NOTHING;

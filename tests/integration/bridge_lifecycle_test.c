@@ -25,6 +25,7 @@
 
 #include <cmocka.h>
 
+#include "bridge/bridge.h"
 #include "tests/support/api_standin.h"
 #include "tests/support/harness.h"
 
@@ -585,9 +586,8 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     json_decref(body);
 }
 
-/* Workers with ENVRUN_BRIDGE_TRANSPORT=queue_v1 (is_queue) or the
- * default. */
-static struct er_harness_worker *start_worker(bool is_queue)
+/* A worker with the group's environment and extra (NULL: nothing). */
+static struct er_harness_worker *start_worker_with(const char *extra)
 {
     static const char *env[10];
     struct er_harness_worker_opts opts = { 0 };
@@ -595,11 +595,19 @@ static struct er_harness_worker *start_worker(bool is_queue)
 
     for (n = 0; worker_env[n] != NULL; n++)
         env[n] = worker_env[n];
-    if (is_queue)
-        env[n++] = "ENVRUN_BRIDGE_TRANSPORT=queue_v1";
+    if (extra != NULL)
+        env[n++] = extra;
     env[n] = NULL;
     opts.env = env;
     return er_harness_worker_start_warm(h, &opts);
+}
+
+/* Workers with ENVRUN_BRIDGE_TRANSPORT=queue_v1 (is_queue) or the
+ * default. */
+static struct er_harness_worker *start_worker(bool is_queue)
+{
+    return start_worker_with(is_queue ? "ENVRUN_BRIDGE_TRANSPORT=queue_v1"
+                                      : NULL);
 }
 
 /* The bridge follows its run: the worker is SIGKILLed between two of the
@@ -683,6 +691,105 @@ static void stream_bridge_follows_its_run_across_a_worker_kill(void **state)
 {
     (void)state;
     follow_across_kill("stream_v1");
+}
+
+/* Segments of the server's write-ahead log, the newest few (this test's
+ * writes are there), holding needle in their bytes. */
+static long long wal_segments_containing(const char *needle)
+{
+    const char *params[] = { needle };
+
+    return er_harness_pg_count(
+        h->db_url,
+        "SELECT count(*) FROM (SELECT name FROM pg_ls_waldir() "
+        "ORDER BY modification DESC LIMIT 3) w WHERE position("
+        "convert_to($1, 'UTF8') IN pg_read_binary_file('pg_wal/' || w.name)) "
+        "> 0",
+        1, params);
+}
+
+/* The realize's result is committed with its bridge token masked and a
+ * note of where the token comes from; the worker is killed before its
+ * relay publishes it. Neither the outbox row, nor any table, nor the
+ * write-ahead log holds the token; the next worker's relay (which never
+ * saw it) reads the realize back from Kafka and publishes the result with
+ * the token the agent must get. */
+static void next_relay_restores_the_token_never_written(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    const struct er_harness_record *recs[4];
+    char env_id[37];
+    char token[64];
+    char want[ER_BRIDGE_TOKEN_LEN + 1];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    const char *params[1];
+    size_t cnt;
+    size_t i;
+
+    (void)state;
+    assert_int_equal(er_harness_worker_stop(worker, SIGTERM, 30000), 0);
+    worker = start_worker_with("ENVRUN_TEST_FAULT=relay.before_fill:1");
+    ER_HARNESS_NON_NULL(worker);
+    er_harness_run_init(&run);
+    random_token(token, sizeof(token));
+    er_harness_env_insert(h, run.company_id, "Bridged relay", "sandbox",
+                          "active", "{\"provider\": \"bwrap\"}", env_id);
+    acquire(&run, env_id);
+    snprintf(ws, sizeof(ws), "%s/bridge-relay-ws", h->dir);
+    er_harness_fresh_dir(ws);
+    er_harness_cmd_realize(&c, &run, ws);
+    assert_int_equal(er_secret_set(&c.cmd.host_api_token, token, strlen(token)),
+                     0);
+    assert_int_equal(
+        er_bridge_token_derive(&c.cmd.host_api_token, run.run_id, want), 0);
+    assert_int_equal(er_harness_send(h, &c.cmd), 0);
+    assert_int_equal(er_harness_worker_wait_exit(worker, WAIT_MS),
+                     128 + SIGKILL);
+    assert_true(er_harness_worker_log_contains(
+        worker, "fault point relay.before_fill reached"));
+
+    /* Committed, not published: masked, noted, nowhere in clear. */
+    params[0] = c.command_id;
+    assert_int_equal(
+        er_harness_pg_count(h->db_url,
+                            "SELECT count(*) FROM envrun.outbox WHERE "
+                            "token_from->>'commandId' = $1 AND position("
+                            "convert_to('\"PAPERCLIP_API_KEY\":\"[REDACTED-"
+                            "BRIDGE-TOKEN---------]\"', 'UTF8') IN "
+                            "msg_value) > 0",
+                            1, params),
+        1);
+    assert_int_equal(bytea_rows_containing(want), 0);
+    assert_int_equal(er_harness_pg_rows_containing(h->db_url, want), 0);
+    assert_int_equal(er_harness_pg_rows_containing(h->db_url, token), 0);
+    assert_int_equal(wal_segments_containing(want), 0);
+    assert_int_equal(wal_segments_containing(token), 0);
+    /* The scan sees what was written: the command's id is there. */
+    assert_true(wal_segments_containing(c.command_id) > 0);
+
+    /* The next worker publishes it with the token restored. */
+    worker = start_worker(false);
+    ER_HARNESS_NON_NULL(worker);
+    assert_true(er_harness_wait_count(h, ER_HARNESS_RESULTS, "commandId",
+                                      c.command_id, 1, WAIT_MS));
+    assert_true(er_harness_worker_wait_log(
+        worker, "bridge token restored from its realize command", WAIT_MS));
+    er_harness_poll(h, 1000);
+    cnt = results_of(c.command_id, recs, 4);
+    assert_true(cnt >= 1);
+    for (i = 0; i < cnt; i++) {
+        json_t *body = er_harness_json_parse_field(recs[i]->json, "resultJson");
+
+        ER_HARNESS_NON_NULL(body);
+        ER_HARNESS_ASSERT_STR(body, "bridge.env.PAPERCLIP_API_KEY", want);
+        json_decref(body);
+    }
+    ER_HARNESS_ASSERT_OK(
+        er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
+    check_no_leak(token, want);
+    assert_int_equal(wal_segments_containing(want), 0);
+    er_secret_fini(&c.cmd.host_api_token);
 }
 
 /* A provider that cannot run commands cannot carry a bridge: the realize
@@ -819,6 +926,7 @@ int main(void)
         cmocka_unit_test(failed_realize_keeps_no_bridge),
         cmocka_unit_test(queue_bridge_follows_its_run_across_a_worker_kill),
         cmocka_unit_test(stream_bridge_follows_its_run_across_a_worker_kill),
+        cmocka_unit_test(next_relay_restores_the_token_never_written),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
