@@ -48,6 +48,11 @@ struct er_bridge_poller {
     bool (*may_forward)(void *arg);
     void *may_forward_arg;
     struct er_bridge_poller_stats stats; /* under mu */
+    /* The answer the next list exec writes before it waits (the poller's
+     * thread only): one exec per request instead of two. */
+    bool has_pending;
+    char pending_name[NAME_MAX_LEN + 1];
+    struct er_buf pending_json;
 };
 
 /* ================================================================
@@ -224,6 +229,31 @@ int er_bridge_list_parse(const char *text, size_t len, char **names, size_t max,
  * there or the wait is over. With the gateway binary, *pre gets the first
  * request's bytes (at most its size limit and one) where it could read
  * them. */
+/* The {"wrote":...} line a folded list starts with: the pending answer is
+ * done with (counted when written) and the line is skipped. Without it
+ * (the shell loop ran, the gateway binary is not there) the answer is
+ * still pending. */
+static size_t take_wrote_line(struct er_bridge_poller *p, const char *text,
+                              size_t len)
+{
+    static const char yes[] = "{\"wrote\":true}\n";
+    static const char no[] = "{\"wrote\":false}\n";
+
+    if (len >= sizeof(yes) - 1 && memcmp(text, yes, sizeof(yes) - 1) == 0) {
+        count(p, &p->stats.handled);
+        p->has_pending = false;
+        return sizeof(yes) - 1;
+    }
+    if (len >= sizeof(no) - 1 && memcmp(text, no, sizeof(no) - 1) == 0) {
+        p->has_pending = false;
+        return sizeof(no) - 1;
+    }
+    return 0;
+}
+
+/* List the request files, waiting up to wait_ms for one; with the gateway
+ * binary, the first one's bytes come too, and a pending answer is
+ * written first by the same exec. */
 static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
                    size_t *cnt, struct er_bridge_preread *pre,
                    struct er_err *err)
@@ -232,6 +262,8 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
     struct er_buf script;
     char tail[512];
     size_t read_max = er_bridge_envelope_limit(p->max_body) + 1;
+    bool is_folded = p->has_pending && p->gateway != NULL && wait_ms > 0;
+    size_t skip = 0;
     int rc;
 
     *cnt = 0;
@@ -255,7 +287,15 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
         rc = script_with(&script, "gw=", p->gateway, NULL, "; d=");
         if (rc == 0)
             rc = er_sh_quote(&script, p->queue_dir);
-        if (rc == 0)
+        if (rc == 0 && is_folded)
+            rc = script_with(&script, "/requests; q=", p->queue_dir, NULL, "");
+        if (rc == 0 && is_folded)
+            rc = er_buf_printf(&script,
+                               "; if [ -x \"$gw\" ]; then exec \"$gw\" "
+                               "--write-response \"$q\" %s 1 --wait-requests "
+                               "\"$d\" %lld %zu; fi; ",
+                               p->pending_name, (long long)wait_ms, read_max);
+        else if (rc == 0)
             rc = er_buf_printf(&script,
                                "/requests; if [ -x \"$gw\" ]; then exec "
                                "\"$gw\" --wait-requests \"$d\" %lld %zu; fi; ",
@@ -266,14 +306,18 @@ static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
         rc = script_with(&script, "d=", p->queue_dir, NULL, tail);
     }
     if (rc == 0)
-        rc = run(p, (const char *)script.data, NULL, 0,
+        rc = run(p, (const char *)script.data,
+                 is_folded ? p->pending_json.data : NULL,
+                 is_folded ? p->pending_json.len : 0,
                  p->iteration_timeout_ms + wait_ms, &p->cancel_list, &out, err);
     er_buf_fini(&script);
+    if (rc == 0 && is_folded)
+        skip = take_wrote_line(p, er_bridge_exec_text(&out.out), out.out.len);
     if (rc == 0 && out.exit_code != 0)
         rc = er_bridge_exec_failed(err, "list", &out);
-    if (rc == 0 &&
-        er_bridge_list_parse(er_bridge_exec_text(&out.out), out.out.len, names,
-                             NAMES_MAX, cnt, pre) != 0) {
+    if (rc == 0 && er_bridge_list_parse(er_bridge_exec_text(&out.out) + skip,
+                                        out.out.len - skip, names, NAMES_MAX,
+                                        cnt, pre) != 0) {
         er_bridge_preread_fini(pre);
         rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
     }
@@ -396,30 +440,20 @@ static void sleep_ms(struct er_bridge_poller *p, int64_t ms, bool wake_on_stop)
 /* Write the answer for name (3 attempts, 50 ms apart), then remove the
  * request file. "Not written" (the caller is gone, or answered) is done
  * too. */
-static void finalize(struct er_bridge_poller *p, const char *name,
-                     const char *id, const struct er_bridge_res *res,
-                     bool require_request)
+static void write_answer(struct er_bridge_poller *p, const char *name,
+                         const struct er_buf *json, bool require_request)
 {
-    struct er_buf json;
     struct er_err err;
     bool wrote = false;
     int attempt;
     int rc = ER_EIO;
 
-    er_buf_init(&json, er_bridge_envelope_limit(p->max_body));
-    if (er_bridge_response_json(id, res, &json, &err) != 0) {
-        ER_LOG_WARN(FAC, "run %s: cannot encode the answer to %s: %s",
-                    p->run_id, name, err.msg);
-        er_buf_fini(&json);
-        return;
-    }
     for (attempt = 0; attempt < WRITE_ATTEMPTS && rc != 0; attempt++) {
         if (attempt > 0)
             sleep_ms(p, WRITE_RETRY_MS, false);
         er_err_clear(&err);
-        rc = op_write(p, name, &json, require_request, &wrote, &err);
+        rc = op_write(p, name, json, require_request, &wrote, &err);
     }
-    er_buf_fini(&json);
     if (rc != 0) {
         ER_LOG_WARN(FAC, "run %s: Sandbox callback bridge worker failed: %s",
                     p->run_id, err.msg);
@@ -427,6 +461,48 @@ static void finalize(struct er_bridge_poller *p, const char *name,
     }
     if (wrote)
         count(p, &p->stats.handled);
+}
+
+/* Write the pending answer now (the list did not: it failed, or ran
+ * without the gateway binary). */
+static void flush_pending(struct er_bridge_poller *p)
+{
+    if (!p->has_pending)
+        return;
+    p->has_pending = false;
+    write_answer(p, p->pending_name, &p->pending_json, true);
+    er_buf_reset(&p->pending_json);
+}
+
+/* Answer name with res: written now, or, with may_defer and the gateway
+ * binary, by the next list exec (require_request then holds). */
+static void finalize(struct er_bridge_poller *p, const char *name,
+                     const char *id, const struct er_bridge_res *res,
+                     bool require_request, bool may_defer)
+{
+    struct er_buf json;
+    struct er_err err;
+
+    flush_pending(p);
+    er_buf_init(&json, er_bridge_envelope_limit(p->max_body));
+    if (er_bridge_response_json(id, res, &json, &err) != 0) {
+        ER_LOG_WARN(FAC, "run %s: cannot encode the answer to %s: %s",
+                    p->run_id, name, err.msg);
+        er_buf_fini(&json);
+        return;
+    }
+    if (may_defer && require_request && p->gateway != NULL &&
+        strlen(name) <= NAME_MAX_LEN) {
+        er_buf_reset(&p->pending_json);
+        if (er_buf_append(&p->pending_json, json.data, json.len) == 0) {
+            snprintf(p->pending_name, sizeof(p->pending_name), "%s", name);
+            p->has_pending = true;
+            er_buf_fini(&json);
+            return;
+        }
+    }
+    write_answer(p, name, &json, require_request);
+    er_buf_fini(&json);
 }
 
 /* id0: the name without ".json", the id of an answer to a request whose
@@ -439,7 +515,7 @@ static void id_of_name(const char *name, char *id0, size_t len)
 /* Answer requests/<name>; pre: its bytes from the list, or NULL to read
  * them. */
 static void process(struct er_bridge_poller *p, const char *name,
-                    const struct er_bridge_preread *pre)
+                    const struct er_bridge_preread *pre, bool may_defer)
 {
     struct er_bridge_exec_out out;
     struct er_bridge_envelope env;
@@ -476,7 +552,7 @@ static void process(struct er_bridge_poller *p, const char *name,
                             "Bridge request envelope exceeded the configured "
                             "size limit.",
                             false);
-        finalize(p, name, id0, &res, true);
+        finalize(p, name, id0, &res, true, may_defer);
         goto out;
     }
     rc = er_bridge_envelope_parse(text, len, p->max_body, &env, &err);
@@ -486,13 +562,13 @@ static void process(struct er_bridge_poller *p, const char *name,
                                               "busy. Retry later."
                                             : "Invalid bridge request payload.",
                             false);
-        finalize(p, name, id0, &res, true);
+        finalize(p, name, id0, &res, true, may_defer);
         goto out;
     }
     er_bridge_envelope_req(&env, &req);
     er_bridge_handle(p->fwd, &req, p->host_token, p->run_id, &p->abort_forward,
                      &res);
-    finalize(p, name, env.id, &res, true);
+    finalize(p, name, env.id, &res, true, may_defer);
     er_bridge_envelope_fini(&env);
 out:
     er_bridge_res_fini(&res);
@@ -519,7 +595,7 @@ static void answer_the_rest(struct er_bridge_poller *p)
         memset(&res, 0, sizeof(res));
         er_bridge_res_error(&res, 503, STOPPED_MESSAGE, false);
         id_of_name(names[i], id0, sizeof(id0));
-        finalize(p, names[i], id0, &res, false);
+        finalize(p, names[i], id0, &res, false, false);
         er_bridge_res_fini(&res);
         er_free(names[i]);
     }
@@ -559,11 +635,13 @@ static void *poller_main(void *arg)
         /* Paused (its run's partition is between owners): requests wait
          * in the queue, nobody forwards them twice. */
         if (!stopping && is_paused(p)) {
+            flush_pending(p); /* forwarded before the pause */
             sleep_ms(p, p->poll_interval_ms, true);
             continue;
         }
         rc =
             op_list(p, stopping ? 0 : p->list_wait_ms, names, &cnt, &pre, &err);
+        flush_pending(p); /* what the list did not write */
         if (rc != 0) {
             int64_t backoff = p->poll_interval_ms;
             int k;
@@ -602,13 +680,16 @@ static void *poller_main(void *arg)
                 process(p, names[i],
                         pre.name != NULL && strcmp(pre.name, names[i]) == 0
                             ? &pre
-                            : NULL);
+                            : NULL,
+                        i + 1 == cnt);
             er_free(names[i]);
         }
         er_bridge_preread_fini(&pre);
         if (is_stopping(p, &is_past) && is_past)
             break;
     }
+    /* An answer is written even on a handover: it was forwarded. */
+    flush_pending(p);
     /* A handover leaves what waits to the run's next owner. */
     if (!atomic_load(&p->is_handover))
         answer_the_rest(p);
@@ -642,6 +723,7 @@ int er_bridge_poller_start(const struct er_bridge_queue_opts *opts,
     p->iteration_timeout_ms = opts->iteration_timeout_ms > 0
                                   ? opts->iteration_timeout_ms
                                   : ER_BRIDGE_ITERATION_TIMEOUT_MS;
+    er_buf_init(&p->pending_json, er_bridge_envelope_limit(p->max_body));
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     if (p->queue_dir == NULL || p->run_id == NULL) {
@@ -681,6 +763,7 @@ void er_bridge_poller_stop(struct er_bridge_poller *p, int64_t drain_ms)
     er_free(p->queue_dir);
     er_free(p->run_id);
     er_free(p->gateway);
+    er_buf_fini(&p->pending_json);
     er_free(p);
 }
 

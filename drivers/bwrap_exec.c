@@ -14,7 +14,14 @@
  * (enter_pidns, left out for a detached command, whose background
  * processes live on under the sandbox's init); no capabilities and
  * no_new_privs, a session of its own, exactly the requested environment
- * (enter_tail; the NAME=VALUE and the command follow). */
+ * (enter_tail; the NAME=VALUE and the command follow).
+ *
+ * The worker's own tools (the bridge's scripts, er_driver_exec's
+ * is_worker_tool) start nothing that must die with them and hold no
+ * terminal: one setpriv does the death signal and the dropping, with no
+ * PID namespace and no session of their own (enter_tool, then env). Each
+ * program left out is a process start less per call, which is what a
+ * queue_v1 request costs. */
 static const char *const enter_head[] = {
     "--user",      "--mount",
     "--uts",       "--ipc",
@@ -43,10 +50,44 @@ static const char *const enter_tail[] = {
     "-C",
     NULL,
 };
+static const char *const enter_tool[] = {
+    "--user",
+    "--mount",
+    "--uts",
+    "--ipc",
+    "--net",
+    "--cgroup",
+    "--pid",
+    "--root",
+    "-S",
+    "0",
+    "-G",
+    "0",
+    "--",
+    ER_BWRAP_IN_SETPRIV,
+    "--pdeathsig",
+    "KILL",
+    "--no-new-privs",
+    "--bounding-set=-all",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--",
+    ER_BWRAP_IN_ENV,
+    "-i",
+    "-C",
+    NULL,
+};
+
+/* How a command is started in the sandbox. */
+enum enter_kind {
+    ENTER_OWN_PIDNS = 0, /* everything it starts dies with it */
+    ENTER_DETACHED,      /* what it starts in the background lives on */
+    ENTER_TOOL,          /* the worker's own: the fewest programs */
+};
 
 /* Run cmd with args inside sandbox id (see er_bwrap_exec). */
 static int run_in(const char *id, const char *cmd, const char *const *args,
-                  const char *cwd, const char *const *env, bool is_detached,
+                  const char *cwd, const char *const *env, enum enter_kind kind,
                   const char *stdin_data, size_t stdin_len, int stdin_fd,
                   int stdout_fd, int64_t timeout_ms, size_t max_output,
                   struct er_driver_exec_result *out, struct er_err *err)
@@ -89,10 +130,14 @@ static int run_in(const char *id, const char *cmd, const char *const *args,
     er_bwrap__arg(&a, "nsenter");
     er_bwrap__arg(&a, "-t");
     er_bwrap__arg(&a, pid_text);
-    er_bwrap__add_all(&a, enter_head);
-    if (!is_detached)
-        er_bwrap__add_all(&a, enter_pidns);
-    er_bwrap__add_all(&a, enter_tail);
+    if (kind == ENTER_TOOL) {
+        er_bwrap__add_all(&a, enter_tool);
+    } else {
+        er_bwrap__add_all(&a, enter_head);
+        if (kind == ENTER_OWN_PIDNS)
+            er_bwrap__add_all(&a, enter_pidns);
+        er_bwrap__add_all(&a, enter_tail);
+    }
     er_bwrap__arg(&a, cwd != NULL ? cwd : ER_BWRAP_WORKSPACE);
     er_bwrap__arg(&a, "--");
 
@@ -156,17 +201,22 @@ static void result_init(struct er_driver_exec_result *out)
 int er_bwrap_exec(const char *id, const struct er_driver_exec *req,
                   struct er_driver_exec_result *out, struct er_err *err)
 {
+    /* A detached command keeps its session of its own: what it leaves
+     * running must not share the group this call may kill. */
+    enum enter_kind kind = req->is_detached      ? ENTER_DETACHED
+                           : req->is_worker_tool ? ENTER_TOOL
+                                                 : ENTER_OWN_PIDNS;
+
     result_init(out);
     if (!er_bwrap_id_is_valid(id))
         return er_bwrap__bad_id(err);
     if (req->stdio != NULL)
-        return run_in(id, req->command, req->args, req->cwd, req->env,
-                      req->is_detached, NULL, 0, req->stdio->in_fd,
-                      req->stdio->out_fd, req->timeout_ms,
-                      req->max_output_bytes, out, err);
-    return run_in(id, req->command, req->args, req->cwd, req->env,
-                  req->is_detached, req->stdin_data, req->stdin_len, -1, -1,
-                  req->timeout_ms, req->max_output_bytes, out, err);
+        return run_in(id, req->command, req->args, req->cwd, req->env, kind,
+                      NULL, 0, req->stdio->in_fd, req->stdio->out_fd,
+                      req->timeout_ms, req->max_output_bytes, out, err);
+    return run_in(id, req->command, req->args, req->cwd, req->env, kind,
+                  req->stdin_data, req->stdin_len, -1, -1, req->timeout_ms,
+                  req->max_output_bytes, out, err);
 }
 
 int er_bwrap_exec_fd(const char *id, const char *const *argv, const char *cwd,
@@ -179,6 +229,6 @@ int er_bwrap_exec_fd(const char *id, const char *const *argv, const char *cwd,
     if (argv == NULL || argv[0] == NULL)
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
                           "the command to run is empty");
-    return run_in(id, argv[0], argv + 1, cwd, NULL, false, NULL, 0, stdin_fd,
-                  -1, timeout_ms, 0, out, err);
+    return run_in(id, argv[0], argv + 1, cwd, NULL, ENTER_OWN_PIDNS, NULL, 0,
+                  stdin_fd, -1, timeout_ms, 0, out, err);
 }

@@ -110,6 +110,12 @@ struct er_driver_exec {
      * tree with it (bwrap) does not for this one. Its output must not be
      * held open by them (redirect it). */
     bool is_detached;
+    /* The command is the worker's own (the bridge's list and write of its
+     * queue, its gateway's start): run the cheapest way the driver can, with
+     * no login shell (ssh) and no PID namespace or session of its own
+     * (bwrap, unless is_detached), since it starts nothing that must die
+     * with it. */
+    bool is_worker_tool;
     /* NULL, or the command's stdin and stdout are these descriptors (no
      * stdin_data, no stdout capture) and the call returns when it ends:
      * one exec held open for as long as a stream over it lasts (the

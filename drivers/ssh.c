@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "drivers/driver.h"
@@ -491,22 +493,27 @@ int er_ssh_exec_script(const struct er_driver_exec *req, const char *cwd,
                           "start with '-' and not contain '='");
     /* sshd runs each session in its own session and process group; its id
      * goes to stderr before anything else, so a timeout can kill the whole
-     * group (ssh without a pty does not). */
+     * group (ssh without a pty does not). It is read from /proc with the
+     * shell's own read (the fields after the command name's last ')':
+     * state, ppid, pgrp), not with a program started for it. */
     rc = er_buf_printf(
         script, "%s",
-        "pg=; if [ -r /proc/$$/stat ]; then "
-        "pg=$(cut -d' ' -f5 /proc/$$/stat 2>/dev/null); fi; "
+        "pg=; if [ -r /proc/$$/stat ] && read -r s < /proc/$$/stat; then "
+        "s=${s##*) }; set -f; set -- $s; set +f; pg=${3:-}; fi; "
         "case $pg in ''|*[!0-9]*) "
         "pg=$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' ');; esac; "
         "case $pg in ''|*[!0-9]*) pg=$$;; esac; printf '%s%s\\n' ");
     if (rc == 0)
         rc = er_sh_quote(script, marker);
-    /* The profiles are sourced only when they parse (`sh -n`), so a
-     * bash-only profile cannot end the script; their errors are ignored. */
     if (rc == 0)
+        rc = er_buf_append(script, " \"$pg\" >&2; ", 12);
+    /* The profiles are sourced only when they parse (`sh -n`), so a
+     * bash-only profile cannot end the script; their errors are ignored.
+     * The worker's own tools need none. */
+    if (rc == 0 && !req->is_worker_tool)
         rc = er_buf_printf(
             script, "%s",
-            " \"$pg\" >&2; for f in \"$HOME/.profile\" "
+            "for f in \"$HOME/.profile\" "
             "\"$HOME/.bash_profile\" \"$HOME/.zprofile\"; do "
             "if [ -r \"$f\" ] && sh -n \"$f\" >/dev/null 2>&1; then "
             ". \"$f\" >/dev/null 2>&1 || true; fi; done; ");
@@ -517,8 +524,11 @@ int er_ssh_exec_script(const struct er_driver_exec *req, const char *cwd,
         if (rc == 0)
             rc = er_buf_append(script, " || exit 1; ", 12);
     }
+    /* env(1) only where there is something to set. */
     if (rc == 0)
-        rc = er_buf_append(script, "exec env", 8);
+        rc = req->env != NULL && req->env[0] != NULL
+                 ? er_buf_append(script, "exec env", 8)
+                 : er_buf_append(script, "exec", 4);
     for (i = 0; rc == 0 && req->env != NULL && req->env[i] != NULL; i++) {
         const char *eq = strchr(req->env[i], '=');
 
@@ -698,10 +708,11 @@ static const char *sb_text(const struct sb *sb)
     return sb->buf.data != NULL ? (const char *)sb->buf.data : "";
 }
 
-/* Wrap script as `sh -lc '<script>'`, the one remote command ssh gets. */
-static int login_sh(const char *script, struct sb *cmd)
+/* Wrap script as `sh -lc '<script>'`, the one remote command ssh gets
+ * (`sh -c` with is_plain: the worker's own tools need no login profile). */
+static int login_sh(const char *script, bool is_plain, struct sb *cmd)
 {
-    sb_add(cmd, "sh -lc ");
+    sb_add(cmd, is_plain ? "sh -c " : "sh -lc ");
     sb_q(cmd, script);
     return cmd->rc;
 }
@@ -856,19 +867,27 @@ static int run_ssh(const struct er_ssh_argv *argv, int64_t timeout_ms,
     return er_proc_run(&opts, res, err);
 }
 
+/* Whether the lease's master connection serves: its control socket
+ * accepts a connection. A master that died leaves the socket refusing;
+ * asking it with `ssh -O check` would cost a process per command. The
+ * control directory is private to this user, so nothing else listens
+ * there. */
 static bool master_is_alive(const struct conn *conn)
 {
-    struct er_ssh_argv argv;
-    struct er_proc_result res;
-    struct er_err e;
+    struct sockaddr_un sa;
     bool is_alive;
+    int fd;
 
-    er_ssh_argv_build(&conn->cfg, conn->ctl_dir, ER_SSH_ARGV_CHECK, NULL, NULL,
-                      &argv);
-    if (run_ssh(&argv, CHECK_TIMEOUT_MS, &res, &e) != 0)
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/m",
+                         conn->ctl_dir) >= sizeof(sa.sun_path))
         return false;
-    is_alive = res.exit_code == 0;
-    er_proc_result_fini(&res);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    is_alive = connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
     return is_alive;
 }
 
@@ -1053,6 +1072,7 @@ struct remote_io {
     size_t max_output_bytes;
     er_proc_timeout_fn *on_timeout;
     void *on_timeout_arg;
+    bool is_plain; /* sh -c, not a login shell */
 };
 
 static void remote_io_init(struct remote_io *io, int64_t timeout_ms)
@@ -1079,7 +1099,7 @@ static int run_remote(const struct conn *conn, const char *script,
     rc = ensure_master(conn, err);
     if (rc != 0)
         goto out;
-    login_sh(script, &cmd);
+    login_sh(script, io->is_plain, &cmd);
     rc = sb_check(&cmd, err);
     if (rc != 0)
         goto out;
@@ -2418,6 +2438,7 @@ static int exec_run(const struct conn *conn, const struct er_driver_exec *req,
         io.stdout_fd = req->stdio->out_fd;
     }
     io.max_output_bytes = req->max_output_bytes;
+    io.is_plain = req->is_worker_tool;
     io.on_timeout = kill_remote;
     io.on_timeout_arg = &kc;
     rc = run_remote(conn, sb_text(&sb), &io, &res, err);

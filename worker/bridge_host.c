@@ -188,6 +188,9 @@ static int chan_exec(struct chan *c, bool is_detached, const char *script,
     req.timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
     req.max_output_bytes = out->out.max_len;
     req.is_detached = is_detached;
+    /* The bridge's own scripts (queue list and write, upload, start, stop)
+     * start nothing that must end with them. */
+    req.is_worker_tool = true;
     rc = chan_run(c, script, &req, cancel, &res, err);
     if (rc != 0)
         return rc;

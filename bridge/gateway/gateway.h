@@ -61,7 +61,11 @@ int er_gateway_wait_requests(const char *dir, const char *ms_text,
  * directory upstream's writers share, a dead holder's taken over; only
  * while requests/<name> is a regular file when require is 1; never over
  * an answer; via <name>.tmp and a rename), then requests/<name> removed.
- * Prints {"wrote":true|false}; exit 1 with the reason on stderr. */
+ * Prints {"wrote":true|false}; exit 1 with the reason on stderr.
+ * Followed by `--wait-requests <dir> <ms> <max>` on the same command line,
+ * the wait runs after a write that worked (its output after the
+ * {"wrote":...} line): the host answers one request and waits for the
+ * next in one exec. */
 int er_gateway_write_response(const char *queue, const char *name,
                               const char *require);
 

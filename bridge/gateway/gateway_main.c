@@ -17,9 +17,17 @@ int main(int argc, char **argv)
                                         argc == 5 ? argv[4] : NULL);
     if (argc == 5 && strcmp(argv[1], "--write-response") == 0)
         return er_gateway_write_response(argv[2], argv[3], argv[4]);
+    if (argc == 9 && strcmp(argv[1], "--write-response") == 0 &&
+        strcmp(argv[5], "--wait-requests") == 0) {
+        int rc = er_gateway_write_response(argv[2], argv[3], argv[4]);
+
+        return rc != 0 ? rc
+                       : er_gateway_wait_requests(argv[6], argv[7], argv[8]);
+    }
     if (argc != 1) {
         fprintf(stderr, "usage: envrun-gateway [--wait-requests DIR MS [MAX] | "
-                        "--write-response QUEUE NAME 0|1]\n");
+                        "--write-response QUEUE NAME 0|1 "
+                        "[--wait-requests DIR MS MAX]]\n");
         return 2;
     }
 

@@ -233,6 +233,8 @@ static int run(const struct target *t, const char *script, const void *in,
     req.stdin_len = in_len;
     req.timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
     req.is_detached = is_detached;
+    /* As worker/bridge_host.c: the held exec is not a tool's. */
+    req.is_worker_tool = stdio == NULL;
     req.stdio = stdio;
     atomic_fetch_add(&execs, 1);
     er_proc_set_cancel(cancel);

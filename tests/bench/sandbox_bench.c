@@ -4,7 +4,9 @@
  * sandbox with its limits, a PID namespace of its own and the tree kill
  * armed), and destroy; beside the baselines, a plain fork/exec/wait of
  * the same `true` and the same through the process helper the drivers use
- * (drivers/proc.c: pipes, deadline, process group). Median and p99
+ * (drivers/proc.c: pipes, deadline, process group), and the worker's own
+ * tools' round trip (is_worker_tool: no PID namespace or session of
+ * their own, one setpriv; the bridge's queue_v1 calls). Median and p99
  * in microseconds over RUNS (argv[1], default 200; creates: a quarter of
  * that). Needs root and bubblewrap. Numbers, not asserts: label bench. */
 #include <stdint.h>
@@ -84,12 +86,13 @@ static int fork_exec(void)
     return rc;
 }
 
-static int sandbox_exec(const char *id)
+static int sandbox_exec(const char *id, bool is_worker_tool)
 {
     const char *args[] = { NULL };
     struct er_driver_exec req = { .command = "true",
                                   .args = args,
-                                  .timeout_ms = 10000 };
+                                  .timeout_ms = 10000,
+                                  .is_worker_tool = is_worker_tool };
     struct er_driver_exec_result res;
     struct er_err err;
     int rc;
@@ -112,6 +115,7 @@ int main(int argc, char **argv)
     int64_t *v;
     int64_t *cr;
     int64_t *de;
+    int64_t *tool;
     char id[ER_BWRAP_ID_LEN + 1];
     char cmd[128];
     struct er_err err;
@@ -124,7 +128,9 @@ int main(int argc, char **argv)
     v = calloc((size_t)runs, sizeof(*v));
     cr = calloc((size_t)creates, sizeof(*cr));
     de = calloc((size_t)creates, sizeof(*de));
-    if (v == NULL || cr == NULL || de == NULL || mkdtemp(dir) == NULL)
+    tool = calloc((size_t)runs, sizeof(*tool));
+    if (v == NULL || cr == NULL || de == NULL || tool == NULL ||
+        mkdtemp(dir) == NULL)
         return 1;
     er_log_setup(false, ER_LOG_WARN);
     er_bwrap_set_dir(dir);
@@ -167,9 +173,16 @@ int main(int argc, char **argv)
             for (j = 0; j < runs; j++) {
                 int64_t t1 = now_us();
 
-                if (sandbox_exec(id) != 0)
+                if (sandbox_exec(id, false) != 0)
                     return 1;
                 v[j] = now_us() - t1;
+            }
+            for (j = 0; j < runs; j++) {
+                int64_t t1 = now_us();
+
+                if (sandbox_exec(id, true) != 0)
+                    return 1;
+                tool[j] = now_us() - t1;
             }
         }
         t0 = now_us();
@@ -181,10 +194,12 @@ int main(int argc, char **argv)
     }
     report("bwrap acquire-to-ready (create)", cr, creates);
     report("bwrap execute round trip (true)", v, runs);
+    report("bwrap execute, worker's tool (true)", tool, runs);
     report("bwrap destroy", de, creates);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     free(v);
     free(cr);
     free(de);
+    free(tool);
     return system(cmd) == 0 ? 0 : 1;
 }

@@ -431,6 +431,51 @@ static void ssh_exec_script_runs_under_sh(void **state)
     er_buf_fini(&want);
 }
 
+/* The worker's own tools (is_worker_tool) skip the login profiles and
+ * env(1), and still print the pgid marker first. */
+static void ssh_exec_script_for_tools_skips_profiles(void **state)
+{
+    const char *args[] = { "-c", "printf '%s|%s' \"$FROM_PROFILE\" \"$PWD\"",
+                           NULL };
+    char home[128];
+    char env_home[160];
+    char want[80];
+    const char *envp[] = { env_home, "PATH=/usr/bin:/bin", NULL };
+    const char *argv[] = { "sh", "-c", NULL, NULL };
+    struct er_driver_exec req;
+    struct er_proc_opts opts;
+    struct er_proc_result res;
+    struct er_err err;
+    struct er_buf script;
+
+    (void)state;
+    snprintf(home, sizeof(home), "%s/home-tool", tmp);
+    assert_int_equal(mkdir(home, 0700), 0);
+    snprintf(env_home, sizeof(env_home), "HOME=%s", home);
+    write_text(home, ".profile", "export FROM_PROFILE=yes\n");
+    memset(&req, 0, sizeof(req));
+    req.command = "sh";
+    req.args = args;
+    req.is_worker_tool = true;
+    er_buf_init(&script, 1 << 20);
+    assert_int_equal(er_ssh_exec_script(&req, tmp, "MARK-", &script, &err), 0);
+    assert_null(strstr((const char *)script.data, ".profile"));
+    assert_null(strstr((const char *)script.data, "exec env"));
+    argv[2] = (const char *)script.data;
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    opts.envp = envp;
+    opts.cwd = "/";
+    assert_int_equal(er_proc_run(&opts, &res, &err), 0);
+    assert_int_equal(res.exit_code, 0);
+    snprintf(want, sizeof(want), "|%s", tmp);
+    assert_string_equal(res.out, want);
+    assert_true(strncmp(res.err_text, "MARK-", 5) == 0);
+    assert_true(res.err_text[5] >= '1' && res.err_text[5] <= '9');
+    er_proc_result_fini(&res);
+    er_buf_fini(&script);
+}
+
 /* Run the er_ssh_dir_script of op on dir for owner under the local
  * /bin/sh with HOME=home; its stdout goes to out (out_len bytes). Returns
  * the exit code. */
@@ -864,8 +909,9 @@ static void ssh_execute_checks_env_before_connecting(void **state)
     const char *args[] = { "-lc", "true", NULL };
     const char *bad_env[] = { "MY-TOKEN=" SECRET, NULL };
     const char *good_env[] = { "SHELL=/bin/bash", NULL };
-    struct er_driver_exec req = { "bash", args, NULL, bad_env, NULL,
-                                  0,      1000, 0,    false,   NULL };
+    struct er_driver_exec req = {
+        .command = "bash", .args = args, .env = bad_env, .timeout_ms = 1000
+    };
     struct er_driver_exec_result res;
     struct er_err err;
 
@@ -1033,6 +1079,7 @@ int main(void)
         cmocka_unit_test(ssh_quote_survives_hostile_strings),
         cmocka_unit_test(ssh_env_keys_are_checked),
         cmocka_unit_test(ssh_exec_script_runs_under_sh),
+        cmocka_unit_test(ssh_exec_script_for_tools_skips_profiles),
         cmocka_unit_test(ssh_exec_script_rejects_bad_input),
         cmocka_unit_test(ssh_dir_scripts_touch_only_marked_directories),
         cmocka_unit_test(ssh_argv_multiplexes_one_connection),
