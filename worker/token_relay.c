@@ -19,7 +19,7 @@
 
 struct slot {
     int64_t put_ms; /* monotonic; 0: free */
-    char from[FROM_MAX];
+    char key[FROM_MAX];
     char token[ER_BRIDGE_TOKEN_LEN + 1];
 };
 
@@ -30,8 +30,33 @@ static char writer[37];    /* this process's mark in every note */
 static void slot_free(struct slot *s)
 {
     er_wipe(s->token, sizeof(s->token));
-    s->from[0] = '\0';
+    s->key[0] = '\0';
     s->put_ms = 0;
+}
+
+/* The key of the note from in memory: its writer, partition, offset and
+ * command id, however its JSON is spaced or ordered (the outbox column is
+ * jsonb, which rewrites it). false when from is not such a note. */
+static bool note_key(const char *from, char key[FROM_MAX])
+{
+    json_t *note = json_loads(from, 0, NULL);
+    const char *writer_id = json_string_value(json_object_get(note, "writer"));
+    const char *command_id =
+        json_string_value(json_object_get(note, "commandId"));
+    const json_t *partition = json_object_get(note, "partition");
+    const json_t *offset = json_object_get(note, "offset");
+    bool is_ok = false;
+
+    if (writer_id != NULL && command_id != NULL && json_is_integer(partition) &&
+        json_is_integer(offset)) {
+        int n = snprintf(key, FROM_MAX, "%s|%lld|%lld|%s", writer_id,
+                         (long long)json_integer_value(partition),
+                         (long long)json_integer_value(offset), command_id);
+
+        is_ok = n > 0 && n < FROM_MAX;
+    }
+    json_decref(note);
+    return is_ok;
 }
 
 ptrdiff_t er_token_relay_find(const uint8_t *p, size_t len, const char *value)
@@ -81,9 +106,10 @@ void er_token_relay_put(const char *from, const char *token)
 {
     int64_t now = er_time_mono_ms();
     struct slot *pick = NULL;
+    char key[FROM_MAX];
     size_t i;
 
-    if (strlen(from) >= FROM_MAX || strlen(token) != ER_BRIDGE_TOKEN_LEN)
+    if (strlen(token) != ER_BRIDGE_TOKEN_LEN || !note_key(from, key))
         return;
     pthread_mutex_lock(&mu);
     if (slots == NULL)
@@ -99,7 +125,7 @@ void er_token_relay_put(const char *from, const char *token)
     }
     if (pick != NULL) {
         slot_free(pick);
-        snprintf(pick->from, sizeof(pick->from), "%s", from);
+        memcpy(pick->key, key, sizeof(key));
         memcpy(pick->token, token, ER_BRIDGE_TOKEN_LEN + 1);
         pick->put_ms = now;
     }
@@ -110,13 +136,16 @@ bool er_token_relay_take(const char *from, char token[ER_BRIDGE_TOKEN_LEN + 1])
 {
     int64_t now = er_time_mono_ms();
     bool is_found = false;
+    char key[FROM_MAX];
     size_t i;
 
+    if (!note_key(from, key))
+        return false;
     pthread_mutex_lock(&mu);
     for (i = 0; slots != NULL && i < SLOT_CNT; i++) {
         struct slot *s = &slots[i];
 
-        if (s->put_ms == 0 || strcmp(s->from, from) != 0)
+        if (s->put_ms == 0 || strcmp(s->key, key) != 0)
             continue;
         if (now - s->put_ms < KEEP_MS) {
             memcpy(token, s->token, ER_BRIDGE_TOKEN_LEN + 1);

@@ -40,7 +40,9 @@ char *er_token_relay_from(struct er_arena *arena, const char *topic,
                           int32_t partition, int64_t offset,
                           const char *command_id, const char *company_id);
 
-/* Hand token to this process's relay for the row noted from (copied). */
+/* Hand token to this process's relay for the row noted from (copied). A
+ * note is known by its writer, partition, offset and command id, however
+ * its JSON is spaced or ordered. */
 void er_token_relay_put(const char *from, const char *token);
 /* The token handed over for from, removed from memory; false when there
  * is none (never put, dropped, or put by another process). */

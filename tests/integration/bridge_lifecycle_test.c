@@ -466,6 +466,9 @@ static void bwrap_agent_reaches_api_through_bridge(void **state)
                        ws, sizeof(ws), bridge_token);
     snprintf(url, sizeof(url), "%s",
              er_harness_json_str(body, "bridge.env.PAPERCLIP_API_URL"));
+    /* The relay had the token from its own worker, in memory. */
+    assert_false(er_harness_worker_log_contains(
+        worker, "bridge token restored from its realize command"));
 
     /* The same command again (a redelivery): its stored result, the same
      * token (the record kept in the database has it masked). */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "bridge/bridge.h"
 #include "schemas/schemas.h"
@@ -163,12 +164,44 @@ static void filled_from_memory_once(void **state)
     er_arena_fini(&arena);
 }
 
+/* The outbox keeps the note as jsonb, which reorders and respaces it:
+ * memory still knows it. */
+static void note_known_however_its_json_is_written(void **state)
+{
+    struct er_arena arena;
+    char copy[sizeof(RESULT)];
+    char respaced[600];
+    struct er_err err;
+    const char *from;
+    json_t *parsed;
+    char *text;
+
+    (void)state;
+    er_arena_init(&arena, 1 << 20);
+    from = note(&arena);
+    er_token_relay_put(from, "0123456789abcdefghijklmnopqrstuv");
+    parsed = json_loads(from, 0, NULL);
+    assert_non_null(parsed);
+    text = json_dumps(parsed, JSON_INDENT(2));
+    assert_non_null(text);
+    snprintf(respaced, sizeof(respaced), "%s", text);
+    free(text);
+    json_decref(parsed);
+    assert_string_not_equal(respaced, from);
+    assert_int_equal(fill(respaced, copy, &err), 0);
+    assert_int_equal(fetch_cnt, 0);
+    assert_non_null(strstr(copy, "0123456789abcdefghijklmnopqrstuv\""));
+    er_arena_fini(&arena);
+}
+
 static void notes_are_this_process_s(void **state)
 {
     struct er_arena arena;
     const char *a;
     const char *b;
     const char *c;
+    json_t *other;
+    char *text;
 
     (void)state;
     er_arena_init(&arena, 1 << 20);
@@ -181,10 +214,19 @@ static void notes_are_this_process_s(void **state)
     assert_non_null(strstr(a, "\"writer\":\""));
     assert_non_null(strstr(a, "\"offset\":41"));
     er_token_relay_put(a, "0123456789abcdefghijklmnopqrstuv");
-    /* Another note (another process's, say) does not take it. */
-    assert_false(er_token_relay_take("{\"commandId\":\"" CMD_ID
-                                     "\",\"writer\":\"other\"}",
-                                     (char[ER_BRIDGE_TOKEN_LEN + 1]){ 0 }));
+    /* The same note from another process does not take it. */
+    other = json_loads(a, 0, NULL);
+    assert_non_null(other);
+    assert_int_equal(
+        json_object_set_new(other, "writer", json_string("another-process")),
+        0);
+    text = json_dumps(other, JSON_COMPACT);
+    assert_non_null(text);
+    assert_false(
+        er_token_relay_take(text, (char[ER_BRIDGE_TOKEN_LEN + 1]){ 0 }));
+    free(text);
+    json_decref(other);
+    assert_true(er_token_relay_take(a, (char[ER_BRIDGE_TOKEN_LEN + 1]){ 0 }));
     er_arena_fini(&arena);
 }
 
@@ -300,6 +342,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(notes_are_this_process_s, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(note_known_however_its_json_is_written,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(restored_only_from_the_noted_command,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(gone_is_for_good_unreadable_is_for_now,
