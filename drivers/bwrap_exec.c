@@ -4,6 +4,7 @@
  * Thread-safe: no state; each call reads the sandbox's state file. */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "drivers/bwrap_int.h"
 
@@ -18,10 +19,12 @@
  *
  * The worker's own tools (the bridge's scripts, er_driver_exec's
  * is_worker_tool) start nothing that must die with them and hold no
- * terminal: one setpriv does the death signal and the dropping, with no
- * PID namespace and no session of their own (enter_tool, then env). Each
- * program left out is a process start less per call, which is what a
- * queue_v1 request costs. */
+ * terminal: the process helper enters the sandbox itself
+ * (er_proc_enter: the same namespaces, root, ids, limits, dropping and
+ * death signal, through a pidfd so that a reused pid is never entered),
+ * with no PID namespace and no session of their own and no program
+ * between it and the tool's shell. A process start costs milliseconds
+ * here, and a queue_v1 request costs one such exec. */
 static const char *const enter_head[] = {
     "--user",      "--mount",
     "--uts",       "--ipc",
@@ -50,39 +53,12 @@ static const char *const enter_tail[] = {
     "-C",
     NULL,
 };
-static const char *const enter_tool[] = {
-    "--user",
-    "--mount",
-    "--uts",
-    "--ipc",
-    "--net",
-    "--cgroup",
-    "--pid",
-    "--root",
-    "-S",
-    "0",
-    "-G",
-    "0",
-    "--",
-    ER_BWRAP_IN_SETPRIV,
-    "--pdeathsig",
-    "KILL",
-    "--no-new-privs",
-    "--bounding-set=-all",
-    "--inh-caps=-all",
-    "--ambient-caps=-all",
-    "--",
-    ER_BWRAP_IN_ENV,
-    "-i",
-    "-C",
-    NULL,
-};
 
 /* How a command is started in the sandbox. */
 enum enter_kind {
     ENTER_OWN_PIDNS = 0, /* everything it starts dies with it */
     ENTER_DETACHED,      /* what it starts in the background lives on */
-    ENTER_TOOL,          /* the worker's own: the fewest programs */
+    ENTER_TOOL,          /* the worker's own: entered by the helper */
 };
 
 /* Run cmd with args inside sandbox id (see er_bwrap_exec). */
@@ -97,7 +73,9 @@ static int run_in(const char *id, const char *cmd, const char *const *args,
     struct er_bwrap_argv a = { .n = 0 };
     struct er_proc_opts opts;
     struct er_proc_result res;
+    struct er_proc_enter enter = { .pidfd = -1 };
     const char **argv = NULL;
+    const char **envp = NULL;
     char pid_text[24];
     bool has_path = false;
     size_t env_cnt = 0;
@@ -125,47 +103,74 @@ static int run_in(const char *id, const char *cmd, const char *const *args,
         return er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_NONE,
                           "sandbox %s is not running", id);
 
-    snprintf(pid_text, sizeof(pid_text), "%ld", (long)st.init_pid);
-    er_bwrap__add_limits(&a, &st.lim, &la);
-    er_bwrap__arg(&a, "nsenter");
-    er_bwrap__arg(&a, "-t");
-    er_bwrap__arg(&a, pid_text);
+    /* The tool's program is looked up by the helper outside, so it must be
+     * named by a path that is the same file inside. */
+    if (kind == ENTER_TOOL && strcmp(cmd, "sh") != 0 && cmd[0] != '/')
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_NONE,
+                          "a worker tool runs sh or a program by its "
+                          "absolute path, not \"%s\"",
+                          cmd);
+    er_proc_opts_init(&opts);
+    n = ER_BWRAP_ARGV_MAX + env_cnt + 1 + 3 + 1 + args_cnt + 1;
+    argv = er_calloc(n, sizeof(*argv));
+    envp = er_calloc(env_cnt + 2, sizeof(*envp));
+    if (argv == NULL || envp == NULL) {
+        rc = er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
+        goto out;
+    }
+    n = 0;
     if (kind == ENTER_TOOL) {
-        er_bwrap__add_all(&a, enter_tool);
+        /* No program in between: the tool's own argv and environment. */
+        enter.pidfd = er_proc_pidfd_open(st.init_pid);
+        if (enter.pidfd < 0 || !er_bwrap__proc_is(st.init_pid, st.init_start)) {
+            rc = er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_NONE,
+                            "sandbox %s is not running", id);
+            goto out;
+        }
+        enter.memory_bytes = st.lim.memory_bytes;
+        enter.processes = st.lim.processes;
+        enter.cpu_seconds = st.lim.cpu_seconds;
+        opts.enter = &enter;
+        for (i = 0; i < env_cnt; i++)
+            envp[i] = env[i];
+        if (!has_path)
+            envp[i++] = "PATH=" ER_PROC_PATH;
+        envp[i] = NULL;
+        opts.envp = envp;
+        opts.cwd = cwd != NULL ? cwd : ER_BWRAP_WORKSPACE;
+        argv[n++] = strcmp(cmd, "sh") == 0 ? ER_BWRAP_IN_SH : cmd;
     } else {
+        snprintf(pid_text, sizeof(pid_text), "%ld", (long)st.init_pid);
+        er_bwrap__add_limits(&a, &st.lim, &la);
+        er_bwrap__arg(&a, "nsenter");
+        er_bwrap__arg(&a, "-t");
+        er_bwrap__arg(&a, pid_text);
         er_bwrap__add_all(&a, enter_head);
         if (kind == ENTER_OWN_PIDNS)
             er_bwrap__add_all(&a, enter_pidns);
         er_bwrap__add_all(&a, enter_tail);
+        er_bwrap__arg(&a, cwd != NULL ? cwd : ER_BWRAP_WORKSPACE);
+        er_bwrap__arg(&a, "--");
+        for (i = 0; i < a.n; i++)
+            argv[n++] = a.v[i];
+        for (i = 0; i < env_cnt; i++)
+            argv[n++] = env[i];
+        if (!has_path)
+            argv[n++] = "PATH=" ER_PROC_PATH;
+        /* env would take a command with '=' for one more assignment. */
+        if (strchr(cmd, '=') != NULL) {
+            argv[n++] = ER_BWRAP_IN_SH;
+            argv[n++] = "-c";
+            argv[n++] = "exec \"$0\" \"$@\"";
+        }
+        argv[n++] = cmd;
+        opts.envp = NULL; /* the host's tools get a minimal environment */
     }
-    er_bwrap__arg(&a, cwd != NULL ? cwd : ER_BWRAP_WORKSPACE);
-    er_bwrap__arg(&a, "--");
-
-    n = a.n + env_cnt + 1 + 3 + 1 + args_cnt + 1;
-    argv = er_calloc(n, sizeof(*argv));
-    if (argv == NULL)
-        return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
-    n = 0;
-    for (i = 0; i < a.n; i++)
-        argv[n++] = a.v[i];
-    for (i = 0; i < env_cnt; i++)
-        argv[n++] = env[i];
-    if (!has_path)
-        argv[n++] = "PATH=" ER_PROC_PATH;
-    /* env would take a command with '=' for one more assignment. */
-    if (strchr(cmd, '=') != NULL) {
-        argv[n++] = ER_BWRAP_IN_SH;
-        argv[n++] = "-c";
-        argv[n++] = "exec \"$0\" \"$@\"";
-    }
-    argv[n++] = cmd;
     for (i = 0; i < args_cnt; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
 
-    er_proc_opts_init(&opts);
     opts.argv = argv;
-    opts.envp = NULL; /* the host's tools get a minimal environment */
     opts.stdin_data = stdin_data;
     opts.stdin_len = stdin_len;
     opts.stdin_fd = stdin_fd;
@@ -173,14 +178,14 @@ static int run_in(const char *id, const char *cmd, const char *const *args,
     opts.timeout_ms = timeout_ms;
     opts.max_output_bytes = max_output;
     rc = er_proc_run(&opts, &res, err);
-    er_free(argv);
     if (rc != 0)
-        return rc;
+        goto out;
     /* nsenter fails (exit 1) when the sandbox ended under it. */
     if (res.exit_code != 0 && !er_bwrap__proc_is(st.init_pid, st.init_start)) {
         er_proc_result_fini(&res);
-        return er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_NONE,
-                          "sandbox %s stopped while the command ran", id);
+        rc = er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_NONE,
+                        "sandbox %s stopped while the command ran", id);
+        goto out;
     }
     out->exit_code = res.exit_code;
     er_proc_signal_name(res.signal, out->signal, sizeof(out->signal));
@@ -189,7 +194,12 @@ static int run_in(const char *id, const char *cmd, const char *const *args,
     out->out_len = res.out_len;
     out->err_text = res.err_text;
     out->err_len = res.err_len;
-    return 0;
+out:
+    if (enter.pidfd >= 0)
+        close(enter.pidfd);
+    er_free(envp);
+    er_free(argv);
+    return rc;
 }
 
 static void result_init(struct er_driver_exec_result *out)

@@ -290,6 +290,26 @@ void er_sandbox_shutdown(void);
 typedef void er_proc_timeout_fn(void *arg, const char *err_text,
                                 size_t err_len);
 
+/* Where a child goes before its exec (er_proc_opts.enter): into every
+ * namespace (user, mount, UTS, IPC, network, cgroup, PID) of the process
+ * pidfd refers to (a bwrap sandbox's init), with one setns(2) that fails
+ * if it has ended, so a reused pid is never entered; into the mount
+ * namespace's root; as uid and gid 0 there, with the limits below, no
+ * capabilities (bounding, inheritable and ambient sets emptied),
+ * no_new_privs, and SIGKILL when its parent ends. What `prlimit ...
+ * nsenter -t <pid> --user ... --root -S 0 -G 0 -- setpriv --pdeathsig
+ * KILL --no-new-privs --bounding-set=-all --inh-caps=-all
+ * --ambient-caps=-all --` does, without starting those programs. The PID
+ * namespace takes effect in a child of the child, which the child waits
+ * for and whose status it passes on. argv[0] must then be an absolute
+ * path (the same file inside as outside), and cwd a path inside. */
+struct er_proc_enter {
+    int pidfd;            /* borrowed */
+    int64_t memory_bytes; /* > 0: RLIMIT_AS, soft and hard */
+    int64_t processes;    /* > 0: RLIMIT_NPROC */
+    int64_t cpu_seconds;  /* > 0: RLIMIT_CPU */
+};
+
 struct er_proc_opts {
     /* argv[0] is a path, or a name looked up in the worker's PATH (the
      * operator's choice of programs; the child's own PATH is envp's). */
@@ -313,6 +333,7 @@ struct er_proc_opts {
     size_t max_output_bytes;        /* cap per captured stream; 0: 128 KiB */
     er_proc_timeout_fn *on_timeout; /* optional */
     void *on_timeout_arg;
+    const struct er_proc_enter *enter; /* NULL: run where the worker runs */
 };
 
 /* How a child ended and what it wrote. A non-zero exit is a result. */
@@ -360,6 +381,8 @@ int er_proc_wait(pid_t pid, int64_t timeout_ms, struct er_proc_result *res,
 
 /* Free what res owns (out, err_text); res may be zeroed or partly filled. */
 void er_proc_result_fini(struct er_proc_result *res);
+/* A pidfd for pid (close-on-exec), or -1 with errno set. */
+int er_proc_pidfd_open(pid_t pid);
 
 /* Cancellation for the calling thread. While *flag (borrowed; NULL: none)
  * is true, er_proc_run and er_proc_wait on this thread end their child as

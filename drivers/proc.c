@@ -4,12 +4,16 @@
 #define _GNU_SOURCE /* close_range, SYS_pidfd_open */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -41,6 +45,7 @@ enum child_stage {
     STAGE_CHDIR = 1,
     STAGE_EXEC = 2,
     STAGE_FDS = 3,
+    STAGE_ENTER = 4,
 };
 
 struct child_plan {
@@ -51,6 +56,7 @@ struct child_plan {
     int fds[3]; /* become the child's 0, 1, 2 */
     int errpipe;
     int max_fd;
+    const struct er_proc_enter *enter; /* NULL: none */
 };
 
 void er_proc_opts_init(struct er_proc_opts *opts)
@@ -191,6 +197,111 @@ static void child_fail(int errpipe, enum child_stage stage)
     _exit(127);
 }
 
+/* ---- entering a sandbox (er_proc_enter), in the child ---- */
+
+#define ENTER_NS_ALL                                             \
+    (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | \
+     CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWPID)
+
+static int set_limit(int resource, int64_t value)
+{
+    struct rlimit rl;
+
+    if (value <= 0)
+        return 0;
+    rl.rlim_cur = (rlim_t)value;
+    rl.rlim_max = (rlim_t)value;
+    return setrlimit(resource, &rl);
+}
+
+/* In the new root as uid and gid 0: no capabilities to pass on, no new
+ * privileges, death with the parent. Raw system calls: the set*id
+ * wrappers of the C library coordinate threads, which a forked child has
+ * none of. */
+static int drop_privileges(void)
+{
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    int cap;
+
+    /* A namespace whose setgroups is "deny" keeps the groups (as
+     * nsenter does). */
+    if (syscall(SYS_setgroups, 0, NULL) != 0 && errno != EPERM)
+        return -1;
+    if (syscall(SYS_setgid, 0) != 0 || syscall(SYS_setuid, 0) != 0)
+        return -1;
+    for (cap = 0; cap < 64; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+            if (errno == EINVAL)
+                break; /* past the kernel's last capability */
+            return -1;
+        }
+    }
+    if (syscall(SYS_capget, &hdr, data) != 0)
+        return -1;
+    data[0].inheritable = 0;
+    data[1].inheritable = 0;
+    if (syscall(SYS_capset, &hdr, data) != 0 ||
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 ||
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    /* Set last: a change of credentials clears it. */
+    return prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+}
+
+/* Wait for the child in the namespaces and end as it ended. */
+static void pass_on_status(pid_t pid)
+{
+    int status = 0;
+
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR)
+            _exit(127);
+    }
+    if (WIFSIGNALED(status)) {
+        kill(getpid(), WTERMSIG(status)); /* default dispositions here */
+        _exit(128 + WTERMSIG(status));
+    }
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 127);
+}
+
+/* Enter plan->enter before the exec. Returns in the process that goes on
+ * to exec (a child of this one); this one waits and passes its status on.
+ * Fails through child_fail. */
+static void child_enter(const struct child_plan *plan, int errpipe)
+{
+    const struct er_proc_enter *e = plan->enter;
+    pid_t pid;
+
+    if (set_limit(RLIMIT_AS, e->memory_bytes) != 0 ||
+        set_limit(RLIMIT_NPROC, e->processes) != 0 ||
+        set_limit(RLIMIT_CPU, e->cpu_seconds) != 0)
+        child_fail(errpipe, STAGE_ENTER);
+    /* All at once, the user namespace with them; the mount namespace's
+     * root becomes ours. */
+    if (setns(e->pidfd, ENTER_NS_ALL) != 0 || chdir("/") != 0)
+        child_fail(errpipe, STAGE_ENTER);
+    pid = fork(); /* into the PID namespace */
+    if (pid < 0)
+        child_fail(errpipe, STAGE_ENTER);
+    if (pid > 0) {
+        /* Hold nothing the parent waits on: the exec pipe and the output
+         * pipes end with the child that execs. */
+        close(0);
+        close(1);
+        close(2);
+        if (close_range(3, ~0U, 0) != 0) {
+            int fd;
+
+            for (fd = 3; fd < plan->max_fd; fd++)
+                close(fd);
+        }
+        pass_on_status(pid);
+    }
+    if (drop_privileges() != 0)
+        child_fail(errpipe, STAGE_ENTER);
+}
+
 /* The child between fork and exec: async-signal-safe calls only (the
  * worker is multi-threaded). */
 static void child_exec(const struct child_plan *plan)
@@ -237,6 +348,8 @@ static void child_exec(const struct child_plan *plan)
     }
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    if (plan->enter != NULL)
+        child_enter(plan, errpipe);
     if (plan->cwd != NULL && chdir(plan->cwd) != 0)
         child_fail(errpipe, STAGE_CHDIR);
     execve(plan->path, plan->argv, plan->envp);
@@ -279,6 +392,7 @@ static int spawn(const struct er_proc_opts *opts, const int fds[3],
         .fds = { fds[0], fds[1], fds[2] },
         .errpipe = errpipe[1],
         .max_fd = (int)max_fd,
+        .enter = opts->enter,
     };
     pid = fork();
     if (pid < 0) {
@@ -299,7 +413,12 @@ static int spawn(const struct er_proc_opts *opts, const int fds[3],
     if (n == (ssize_t)sizeof(msg)) {
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             continue;
-        if (msg[0] == STAGE_CHDIR)
+        if (msg[0] == STAGE_ENTER)
+            rc = er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY,
+                            "cannot run %s: cannot enter the sandbox: %s",
+                            opts->argv[0],
+                            er_strerror(msg[1], ebuf, sizeof(ebuf)));
+        else if (msg[0] == STAGE_CHDIR)
             rc = er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY,
                             "cannot run %s: cannot change directory to %s: "
                             "%s",
@@ -775,4 +894,10 @@ out:
     er_buf_fini(&run.cap[1].buf);
     sigpipe_restore(&old_mask, was_pending);
     return rc;
+}
+
+int er_proc_pidfd_open(pid_t pid)
+{
+    /* pidfds are close-on-exec from the start. */
+    return (int)syscall(SYS_pidfd_open, pid, 0);
 }

@@ -89,7 +89,8 @@ static int fork_exec(void)
 static int sandbox_exec(const char *id, bool is_worker_tool)
 {
     const char *args[] = { NULL };
-    struct er_driver_exec req = { .command = "true",
+    struct er_driver_exec req = { .command =
+                                      is_worker_tool ? "/bin/true" : "true",
                                   .args = args,
                                   .timeout_ms = 10000,
                                   .is_worker_tool = is_worker_tool };

@@ -41,6 +41,9 @@
 static char dir[64];     /* er_bwrap_set_dir */
 static char outside[64]; /* a host directory outside dir */
 static char id_main[ER_BWRAP_ID_LEN + 1];
+/* Commands run as the worker's own tools (is_worker_tool): entered by the
+ * process helper itself, with the same walls. */
+static bool is_tool_mode;
 
 /* A fresh random id: random, so the sandboxes' host uids (from the id)
  * do not meet those of another run of this test on the same host. */
@@ -81,8 +84,23 @@ static int run(const char *id, const char *const *argv, const char *const *env,
     req.stdin_data = stdin_data;
     req.stdin_len = stdin_data != NULL ? strlen(stdin_data) : 0;
     req.timeout_ms = timeout_ms;
+    req.is_worker_tool = is_tool_mode;
     er_err_clear(&err);
     return er_bwrap_exec(id, &req, res, &err);
+}
+
+static int tool_mode_on(void **state)
+{
+    (void)state;
+    is_tool_mode = true;
+    return 0;
+}
+
+static int tool_mode_off(void **state)
+{
+    (void)state;
+    is_tool_mode = false;
+    return 0;
 }
 
 /* Run a shell script in the main sandbox; assert it ran. */
@@ -299,7 +317,7 @@ static void bwrap_runs_in_the_requested_cwd(void **state)
 
 static void bwrap_environment_is_exactly_the_requested_one(void **state)
 {
-    static const char *const env_cmd[] = { "env", NULL };
+    static const char *const env_cmd[] = { "/usr/bin/env", NULL };
     static const char *const env1[] = { "FOO=bar baz", "EMPTY=", NULL };
     static const char *const env2[] = { "PATH=/bin", NULL };
     static const char *const bad[] = { "NOEQUALS", NULL };
@@ -470,6 +488,62 @@ static void bwrap_commands_have_no_privileges(void **state)
     assert_int_not_equal(sandbox_uid(id_main), 0);
     sh("cat /proc/self/uid_map | tr -s ' ' ' '", &res);
     assert_non_null(strstr(res.out, " 0 "));
+    er_driver_exec_result_fini(&res);
+}
+
+/* A worker tool: only sh or an absolute path (looked up outside, the
+ * same file inside); its cwd is inside; it runs as root of the sandbox's
+ * user namespace in the sandbox's PID namespace (no namespace of its
+ * own), sees the sandbox's root and its /proc. */
+static void bwrap_worker_tools_enter_the_same_sandbox(void **state)
+{
+    static const char *const relative[] = { "true", NULL };
+    struct er_driver_exec req;
+    struct er_driver_exec_result res;
+    struct er_err err;
+    char want[64];
+
+    (void)state;
+    assert_int_equal(run(id_main, relative, NULL, NULL, 30000, &res),
+                     ER_EINVAL);
+    er_driver_exec_result_fini(&res);
+    sh("pwd; id -u; id -g; cat /workspace/w.txt; "
+       "readlink /proc/1/exe >/dev/null && echo sees-init",
+       &res);
+    assert_int_equal(res.exit_code, 0);
+    assert_string_equal(res.out, "/workspace\n0\n0\ndata\nsees-init\n");
+    er_driver_exec_result_fini(&res);
+    /* The network and user namespaces of an agent's command (compare the
+     * inodes); the mount namespace of the sandbox's init, where an agent's
+     * command has one of its own for its /proc. */
+    sh("readlink /proc/self/ns/net /proc/self/ns/user", &res);
+    snprintf(want, sizeof(want), "%s", res.out != NULL ? res.out : "");
+    er_driver_exec_result_fini(&res);
+    is_tool_mode = false;
+    sh("readlink /proc/self/ns/net /proc/self/ns/user", &res);
+    is_tool_mode = true;
+    assert_string_equal(res.out, want);
+    er_driver_exec_result_fini(&res);
+    sh("test \"$(readlink /proc/self/ns/mnt)\" = "
+       "\"$(readlink /proc/1/ns/mnt)\" && echo same",
+       &res);
+    assert_string_equal(res.out, "same\n");
+    er_driver_exec_result_fini(&res);
+
+    memset(&req, 0, sizeof(req));
+    req.command = "sh";
+    req.args = (const char *const[]){ "-c", "pwd", NULL };
+    req.cwd = "/tmp";
+    req.timeout_ms = 30000;
+    req.is_worker_tool = true;
+    assert_int_equal(er_bwrap_exec(id_main, &req, &res, &err), 0);
+    assert_string_equal(res.out, "/tmp\n");
+    er_driver_exec_result_fini(&res);
+    /* A cwd is a path inside the sandbox, never on the host. */
+    req.cwd = outside;
+    er_err_clear(&err);
+    assert_int_not_equal(er_bwrap_exec(id_main, &req, &res, &err), 0);
+    assert_non_null(strstr(err.msg, "cannot change directory"));
     er_driver_exec_result_fini(&res);
 }
 
@@ -1023,6 +1097,20 @@ int main(void)
         cmocka_unit_test(bwrap_host_files_are_invisible),
         cmocka_unit_test(bwrap_workspace_persists_and_shows_on_the_host),
         cmocka_unit_test(bwrap_commands_have_no_privileges),
+        cmocka_unit_test_setup_teardown(
+            bwrap_environment_is_exactly_the_requested_one, tool_mode_on,
+            tool_mode_off),
+        cmocka_unit_test_setup_teardown(bwrap_network_is_loopback_only,
+                                        tool_mode_on, tool_mode_off),
+        cmocka_unit_test_setup_teardown(bwrap_host_files_are_invisible,
+                                        tool_mode_on, tool_mode_off),
+        cmocka_unit_test_setup_teardown(bwrap_commands_have_no_privileges,
+                                        tool_mode_on, tool_mode_off),
+        cmocka_unit_test_setup_teardown(bwrap_memory_hog_is_contained,
+                                        tool_mode_on, tool_mode_off),
+        cmocka_unit_test_setup_teardown(
+            bwrap_worker_tools_enter_the_same_sandbox, tool_mode_on,
+            tool_mode_off),
         cmocka_unit_test(bwrap_fork_bomb_is_contained),
         cmocka_unit_test(bwrap_memory_hog_is_contained),
         cmocka_unit_test(bwrap_timeout_kills_the_whole_tree),
