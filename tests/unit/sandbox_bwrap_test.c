@@ -623,8 +623,9 @@ static void bwrap_timeout_kills_the_whole_tree(void **state)
 {
     static const char *const argv[] = {
         "/bin/sh", "-c",
-        "setsid sh -c 'while :; do date +%s%N > /workspace/beat; sleep 0.1; "
-        "done' </dev/null >/dev/null 2>&1 & sleep 100",
+        "setsid sh -c 'while :; do date +%s%N > /workspace/beat.tmp && "
+        "mv -f /workspace/beat.tmp /workspace/beat; sleep 0.1; done' "
+        "</dev/null >/dev/null 2>&1 & sleep 100",
         NULL
     };
     static const char *const slow[] = { "sleep", "60", NULL };
@@ -645,7 +646,9 @@ static void bwrap_timeout_kills_the_whole_tree(void **state)
     er_driver_exec_result_fini(&res);
     assert_true(er_time_mono_ms() - t0 < 20000);
 
-    /* The daemon (its own session) beat before the deadline, not after. */
+    /* The daemon (its own session) beat before the deadline, not after
+     * (each beat renamed into place: a kill between the truncation and
+     * the write of `>` would leave the file empty). */
     path_in(path, sizeof(path), id_main, "workspace/beat");
     sleep_ms(200);
     read_file(path, before, sizeof(before));
@@ -657,6 +660,8 @@ static void bwrap_timeout_kills_the_whole_tree(void **state)
     for (i = 0; i < 100 && count_uid(sandbox_uid(id_main)) != 3; i++)
         sleep_ms(20);
     assert_int_equal(count_uid(sandbox_uid(id_main)), 3);
+    unlink(path);
+    path_in(path, sizeof(path), id_main, "workspace/beat.tmp");
     unlink(path);
 
     /* Cancellation ends a command as the deadline does. */
