@@ -224,11 +224,6 @@ int er_bridge_list_parse(const char *text, size_t len, char **names, size_t max,
     return rc;
 }
 
-/* The request files waiting, sorted (names[] owned by the caller, at most
- * NAMES_MAX); with wait_ms the exec waits in the sandbox until one is
- * there or the wait is over. With the gateway binary, *pre gets the first
- * request's bytes (at most its size limit and one) where it could read
- * them. */
 /* The {"wrote":...} line a folded list starts with: the pending answer is
  * done with (counted when written) and the line is skipped. Without it
  * (the shell loop ran, the gateway binary is not there) the answer is
@@ -251,9 +246,13 @@ static size_t take_wrote_line(struct er_bridge_poller *p, const char *text,
     return 0;
 }
 
-/* List the request files, waiting up to wait_ms for one; with the gateway
- * binary, the first one's bytes come too, and a pending answer is
- * written first by the same exec. */
+/* The request files waiting, sorted (names[] owned by the caller, at most
+ * NAMES_MAX); with wait_ms the exec waits in the sandbox until one is
+ * there or the wait is over. With the gateway binary, *pre gets the first
+ * request's bytes (at most its size limit and one) where it could read
+ * them.
+ * With a pending answer and the gateway binary, the same exec writes it
+ * first (take_wrote_line). */
 static int op_list(struct er_bridge_poller *p, int64_t wait_ms, char **names,
                    size_t *cnt, struct er_bridge_preread *pre,
                    struct er_err *err)
