@@ -208,13 +208,21 @@ static int derive_from_kafka(const json_t *note, er_token_relay_fetch_fn *fetch,
     if (rc != 0) {
         char fetch_msg[sizeof(err->msg)];
 
-        /* Gone (retention) or too large is for good; the rest for now. */
+        /* Gone (retention) or too large is for good; the rest (a broker
+         * that does not answer, a reader that cannot be made) is about
+         * this worker or the cluster, not the row: for now. */
         snprintf(fetch_msg, sizeof(fetch_msg), "%s",
                  err != NULL ? err->msg : "");
         if (rc == ER_ENOTFOUND || rc == ER_E2BIG)
             er_err_set(err, rc, ER_ERRCLASS_SKIP,
                        "bridge token cannot be restored: realize command %s "
                        "at %s [%d] offset %lld cannot be read: %s",
+                       command_id, topic, (int)partition, (long long)offset,
+                       fetch_msg);
+        else
+            er_err_set(err, rc, ER_ERRCLASS_RETRY,
+                       "bridge token not restored yet: realize command %s "
+                       "at %s [%d] offset %lld cannot be read now: %s",
                        command_id, topic, (int)partition, (long long)offset,
                        fetch_msg);
         goto out;

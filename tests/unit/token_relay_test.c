@@ -41,7 +41,7 @@ static int fetch(void *arg, const char *topic, int32_t partition,
     if (fetch_rc != 0)
         return er_err_set(err, fetch_rc,
                           fetch_rc == ER_ETIMEDOUT ? ER_ERRCLASS_RETRY
-                                                   : ER_ERRCLASS_SKIP,
+                                                   : ER_ERRCLASS_FATAL,
                           "fetch refused");
     if (strcmp(topic, TOPIC) != 0 || partition != PARTITION || offset != OFFSET)
         return er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_SKIP, "no message");
@@ -283,6 +283,13 @@ static void gone_is_for_good_unreadable_is_for_now(void **state)
     fetch_rc = ER_ETIMEDOUT;
     assert_int_equal(fill(from, copy, &err), ER_ETIMEDOUT);
     assert_int_equal(err.cls, ER_ERRCLASS_RETRY);
+    assert_non_null(strstr(copy, ER_TOKEN_RELAY_MASK));
+    /* A reader that cannot be made (its failure is FATAL for the fetcher)
+     * is about the worker, not the row: for now too. */
+    fetch_rc = ER_EIO;
+    assert_int_equal(fill(from, copy, &err), ER_EIO);
+    assert_int_equal(err.cls, ER_ERRCLASS_RETRY);
+    assert_non_null(strstr(err.msg, "cannot be read now"));
     assert_non_null(strstr(copy, ER_TOKEN_RELAY_MASK));
     /* Not read from Kafka: only memory could fill it. */
     fetch_rc = 0;
