@@ -474,34 +474,33 @@ static void flush_pending(struct er_bridge_poller *p)
 }
 
 /* Answer name with res: written now, or, with may_defer and the gateway
- * binary, by the next list exec (require_request then holds). */
+ * binary, by the next list exec (require_request then holds); a deferred
+ * answer is encoded straight into the pending buffer. */
 static void finalize(struct er_bridge_poller *p, const char *name,
                      const char *id, const struct er_bridge_res *res,
                      bool require_request, bool may_defer)
 {
+    bool is_deferred = may_defer && require_request && p->gateway != NULL &&
+                       strlen(name) <= NAME_MAX_LEN;
     struct er_buf json;
+    struct er_buf *out = is_deferred ? &p->pending_json : &json;
     struct er_err err;
 
     flush_pending(p);
-    er_buf_init(&json, er_bridge_envelope_limit(p->max_body));
-    if (er_bridge_response_json(id, res, &json, &err) != 0) {
+    if (!is_deferred)
+        er_buf_init(&json, er_bridge_envelope_limit(p->max_body));
+    er_buf_reset(out);
+    if (er_bridge_response_json(id, res, out, &err) != 0) {
         ER_LOG_WARN(FAC, "run %s: cannot encode the answer to %s: %s",
                     p->run_id, name, err.msg);
+    } else if (is_deferred) {
+        snprintf(p->pending_name, sizeof(p->pending_name), "%s", name);
+        p->has_pending = true;
+    } else {
+        write_answer(p, name, out, require_request);
+    }
+    if (!is_deferred)
         er_buf_fini(&json);
-        return;
-    }
-    if (may_defer && require_request && p->gateway != NULL &&
-        strlen(name) <= NAME_MAX_LEN) {
-        er_buf_reset(&p->pending_json);
-        if (er_buf_append(&p->pending_json, json.data, json.len) == 0) {
-            snprintf(p->pending_name, sizeof(p->pending_name), "%s", name);
-            p->has_pending = true;
-            er_buf_fini(&json);
-            return;
-        }
-    }
-    write_answer(p, name, &json, require_request);
-    er_buf_fini(&json);
 }
 
 /* id0: the name without ".json", the id of an answer to a request whose
