@@ -350,6 +350,29 @@ static void write_text(const char *dir, const char *name, const char *text)
     fclose(f);
 }
 
+/* Run an er_ssh_exec_script script under the local /bin/sh with envp, in
+ * "/", as sshd runs the remote command; res filled. */
+static void run_exec_script(const struct er_buf *script,
+                            const char *const *envp, struct er_proc_result *res)
+{
+    const char *argv[] = { "sh", "-c", (const char *)script->data, NULL };
+    struct er_proc_opts opts;
+    struct er_err err;
+
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    opts.envp = envp;
+    opts.cwd = "/";
+    assert_int_equal(er_proc_run(&opts, res, &err), 0);
+}
+
+/* The first line on stderr is the marker and the session's pgid. */
+static void assert_pgid_marker_first(const struct er_proc_result *res)
+{
+    assert_true(strncmp(res->err_text, "MARK-", 5) == 0);
+    assert_true(res->err_text[5] >= '1' && res->err_text[5] <= '9');
+}
+
 /* The remote script of execute, run by a local /bin/sh: hostile args, env
  * and cwd arrive intact; the profiles are sourced (a bash-only one is
  * skipped, not fatal); the pgid marker comes first on stderr. */
@@ -362,9 +385,7 @@ static void ssh_exec_script_runs_under_sh(void **state)
     char cwd[128];
     char env_home[160];
     const char *envp[] = { env_home, "PATH=/usr/bin:/bin", NULL };
-    const char *argv[] = { "sh", "-c", NULL, NULL };
     struct er_driver_exec req;
-    struct er_proc_opts opts;
     struct er_proc_result res;
     struct er_err err;
     struct er_buf script;
@@ -403,16 +424,10 @@ static void ssh_exec_script_runs_under_sh(void **state)
     er_buf_init(&script, 1 << 20);
     assert_int_equal(er_ssh_exec_script(&req, cwd, "MARK-", &script, &err), 0);
     assert_non_null(strstr((const char *)script.data, "exec env"));
-    argv[2] = (const char *)script.data;
-    er_proc_opts_init(&opts);
-    opts.argv = argv;
-    opts.envp = envp;
-    opts.cwd = "/";
-    assert_int_equal(er_proc_run(&opts, &res, &err), 0);
+    run_exec_script(&script, envp, &res);
     assert_int_equal(res.exit_code, 0);
     assert_string_equal(res.out, (const char *)want.data);
-    assert_true(strncmp(res.err_text, "MARK-", 5) == 0);
-    assert_true(res.err_text[5] >= '1' && res.err_text[5] <= '9');
+    assert_pgid_marker_first(&res);
     assert_int_equal(access("/tmp/envrun-ssh-test-pwned", F_OK), -1);
     er_proc_result_fini(&res);
 
@@ -423,8 +438,7 @@ static void ssh_exec_script_runs_under_sh(void **state)
     assert_int_equal(
         er_ssh_exec_script(&req, "/nonexistent/dir", "MARK-", &script, &err),
         0);
-    argv[2] = (const char *)script.data;
-    assert_int_equal(er_proc_run(&opts, &res, &err), 0);
+    run_exec_script(&script, envp, &res);
     assert_int_equal(res.exit_code, 1);
     er_proc_result_fini(&res);
     er_buf_fini(&script);
@@ -441,9 +455,7 @@ static void ssh_exec_script_for_tools_skips_profiles(void **state)
     char env_home[160];
     char want[80];
     const char *envp[] = { env_home, "PATH=/usr/bin:/bin", NULL };
-    const char *argv[] = { "sh", "-c", NULL, NULL };
     struct er_driver_exec req;
-    struct er_proc_opts opts;
     struct er_proc_result res;
     struct er_err err;
     struct er_buf script;
@@ -461,17 +473,11 @@ static void ssh_exec_script_for_tools_skips_profiles(void **state)
     assert_int_equal(er_ssh_exec_script(&req, tmp, "MARK-", &script, &err), 0);
     assert_null(strstr((const char *)script.data, ".profile"));
     assert_null(strstr((const char *)script.data, "exec env"));
-    argv[2] = (const char *)script.data;
-    er_proc_opts_init(&opts);
-    opts.argv = argv;
-    opts.envp = envp;
-    opts.cwd = "/";
-    assert_int_equal(er_proc_run(&opts, &res, &err), 0);
+    run_exec_script(&script, envp, &res);
     assert_int_equal(res.exit_code, 0);
     snprintf(want, sizeof(want), "|%s", tmp);
     assert_string_equal(res.out, want);
-    assert_true(strncmp(res.err_text, "MARK-", 5) == 0);
-    assert_true(res.err_text[5] >= '1' && res.err_text[5] <= '9');
+    assert_pgid_marker_first(&res);
     er_proc_result_fini(&res);
     er_buf_fini(&script);
 }
