@@ -29,6 +29,7 @@ struct er_bridge_run {
     struct er_bridge_fwd *fwd;
     struct er_bridge_poller *poller;
     struct er_bridge_stream *stream; /* stream_v1; else queue_v1 */
+    struct er_bridge_runner *runner; /* queue_v1's scripts, when held */
     er_bridge_exec_fn *exec;
     void *exec_arg;
     struct er_bridge_paths paths;
@@ -412,6 +413,34 @@ static int stream_start(const struct er_bridge_run_opts *o,
     return 0;
 }
 
+/* queue_v1's scripts through one held exec (runner.c) when the channel
+ * can hold one: the poller's exec then goes to it (the plain exec stays
+ * its fallback). */
+static void start_runner(const struct er_bridge_run_opts *o,
+                         struct er_bridge_run *r,
+                         struct er_bridge_queue_opts *q)
+{
+    struct er_bridge_runner_opts ro;
+    struct er_err err;
+
+    memset(&ro, 0, sizeof(ro));
+    ro.hold = o->hold;
+    ro.hold_arg = o->exec_arg;
+    ro.fallback = o->exec;
+    ro.fallback_arg = o->exec_arg;
+    ro.gateway = r->paths.gateway;
+    ro.run_id = r->run_id;
+    er_err_clear(&err);
+    if (er_bridge_runner_start(&ro, &r->runner, &err) != 0)
+        er_log_kv(ER_LOG_WARN, "bridge",
+                  "bridge command runner failed; one exec a script", "runId",
+                  r->run_id, "error", err.msg, (const char *)NULL);
+    if (r->runner != NULL) {
+        q->exec = er_bridge_runner_exec;
+        q->exec_arg = r->runner;
+    }
+}
+
 int er_bridge_run_start(const struct er_bridge_run_opts *o,
                         struct er_bridge_run **out, struct er_err *err)
 {
@@ -442,7 +471,7 @@ int er_bridge_run_start(const struct er_bridge_run_opts *o,
     if (rc == 0)
         rc = er_bridge_gateway_install(o->exec, o->exec_arg, &r->paths,
                                        &is_uploaded, err);
-    if (rc == 0 && o->hold != NULL) {
+    if (rc == 0 && o->hold != NULL && !o->is_queue_only) {
         struct er_err serr;
 
         er_err_clear(&serr);
@@ -458,6 +487,8 @@ int er_bridge_run_start(const struct er_bridge_run_opts *o,
         memset(&q, 0, sizeof(q));
         q.exec = o->exec;
         q.exec_arg = o->exec_arg;
+        if (o->hold != NULL)
+            start_runner(o, r, &q);
         q.queue_dir = r->paths.queue_dir;
         q.gateway = r->paths.gateway;
         q.fwd = r->fwd;
@@ -485,7 +516,8 @@ started:
                              : "callback bridge started",
               "runId", r->run_id, "transport", er_bridge_run_transport(r),
               "baseUrl", r->base_url, "queueDir", r->paths.queue_dir,
-              "uploaded", is_uploaded ? "true" : "false", (const char *)NULL);
+              "uploaded", is_uploaded ? "true" : "false", "commandRunner",
+              r->runner != NULL ? "true" : "false", (const char *)NULL);
     *out = r;
     return 0;
 }
@@ -498,6 +530,7 @@ void er_bridge_run_stop(struct er_bridge_run *r, int64_t drain_ms,
     /* A stream_v1 gateway ends with its stream, whatever stop_gateway. */
     er_bridge_stream_stop(r->stream, drain_ms);
     er_bridge_poller_stop(r->poller, drain_ms);
+    er_bridge_runner_stop(r->runner);
     if (stop_gateway && r->stream == NULL && r->paths.queue_dir[0] != '\0' &&
         r->port > 0) {
         struct er_err err;
@@ -542,6 +575,16 @@ bool er_bridge_run_was_running(const struct er_bridge_run *r)
 const char *er_bridge_run_transport(const struct er_bridge_run *r)
 {
     return r->stream != NULL ? "stream_v1" : "queue_v1";
+}
+
+bool er_bridge_run_runner_stats(struct er_bridge_run *r,
+                                struct er_bridge_runner_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (r->runner == NULL)
+        return false;
+    er_bridge_runner_stats(r->runner, out);
+    return true;
 }
 
 bool er_bridge_run_is_alive(struct er_bridge_run *r)

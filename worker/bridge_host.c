@@ -381,7 +381,8 @@ static int start_one(const struct er_bridge_host_req *req, const char *origin,
     o.run_id = req->run_id;
     o.may_forward = entry_may_forward;
     o.may_forward_arg = e;
-    o.hold = host.is_queue_only ? NULL : chan_hold;
+    o.hold = chan_hold;
+    o.is_queue_only = host.is_queue_only;
     o.port = req->port > 0 ? req->port : port;
     rc = er_bridge_run_start(&o, &e->run, err);
     if (rc != 0) {

@@ -69,4 +69,16 @@ int er_gateway_wait_requests(const char *dir, const char *ms_text,
 int er_gateway_write_response(const char *queue, const char *name,
                               const char *require);
 
+/* `envrun-gateway --serve-commands`: the queue_v1 host's command runner,
+ * started once through a held exec so that its list and write scripts
+ * cost no exec of the lease each. Prints "envrun-runner 1\n", then per
+ * command read from stdin, "X <timeout ms> <script bytes> <input bytes>\n",
+ * the script and the input: runs `/bin/sh -c <script>` in a process group
+ * of its own with the input on its stdin, and writes "O <n>\n" + n bytes
+ * of its stdout, "E <n>\n" + n bytes of its stderr, as they come, then
+ * "R <code>\n" (its exit code; -1 when it was killed: its timeout, a "K\n"
+ * line from the host after the input, or the host gone). Returns at end of
+ * input (0) or on a bad frame (2). */
+int er_gateway_serve_commands(void);
+
 #endif

@@ -12,6 +12,8 @@ int main(int argc, char **argv)
     static struct er_gateway_config cfg;
     char msg[256];
 
+    if (argc == 2 && strcmp(argv[1], "--serve-commands") == 0)
+        return er_gateway_serve_commands();
     if ((argc == 4 || argc == 5) && strcmp(argv[1], "--wait-requests") == 0)
         return er_gateway_wait_requests(argv[2], argv[3],
                                         argc == 5 ? argv[4] : NULL);
@@ -27,7 +29,7 @@ int main(int argc, char **argv)
     if (argc != 1) {
         fprintf(stderr, "usage: envrun-gateway [--wait-requests DIR MS [MAX] | "
                         "--write-response QUEUE NAME 0|1 "
-                        "[--wait-requests DIR MS MAX]]\n");
+                        "[--wait-requests DIR MS MAX] | --serve-commands]\n");
         return 2;
     }
 

@@ -505,6 +505,36 @@ static void bwrap_agent_reaches_api_through_bridge(void **state)
     json_decref(body);
 }
 
+/* An ssh environment named name on the test sshd and bridged_run on it;
+ * gateway (ER_HARNESS_PATH_MAX + 256 bytes) gets the gateway's path on the
+ * host. */
+static json_t *ssh_bridged_run(struct er_harness_run *run, const char *name,
+                               const char *mode, const char *ws_name,
+                               const char *token, struct er_harness_cmd *first,
+                               char *ws, size_t ws_len, char *bridge_token,
+                               char *gateway)
+{
+    char env_id[37];
+    const char *cwd;
+    json_t *config = er_harness_ssh_config(ssh, NULL, "per_lease");
+    json_t *body;
+
+    assert_int_equal(
+        er_harness_ssh_env_insert(h, run->company_id, name, config, env_id), 0);
+    json_decref(config);
+    body = bridged_run(run, env_id, mode, ws_name, token, first, ws, ws_len,
+                       bridge_token);
+    cwd = er_harness_json_str(body, "workspaceRealization.remote.path");
+    if (cwd == NULL)
+        cwd = er_harness_json_str(body, "lease.metadata.remoteCwd");
+    ER_HARNESS_NON_NULL(cwd);
+    snprintf(gateway, ER_HARNESS_PATH_MAX + 256,
+             "%s/.paperclip-runtime/claude_local/paperclip-bridge/server/"
+             "envrun-gateway",
+             cwd);
+    return body;
+}
+
 /* Over ssh (upstream.md B12): the gateway is uploaded once, serves the
  * agent on the ssh host, comes back with the same port and token after it
  * died, and is gone after release. */
@@ -517,35 +547,20 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     struct er_harness_cmd fourth;
     json_t *later;
     int i;
-    char env_id[37];
     char token[64];
     char ws[ER_HARNESS_PATH_MAX + 32];
     char script[8192];
     char gateway[ER_HARNESS_PATH_MAX + 256];
     char bridge_token[40];
-    const char *cwd;
     const json_t *res;
-    json_t *config;
     json_t *body;
 
     (void)state;
     er_harness_run_init(&run);
     random_token(token, sizeof(token));
-    config = er_harness_ssh_config(ssh, NULL, "per_lease");
-    assert_int_equal(er_harness_ssh_env_insert(h, run.company_id, "Bridged ssh",
-                                               config, env_id),
-                     0);
-    json_decref(config);
-    body = bridged_run(&run, env_id, "stream_v1", "bridge-ssh-ws", token,
-                       &first, ws, sizeof(ws), bridge_token);
-    cwd = er_harness_json_str(body, "workspaceRealization.remote.path");
-    if (cwd == NULL)
-        cwd = er_harness_json_str(body, "lease.metadata.remoteCwd");
-    ER_HARNESS_NON_NULL(cwd);
-    snprintf(gateway, sizeof(gateway),
-             "%s/.paperclip-runtime/claude_local/paperclip-bridge/server/"
-             "envrun-gateway",
-             cwd);
+    body =
+        ssh_bridged_run(&run, "Bridged ssh", "stream_v1", "bridge-ssh-ws",
+                        token, &first, ws, sizeof(ws), bridge_token, gateway);
     assert_true(er_harness_process_with(gateway));
 
     write_agent_env(ws, body);
@@ -586,6 +601,49 @@ static void ssh_agent_reaches_api_through_bridge(void **state)
     er_secret_fini(&third.cmd.host_api_token);
     er_secret_fini(&fourth.cmd.host_api_token);
     json_decref(later);
+    json_decref(body);
+}
+
+static struct er_harness_worker *start_worker(bool is_queue);
+
+/* queue_v1 over ssh: the poller's scripts go through one held exec (the
+ * gateway's command runner), the agent is served, and release leaves no
+ * process of the gateway's binary (server or runner) on the host. */
+static void ssh_queue_bridge_serves_through_its_runner(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd first;
+    struct er_harness_cmd second;
+    char token[64];
+    char ws[ER_HARNESS_PATH_MAX + 32];
+    char script[8192];
+    char gateway[ER_HARNESS_PATH_MAX + 256];
+    char bridge_token[40];
+    json_t *body;
+
+    (void)state;
+    assert_int_equal(er_harness_worker_stop(worker, SIGTERM, 30000), 0);
+    worker = start_worker(true);
+    ER_HARNESS_NON_NULL(worker);
+    er_harness_run_init(&run);
+    random_token(token, sizeof(token));
+    body = ssh_bridged_run(&run, "Bridged ssh queue", "queue_v1",
+                           "bridge-ssh-q-ws", token, &first, ws, sizeof(ws),
+                           bridge_token, gateway);
+    assert_true(
+        er_harness_worker_log_contains(worker, "\"commandRunner\":\"true\""));
+    write_agent_env(ws, body);
+    er_api_standin_answer(api, API_OK, 0);
+    agent_script(script, sizeof(script), false);
+    ER_HARNESS_ASSERT_OK(realize(&second, &run, ws, token, script));
+    check_api_saw(token, run.run_id, bridge_token, 2);
+    assert_true(er_harness_process_with(gateway));
+    ER_HARNESS_ASSERT_OK(
+        er_harness_release(h, worker, &run, ER_RELEASE_RELEASED, WAIT_MS));
+    assert_false(er_harness_process_with(gateway));
+    check_no_leak(token, bridge_token);
+    er_secret_fini(&first.cmd.host_api_token);
+    er_secret_fini(&second.cmd.host_api_token);
     json_decref(body);
 }
 
@@ -662,9 +720,12 @@ static void follow_across_kill(const char *mode)
         er_harness_worker_dump_log(worker, 4000);
         fail_msg("the next owner did not re-attach the bridge");
     }
-    /* queue_v1: the gateway was found serving and kept. */
+    /* queue_v1: the gateway was found serving and kept, its scripts go
+     * through a command runner of the new worker's. */
     assert_true(er_harness_worker_log_contains(
                     worker, "callback bridge re-attached") == is_queue);
+    assert_true(er_harness_worker_log_contains(
+                    worker, "\"commandRunner\":\"true\"") == is_queue);
     er_api_standin_answer(api, API_OK, 0);
     res = realize(&third, &run, ws, token, script);
     ER_HARNESS_ASSERT_OK(res);
@@ -928,6 +989,7 @@ int main(void)
         cmocka_unit_test(fake_sandbox_cannot_bridge),
         cmocka_unit_test(failed_realize_keeps_no_bridge),
         cmocka_unit_test(queue_bridge_follows_its_run_across_a_worker_kill),
+        cmocka_unit_test(ssh_queue_bridge_serves_through_its_runner),
         cmocka_unit_test(stream_bridge_follows_its_run_across_a_worker_kill),
         cmocka_unit_test(next_relay_restores_the_token_never_written),
     };

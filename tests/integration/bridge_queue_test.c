@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -94,6 +95,57 @@ static int run_sh(void *arg, const char *script, const void *in, size_t in_len,
     return rc;
 }
 
+/* ---- a held exec: /bin/sh -c on this host, on the caller's pipes ---- */
+
+static int hold_sh(void *arg, const char *script, int in_fd, int out_fd,
+                   int64_t timeout_ms, const atomic_bool *cancel,
+                   int *exit_code, struct er_err *err)
+{
+    const char *argv[4] = { "/bin/sh", "-c", script, NULL };
+    struct er_proc_opts opts;
+    struct er_proc_result res;
+    int rc;
+
+    (void)arg;
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    opts.stdin_fd = in_fd;
+    opts.stdout_fd = out_fd;
+    opts.timeout_ms = timeout_ms;
+    opts.grace_ms = 200;
+    er_proc_set_cancel(cancel);
+    rc = er_proc_run(&opts, &res, err);
+    er_proc_set_cancel(NULL);
+    if (rc != 0)
+        return rc;
+    *exit_code = res.is_timed_out ? -1 : res.exit_code;
+    er_proc_result_fini(&res);
+    return 0;
+}
+
+/* queue_v1's command runner over hold_sh, run_sh its fallback; gateway is
+ * what it starts (the real one, or a program playing a broken one). */
+static struct er_bridge_runner *runner_with(const char *gateway, int want_rc)
+{
+    const struct er_bridge_runner_opts o = {
+        .hold = hold_sh,
+        .fallback = run_sh,
+        .fallback_arg = &runner,
+        .gateway = gateway,
+        .run_id = RUN_ID,
+    };
+    struct er_bridge_runner *r = NULL;
+    struct er_err err;
+
+    er_err_clear(&err);
+    assert_int_equal(er_bridge_runner_start(&o, &r, &err) != 0, want_rc != 0);
+    assert_non_null(r);
+    return r;
+}
+
+/* The runner the pollers' scripts go through (NULL: one exec each). */
+static struct er_bridge_runner *list_runner;
+
 /* The gateway binary the pollers list with (NULL: the shell loop) and
  * their body limit (0: the default). */
 static const char *list_gateway;
@@ -103,8 +155,8 @@ static struct er_bridge_poller *poller_start(int64_t list_wait_ms,
                                              int64_t iteration_ms)
 {
     const struct er_bridge_queue_opts o = {
-        .exec = run_sh,
-        .exec_arg = &runner,
+        .exec = list_runner != NULL ? er_bridge_runner_exec : run_sh,
+        .exec_arg = list_runner != NULL ? (void *)list_runner : &runner,
         .gateway = list_gateway,
         .max_body = list_max_body,
         .queue_dir = queue_dir,
@@ -591,6 +643,232 @@ static void gateway_list_brings_the_first_request(void **state)
     list_max_body = 0;
 }
 
+/* ---- queue_v1's command runner ---- */
+
+/* One script through r: its exit code, stdout into out (cap out_max). */
+static int runner_run(struct er_bridge_runner *r, const char *script,
+                      const void *in, size_t in_len, int64_t timeout_ms,
+                      const atomic_bool *cancel, size_t out_max,
+                      struct er_bridge_exec_out *out)
+{
+    struct er_err err;
+
+    er_bridge_exec_out_init(out, out_max);
+    er_err_clear(&err);
+    assert_int_equal(er_bridge_runner_exec(r, script, in, in_len, timeout_ms,
+                                           cancel, out, &err),
+                     0);
+    return out->exit_code;
+}
+
+static atomic_bool cancel_flag;
+
+static void *cancel_later(void *arg)
+{
+    (void)arg;
+    nanosleep(&(struct timespec){ 0, 200 * 1000000L }, NULL);
+    atomic_store(&cancel_flag, true);
+    return NULL;
+}
+
+/* The runner runs each script with its input, output, error output and
+ * exit code as an exec would, in step whatever the sizes: a MiB each way
+ * at once, output cut at the caller's cap, a script killed at its
+ * deadline or on a cancel, a background process left holding the output;
+ * all in one runner, never through the fallback. */
+static void runner_runs_scripts_in_step(void **state)
+{
+    static char big[1 << 20];
+    struct er_bridge_runner_stats st;
+    struct er_bridge_runner *r;
+    struct er_bridge_exec_out out;
+    pthread_t tid;
+    int64_t t0;
+
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    r = runner_with(GATEWAY, 0);
+    assert_int_equal(runner_run(r, "printf out; printf err >&2; exit 7", NULL,
+                                0, 5000, NULL, 4096, &out),
+                     7);
+    assert_string_equal(er_bridge_exec_text(&out.out), "out");
+    assert_string_equal(er_bridge_exec_text(&out.err), "err");
+    er_bridge_exec_out_fini(&out);
+
+    memset(big, 'a', sizeof(big));
+    big[12345] = '\n';
+    assert_int_equal(
+        runner_run(r, "cat", big, sizeof(big), 10000, NULL, 2u << 20, &out), 0);
+    assert_int_equal(out.out.len, sizeof(big));
+    assert_memory_equal(out.out.data, big, sizeof(big));
+    er_bridge_exec_out_fini(&out);
+
+    /* Over the cap: cut there, and the next script still lines up. */
+    assert_int_equal(runner_run(r, "head -c 300000 /dev/zero", NULL, 0, 5000,
+                                NULL, 1000, &out),
+                     0);
+    assert_int_equal(out.out.len, 1000);
+    er_bridge_exec_out_fini(&out);
+    assert_int_equal(runner_run(r, "echo next", NULL, 0, 5000, NULL, 100, &out),
+                     0);
+    assert_string_equal(er_bridge_exec_text(&out.out), "next\n");
+    er_bridge_exec_out_fini(&out);
+
+    t0 = er_time_mono_ms();
+    assert_int_equal(
+        runner_run(r, "echo started; sleep 30", NULL, 0, 300, NULL, 100, &out),
+        -1);
+    assert_true(er_time_mono_ms() - t0 < 3000);
+    assert_string_equal(er_bridge_exec_text(&out.out), "started\n");
+    er_bridge_exec_out_fini(&out);
+
+    atomic_store(&cancel_flag, false);
+    assert_int_equal(pthread_create(&tid, NULL, cancel_later, NULL), 0);
+    t0 = er_time_mono_ms();
+    assert_int_equal(
+        runner_run(r, "sleep 30", NULL, 0, 20000, &cancel_flag, 100, &out), -1);
+    assert_true(er_time_mono_ms() - t0 < 3000);
+    pthread_join(tid, NULL);
+    er_bridge_exec_out_fini(&out);
+
+    t0 = er_time_mono_ms();
+    assert_int_equal(
+        runner_run(r, "sleep 5 & echo back", NULL, 0, 20000, NULL, 100, &out),
+        0);
+    assert_true(er_time_mono_ms() - t0 < 3000);
+    assert_string_equal(er_bridge_exec_text(&out.out), "back\n");
+    er_bridge_exec_out_fini(&out);
+
+    er_bridge_runner_stats(r, &st);
+    assert_int_equal(st.starts, 1);
+    assert_int_equal(st.commands, 7);
+    assert_int_equal(st.fallbacks, 0);
+    assert_int_equal(st.failures, 0);
+    er_bridge_runner_stop(r);
+}
+
+/* A runner that dies mid-script ends that script (exit -1: it may have
+ * run) and is not used again at once: the next scripts run one exec each,
+ * and a new runner starts later. */
+static void runner_death_falls_back(void **state)
+{
+    struct er_bridge_runner_stats st;
+    struct er_bridge_runner *r;
+    struct er_bridge_exec_out out;
+    int i;
+
+    (void)state;
+    r = runner_with(GATEWAY, 0);
+    /* The script's parent is the runner. */
+    assert_int_equal(
+        runner_run(r, "kill -9 $PPID; sleep 1", NULL, 0, 5000, NULL, 100, &out),
+        -1);
+    er_bridge_exec_out_fini(&out);
+    assert_int_equal(
+        runner_run(r, "echo fallback", NULL, 0, 5000, NULL, 100, &out), 0);
+    assert_string_equal(er_bridge_exec_text(&out.out), "fallback\n");
+    er_bridge_exec_out_fini(&out);
+    er_bridge_runner_stats(r, &st);
+    assert_int_equal(st.failures, 1);
+    assert_int_equal(st.fallbacks, 1);
+    /* RUNNER_RETRY_MS later, a new runner. */
+    for (i = 0; i < 80; i++) {
+        nanosleep(&(struct timespec){ 0, 100 * 1000000L }, NULL);
+        assert_int_equal(
+            runner_run(r, "echo again", NULL, 0, 5000, NULL, 100, &out), 0);
+        assert_string_equal(er_bridge_exec_text(&out.out), "again\n");
+        er_bridge_exec_out_fini(&out);
+        er_bridge_runner_stats(r, &st);
+        if (st.starts == 2)
+            break;
+    }
+    assert_int_equal(st.starts, 2);
+    assert_int_equal(
+        runner_run(r, "echo $PPID", NULL, 0, 5000, NULL, 100, &out), 0);
+    er_bridge_exec_out_fini(&out);
+    er_bridge_runner_stats(r, &st);
+    assert_int_equal(st.failures, 1);
+    er_bridge_runner_stop(r);
+}
+
+/* What comes back from the runner's side is untrusted (it runs where the
+ * agent does): a fake that answers with a frame longer than the limit, a
+ * malformed one, or a frame cut short, is ended, the script reported as
+ * killed, and the next one runs through the fallback; one that never says
+ * hello is not used at all. */
+static void hostile_runner_output_is_refused(void **state)
+{
+    static const char *const fakes[] = {
+        "printf 'envrun-runner 1\\n'; read x; printf 'O 99999999\\n'; "
+        "sleep 30",
+        "printf 'envrun-runner 1\\n'; read x; printf 'O 5\\nabc'; exit 0",
+        "printf 'envrun-runner 1\\n'; read x; printf 'R 0x\\n'; sleep 30",
+        "printf 'envrun-runner 1\\n'; read x; printf 'Z 1\\nz'; sleep 30",
+        "printf 'envrun-runner 1\\n'; read x; "
+        "head -c 70000 /dev/zero | tr '\\0' 'x'; sleep 30",
+    };
+    char path[128];
+    size_t i;
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/fake-runner", queue_dir);
+    for (i = 0; i < sizeof(fakes) / sizeof(fakes[0]) + 1; i++) {
+        struct er_bridge_runner_stats st;
+        struct er_bridge_runner *r;
+        struct er_bridge_exec_out out;
+        FILE *f = fopen(path, "w");
+        int64_t t0;
+
+        assert_non_null(f);
+        fprintf(f, "#!/bin/sh\n%s\n",
+                i < sizeof(fakes) / sizeof(fakes[0]) ? fakes[i] : "sleep 1");
+        fclose(f);
+        assert_int_equal(chmod(path, 0755), 0);
+        r = runner_with(path, i < sizeof(fakes) / sizeof(fakes[0]) ? 0 : 1);
+        t0 = er_time_mono_ms();
+        if (i < sizeof(fakes) / sizeof(fakes[0])) {
+            assert_int_equal(
+                runner_run(r, "echo one", NULL, 0, 2000, NULL, 100, &out), -1);
+            er_bridge_exec_out_fini(&out);
+            /* Refused on sight, not at the deadline (2 s + 3 s): the
+             * fakes sleep on after the bad frame. */
+            assert_true(er_time_mono_ms() - t0 < 1500);
+        }
+        assert_int_equal(
+            runner_run(r, "echo two", NULL, 0, 2000, NULL, 100, &out), 0);
+        assert_string_equal(er_bridge_exec_text(&out.out), "two\n");
+        er_bridge_exec_out_fini(&out);
+        assert_true(er_time_mono_ms() - t0 < 8000);
+        er_bridge_runner_stats(r, &st);
+        assert_int_equal(st.fallbacks, 1);
+        er_bridge_runner_stop(r);
+    }
+    unlink(path);
+}
+
+static int runner_on(void **state)
+{
+    (void)state;
+    list_gateway = GATEWAY;
+    list_runner = runner_with(GATEWAY, 0);
+    return 0;
+}
+
+static int runner_off(void **state)
+{
+    struct er_bridge_runner_stats st;
+
+    (void)state;
+    er_bridge_runner_stats(list_runner, &st);
+    er_bridge_runner_stop(list_runner);
+    list_runner = NULL;
+    list_gateway = NULL;
+    /* Every script went through the runner. */
+    assert_true(st.commands > 0);
+    assert_int_equal(st.fallbacks, 0);
+    return 0;
+}
+
 static int gateway_list_on(void **state)
 {
     (void)state;
@@ -624,6 +902,17 @@ int main(void)
                                         gateway_list_on, gateway_list_off),
         cmocka_unit_test_setup_teardown(stop_drains_then_answers_503,
                                         gateway_list_on, gateway_list_off),
+        cmocka_unit_test(runner_runs_scripts_in_step),
+        cmocka_unit_test(runner_death_falls_back),
+        cmocka_unit_test(hostile_runner_output_is_refused),
+        cmocka_unit_test_setup_teardown(round_trip_through_the_gateway,
+                                        runner_on, runner_off),
+        cmocka_unit_test_setup_teardown(hand_written_requests_get_answers,
+                                        runner_on, runner_off),
+        cmocka_unit_test_setup_teardown(failed_mutation_is_409_for_the_agent,
+                                        runner_on, runner_off),
+        cmocka_unit_test_setup_teardown(stop_drains_then_answers_503, runner_on,
+                                        runner_off),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
