@@ -1,15 +1,18 @@
 /* gwstream: the stream_v1 transport. Frames (4-byte big-endian length, then
  * one JSON object) go to the host on non-blocking stdout from a bounded
  * queue, and come from it on stdin. A frame's bytes are spooled to an
- * unlinked temporary file ($TMPDIR, else /tmp) while pass one reads them,
- * so neither a request nor a response body is ever held in memory. Loop
- * thread only; owns stdin, stdout and the spool descriptors. */
+ * anonymous memory file (memfd; else an unlinked file in $TMPDIR, else
+ * /tmp) while pass one reads them, so neither a request nor a response
+ * body is ever in the gateway's resident set. Loop thread only; owns
+ * stdin, stdout and the spool descriptors. */
+#define _GNU_SOURCE /* memfd_create */
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "bridge/gateway/gateway_int.h"
@@ -25,14 +28,19 @@ static int set_nonblock(int fd)
     return 0;
 }
 
-/* An unlinked temporary file: its pages live in the page cache (or the
- * tmpfs), never in our resident set. Returns the descriptor or -errno. */
+/* A spool: its pages are the kernel's (shmem, the page cache), never
+ * mapped into our resident set. A memory file costs no directory entry
+ * and no journal (a request's spool and its response's are made and
+ * dropped for every call); a kernel or sandbox without memfd gets an
+ * unlinked temporary file. Returns the descriptor or -errno. */
 static int spool_open(void)
 {
     const char *dir = getenv("TMPDIR");
     char path[ER_GATEWAY_PATH_MAX];
-    int fd;
+    int fd = memfd_create("envrun-gateway-spool", MFD_CLOEXEC);
 
+    if (fd >= 0)
+        return fd;
     if (dir == NULL || dir[0] == '\0')
         dir = "/tmp";
     snprintf(path, sizeof(path), "%s/envrun-gateway.XXXXXX", dir);

@@ -14,7 +14,8 @@
  * ssh host's, which is this machine); the direct ones stay on the host.
  * Numbers, not asserts: label bench. Needs root and bubblewrap; the ssh
  * part runs when ENVRUN_TEST_SSH_* are set. argv[1]: sequential rounds
- * (default 300). */
+ * (default 300); BRIDGE_BENCH_TARGET and BRIDGE_BENCH_TRANSPORT pick one
+ * part (see want). */
 #define _GNU_SOURCE /* setns */
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -738,6 +739,14 @@ out:
     return rc;
 }
 
+/* Whether a part runs: every part when the variable that picks one
+ * (BRIDGE_BENCH_TARGET: bwrap or ssh; BRIDGE_BENCH_TRANSPORT: stream_v1
+ * or queue_v1) is unset or empty. */
+static bool want(const char *pick, const char *part)
+{
+    return pick == NULL || pick[0] == '\0' || strcmp(pick, part) == 0;
+}
+
 /* Both transports on t, under a line that says what t is. */
 static int bench_target(const struct target *t, const char *what, int rounds,
                         const struct er_bridge_allow *allow)
@@ -758,8 +767,11 @@ static int bench_target(const struct target *t, const char *what, int rounds,
            "|---|---|---|---|---|---|---|---|---|---|\n",
            SLOW_API_MS);
     fflush(stdout);
-    rc = bench(t, "stream_v1", rounds, allow);
-    rc |= bench(t, "queue_v1", rounds, allow);
+    rc = 0;
+    if (want(getenv("BRIDGE_BENCH_TRANSPORT"), "stream_v1"))
+        rc |= bench(t, "stream_v1", rounds, allow);
+    if (want(getenv("BRIDGE_BENCH_TRANSPORT"), "queue_v1"))
+        rc |= bench(t, "queue_v1", rounds, allow);
     printf("\n");
     fflush(stdout);
     return rc;
@@ -976,8 +988,11 @@ int main(int argc, char **argv)
     er_err_clear(&err);
     if (er_bridge_allow_load(NULL, &allow, &err) != 0)
         return 1;
-    rc = bench_bwrap(dir, (int)rounds, allow);
-    rc |= bench_ssh(dir, (int)rounds, allow);
+    rc = 0;
+    if (want(getenv("BRIDGE_BENCH_TARGET"), "bwrap"))
+        rc |= bench_bwrap(dir, (int)rounds, allow);
+    if (want(getenv("BRIDGE_BENCH_TARGET"), "ssh"))
+        rc |= bench_ssh(dir, (int)rounds, allow);
     er_bridge_allow_free(allow);
     /* The harness keeps <dir>.secrets beside dir. */
     snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s.secrets'", dir, dir);
