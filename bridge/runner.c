@@ -46,8 +46,17 @@ struct er_bridge_runner {
     char buf[CHUNK_MAX + FRAME_HDR_MAX];
     size_t off, len;
     int64_t retry_at; /* mono ms: when a runner may be started again */
+    /* Under smu, not mu: read while a script runs. */
+    pthread_mutex_t smu;
     struct er_bridge_runner_stats stats;
 };
+
+static void count(struct er_bridge_runner *r, uint64_t *field)
+{
+    pthread_mutex_lock(&r->smu);
+    (*field)++;
+    pthread_mutex_unlock(&r->smu);
+}
 
 int er_bridge_runner_frame_parse(const char *buf, size_t len,
                                  struct er_bridge_runner_frame *f)
@@ -215,7 +224,7 @@ static int start_locked(struct er_bridge_runner *r, struct er_err *err)
                           "the gateway's command runner did not start");
     }
     r->off = sizeof(HELLO) - 1;
-    r->stats.starts++;
+    count(r, &r->stats.starts);
     return 0;
 }
 
@@ -389,13 +398,10 @@ int er_bridge_runner_exec(void *arg, const char *script, const void *in,
                         r->run_id);
             end_locked(r);
             r->retry_at = er_time_mono_ms() + RUNNER_RETRY_MS;
-            r->stats.failures++;
+            count(r, &r->stats.failures);
         }
     }
-    if (end == CMD_UNSENT)
-        r->stats.fallbacks++;
-    else
-        r->stats.commands++;
+    count(r, end == CMD_UNSENT ? &r->stats.fallbacks : &r->stats.commands);
     pthread_mutex_unlock(&r->mu);
     if (end == CMD_BROKEN || end == CMD_CANCELLED) {
         out->exit_code = -1; /* did not end on its own, as far as we know */
@@ -424,6 +430,7 @@ int er_bridge_runner_start(const struct er_bridge_runner_opts *o,
     r->in_w = r->in_r = r->out_r = r->out_w = -1;
     snprintf(r->run_id, sizeof(r->run_id), "%s", o->run_id);
     pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->smu, NULL);
     er_buf_init(&script, 16384);
     rc = er_buf_printf(&script, "gw=");
     if (rc == 0)
@@ -454,6 +461,7 @@ void er_bridge_runner_stop(struct er_bridge_runner *r)
     end_locked(r);
     pthread_mutex_unlock(&r->mu);
     pthread_mutex_destroy(&r->mu);
+    pthread_mutex_destroy(&r->smu);
     er_free(r->script);
     er_free(r);
 }
@@ -461,7 +469,7 @@ void er_bridge_runner_stop(struct er_bridge_runner *r)
 void er_bridge_runner_stats(struct er_bridge_runner *r,
                             struct er_bridge_runner_stats *out)
 {
-    pthread_mutex_lock(&r->mu);
+    pthread_mutex_lock(&r->smu);
     *out = r->stats;
-    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->smu);
 }
