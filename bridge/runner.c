@@ -6,7 +6,8 @@
  * comes from inside the sandbox and is parsed as untrusted: bounded
  * frames, the caller's caps. A runner that fails (it died, broke the
  * protocol, overran its deadline) is ended; its scripts run one exec each
- * through the fallback until a new one starts, RUNNER_RETRY_MS later. */
+ * through the fallback until a new one starts, RUNNER_RETRY_MS later
+ * (doubling up to RUNNER_RETRY_MAX_MS while starts keep failing). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -17,17 +18,18 @@
 
 #include "bridge/bridge.h"
 
-#define FAC             "bridge"
-#define HELLO           "envrun-runner 1\n"
-#define READY_WAIT_MS   10000
-#define RUNNER_RETRY_MS 5000
+#define FAC                 "bridge"
+#define HELLO               "envrun-runner 1\n"
+#define READY_WAIT_MS       10000
+#define RUNNER_RETRY_MS     5000
+#define RUNNER_RETRY_MAX_MS 60000
 /* Past a script's own deadline, which the runner enforces: this long for
  * its end frame before the runner is taken for broken. */
-#define END_GRACE_MS    3000
-#define CANCEL_TICK_MS  50
-#define HOLD_FOREVER_MS ((int64_t)30 * 24 * 3600 * 1000)
-#define FRAME_HDR_MAX   32
-#define CHUNK_MAX       65536
+#define END_GRACE_MS        3000
+#define CANCEL_TICK_MS      50
+#define HOLD_FOREVER_MS     ((int64_t)30 * 24 * 3600 * 1000)
+#define FRAME_HDR_MAX       32
+#define CHUNK_MAX           65536
 
 struct er_bridge_runner {
     er_bridge_hold_fn *hold;
@@ -46,6 +48,7 @@ struct er_bridge_runner {
     char buf[CHUNK_MAX + FRAME_HDR_MAX];
     size_t off, len;
     int64_t retry_at; /* mono ms: when a runner may be started again */
+    int64_t retry_ms; /* the wait after the next failure */
     /* Under smu, not mu: read while a script runs. */
     pthread_mutex_t smu;
     struct er_bridge_runner_stats stats;
@@ -181,10 +184,25 @@ static int read_some(struct er_bridge_runner *r, int64_t deadline,
     return -1;
 }
 
+/* Where the hello line starts in what was read, -1 when not yet. */
+static long find_hello(const struct er_bridge_runner *r)
+{
+    size_t n = sizeof(HELLO) - 1;
+    size_t i;
+
+    for (i = 0; i + n <= r->len; i++) {
+        if ((i == 0 || r->buf[i - 1] == '\n') &&
+            memcmp(r->buf + i, HELLO, n) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
 /* Start the held exec and wait for its hello (mu held). */
 static int start_locked(struct er_bridge_runner *r, struct er_err *err)
 {
     int in[2] = { -1, -1 }, out[2] = { -1, -1 };
+    long at = -1;
     int64_t deadline = er_time_mono_ms() + READY_WAIT_MS;
 
     if (pipe(in) != 0 || pipe(out) != 0 ||
@@ -213,17 +231,18 @@ static int start_locked(struct er_bridge_runner *r, struct er_err *err)
                           "cannot start a thread");
     }
     r->has_holder = true;
-    while (r->len < sizeof(HELLO) - 1 && er_time_mono_ms() < deadline) {
+    /* What a login's profile prints first is skipped. */
+    while ((at = find_hello(r)) < 0 && r->len < sizeof(r->buf) &&
+           er_time_mono_ms() < deadline) {
         if (read_some(r, deadline, false) < 0)
             break;
     }
-    if (r->len < sizeof(HELLO) - 1 ||
-        memcmp(r->buf, HELLO, sizeof(HELLO) - 1) != 0) {
+    if (at < 0) {
         end_locked(r);
         return er_err_set(err, ER_EIO, ER_ERRCLASS_NONE,
                           "the gateway's command runner did not start");
     }
-    r->off = sizeof(HELLO) - 1;
+    r->off = (size_t)at + sizeof(HELLO) - 1;
     count(r, &r->stats.starts);
     return 0;
 }
@@ -369,6 +388,15 @@ static enum cmd_end command_locked(struct er_bridge_runner *r,
     }
 }
 
+/* No new runner for a while (mu held): 5 s, doubling while they fail. */
+static void back_off(struct er_bridge_runner *r)
+{
+    r->retry_at = er_time_mono_ms() + r->retry_ms;
+    r->retry_ms *= 2;
+    if (r->retry_ms > RUNNER_RETRY_MAX_MS)
+        r->retry_ms = RUNNER_RETRY_MAX_MS;
+}
+
 int er_bridge_runner_exec(void *arg, const char *script, const void *in,
                           size_t in_len, int64_t timeout_ms,
                           const atomic_bool *cancel,
@@ -385,7 +413,7 @@ int er_bridge_runner_exec(void *arg, const char *script, const void *in,
         if (r->has_holder)
             end_locked(r);
         if (start_locked(r, &serr) != 0)
-            r->retry_at = er_time_mono_ms() + RUNNER_RETRY_MS;
+            back_off(r);
     }
     if (r->has_holder && !atomic_load(&r->is_gone) &&
         strlen(script) <= ER_BRIDGE_RUNNER_SCRIPT_MAX) {
@@ -397,8 +425,10 @@ int er_bridge_runner_exec(void *arg, const char *script, const void *in,
                         "scripts run one exec each for now",
                         r->run_id);
             end_locked(r);
-            r->retry_at = er_time_mono_ms() + RUNNER_RETRY_MS;
+            back_off(r);
             count(r, &r->stats.failures);
+        } else {
+            r->retry_ms = RUNNER_RETRY_MS;
         }
     }
     count(r, end == CMD_UNSENT ? &r->stats.fallbacks : &r->stats.commands);
@@ -444,9 +474,10 @@ int er_bridge_runner_start(const struct er_bridge_runner_opts *o,
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_NONE, "out of memory");
     }
     pthread_mutex_lock(&r->mu);
+    r->retry_ms = RUNNER_RETRY_MS;
     rc = start_locked(r, err);
     if (rc != 0)
-        r->retry_at = er_time_mono_ms() + RUNNER_RETRY_MS;
+        back_off(r);
     pthread_mutex_unlock(&r->mu);
     /* Not running is not an error: the fallback serves. */
     *out = r;

@@ -846,6 +846,39 @@ static void hostile_runner_output_is_refused(void **state)
     unlink(path);
 }
 
+/* A login's profile that prints before the runner's hello (the held exec
+ * over ssh runs one): skipped, the runner is used. */
+static void banner_before_the_hello_is_skipped(void **state)
+{
+    struct er_bridge_runner_stats st;
+    struct er_bridge_runner *r;
+    struct er_bridge_exec_out out;
+    char path[128];
+    FILE *f;
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/banner-runner", queue_dir);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "#!/bin/sh\necho 'Welcome to the build host.'\n"
+            "echo 'envrun-runner 10'\n"
+            "exec %s \"$@\"\n",
+            GATEWAY);
+    fclose(f);
+    assert_int_equal(chmod(path, 0755), 0);
+    r = runner_with(path, 0);
+    assert_int_equal(runner_run(r, "echo hi", NULL, 0, 5000, NULL, 100, &out),
+                     0);
+    assert_string_equal(er_bridge_exec_text(&out.out), "hi\n");
+    er_bridge_exec_out_fini(&out);
+    er_bridge_runner_stats(r, &st);
+    assert_int_equal(st.starts, 1);
+    assert_int_equal(st.fallbacks, 0);
+    er_bridge_runner_stop(r);
+    unlink(path);
+}
+
 static int runner_on(void **state)
 {
     (void)state;
@@ -905,6 +938,7 @@ int main(void)
         cmocka_unit_test(runner_runs_scripts_in_step),
         cmocka_unit_test(runner_death_falls_back),
         cmocka_unit_test(hostile_runner_output_is_refused),
+        cmocka_unit_test(banner_before_the_hello_is_skipped),
         cmocka_unit_test_setup_teardown(round_trip_through_the_gateway,
                                         runner_on, runner_off),
         cmocka_unit_test_setup_teardown(hand_written_requests_get_answers,
