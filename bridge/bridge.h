@@ -184,6 +184,13 @@ const char *er_bridge_exec_text(const struct er_buf *b);
  * <stderr, else stdout>". */
 int er_bridge_exec_failed(struct er_err *err, const char *action,
                           const struct er_bridge_exec_out *out);
+/* The two pipes of a held exec (er_bridge_hold_fn): in (its stdin) and
+ * out (its stdout), every end close-on-exec so that no other child holds
+ * one (er_proc's children close every descriptor but 0-2 as well).
+ * ER_EIO "cannot make pipes", with nothing left open, on failure. */
+int er_bridge_hold_pipes(int in[2], int out[2], struct er_err *err);
+/* close(*fd) when it is open; *fd becomes -1. */
+void er_bridge_close_fd(int *fd);
 
 /* Upstream's numbers (B10), the defaults of the fields below that are 0. */
 #define ER_BRIDGE_POLL_INTERVAL_MS     100

@@ -102,14 +102,6 @@ int er_bridge_runner_frame_parse(const char *buf, size_t len,
     return (int)(nl - buf) + 1;
 }
 
-static void close_fd(int *fd)
-{
-    if (*fd >= 0) {
-        close(*fd);
-        *fd = -1;
-    }
-}
-
 static void *holder_main(void *arg)
 {
     struct er_bridge_runner *r = arg;
@@ -122,8 +114,8 @@ static void *holder_main(void *arg)
         ER_LOG_INFO(FAC, "run %s: the bridge's command runner did not run: %s",
                     r->run_id, err.msg);
     /* Its ends go, so a read of ours sees end of file. */
-    close_fd(&r->in_r);
-    close_fd(&r->out_w);
+    er_bridge_close_fd(&r->in_r);
+    er_bridge_close_fd(&r->out_w);
     atomic_store(&r->is_gone, true);
     return NULL;
 }
@@ -134,14 +126,14 @@ static void end_locked(struct er_bridge_runner *r)
     atomic_store(&r->cancel, true);
     if (r->has_holder) {
         /* A held exec stuck in a write to us ends once nothing reads. */
-        close_fd(&r->out_r);
+        er_bridge_close_fd(&r->out_r);
         pthread_join(r->holder, NULL);
         r->has_holder = false;
     }
-    close_fd(&r->in_w);
-    close_fd(&r->out_r);
-    close_fd(&r->in_r);
-    close_fd(&r->out_w);
+    er_bridge_close_fd(&r->in_w);
+    er_bridge_close_fd(&r->out_r);
+    er_bridge_close_fd(&r->in_r);
+    er_bridge_close_fd(&r->out_w);
     r->off = r->len = 0;
     atomic_store(&r->is_gone, true);
 }
@@ -201,21 +193,20 @@ static long find_hello(const struct er_bridge_runner *r)
 /* Start the held exec and wait for its hello (mu held). */
 static int start_locked(struct er_bridge_runner *r, struct er_err *err)
 {
-    int in[2] = { -1, -1 }, out[2] = { -1, -1 };
+    int in[2], out[2];
     long at = -1;
     int64_t deadline = er_time_mono_ms() + READY_WAIT_MS;
+    int rc = er_bridge_hold_pipes(in, out, err);
 
-    if (pipe(in) != 0 || pipe(out) != 0 ||
-        fcntl(in[0], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(in[1], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(out[0], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(out[1], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(in[1], F_SETFL, O_NONBLOCK) != 0 ||
+    if (rc != 0)
+        return rc;
+    /* Our ends: the exec's never blocks a deadline or a cancel. */
+    if (fcntl(in[1], F_SETFL, O_NONBLOCK) != 0 ||
         fcntl(out[0], F_SETFL, O_NONBLOCK) != 0) {
-        close_fd(&in[0]);
-        close_fd(&in[1]);
-        close_fd(&out[0]);
-        close_fd(&out[1]);
+        er_bridge_close_fd(&in[0]);
+        er_bridge_close_fd(&in[1]);
+        er_bridge_close_fd(&out[0]);
+        er_bridge_close_fd(&out[1]);
         return er_err_set(err, ER_EIO, ER_ERRCLASS_NONE, "cannot make pipes");
     }
     r->in_r = in[0];

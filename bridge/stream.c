@@ -7,7 +7,6 @@
  * call costs no process spawn and no polling, and one slow request does
  * not hold up the others. Writes to stdin are serialized by a mutex. */
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -119,13 +118,6 @@ static int read_all(int fd, void *p, size_t n)
     return 0;
 }
 
-static void close_fd(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
 static void set_gone(struct er_bridge_stream *s, const char *why)
 {
     pthread_mutex_lock(&s->mu);
@@ -168,8 +160,8 @@ static void *holder_main(void *arg)
         snprintf(why, sizeof(why), "the gateway exited with code %d",
                  exit_code);
     /* The exec is over: its ends go, so the reader sees end of file. */
-    close_fd(&s->in_r);
-    close_fd(&s->out_w);
+    er_bridge_close_fd(&s->in_r);
+    er_bridge_close_fd(&s->out_w);
     set_gone(s, why);
     return NULL;
 }
@@ -513,20 +505,9 @@ int er_bridge_stream_start(const struct er_bridge_stream_opts *o,
     }
     if (rc != 0)
         goto fail;
-    /* Close-on-exec: no other child may hold an end (er_proc's children
-     * close every descriptor but 0-2 as well). */
-    if (pipe(in) != 0 || pipe(outp) != 0 ||
-        fcntl(in[0], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(in[1], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(outp[0], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(outp[1], F_SETFD, FD_CLOEXEC) != 0) {
-        close_fd(&in[0]);
-        close_fd(&in[1]);
-        close_fd(&outp[0]);
-        close_fd(&outp[1]);
-        rc = er_err_set(err, ER_EIO, ER_ERRCLASS_NONE, "cannot make pipes");
+    rc = er_bridge_hold_pipes(in, outp, err);
+    if (rc != 0)
         goto fail;
-    }
     s->in_r = in[0];
     s->in_w = in[1];
     s->out_r = outp[0];
@@ -629,7 +610,7 @@ void er_bridge_stream_stop(struct er_bridge_stream *s, int64_t drain_ms)
     /* End of its stdin: the gateway answers its waiters and exits; one
      * that does not is ended with the exec. */
     pthread_mutex_lock(&s->wmu);
-    close_fd(&s->in_w);
+    er_bridge_close_fd(&s->in_w);
     pthread_mutex_unlock(&s->wmu);
     if (s->has_holder) {
         deadline = er_time_mono_ms() + EXIT_WAIT_MS;
@@ -643,12 +624,12 @@ void er_bridge_stream_stop(struct er_bridge_stream *s, int64_t drain_ms)
         atomic_store(&s->cancel, true);
         pthread_join(s->holder, NULL);
     } else {
-        close_fd(&s->in_r);
-        close_fd(&s->out_w);
+        er_bridge_close_fd(&s->in_r);
+        er_bridge_close_fd(&s->out_w);
     }
     if (s->has_reader)
         pthread_join(s->reader, NULL);
-    close_fd(&s->out_r);
+    er_bridge_close_fd(&s->out_r);
     while (s->q_head != NULL) {
         struct frame *f = s->q_head;
 

@@ -56,6 +56,23 @@ void er_gateway_assert_fail(const char *expr, const char *file, int line)
     abort();
 }
 
+int er_gateway_write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+
+    while (n > 0) {
+        ssize_t w = write(fd, c, n);
+
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 int64_t er_gateway_mono_ms(void)
 {
     struct timespec ts;

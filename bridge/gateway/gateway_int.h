@@ -81,6 +81,8 @@ void er_gateway_assert_fail(const char *expr, const char *file, int line)
  * a body. */
 void er_gateway_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int64_t er_gateway_mono_ms(void);
+/* Write all n bytes of p to fd (blocking; EINTR retried): 0, or -1. */
+int er_gateway_write_all(int fd, const void *p, size_t n);
 /* ISO-8601 UTC with milliseconds, like JavaScript's toISOString(). */
 void er_gateway_iso_now(char out[32]);
 /* A random UUID v4 from getrandom(); 0 or -1. */

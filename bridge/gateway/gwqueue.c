@@ -97,21 +97,6 @@ void er_gwqueue_on_notify(struct er_gateway *gw)
     }
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* ready.json via ready.json.tmp and rename (B3). */
 int er_gwqueue_write_ready(struct er_gateway *gw, const char *json, size_t len)
 {
@@ -126,7 +111,7 @@ int er_gwqueue_write_ready(struct er_gateway *gw, const char *json, size_t len)
         log_path_errno("could not create", tmp, errno);
         return -1;
     }
-    rc = write_all(fd, json, len);
+    rc = er_gateway_write_all(fd, json, len);
     if (close(fd) != 0)
         rc = -1;
     if (rc != 0 || rename(tmp, dst) != 0) {

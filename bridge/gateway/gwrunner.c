@@ -101,31 +101,14 @@ static bool rd_line(char line[LINE_MAX_LEN])
     }
 }
 
-static bool write_all(int fd, const void *data, size_t len)
-{
-    const char *p = data;
-
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false;
-        p += n;
-        len -= (size_t)n;
-    }
-    return true;
-}
-
 /* One output frame: "<kind> <n>\n" and n bytes. */
 static bool send_chunk(char kind, const char *data, size_t len)
 {
     char head[32];
     int n = snprintf(head, sizeof(head), "%c %zu\n", kind, len);
 
-    return write_all(STDOUT_FILENO, head, (size_t)n) &&
-           write_all(STDOUT_FILENO, data, len);
+    return er_gateway_write_all(STDOUT_FILENO, head, (size_t)n) == 0 &&
+           er_gateway_write_all(STDOUT_FILENO, data, len) == 0;
 }
 
 static void close_fd(int *fd)
@@ -253,7 +236,7 @@ static bool run_one(uint64_t timeout_ms, uint64_t in_len)
         close_fd(&out[0]);
         close_fd(&out[1]);
         return send_chunk('E', "runner: cannot make pipes\n", 26) &&
-               write_all(STDOUT_FILENO, "R 127\n", 6);
+               er_gateway_write_all(STDOUT_FILENO, "R 127\n", 6) == 0;
     }
     pid = spawn(in, out, err);
     if (pid > 0) {
@@ -377,7 +360,8 @@ static bool run_one(uint64_t timeout_ms, uint64_t in_len)
                  pid < 0                           ? 127
                  : is_killed || !WIFEXITED(status) ? -1
                                                    : WEXITSTATUS(status));
-    return write_all(STDOUT_FILENO, line, (size_t)n) && is_ok && !rd.is_eof;
+    return er_gateway_write_all(STDOUT_FILENO, line, (size_t)n) == 0 && is_ok &&
+           !rd.is_eof;
 }
 
 int er_gateway_serve_commands(void)
@@ -402,7 +386,7 @@ int er_gateway_serve_commands(void)
     if (sigaction(SIGTERM, &sa, NULL) != 0 ||
         sigaction(SIGHUP, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0)
         return 1;
-    if (!write_all(STDOUT_FILENO, hello, sizeof(hello) - 1))
+    if (er_gateway_write_all(STDOUT_FILENO, hello, sizeof(hello) - 1) != 0)
         return 1;
     for (;;) {
         uint64_t timeout_ms, script_len, in_len;
