@@ -8,6 +8,10 @@
 #
 # DIR/env sets ENVRUN_TEST_PG_URL (a libpq connection string). initdb refuses
 # to run as root, so as root the cluster belongs to the `postgres` user.
+# The cluster runs without durability (fsync, synchronous_commit and
+# full_page_writes off), which tests do not need; with ENVRUN_PG_DURABLE=1
+# at `start` it keeps PostgreSQL's durable defaults instead, as `make bench`
+# wants for figures a production server would give.
 #
 # The sshd (as root only: it needs a local account to log in to) lets the
 # user SSH_USER in with a key made for this DIR; start_ssh lists the
@@ -58,7 +62,13 @@ pg_data_of() {
 }
 
 start_pg() {
-    local dir=$1 data port tries
+    local dir=$1 data port tries durability
+
+    # PostgreSQL's defaults are durable; tests trade that for speed.
+    durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if [[ ${ENVRUN_PG_DURABLE:-} == 1 ]]; then
+        durability=""
+    fi
 
     [[ -x $PG_BIN/initdb ]] || die "no PostgreSQL 15 in $PG_BIN (run scripts/install-deps.sh)"
 
@@ -103,8 +113,8 @@ start_pg() {
         rm -f "$data/server.log" # judge this attempt by its own messages
         if as_owner "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w \
             -t 60 -o "-c listen_addresses=127.0.0.1 -c port=$port \
--c unix_socket_directories=$data -c fsync=off -c synchronous_commit=off \
--c full_page_writes=off -c max_connections=200" start >/dev/null 2>&1; then
+-c unix_socket_directories=$data $durability -c max_connections=200" \
+            start >/dev/null 2>&1; then
             break
         fi
         if ! grep -qiE 'could not (bind|create).*(socket|address)|already in use' \
@@ -121,7 +131,11 @@ start_pg() {
     cat >"$dir/env" <<EOF
 export ENVRUN_TEST_PG_URL='host=127.0.0.1 port=$port user=postgres dbname=postgres'
 EOF
-    echo "test-services: postgres 15 on 127.0.0.1:$port (data $data)"
+    if [[ -n $durability ]]; then
+        echo "test-services: postgres 15 on 127.0.0.1:$port (data $data)"
+    else
+        echo "test-services: postgres 15 on 127.0.0.1:$port (data $data, durable)"
+    fi
 }
 
 stop_pg() {

@@ -10,6 +10,7 @@
  * is in flight. Owns the rd_kafka_t consumer handle and a store connection
  * for the fence. */
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -25,6 +26,8 @@
 #define DONE_BATCH       256
 #define MIN_INFLIGHT_CAP 4096
 #define MAX_HANDOVER     1024 /* running steps of one partition handed over */
+/* Idle this long (no command, none in flight): give freed heap back. */
+#define TRIM_IDLE_MS     1000
 /* How long an assignment waits in all for the previous owners' driver
  * work to stop, and how long a claim waits for its own handed-over steps'
  * outcome transactions before it cancels them. */
@@ -572,12 +575,16 @@ int er_consumer_run(struct er_consumer *c)
 {
     char msg[ER_ERR_MSG_MAX];
     size_t inflight;
+    int64_t busy_at = er_time_mono_ms();
+    bool is_trimmed = false;
     int rc = 0;
 
     while (!er_worker_stop) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, 100);
 
         if (m != NULL) {
+            busy_at = er_time_mono_ms();
+            is_trimmed = false;
             if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
                 handle(c, m);
             else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -588,6 +595,15 @@ int er_consumer_run(struct er_consumer *c)
         collect_done(c);
         commit_offsets(c, false);
         inflight = er_dispatch_inflight(c->dispatch);
+        if (inflight > 0) {
+            busy_at = er_time_mono_ms();
+            is_trimmed = false;
+        } else if (!is_trimmed && er_time_mono_ms() - busy_at >= TRIM_IDLE_MS) {
+            /* glibc keeps what a burst's threads freed in their arenas;
+             * an idle worker hands it back (idle RSS, issue [7]). */
+            malloc_trim(0);
+            is_trimmed = true;
+        }
         if (inflight >= c->max_inflight)
             set_paused(c, true);
         else if (inflight <= c->max_inflight / 2)

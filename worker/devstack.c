@@ -428,11 +428,16 @@ struct er_devstack_kafka *er_devstack_kafka_start(int broker_cnt,
     }
 
     /* The handle exists only to own the mock cluster. It has no bootstrap
-     * servers, about which it would warn: keep its log to errors. */
+     * servers, about which it would warn: keep its log to errors. Its
+     * brokers' sockets take its socket.nagle.disable: without it a
+     * produce's answer could wait ~40 ms for the client's delayed ACK, where
+     * a real broker (TCP_NODELAY) answers at once. */
     conf = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(conf, er_kafka_on_log);
     if (rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) !=
-        RD_KAFKA_CONF_OK) {
+            RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "socket.nagle.disable", "true", errstr,
+                          sizeof(errstr)) != RD_KAFKA_CONF_OK) {
         er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "mock conf: %s", errstr);
         goto fail;
     }

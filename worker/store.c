@@ -88,36 +88,393 @@ int er_store__result_to_err(PGconn *conn, const PGresult *res, const char *what,
                       msg);
 }
 
-/* Run one parameterised statement. Text parameters, except those whose
- * lengths[i] is non-zero, which are sent as binary (bytea). Returns the
- * result (caller PQclears) or NULL with err set. */
+/* ---- statements prepared once per connection ---- */
+
+static uint64_t stmt_hash(const char *sql)
+{
+    uint64_t h = 14695981039346656037u; /* FNV-1a */
+
+    for (; *sql != '\0'; sql++)
+        h = (h ^ (unsigned char)*sql) * 1099511628211u;
+    return h != 0 ? h : 1;
+}
+
+/* Forget every prepared statement: the connection that held them is gone
+ * (or about to be). */
+static void stmts_forget(struct er_store *store)
+{
+    size_t i;
+
+    for (i = 0; i < ER_STORE_STMT_SLOTS; i++)
+        er_free(store->stmts[i].sql);
+    memset(store->stmts, 0, sizeof(store->stmts));
+    store->stmt_cnt = 0;
+}
+
+/* The slot of sql: its statement, or the empty slot it would take. */
+static struct er_store_stmt *stmt_slot(struct er_store *store, const char *sql,
+                                       uint64_t h)
+{
+    size_t i = (size_t)(h % ER_STORE_STMT_SLOTS);
+    struct er_store_stmt *st;
+
+    for (;; i = (i + 1) % ER_STORE_STMT_SLOTS) {
+        st = &store->stmts[i];
+        if (st->hash == 0 || (st->hash == h && strcmp(st->sql, sql) == 0))
+            return st;
+    }
+}
+
+/* sql's prepared statement, NULL when it has none (or has one for another
+ * parameter count). */
+static const struct er_store_stmt *stmt_find(struct er_store *store,
+                                             const char *sql, int nparams)
+{
+    const struct er_store_stmt *st = stmt_slot(store, sql, stmt_hash(sql));
+
+    return st->hash != 0 && st->nparams == nparams ? st : NULL;
+}
+
+/* The prepared statement for sql, prepared now if it is new. NULL with
+ * *rc 0: run it unprepared (the table is full, or the text came with
+ * another parameter count); NULL with *rc set: the prepare failed. */
+static const struct er_store_stmt *stmt_get(struct er_store *store,
+                                            const char *what, const char *sql,
+                                            int nparams, struct er_err *err,
+                                            int *rc)
+{
+    uint64_t h = stmt_hash(sql);
+    struct er_store_stmt *st = stmt_slot(store, sql, h);
+    PGresult *res;
+
+    *rc = 0;
+    if (st->hash != 0)
+        return st->nparams == nparams ? st : NULL;
+    if (store->stmt_cnt >= ER_STORE_STMT_MAX)
+        return NULL;
+    st->sql = er_strdup(sql);
+    if (st->sql == NULL)
+        return NULL;
+    snprintf(st->name, sizeof(st->name), "er_s%d", store->stmt_cnt);
+    /* No parameter types: the server infers them, as PQexecParams's
+     * would. */
+    res = PQprepare(store->conn, st->name, sql, nparams, NULL);
+    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        *rc = er_store__result_to_err(store->conn, res, what, err);
+        PQclear(res);
+        er_free(st->sql);
+        st->sql = NULL;
+        return NULL;
+    }
+    PQclear(res);
+    st->hash = h;
+    st->nparams = nparams;
+    store->stmt_cnt++;
+    return st;
+}
+
+/* Fill err from a failed result res of statement what (stmt: it ran
+ * prepared) and return its code. "cached plan must not change result
+ * type" (sqlstate 0A000, raised where a cached plan is checked; the
+ * function's name is the same in every locale) means a migration changed
+ * a table under a prepared statement: the session goes, and its
+ * statements with it, and the caller retries on a new one. */
+static int failed(struct er_store *store, bool is_prepared, const PGresult *res,
+                  const char *what, struct er_err *err)
+{
+    const char *fn =
+        res != NULL ? PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION) : NULL;
+    int rc = er_store__result_to_err(store->conn, res, what, err);
+
+    if (is_prepared && fn != NULL && strcmp(fn, "RevalidateCachedQuery") == 0) {
+        if (err != NULL)
+            err->cls = ER_ERRCLASS_RETRY;
+        PQfinish(store->conn);
+        store->conn = NULL;
+        stmts_forget(store);
+        store->pipe_cnt = 0;
+    }
+    return rc;
+}
+
+/* ---- statements sent ahead (pipeline mode) ---- */
+
+/* Forget what was sent ahead: the connection is gone or rolled back. */
+static void pipe_reset(struct er_store *store)
+{
+    store->pipe_cnt = 0;
+    store->pipe_check_cnt = 0;
+    store->is_txn_failed = false;
+}
+
+/* The transaction failed at a statement sent ahead: every statement until
+ * the rollback gets that statement's error, as the server would refuse
+ * it. */
+static int txn_failed(const struct er_store *store, struct er_err *err)
+{
+    if (err != NULL)
+        *err = store->txn_err;
+    return store->txn_err.code;
+}
+
+/* Mark the sync point, read the results of everything sent since pipeline
+ * mode began, in order, and leave the mode. *last (when not NULL) gets
+ * the last statement's result when every statement succeeded, else NULL.
+ * The first failure is returned, and kept for the transaction. */
+static int pipe_sync(struct er_store *store, PGresult **last,
+                     struct er_err *err)
+{
+    PGconn *conn = store->conn;
+    PGresult *res;
+    int cnt = store->pipe_cnt;
+    int rc = 0;
+    int i;
+
+    if (last != NULL)
+        *last = NULL;
+    store->pipe_cnt = 0;
+    store->pipe_check_cnt = 0;
+    if (PQpipelineSync(conn) != 1)
+        return failed(store, false, NULL, "pipeline sync", err);
+    for (i = 0; i < cnt; i++) {
+        ExecStatusType st;
+        PGresult *more;
+
+        const struct er_store_sent *sent = &store->pipe[i];
+
+        res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == 0)
+                rc = failed(store, false, NULL, sent->what, err);
+            goto out;
+        }
+        st = PQresultStatus(res);
+        if (rc == 0 && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK &&
+            st != PGRES_PIPELINE_ABORTED) {
+            rc = failed(store, true, res, sent->what, err);
+            if (store->conn == NULL) {
+                PQclear(res);
+                return rc;
+            }
+        }
+        if (rc == 0 && sent->check != NULL)
+            rc = sent->check(res, sent, err);
+        if (rc == 0 && last != NULL && i == cnt - 1) {
+            *last = res;
+            res = NULL;
+        }
+        PQclear(res);
+        /* Each statement's results end with a NULL. */
+        while ((more = PQgetResult(conn)) != NULL)
+            PQclear(more);
+    }
+    res = PQgetResult(conn);
+    if (res == NULL || (PQresultStatus(res) != PGRES_PIPELINE_SYNC &&
+                        PQresultStatus(res) != PGRES_PIPELINE_ABORTED)) {
+        if (rc == 0)
+            rc = failed(store, false, res, "pipeline sync", err);
+    }
+    PQclear(res);
+out:
+    if (PQexitPipelineMode(conn) != 1 && rc == 0)
+        rc = failed(store, false, NULL, "pipeline end", err);
+    if (rc != 0) {
+        if (last != NULL && *last != NULL) {
+            PQclear(*last);
+            *last = NULL;
+        }
+        if (err != NULL) {
+            store->txn_err = *err;
+            store->is_txn_failed = true;
+        } else {
+            er_err_set(&store->txn_err, rc, ER_ERRCLASS_RETRY,
+                       "a statement of the transaction failed");
+            store->is_txn_failed = true;
+        }
+    }
+    return rc;
+}
+
+int er_store__sync(struct er_store *store, struct er_err *err)
+{
+    if (store->is_txn_failed)
+        return txn_failed(store, err);
+    if (store->pipe_cnt == 0)
+        return 0;
+    return pipe_sync(store, NULL, err);
+}
+
+/* Send a prepared statement in pipeline mode, entering it if need be;
+ * sent says what it is (NULL: just what). */
+static int pipe_send(struct er_store *store, const struct er_store_stmt *stmt,
+                     const char *what, const struct er_store_sent *sent,
+                     int nparams, const char *const *values, const int *lengths,
+                     const int *formats, int result_format, struct er_err *err)
+{
+    if (store->pipe_cnt == 0 && PQenterPipelineMode(store->conn) != 1)
+        return failed(store, false, NULL, what, err);
+    if (PQsendQueryPrepared(store->conn, stmt->name, nparams, values, lengths,
+                            formats, result_format) != 1) {
+        int rc = failed(store, false, NULL, what, err);
+
+        /* Nothing more can go on this connection: drop it, and what was
+         * sent with it. */
+        PQfinish(store->conn);
+        store->conn = NULL;
+        stmts_forget(store);
+        pipe_reset(store);
+        return rc;
+    }
+    if (sent != NULL) {
+        store->pipe[store->pipe_cnt] = *sent;
+        store->pipe_check_cnt += sent->check != NULL;
+    } else {
+        memset(&store->pipe[store->pipe_cnt], 0, sizeof(store->pipe[0]));
+        store->pipe[store->pipe_cnt].what = what;
+    }
+    store->pipe_cnt++;
+    return 0;
+}
+
+/* The prepared statement for sql, out of pipeline mode first when it is
+ * new (preparing is synchronous). NULL with *rc 0: run it unprepared. */
+static const struct er_store_stmt *stmt_ready(struct er_store *store,
+                                              const char *what, const char *sql,
+                                              int nparams, struct er_err *err,
+                                              int *rc)
+{
+    const struct er_store_stmt *stmt = stmt_find(store, sql, nparams);
+
+    *rc = 0;
+    if (stmt != NULL)
+        return stmt;
+    if (store->pipe_cnt > 0) {
+        *rc = pipe_sync(store, NULL, err);
+        if (*rc != 0)
+            return NULL;
+    }
+    return stmt_get(store, what, sql, nparams, err, rc);
+}
+
+static PGresult *exec_fmt(struct er_store *store, const char *what,
+                          const char *sql, int nparams,
+                          const char *const *values, const int *lengths,
+                          int result_format, struct er_err *err)
+{
+    int formats[16] = { 0 };
+    const struct er_store_stmt *stmt;
+    PGresult *res;
+    ExecStatusType st;
+    int rc;
+    int i;
+
+    ER_ASSERT(nparams <= 16);
+    if (store->is_txn_failed) {
+        txn_failed(store, err);
+        return NULL;
+    }
+    for (i = 0; i < nparams; i++)
+        formats[i] = lengths != NULL && lengths[i] != 0 ? 1 : 0;
+    stmt = stmt_ready(store, what, sql, nparams, err, &rc);
+    if (rc != 0)
+        return NULL;
+    if (store->pipe_cnt > 0 && stmt != NULL) {
+        /* Behind what was sent ahead, in the same round trip. */
+        if (pipe_send(store, stmt, what, NULL, nparams, values, lengths,
+                      formats, result_format, err) != 0)
+            return NULL;
+        pipe_sync(store, &res, err);
+        return res;
+    }
+    if (store->pipe_cnt > 0 && er_store__sync(store, err) != 0)
+        return NULL;
+    if (stmt != NULL)
+        res = PQexecPrepared(store->conn, stmt->name, nparams, values, lengths,
+                             formats, result_format);
+    else
+        res = PQexecParams(store->conn, sql, nparams, NULL, values, lengths,
+                           formats, result_format);
+    if (res == NULL) {
+        /* libpq returns NULL only when out of memory or disconnected. */
+        failed(store, false, NULL, what, err);
+        return NULL;
+    }
+    st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    failed(store, stmt != NULL, res, what, err);
+    PQclear(res);
+    return NULL;
+}
+
+/* Run one parameterised statement, prepared the first time (see
+ * store_sql_int.h). Text parameters, except those whose lengths[i] is
+ * non-zero, which are sent as binary (bytea). Returns the result (caller
+ * PQclears) or NULL with err set. */
 PGresult *er_store__exec(struct er_store *store, const char *what,
                          const char *sql, int nparams,
                          const char *const *values, const int *lengths,
                          struct er_err *err)
 {
+    return exec_fmt(store, what, sql, nparams, values, lengths, 0, err);
+}
+
+PGresult *er_store__exec_binary(struct er_store *store, const char *what,
+                                const char *sql, int nparams,
+                                const char *const *values, struct er_err *err)
+{
+    return exec_fmt(store, what, sql, nparams, values, NULL, 1, err);
+}
+
+static int exec_later(struct er_store *store, const char *what,
+                      const struct er_store_sent *sent, const char *sql,
+                      int nparams, const char *const *values,
+                      const int *lengths, struct er_err *err)
+{
     int formats[16] = { 0 };
+    const struct er_store_stmt *stmt;
     PGresult *res;
-    ExecStatusType st;
+    int rc;
     int i;
 
     ER_ASSERT(nparams <= 16);
+    if (store->is_txn_failed)
+        return txn_failed(store, err);
+    stmt = stmt_ready(store, what, sql, nparams, err, &rc);
+    if (rc != 0)
+        return rc;
+    if (stmt == NULL) {
+        res = er_store__exec(store, what, sql, nparams, values, lengths, err);
+        if (res == NULL)
+            return err != NULL ? err->code : ER_EPG;
+        rc = sent != NULL && sent->check != NULL ? sent->check(res, sent, err)
+                                                 : 0;
+        PQclear(res);
+        return rc;
+    }
     for (i = 0; i < nparams; i++)
         formats[i] = lengths != NULL && lengths[i] != 0 ? 1 : 0;
-    res = PQexecParams(store->conn, sql, nparams, NULL, values, lengths,
-                       formats, 0);
-    if (res == NULL) {
-        /* libpq returns NULL only when out of memory or disconnected. */
-        er_store__result_to_err(store->conn, NULL, what, err);
-        return NULL;
-    }
-    st = PQresultStatus(res);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        er_store__result_to_err(store->conn, res, what, err);
-        PQclear(res);
-        return NULL;
-    }
-    return res;
+    rc = pipe_send(store, stmt, what, sent, nparams, values, lengths, formats,
+                   0, err);
+    if (rc == 0 && store->pipe_cnt == ER_STORE_PIPE_MAX)
+        rc = pipe_sync(store, NULL, err);
+    return rc;
+}
+
+int er_store__exec_later(struct er_store *store, const char *what,
+                         const char *sql, int nparams,
+                         const char *const *values, const int *lengths,
+                         struct er_err *err)
+{
+    return exec_later(store, what, NULL, sql, nparams, values, lengths, err);
+}
+
+int er_store__exec_checked(struct er_store *store,
+                           const struct er_store_sent *sent, const char *sql,
+                           int nparams, const char *const *values,
+                           struct er_err *err)
+{
+    return exec_later(store, sent->what, sent, sql, nparams, values, NULL, err);
 }
 
 int er_store__exec_cmd(struct er_store *store, const char *what,
@@ -290,6 +647,7 @@ void er_store_destroy(struct er_store *store)
     if (store == NULL)
         return;
     PQfinish(store->conn);
+    stmts_forget(store);
     er_free(store->conninfo);
     er_free(store);
 }
@@ -302,6 +660,8 @@ int er_store_ensure(struct er_store *store, struct er_err *err)
     if (store->conn != NULL && PQstatus(store->conn) == CONNECTION_OK)
         return 0;
     PQfinish(store->conn);
+    stmts_forget(store);
+    pipe_reset(store);
     store->conn = PQconnectdb(store->conninfo);
     if (store->conn != NULL && PQstatus(store->conn) == CONNECTION_OK) {
         PQsetNoticeProcessor(store->conn, notice_to_log, NULL);
@@ -330,6 +690,8 @@ int er_store_migrate(struct er_store *store, struct er_err *err)
     int rc = 0;
 
     rc = er_store_begin(store, err);
+    if (rc == 0)
+        rc = er_store__sync(store, err);
     if (rc != 0)
         return rc;
     /* A multi-statement script: simple query protocol, no parameters. */
@@ -367,18 +729,43 @@ int er_store_begin(struct er_store *store, struct er_err *err)
 
     if (rc != 0)
         return rc;
-    return er_store__exec_cmd(store, "begin", "BEGIN", 0, NULL, err);
+    /* Sent with the transaction's first statement that waits. */
+    return er_store__exec_later(store, "begin", "BEGIN", 0, NULL, NULL, err);
 }
 
 int er_store_commit(struct er_store *store, struct er_err *err)
 {
-    return er_store__exec_cmd(store, "commit", "COMMIT", 0, NULL, err);
+    PGresult *res;
+    int rc = 0;
+
+    /* A check sent ahead is judged before the COMMIT is sent: the server
+     * would run the COMMIT whatever the check then said. */
+    if (store->pipe_check_cnt > 0)
+        rc = er_store__sync(store, err);
+    if (rc == 0)
+        rc = er_store__exec_cmd(store, "commit", "COMMIT", 0, NULL, err);
+
+    if (rc == 0 || store->conn == NULL ||
+        PQstatus(store->conn) != CONNECTION_OK)
+        return rc;
+    /* A statement sent ahead failed, so the COMMIT behind it did not run
+     * and the transaction is still open: end it, as a failed COMMIT
+     * would. */
+    pipe_reset(store);
+    if (PQtransactionStatus(store->conn) != PQTRANS_IDLE) {
+        res = PQexec(store->conn, "ROLLBACK");
+        PQclear(res);
+    }
+    return rc;
 }
 
 void er_store_rollback(struct er_store *store)
 {
     PGresult *res;
 
+    if (store->pipe_cnt > 0 && store->conn != NULL)
+        pipe_sync(store, NULL, NULL);
+    pipe_reset(store);
     if (store->conn == NULL || PQstatus(store->conn) != CONNECTION_OK)
         return;
     res = PQexec(store->conn, "ROLLBACK");
@@ -387,8 +774,8 @@ void er_store_rollback(struct er_store *store)
 
 int er_store_savepoint(struct er_store *store, struct er_err *err)
 {
-    return er_store__exec_cmd(store, "savepoint", "SAVEPOINT er_step", 0, NULL,
-                              err);
+    return er_store__exec_later(store, "savepoint", "SAVEPOINT er_step", 0,
+                                NULL, NULL, err);
 }
 
 int er_store_savepoint_rollback(struct er_store *store, struct er_err *err)
@@ -399,8 +786,9 @@ int er_store_savepoint_rollback(struct er_store *store, struct er_err *err)
 
 int er_store_savepoint_release(struct er_store *store, struct er_err *err)
 {
-    return er_store__exec_cmd(store, "release savepoint",
-                              "RELEASE SAVEPOINT er_step", 0, NULL, err);
+    return er_store__exec_later(store, "release savepoint",
+                                "RELEASE SAVEPOINT er_step", 0, NULL, NULL,
+                                err);
 }
 
 /* ---- processed commands ---- */
@@ -417,12 +805,13 @@ int er_store_processed_get(struct er_store *store, const char *command_id,
     memset(out, 0, sizeof(*out));
     /* A concurrent step of the same id is caught by the primary key at
      * er_store_processed_put, which waits for the other transaction. */
-    res = PQexecParams(store->conn,
-                       "SELECT result, kind, company_id "
-                       "FROM envrun.processed_commands WHERE command_id = $1",
-                       1, NULL, params, NULL, NULL, 1);
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        rc = er_store__result_to_err(store->conn, res, "processed lookup", err);
+    res = er_store__exec_binary(
+        store, "processed lookup",
+        "SELECT result, kind, company_id "
+        "FROM envrun.processed_commands WHERE command_id = $1",
+        1, params, err);
+    if (res == NULL) {
+        rc = err != NULL ? err->code : ER_EPG;
         goto out;
     }
     if (PQntuples(res) == 0) {
@@ -453,21 +842,26 @@ int er_store_processed_put(struct er_store *store, const char *command_id,
     const char *params[] = { command_id, kind, run_id, (const char *)result,
                              company_id };
     const int lengths[] = { 0, 0, 0, (int)result_len, 0 };
-    PGresult *res;
 
     ER_ASSERT(result_len > 0 && result_len < INT32_MAX);
-    res = er_store__exec(store, "processed insert",
-                         "INSERT INTO envrun.processed_commands "
-                         "(command_id, kind, heartbeat_run_id, result, "
-                         "company_id) VALUES ($1, $2, $3, $4, $5)",
-                         5, params, lengths, err);
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    PQclear(res);
-    return 0;
+    return er_store__exec_later(store, "processed insert",
+                                "INSERT INTO envrun.processed_commands "
+                                "(command_id, kind, heartbeat_run_id, result, "
+                                "company_id) VALUES ($1, $2, $3, $4, $5)",
+                                5, params, lengths, err);
 }
 
 /* ---- environments ---- */
+
+static PGresult *load_local_env(struct er_store *store,
+                                const char *const *params, struct er_err *err)
+{
+    return er_store__exec(store, "load local environment",
+                          "SELECT " ENV_COLS " FROM environments WHERE "
+                          "company_id = $1 AND driver = 'local' "
+                          "ORDER BY created_at LIMIT 1",
+                          1, params, NULL, err);
+}
 
 int er_store_env_ensure_local(struct er_store *store, const char *company_id,
                               struct er_arena *arena, struct er_env_row *out,
@@ -478,27 +872,31 @@ int er_store_env_ensure_local(struct er_store *store, const char *company_id,
     int rc = 0;
 
     /* domain.md 2.2: insert, and on a conflict with the one-local-per-
-     * company index read the winner's row. */
-    res = er_store__exec(
-        store, "ensure local environment",
-        "INSERT INTO environments (company_id, name, description, "
-        "driver, status, config, metadata) VALUES ($1, 'Local', "
-        "'Default execution environment for Paperclip runs on this "
-        "machine.', 'local', 'active', '{}'::jsonb, "
-        "'{\"managedByPaperclip\": true, \"defaultForCompany\": "
-        "true}'::jsonb) "
-        "ON CONFLICT (company_id, driver) WHERE driver = 'local' "
-        "DO NOTHING RETURNING " ENV_COLS,
-        1, params, NULL, err);
+     * company index read the winner's row. Read first: after a company's
+     * first run the row is there, and the read is one cheap statement. */
+    res = load_local_env(store, params, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     if (PQntuples(res) == 0) {
         PQclear(res);
         res = er_store__exec(
-            store, "load local environment",
-            "SELECT " ENV_COLS " FROM environments WHERE company_id = "
-            "$1 AND driver = 'local' ORDER BY created_at LIMIT 1",
+            store, "ensure local environment",
+            "INSERT INTO environments (company_id, name, description, "
+            "driver, status, config, metadata) VALUES ($1, 'Local', "
+            "'Default execution environment for Paperclip runs on this "
+            "machine.', 'local', 'active', '{}'::jsonb, "
+            "'{\"managedByPaperclip\": true, \"defaultForCompany\": "
+            "true}'::jsonb) "
+            "ON CONFLICT (company_id, driver) WHERE driver = 'local' "
+            "DO NOTHING RETURNING " ENV_COLS,
             1, params, NULL, err);
+        if (res == NULL)
+            return err != NULL ? err->code : ER_EPG;
+    }
+    if (PQntuples(res) == 0) {
+        /* Another transaction inserted it first. */
+        PQclear(res);
+        res = load_local_env(store, params, err);
         if (res == NULL)
             return err != NULL ? err->code : ER_EPG;
     }
@@ -603,22 +1001,28 @@ int er_store_lease_id_for(struct er_store *store, const char *company_id,
                           const char *command_id, char out[37],
                           struct er_err *err)
 {
-    const char *params[] = { company_id, command_id };
+    static const char prefix[] = "envrun-lease:";
+    struct er_sha256 sha;
+    uint8_t h[ER_SHA256_LEN];
+    char hex[2 * ER_SHA256_LEN + 1];
+
+    (void)store;
+    (void)err;
     /* RFC 9562 version 8 (custom): the first 128 bits of
      * SHA-256("envrun-lease:" company ":" command id) with the version
-     * nibble set to 8 and the variant bits to 10. */
-    PGresult *res = er_store__exec(
-        store, "lease id",
-        "SELECT encode(set_byte(set_byte(h, 6, (get_byte(h, 6) & 15) | 128), "
-        "8, (get_byte(h, 8) & 63) | 128), 'hex')::uuid::text FROM ("
-        "SELECT substring(sha256(convert_to('envrun-lease:' || $1 || ':' || "
-        "$2, 'UTF8')) FROM 1 FOR 16) AS h) AS d",
-        2, params, NULL, err);
-
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    snprintf(out, 37, "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
+     * nibble set to 8 and the variant bits to 10. Computed here, not by
+     * the server, which computed the same (store_test checks both). */
+    er_sha256_init(&sha);
+    er_sha256_update(&sha, prefix, sizeof(prefix) - 1);
+    er_sha256_update(&sha, company_id, strlen(company_id));
+    er_sha256_update(&sha, ":", 1);
+    er_sha256_update(&sha, command_id, strlen(command_id));
+    er_sha256_final(&sha, h);
+    h[6] = (uint8_t)((h[6] & 0x0f) | 0x80);
+    h[8] = (uint8_t)((h[8] & 0x3f) | 0x80);
+    er_sha256_hex(h, hex); /* the first 32 digits are used */
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12,
+             hex + 16, hex + 20);
     return 0;
 }
 

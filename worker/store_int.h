@@ -309,8 +309,6 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
                           size_t value_max, struct er_arena *arena,
                           struct er_outbox_row **rows, size_t *row_cnt,
                           struct er_err *err);
-int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
-                           size_t id_cnt, struct er_err *err);
 int er_store_outbox_count(struct er_store *store, int64_t *cnt,
                           struct er_err *err);
 /* The relay's fence: a generation in envrun.partition_fence under the

@@ -222,12 +222,12 @@ int er_store_journal_close_command(struct er_store *store,
 
     /* Compared as text (a dead-lettered command's company may be ""),
      * in the uuid type's lower case (a command may spell it in upper). */
-    return er_store__exec_cmd(
+    return er_store__exec_later(
         store, "journal close command",
         "UPDATE envrun.operations SET state = $2, updated_at = now() "
         "WHERE command_id = $1 AND company_id::text = lower($3) "
         "AND state IN ('started', 'interrupted')",
-        3, params, err);
+        3, params, NULL, err);
 }
 
 int er_store_journal_interrupt(struct er_store *store, const char *topic,
@@ -401,32 +401,39 @@ int er_store_journal_fence_claim(struct er_store *store, const char *topic,
     return er_store_commit(store, err);
 }
 
+/* The fence row's generation (no row: -1) must be the step's. */
+static int fence_judge(const PGresult *res, const struct er_store_sent *sent,
+                       struct er_err *err)
+{
+    int64_t current = PQntuples(res) > 0 ? er_store__get_i64(res, 0, 0) : -1;
+
+    if (current == sent->expect)
+        return 0;
+    return er_err_set(err, ER_EFENCED, ER_ERRCLASS_SKIP,
+                      "partition %d of %s moved on (generation %lld, "
+                      "ours %lld)",
+                      (int)sent->partition, sent->topic, (long long)current,
+                      (long long)sent->expect);
+}
+
 int er_store_journal_fence_check(struct er_store *store, const char *topic,
                                  int32_t partition, int64_t generation,
                                  struct er_err *err)
 {
     char part[16];
     const char *params[] = { topic, part };
-    PGresult *res;
-    int64_t current;
+    const struct er_store_sent sent = { "fence check", fence_judge, topic,
+                                        partition, generation };
 
     snprintf(part, sizeof(part), "%d", (int)partition);
-    res = er_store__exec(store, "fence check",
-                         "SELECT generation FROM envrun.partition_fence "
-                         "WHERE topic = $1 AND partition_id = $2::int "
-                         "FOR SHARE",
-                         2, params, NULL, err);
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    current = PQntuples(res) > 0 ? er_store__get_i64(res, 0, 0) : -1;
-    PQclear(res);
-    if (current != generation)
-        return er_err_set(err, ER_EFENCED, ER_ERRCLASS_SKIP,
-                          "partition %d of %s moved on (generation %lld, "
-                          "ours %lld)",
-                          (int)partition, topic, (long long)current,
-                          (long long)generation);
-    return 0;
+    /* Sent ahead: judged with the next statement's answer, and before the
+     * COMMIT at the latest. */
+    return er_store__exec_checked(store, &sent,
+                                  "SELECT generation FROM "
+                                  "envrun.partition_fence "
+                                  "WHERE topic = $1 AND partition_id = $2::int "
+                                  "FOR SHARE",
+                                  2, params, err);
 }
 
 /* ---- acquisitions nobody will finish (the reaper) ---- */

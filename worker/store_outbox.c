@@ -19,20 +19,15 @@ int er_store_outbox_add(struct er_store *store, const char *topic,
                              headers_json, token_from };
     /* A zero length would mean "text"; an empty key is sent as NULL. */
     const int lengths[] = { 0, (int)key_len, (int)value_len, 0, 0 };
-    PGresult *res;
 
     if (key_len == 0)
         params[1] = NULL;
     ER_ASSERT(value_len > 0 && value_len < INT32_MAX && key_len < INT32_MAX);
-    res = er_store__exec(
+    return er_store__exec_later(
         store, "outbox insert",
         "INSERT INTO envrun.outbox (topic, msg_key, msg_value, headers, "
         "token_from) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)",
         5, params, lengths, err);
-    if (res == NULL)
-        return err != NULL ? err->code : ER_EPG;
-    PQclear(res);
-    return 0;
 }
 
 int er_store_relay_lock(struct er_store *store, int *session,
@@ -117,8 +112,8 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
      * byte_max. octet_length() reads a TOASTed value's size without
      * detoasting it. Binary results: keys and values come back as raw
      * bytes. */
-    res = PQexecParams(
-        store->conn,
+    res = er_store__exec_binary(
+        store, "outbox fetch",
         "SELECT id, topic, msg_key, substring(msg_value FROM 1 FOR $3::int), "
         "octet_length(msg_value)::bigint, headers::text, token_from::text "
         "FROM (SELECT o.*, row_number() OVER w AS rn, "
@@ -128,9 +123,9 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
         "WINDOW w AS (ORDER BY o.id ROWS UNBOUNDED PRECEDING) "
         "ORDER BY o.id LIMIT $1::int) b "
         "WHERE b.rn = 1 OR b.run_bytes <= $2::bigint ORDER BY b.id",
-        3, NULL, params, NULL, NULL, 1);
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        rc = er_store__result_to_err(store->conn, res, "outbox fetch", err);
+        3, params, err);
+    if (res == NULL) {
+        rc = err != NULL ? err->code : ER_EPG;
         goto out;
     }
     n = PQntuples(res);
@@ -174,8 +169,9 @@ out:
     return rc;
 }
 
-int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
-                           size_t id_cnt, struct er_err *err)
+/* Inside the caller's transaction: delete ids (sent ahead). */
+static int outbox_delete(struct er_store *store, const int64_t *ids,
+                         size_t id_cnt, struct er_err *err)
 {
     struct er_buf arr;
     size_t i;
@@ -197,10 +193,10 @@ int er_store_outbox_delete(struct er_store *store, const int64_t *ids,
                           er_errname(rc));
     }
     params[0] = (const char *)arr.data;
-    rc = er_store__exec_cmd(
+    rc = er_store__exec_later(
         store, "outbox delete",
         "DELETE FROM envrun.outbox WHERE id = ANY($1::bigint[])", 1, params,
-        err);
+        NULL, err);
     er_buf_fini(&arr);
     return rc;
 }
@@ -222,7 +218,7 @@ static int settle_rows(struct er_store *store, const int64_t *ids,
         snprintf(id, sizeof(id), "%lld", (long long)quarantine[i].id);
         /* The row is copied and deleted by one statement, so it is moved
          * or, if it is already gone, nothing happens. */
-        rc = er_store__exec_cmd(
+        rc = er_store__exec_later(
             store, "outbox quarantine",
             "WITH moved AS (DELETE FROM envrun.outbox WHERE id = $1::bigint "
             "RETURNING id, topic, msg_key, msg_value, headers, created_at) "
@@ -230,10 +226,10 @@ static int settle_rows(struct er_store *store, const int64_t *ids,
             "msg_value, headers, created_at, reason) "
             "SELECT id, topic, msg_key, msg_value, headers, created_at, $2 "
             "FROM moved",
-            2, params, err);
+            2, params, NULL, err);
     }
     if (rc == 0)
-        rc = er_store_outbox_delete(store, ids, id_cnt, err);
+        rc = outbox_delete(store, ids, id_cnt, err);
     return rc;
 }
 
@@ -347,7 +343,7 @@ int er_store_relay_settle(struct er_store *store, int64_t generation,
         return 0;
     /* Not er_store_begin: it would reconnect a lost connection silently,
      * and the relay must see a new session (its lock is gone). */
-    rc = er_store__exec_cmd(store, "begin", "BEGIN", 0, NULL, err);
+    rc = er_store__exec_later(store, "begin", "BEGIN", 0, NULL, NULL, err);
     if (rc != 0)
         return rc;
     /* FOR SHARE until the commit: a newer relay's claim waits for it, so

@@ -52,6 +52,8 @@ struct er_harness_record {
     char *hdr_error;      /* header envrun.error, NULL when absent */
     char *hdr_error_code; /* header envrun.error.code, NULL when absent */
     char *hdr_redacted;   /* header envrun.redacted, NULL when absent */
+    int64_t recv_us;      /* er_harness_mono_us() when the consumer handed
+                             the message over */
 };
 
 struct er_harness_priv;
@@ -67,12 +69,18 @@ struct er_harness {
     struct er_harness_priv *priv;
 };
 
+/* Monotonic clock (CLOCK_MONOTONIC) in microseconds: the clock of
+ * er_harness_record.recv_us. */
+int64_t er_harness_mono_us(void);
+
 /* Start a test case: (first time in the process) er_codec_init and the
  * PostgreSQL server; then a mock cluster of one broker whose five envrun
  * topics (prefix: NULL means "envrun.") have partition_cnt partitions, a
  * fresh database named after name plus a random suffix, and the directory
  * ER_BUILD_DIR/it-logs/<name> (emptied). name must be [a-z0-9_], at most 40
- * bytes. Returns NULL after printing why. */
+ * bytes. The reader's fetch.wait.max.ms is 50, or ER_HARNESS_FETCH_WAIT_MS
+ * when set (test-only; benchmarks lower it). Returns NULL after printing
+ * why. */
 struct er_harness *er_harness_new(const char *name, int partition_cnt,
                                   const char *prefix);
 /* Kill the workers still running (SIGKILL; see er_harness_stop_workers for
@@ -523,6 +531,13 @@ int er_harness_ssh_remote(const struct er_harness_ssh *ssh, const char *script,
  * 0. */
 bool er_harness_ssh_remote_ok(const struct er_harness_ssh *ssh, const char *fmt,
                               ...) ER_PRINTF(2, 3);
+/* Run argv (argv[0] an absolute path) in directory cwd (NULL: ours), its
+ * stdin /dev/null, for at most timeout_ms; stdout (and stderr when
+ * is_merging_stderr; else stderr goes to ours) to *out (NUL-terminated,
+ * er_free) when out is not NULL. Returns the exit code, 128 + signal, or
+ * -1. */
+int er_harness_run_argv(char *const argv[], const char *cwd,
+                        bool is_merging_stderr, int timeout_ms, char **out);
 /* Run script with `sh -c` locally, as the test process's user, for at most
  * 120 s; stdout and stderr go to *out as for er_harness_ssh_remote.
  * Returns the same. */

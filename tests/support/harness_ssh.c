@@ -123,12 +123,8 @@ static int parse_int(const char *s, long min, long max, long *out)
     return 0;
 }
 
-/* Run argv (argv[0] an absolute path) in directory cwd (NULL: ours),
- * its stdin /dev/null, for at most timeout_ms; stdout (and stderr when
- * is_merging_stderr; else stderr goes to ours) to *out when out is not
- * NULL. Returns the exit code, 128 + signal, or -1. */
-static int run_argv(char *const argv[], const char *cwd, bool is_merging_stderr,
-                    int timeout_ms, char **out)
+int er_harness_run_argv(char *const argv[], const char *cwd,
+                        bool is_merging_stderr, int timeout_ms, char **out)
 {
     struct er_buf buf;
     int64_t deadline = er_time_mono_ms() + timeout_ms;
@@ -255,7 +251,7 @@ int er_harness_ssh_local(const char *script, char **out)
 {
     char *argv[] = { "/bin/sh", "-c", (char *)(uintptr_t)script, NULL };
 
-    return run_argv(argv, NULL, true, LOCAL_TIMEOUT_MS, out);
+    return er_harness_run_argv(argv, NULL, true, LOCAL_TIMEOUT_MS, out);
 }
 
 /* ----------------------------------------------------------------
@@ -599,7 +595,8 @@ int er_harness_ssh_remote(const struct er_harness_ssh *ssh, const char *script,
                          (char *)(uintptr_t)script,
                          NULL };
 
-        return run_argv(argv, ssh->home, false, REMOTE_TIMEOUT_MS, out);
+        return er_harness_run_argv(argv, ssh->home, false, REMOTE_TIMEOUT_MS,
+                                   out);
     }
     snprintf(port, sizeof(port), "%d", ssh->port);
     snprintf(known, sizeof(known), "UserKnownHostsFile=%s",
@@ -625,7 +622,7 @@ int er_harness_ssh_remote(const struct er_harness_ssh *ssh, const char *script,
                          (char *)(uintptr_t)script,
                          NULL };
 
-        return run_argv(argv, NULL, false, REMOTE_TIMEOUT_MS, out);
+        return er_harness_run_argv(argv, NULL, false, REMOTE_TIMEOUT_MS, out);
     }
 }
 
