@@ -36,6 +36,15 @@ void er_arena_fini(struct er_arena *arena)
     arena->total = 0;
 }
 
+void er_arena_trim(struct er_arena *arena, size_t keep_max)
+{
+    er_arena_reset(arena);
+    if (arena->head != NULL && arena->head->size > keep_max) {
+        er_free(arena->head);
+        arena->head = NULL;
+    }
+}
+
 void er_arena_reset(struct er_arena *arena)
 {
     struct er_arena_chunk *c = arena->head;

@@ -20,6 +20,18 @@ void er_buf_fini(struct er_buf *buf)
     buf->cap = 0;
 }
 
+void er_buf_trim(struct er_buf *buf, size_t keep_max)
+{
+    if (buf->cap <= keep_max) {
+        er_buf_reset(buf);
+        return;
+    }
+    er_free(buf->data);
+    buf->data = NULL;
+    buf->len = 0;
+    buf->cap = 0;
+}
+
 void er_buf_reset(struct er_buf *buf)
 {
     buf->len = 0;

@@ -124,6 +124,8 @@ struct er_buf {
 void er_buf_init(struct er_buf *buf, size_t max_len);
 void er_buf_fini(struct er_buf *buf);
 void er_buf_reset(struct er_buf *buf);
+/* er_buf_reset, and free the storage when more than keep_max bytes. */
+void er_buf_trim(struct er_buf *buf, size_t keep_max);
 ER_NODISCARD int er_buf_append(struct er_buf *buf, const void *p, size_t n);
 ER_NODISCARD int er_buf_printf(struct er_buf *buf, const char *fmt, ...)
     ER_PRINTF(2, 3);
@@ -147,6 +149,9 @@ void er_arena_init(struct er_arena *arena, size_t max_total);
 void er_arena_fini(struct er_arena *arena);
 /* Free everything allocated from the arena but keep the first chunk. */
 void er_arena_reset(struct er_arena *arena);
+/* er_arena_reset, and free the kept chunk too when it is larger than
+ * keep_max bytes: a long-lived arena does not hold its biggest day. */
+void er_arena_trim(struct er_arena *arena, size_t keep_max);
 /* Zeroed, 16-byte aligned memory valid until the next reset; NULL when
  * out of memory or past max_total. */
 void *er_arena_alloc(struct er_arena *arena, size_t n);

@@ -19,6 +19,9 @@
 
 #define ARENA_MAX  (64u * 1024 * 1024)
 #define ENCODE_MAX (8u * 1024 * 1024)
+/* What a lifecycle keeps between steps, arena and encoder each: a step
+ * that needed more gives it back (idle RSS, issue [7]). */
+#define KEEP_MAX   (64u * 1024)
 
 /* ================================================================
  * JSON helpers
@@ -1038,6 +1041,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                     refused.msg);
     }
     effect_let_go(lc); /* a step that stopped before its outcome began */
-    er_arena_reset(&lc->arena);
+    er_arena_trim(&lc->arena, KEEP_MAX);
+    er_buf_trim(&lc->enc, KEEP_MAX);
     return rc;
 }

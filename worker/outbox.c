@@ -606,6 +606,10 @@ static void *relay_main(void *arg)
         if (is_stopping && backlog == 0)
             break;
         probe(ob, &last_probe);
+        /* Nothing to publish: a big batch's memory goes back, unless a
+         * delivery report could still come for one of its slots. */
+        if (rd_kafka_outq_len(ob->rk) == 0)
+            er_arena_trim(&ob->arena, 64 * 1024);
         wait_kick(ob, IDLE_WAIT_MS);
         continue;
     backoff:

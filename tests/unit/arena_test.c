@@ -69,6 +69,41 @@ static void arena_survives_allocation_failure(void **state)
     er_arena_fini(&arena);
 }
 
+static void arena_trim_lets_a_big_chunk_go(void **state)
+{
+    struct er_arena arena;
+    struct er_buf buf;
+    char block[1000];
+    int i;
+
+    (void)state;
+    memset(block, 'b', sizeof(block));
+    er_arena_init(&arena, 1 << 20);
+    assert_non_null(er_arena_alloc(&arena, 100));
+    er_arena_trim(&arena, 64 * 1024); /* a small chunk is kept */
+    assert_non_null(arena.head);
+    assert_non_null(er_arena_alloc(&arena, 200 * 1024));
+    er_arena_trim(&arena, 64 * 1024); /* a big one is not */
+    assert_null(arena.head);
+    assert_int_equal(arena.total, 0);
+    assert_string_equal(er_arena_strdup(&arena, "after"), "after");
+    er_arena_fini(&arena);
+
+    er_buf_init(&buf, 1 << 20);
+    assert_int_equal(er_buf_append(&buf, "x", 1), 0);
+    er_buf_trim(&buf, 64 * 1024);
+    assert_non_null(buf.data);
+    assert_int_equal(buf.len, 0);
+    for (i = 0; i < 100; i++)
+        assert_int_equal(er_buf_append(&buf, block, sizeof(block)), 0);
+    er_buf_trim(&buf, 64 * 1024);
+    assert_null(buf.data);
+    assert_int_equal(buf.cap, 0);
+    assert_int_equal(er_buf_append(&buf, "y", 1), 0);
+    assert_int_equal(buf.len, 1);
+    er_buf_fini(&buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -76,6 +111,7 @@ int main(void)
         cmocka_unit_test(arena_copies_and_formats_strings),
         cmocka_unit_test(arena_refuses_past_its_cap),
         cmocka_unit_test(arena_survives_allocation_failure),
+        cmocka_unit_test(arena_trim_lets_a_big_chunk_go),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
