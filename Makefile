@@ -91,7 +91,7 @@ fuzz: deps
 # run leaves $(SERVICES) alone.
 BENCH_SERVICES ?= .tmp/bench-services
 BENCH_RUNS     ?= 2000
-bench: build
+bench: deps build
 	@set -u; failed=""; \
 	trap 'bash scripts/test-services.sh stop $(BENCH_SERVICES)' EXIT; \
 	trap 'exit 130' INT TERM; \

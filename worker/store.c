@@ -218,15 +218,18 @@ static int txn_failed(const struct er_store *store, struct er_err *err)
 }
 
 /* Mark the sync point, read the results of everything sent since pipeline
- * mode began, in order, and leave the mode. *last (when not NULL) gets
- * the last statement's result when every statement succeeded, else NULL.
- * The first failure is returned, and kept for the transaction. */
+ * mode began, in order, and leave the mode. With last, the last statement
+ * is the one the caller waits for: *last gets its result when every
+ * statement succeeded, else NULL, and its own failure is the caller's to
+ * handle (a savepoint may undo it). The first failure is returned; one of
+ * a statement sent ahead is kept for the transaction. */
 static int pipe_sync(struct er_store *store, PGresult **last,
                      struct er_err *err)
 {
     PGconn *conn = store->conn;
     PGresult *res;
     int cnt = store->pipe_cnt;
+    bool is_ahead_failed = false;
     int rc = 0;
     int i;
 
@@ -234,32 +237,40 @@ static int pipe_sync(struct er_store *store, PGresult **last,
         *last = NULL;
     store->pipe_cnt = 0;
     store->pipe_check_cnt = 0;
-    if (PQpipelineSync(conn) != 1)
-        return failed(store, false, NULL, "pipeline sync", err);
+    if (PQpipelineSync(conn) != 1) {
+        rc = failed(store, false, NULL, "pipeline sync", err);
+        is_ahead_failed = true;
+        goto out;
+    }
     for (i = 0; i < cnt; i++) {
+        const struct er_store_sent *sent = &store->pipe[i];
+        bool is_awaited = last != NULL && i == cnt - 1;
         ExecStatusType st;
         PGresult *more;
 
-        const struct er_store_sent *sent = &store->pipe[i];
-
         res = PQgetResult(conn);
         if (res == NULL) {
-            if (rc == 0)
+            if (rc == 0) {
                 rc = failed(store, false, NULL, sent->what, err);
+                is_ahead_failed = true;
+            }
             goto out;
         }
         st = PQresultStatus(res);
         if (rc == 0 && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK &&
             st != PGRES_PIPELINE_ABORTED) {
             rc = failed(store, true, res, sent->what, err);
+            is_ahead_failed = !is_awaited;
             if (store->conn == NULL) {
                 PQclear(res);
                 return rc;
             }
         }
-        if (rc == 0 && sent->check != NULL)
+        if (rc == 0 && sent->check != NULL) {
             rc = sent->check(res, sent, err);
-        if (rc == 0 && last != NULL && i == cnt - 1) {
+            is_ahead_failed = rc != 0;
+        }
+        if (rc == 0 && is_awaited) {
             *last = res;
             res = NULL;
         }
@@ -269,28 +280,29 @@ static int pipe_sync(struct er_store *store, PGresult **last,
             PQclear(more);
     }
     res = PQgetResult(conn);
-    if (res == NULL || (PQresultStatus(res) != PGRES_PIPELINE_SYNC &&
-                        PQresultStatus(res) != PGRES_PIPELINE_ABORTED)) {
-        if (rc == 0)
-            rc = failed(store, false, res, "pipeline sync", err);
+    if (rc == 0 &&
+        (res == NULL || (PQresultStatus(res) != PGRES_PIPELINE_SYNC &&
+                         PQresultStatus(res) != PGRES_PIPELINE_ABORTED))) {
+        rc = failed(store, false, res, "pipeline sync", err);
+        is_ahead_failed = true;
     }
     PQclear(res);
 out:
-    if (PQexitPipelineMode(conn) != 1 && rc == 0)
+    if (PQexitPipelineMode(conn) != 1 && rc == 0) {
         rc = failed(store, false, NULL, "pipeline end", err);
-    if (rc != 0) {
-        if (last != NULL && *last != NULL) {
-            PQclear(*last);
-            *last = NULL;
-        }
-        if (err != NULL) {
+        is_ahead_failed = true;
+    }
+    if (rc != 0 && last != NULL && *last != NULL) {
+        PQclear(*last);
+        *last = NULL;
+    }
+    if (is_ahead_failed) {
+        store->is_txn_failed = true;
+        if (err != NULL)
             store->txn_err = *err;
-            store->is_txn_failed = true;
-        } else {
+        else
             er_err_set(&store->txn_err, rc, ER_ERRCLASS_RETRY,
                        "a statement of the transaction failed");
-            store->is_txn_failed = true;
-        }
     }
     return rc;
 }
@@ -766,6 +778,14 @@ void er_store_rollback(struct er_store *store)
     if (store->pipe_cnt > 0 && store->conn != NULL)
         pipe_sync(store, NULL, NULL);
     pipe_reset(store);
+    if (store->conn != NULL &&
+        PQpipelineStatus(store->conn) != PQ_PIPELINE_OFF) {
+        /* A pipeline that could not be ended: the session goes, and the
+         * next transaction begins on a new one. */
+        PQfinish(store->conn);
+        store->conn = NULL;
+        stmts_forget(store);
+    }
     if (store->conn == NULL || PQstatus(store->conn) != CONNECTION_OK)
         return;
     res = PQexec(store->conn, "ROLLBACK");

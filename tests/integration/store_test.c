@@ -163,26 +163,34 @@ static void savepoint_sent_ahead_isolates_a_refused_row(void **state)
 {
     struct fixture *f = *state;
     struct er_err err;
+    int round;
 
     /* What the activity log does: a refused row inside a savepoint is
-     * rolled back to it, and the rest of the transaction commits. */
-    er_err_clear(&err);
-    assert_int_equal(er_store_begin(f->store, &err), 0);
-    assert_int_equal(add(f, NULL, &err), 0);
-    assert_int_equal(er_store_savepoint(f->store, &err), 0);
-    assert_int_not_equal(
-        er_store__exec_cmd(f->store, "refused row",
-                           "INSERT INTO envrun.outbox (topic, msg_value) "
-                           "VALUES ($1, NULL)",
-                           1, (const char *const[]){ TOPIC }, &err),
-        0);
-    assert_int_equal(err.cls, ER_ERRCLASS_SKIP);
-    er_err_clear(&err);
-    assert_int_equal(er_store_savepoint_rollback(f->store, &err), 0);
-    assert_int_equal(add(f, NULL, &err), 0);
-    assert_int_equal(er_store_savepoint_release(f->store, &err), 0);
-    assert_int_equal(er_store_commit(f->store, &err), 0);
-    assert_int_equal(outbox_rows(f), 2);
+     * rolled back to it, and the rest of the transaction commits. The
+     * first round prepares the refused statement; in the second it goes
+     * out behind the savepoint sent ahead, in one round trip, and its own
+     * failure still is its caller's to undo, not the transaction's. */
+    for (round = 0; round < 2; round++) {
+        er_err_clear(&err);
+        assert_int_equal(er_store_begin(f->store, &err), 0);
+        assert_int_equal(add(f, NULL, &err), 0);
+        assert_int_equal(er_store_savepoint(f->store, &err), 0);
+        assert_int_equal(round == 0 || f->store->pipe_cnt > 0, 1);
+        assert_int_not_equal(
+            er_store__exec_cmd(f->store, "refused row",
+                               "INSERT INTO envrun.outbox (topic, msg_value) "
+                               "VALUES ($1, NULL)",
+                               1, (const char *const[]){ TOPIC }, &err),
+            0);
+        assert_int_equal(err.cls, ER_ERRCLASS_SKIP);
+        ER_HARNESS_ASSERT_CONTAINS(err.msg, "refused row");
+        er_err_clear(&err);
+        assert_int_equal(er_store_savepoint_rollback(f->store, &err), 0);
+        assert_int_equal(add(f, NULL, &err), 0);
+        assert_int_equal(er_store_savepoint_release(f->store, &err), 0);
+        assert_int_equal(er_store_commit(f->store, &err), 0);
+        assert_int_equal(outbox_rows(f), 2 * (round + 1));
+    }
 }
 
 static void fence_sent_ahead_is_judged_before_the_commit(void **state)

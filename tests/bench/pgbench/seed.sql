@@ -10,10 +10,12 @@
 -- acquire.sql, realize.sql and release.sql hold the statements the worker
 -- sends per command and must follow it when the store changes. To list
 -- them: ALTER SYSTEM SET log_statement = 'all' and SELECT pg_reload_conf()
--- on the test server, run build/tests/throughput_bench 1 1, read the step
--- connection's statements (the one that looks up processed_commands) in
--- the server log (scripts/test-services.sh: DIR/pg/server.log), then ALTER
--- SYSTEM RESET log_statement and reload.
+-- on the test server, run build/tests/perf_bench 1 and stop it once its
+-- full-speed phase is done, read the statements of the first run after
+-- the warm-up on a step connection (one that looks up processed_commands)
+-- in the server log (scripts/test-services.sh: DIR/pg/server.log), then
+-- ALTER SYSTEM RESET log_statement and reload. Statements the worker sends
+-- ahead are logged one by one like the others.
 
 INSERT INTO environments (id, company_id, name, description, driver, status,
                           config, metadata)
