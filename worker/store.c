@@ -111,6 +111,34 @@ static void stmts_forget(struct er_store *store)
     store->stmt_cnt = 0;
 }
 
+/* Forget what was sent ahead: the connection is gone or rolled back. */
+static void pipe_reset(struct er_store *store)
+{
+    store->pipe_cnt = 0;
+    store->pipe_check_cnt = 0;
+    store->is_txn_failed = false;
+}
+
+/* Close the session: its prepared statements and whatever was sent ahead
+ * on it go with it. er_store_ensure opens the next one. */
+static void session_drop(struct er_store *store)
+{
+    PQfinish(store->conn);
+    store->conn = NULL;
+    stmts_forget(store);
+    pipe_reset(store);
+}
+
+/* Parameters sent as binary: those whose lengths[i] is non-zero. */
+static void param_formats(const int *lengths, int nparams, int formats[16])
+{
+    int i;
+
+    ER_ASSERT(nparams <= 16);
+    for (i = 0; i < nparams; i++)
+        formats[i] = lengths != NULL && lengths[i] != 0 ? 1 : 0;
+}
+
 /* The slot of sql: its statement, or the empty slot it would take. */
 static struct er_store_stmt *stmt_slot(struct er_store *store, const char *sql,
                                        uint64_t h)
@@ -189,23 +217,12 @@ static int failed(struct er_store *store, bool is_prepared, const PGresult *res,
     if (is_prepared && fn != NULL && strcmp(fn, "RevalidateCachedQuery") == 0) {
         if (err != NULL)
             err->cls = ER_ERRCLASS_RETRY;
-        PQfinish(store->conn);
-        store->conn = NULL;
-        stmts_forget(store);
-        store->pipe_cnt = 0;
+        session_drop(store);
     }
     return rc;
 }
 
 /* ---- statements sent ahead (pipeline mode) ---- */
-
-/* Forget what was sent ahead: the connection is gone or rolled back. */
-static void pipe_reset(struct er_store *store)
-{
-    store->pipe_cnt = 0;
-    store->pipe_check_cnt = 0;
-    store->is_txn_failed = false;
-}
 
 /* The transaction failed at a statement sent ahead: every statement until
  * the rollback gets that statement's error, as the server would refuse
@@ -331,10 +348,7 @@ static int pipe_send(struct er_store *store, const struct er_store_stmt *stmt,
 
         /* Nothing more can go on this connection: drop it, and what was
          * sent with it. */
-        PQfinish(store->conn);
-        store->conn = NULL;
-        stmts_forget(store);
-        pipe_reset(store);
+        session_drop(store);
         return rc;
     }
     if (sent != NULL) {
@@ -378,15 +392,12 @@ static PGresult *exec_fmt(struct er_store *store, const char *what,
     PGresult *res;
     ExecStatusType st;
     int rc;
-    int i;
 
-    ER_ASSERT(nparams <= 16);
     if (store->is_txn_failed) {
         txn_failed(store, err);
         return NULL;
     }
-    for (i = 0; i < nparams; i++)
-        formats[i] = lengths != NULL && lengths[i] != 0 ? 1 : 0;
+    param_formats(lengths, nparams, formats);
     stmt = stmt_ready(store, what, sql, nparams, err, &rc);
     if (rc != 0)
         return NULL;
@@ -398,8 +409,9 @@ static PGresult *exec_fmt(struct er_store *store, const char *what,
         pipe_sync(store, &res, err);
         return res;
     }
-    if (store->pipe_cnt > 0 && er_store__sync(store, err) != 0)
-        return NULL;
+    /* Unprepared only out of pipeline mode: stmt_ready read out what was
+     * sent ahead before it found no statement. */
+    ER_ASSERT(stmt != NULL || store->pipe_cnt == 0);
     if (stmt != NULL)
         res = PQexecPrepared(store->conn, stmt->name, nparams, values, lengths,
                              formats, result_format);
@@ -447,9 +459,7 @@ static int exec_later(struct er_store *store, const char *what,
     const struct er_store_stmt *stmt;
     PGresult *res;
     int rc;
-    int i;
 
-    ER_ASSERT(nparams <= 16);
     if (store->is_txn_failed)
         return txn_failed(store, err);
     stmt = stmt_ready(store, what, sql, nparams, err, &rc);
@@ -464,8 +474,7 @@ static int exec_later(struct er_store *store, const char *what,
         PQclear(res);
         return rc;
     }
-    for (i = 0; i < nparams; i++)
-        formats[i] = lengths != NULL && lengths[i] != 0 ? 1 : 0;
+    param_formats(lengths, nparams, formats);
     rc = pipe_send(store, stmt, what, sent, nparams, values, lengths, formats,
                    0, err);
     if (rc == 0 && store->pipe_cnt == ER_STORE_PIPE_MAX)
@@ -658,8 +667,7 @@ void er_store_destroy(struct er_store *store)
 {
     if (store == NULL)
         return;
-    PQfinish(store->conn);
-    stmts_forget(store);
+    session_drop(store);
     er_free(store->conninfo);
     er_free(store);
 }
@@ -671,9 +679,7 @@ int er_store_ensure(struct er_store *store, struct er_err *err)
 
     if (store->conn != NULL && PQstatus(store->conn) == CONNECTION_OK)
         return 0;
-    PQfinish(store->conn);
-    stmts_forget(store);
-    pipe_reset(store);
+    session_drop(store);
     store->conn = PQconnectdb(store->conninfo);
     if (store->conn != NULL && PQstatus(store->conn) == CONNECTION_OK) {
         PQsetNoticeProcessor(store->conn, notice_to_log, NULL);
@@ -782,9 +788,7 @@ void er_store_rollback(struct er_store *store)
         PQpipelineStatus(store->conn) != PQ_PIPELINE_OFF) {
         /* A pipeline that could not be ended: the session goes, and the
          * next transaction begins on a new one. */
-        PQfinish(store->conn);
-        store->conn = NULL;
-        stmts_forget(store);
+        session_drop(store);
     }
     if (store->conn == NULL || PQstatus(store->conn) != CONNECTION_OK)
         return;
