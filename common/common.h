@@ -78,6 +78,12 @@ void *er_calloc(size_t nmemb, size_t size);
 void *er_realloc(void *p, size_t n);
 void er_free(void *p);
 char *er_strdup(const char *s);
+/* Hand the kernel back the pages of the calling thread's stack below
+ * its current frame (less a margin): an idle thread keeps only what it
+ * uses while it waits. Nothing there is live; the pages come back zeroed
+ * when touched again. Not for the main thread (its stack grows on
+ * demand). */
+void er_stack_trim(void);
 char *er_strndup(const char *s, size_t n);
 /* Make allocation number fail_at (1-based, counted from this call) fail;
  * 0 disables. Returns how many allocations happened since the last call. */

@@ -16,6 +16,9 @@
 /* How long a revoke or a drain waits for cancelled steps to let go: a
  * cancelled driver command gets SIGTERM, then SIGKILL 5 s later. */
 #define CANCEL_WAIT_MS 8000
+/* A thread with no step for this long lets its step's memory go; the
+ * consumer's malloc_trim follows at 1 s (consumer.c TRIM_IDLE_MS). */
+#define IDLE_TRIM_MS   500
 
 struct job {
     struct job *next;
@@ -305,6 +308,7 @@ static void *thread_main(void *arg)
 {
     struct worker_thread *t = arg;
     struct er_dispatch *d = t->d;
+    bool is_trimmed = false;
 
     pthread_mutex_lock(&d->mu);
     for (;;) {
@@ -313,8 +317,25 @@ static void *thread_main(void *arg)
         bool is_committed;
         struct done_node *dn = NULL;
 
-        while (d->ready_head == NULL && !d->is_stopping)
-            pthread_cond_wait(&d->work_cv, &d->mu);
+        while (d->ready_head == NULL && !d->is_stopping) {
+            struct timespec ts;
+
+            if (is_trimmed) {
+                pthread_cond_wait(&d->work_cv, &d->mu);
+                continue;
+            }
+            er_time_deadline_in(IDLE_TRIM_MS, &ts);
+            if (pthread_cond_timedwait(&d->work_cv, &d->mu, &ts) == 0 ||
+                d->ready_head != NULL || d->is_stopping)
+                continue;
+            /* Idle: what the last step kept for the next goes, before the
+             * consumer's malloc_trim hands free heap back (issue [7]). */
+            pthread_mutex_unlock(&d->mu);
+            er_lifecycle_idle(t->lc);
+            er_stack_trim();
+            is_trimmed = true;
+            pthread_mutex_lock(&d->mu);
+        }
         if (d->is_stopping)
             break;
         r = d->ready_head;
@@ -329,6 +350,7 @@ static void *thread_main(void *arg)
         r->running = j;
         d->running++;
         pthread_mutex_unlock(&d->mu);
+        is_trimmed = false;
 
         is_committed = run_job(t, j);
         if (is_committed) {

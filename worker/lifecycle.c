@@ -1045,3 +1045,9 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
     er_buf_trim(&lc->enc, KEEP_MAX);
     return rc;
 }
+
+void er_lifecycle_idle(struct er_lifecycle *lc)
+{
+    er_arena_trim(&lc->arena, 0);
+    er_buf_trim(&lc->enc, 0);
+}

@@ -52,6 +52,10 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                       size_t key_len, const uint8_t *value, size_t value_len,
                       const struct er_msg_coords *coords, struct er_err *err);
 
+/* The thread that owns lc has been idle a while: let the memory kept for
+ * the next step go (its arena chunk and encoder buffer). */
+void er_lifecycle_idle(struct er_lifecycle *lc);
+
 /* Remove what a crash can leave on this host (the drivers' sweeps: key
  * files of dead processes, connections of leases that are done), asking
  * the database which leases still need theirs. */

@@ -732,6 +732,10 @@ int main(int argc, char **argv)
     }
     /* The reader's fetch wait, like the worker's (worker_env). */
     setenv("ER_HARNESS_FETCH_WAIT_MS", FETCH_WAIT_MS_STR, 1);
+    /* The scheduler's producer sends each command at once: it waits for
+     * the result before the run's next command, so there is nothing to
+     * batch it with. */
+    setenv("ER_HARNESS_LINGER_MS", "0", 1);
     h = er_harness_new("perf_bench", PARTITIONS, NULL);
     if (h == NULL)
         return 1;

@@ -302,10 +302,13 @@ static rd_kafka_t *make_producer(struct er_harness *h)
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_t *rk;
     char errstr[256];
+    const char *linger_ms = getenv("ER_HARNESS_LINGER_MS");
 
+    if (linger_ms == NULL || linger_ms[0] == '\0')
+        linger_ms = "1";
     if (conf_set(conf, "bootstrap.servers", h->brokers) != 0 ||
         conf_set(conf, "enable.idempotence", "true") != 0 ||
-        conf_set(conf, "linger.ms", "1") != 0 ||
+        conf_set(conf, "linger.ms", linger_ms) != 0 ||
         conf_set(conf, "message.max.bytes", "4000000") != 0 ||
         conf_set(conf, "log_level", "3") != 0) {
         rd_kafka_conf_destroy(conf);

@@ -79,8 +79,8 @@ int64_t er_harness_mono_us(void);
  * fresh database named after name plus a random suffix, and the directory
  * ER_BUILD_DIR/it-logs/<name> (emptied). name must be [a-z0-9_], at most 40
  * bytes. The reader's fetch.wait.max.ms is 50, or ER_HARNESS_FETCH_WAIT_MS
- * when set (test-only; benchmarks lower it). Returns NULL after printing
- * why. */
+ * when set, and the producer's linger.ms 1, or ER_HARNESS_LINGER_MS
+ * (test-only; benchmarks lower both). Returns NULL after printing why. */
 struct er_harness *er_harness_new(const char *name, int partition_cnt,
                                   const char *prefix);
 /* Kill the workers still running (SIGKILL; see er_harness_stop_workers for

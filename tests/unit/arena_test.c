@@ -1,9 +1,15 @@
-/* arena_test: the per-command arena of common/. */
+/* arena_test: the per-command arena of common/, and giving idle memory
+ * back (er_arena_trim, er_buf_trim, er_stack_trim). */
+#define _GNU_SOURCE /* pthread_getattr_np, mincore */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -104,6 +110,72 @@ static void arena_trim_lets_a_big_chunk_go(void **state)
     er_buf_fini(&buf);
 }
 
+/* How many pages of the calling thread's stack below its frame are
+ * resident (mincore). */
+static size_t stack_pages_resident(void)
+{
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    pthread_attr_t attr;
+    void *low = NULL;
+    size_t size = 0;
+    size_t len;
+    size_t cnt = 0;
+    size_t i;
+    unsigned char *vec;
+
+    assert_int_equal(pthread_getattr_np(pthread_self(), &attr), 0);
+    assert_int_equal(pthread_attr_getstack(&attr, &low, &size), 0);
+    pthread_attr_destroy(&attr);
+    len = ((here & ~(page - 1)) - (uintptr_t)low);
+    vec = malloc(len / page + 1);
+    assert_non_null(vec);
+    assert_int_equal(mincore(low, len, vec), 0);
+    for (i = 0; i < len / page; i++)
+        cnt += vec[i] & 1;
+    free(vec);
+    return cnt;
+}
+
+/* A deep frame: 512 KiB of stack written. */
+static __attribute__((noinline)) int touch_stack(void)
+{
+    volatile char deep[512 * 1024];
+    size_t i;
+
+    for (i = 0; i < sizeof(deep); i += 1024)
+        deep[i] = (char)i;
+    return deep[4096];
+}
+
+static void *stack_trim_thread(void *arg)
+{
+    size_t *out = arg;
+
+    touch_stack();
+    out[0] = stack_pages_resident();
+    er_stack_trim();
+    out[1] = stack_pages_resident();
+    touch_stack(); /* the pages come back when used again */
+    out[2] = stack_pages_resident();
+    return NULL;
+}
+
+static void stack_trim_gives_back_the_pages_below_the_frame(void **state)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t pages[3] = { 0, 0, 0 };
+    pthread_t tid;
+
+    (void)state;
+    assert_int_equal(pthread_create(&tid, NULL, stack_trim_thread, pages), 0);
+    assert_int_equal(pthread_join(tid, NULL), 0);
+    assert_true(pages[0] >= 400 * 1024 / page);
+    /* At most the 16 KiB margin stays. */
+    assert_true(pages[1] <= 16 * 1024 / page + 1);
+    assert_true(pages[2] >= 400 * 1024 / page);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -112,6 +184,7 @@ int main(void)
         cmocka_unit_test(arena_refuses_past_its_cap),
         cmocka_unit_test(arena_survives_allocation_failure),
         cmocka_unit_test(arena_trim_lets_a_big_chunk_go),
+        cmocka_unit_test(stack_trim_gives_back_the_pages_below_the_frame),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
