@@ -139,6 +139,10 @@ struct er_driver_released {
     const char *status;         /* the final lease status, static */
     const char *cleanup_status; /* NULL: leave the column as it is */
     const char *failure_reason; /* NULL: leave the column as it is */
+    /* Set by the caller: a failed cleanup will be tried again (the lease
+     * goes pending_cleanup), so keep what the next try needs, such as the
+     * workspace its cleanup command runs in. */
+    bool is_retried;
 };
 
 /* Whether a lease still needs what a driver keeps on this host for it.

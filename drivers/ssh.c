@@ -2617,7 +2617,9 @@ static int ssh_release(const struct er_driver_env *env,
         !run_overlay(&conn, lease->id, "cleanup", cleanup, remote_cwd) &&
         problem == NULL)
         problem = "cleanup command failed";
-    if (is_per_lease && !remove_lease_dir(&conn, lease->id) && problem == NULL)
+    /* A command that failed is run again in the workspace on a retry. */
+    if (is_per_lease && (problem == NULL || !out->is_retried) &&
+        !remove_lease_dir(&conn, lease->id) && problem == NULL)
         problem = "removing the per-lease remote workspace failed";
     close_master(&conn);
 out:

@@ -86,10 +86,10 @@ json_t *er_lifecycle__lease_to_json(const struct er_lease_row *l)
 
     er_redact_json(meta, false);
     return json_pack(
-        "{s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o,"
+        "{s:s, s:s, s:o, s:o, s:o, s:o, s:s, s:s, s:o, s:o, s:o, s:o, s:o,"
         " s:o, s:o, s:o, s:o, s:o, s:o}",
         "id", l->id, "companyId", l->company_id, "environmentId",
-        l->environment_id, "executionWorkspaceId",
+        er_lifecycle__jstr(l->environment_id), "executionWorkspaceId",
         er_lifecycle__jstr(l->execution_workspace_id), "issueId",
         er_lifecycle__jstr(l->issue_id), "heartbeatRunId",
         er_lifecycle__jstr(l->heartbeat_run_id), "status", l->status,
@@ -109,13 +109,15 @@ json_t *er_lifecycle__env_to_json(const struct er_env_row *e)
     json_t *config = er_lifecycle__jparse(e->config_json);
 
     er_redact_json(config, false);
-    return json_pack("{s:s, s:s, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}", "id",
-                     e->id, "companyId", e->company_id, "name", e->name,
-                     "description", er_lifecycle__jstr(e->description),
-                     "driver", e->driver, "status", e->status, "config", config,
-                     "metadata", er_lifecycle__jparse(e->metadata_json),
-                     "createdAt", jtime(e->created_at_ms), "updatedAt",
-                     jtime(e->updated_at_ms));
+    /* An instance's environment has no company (Paperclip 2026.6 on). */
+    return json_pack(
+        "{s:s, s:o, s:s, s:o, s:s, s:s, s:o, s:o, s:o, s:o}", "id", e->id,
+        "companyId",
+        er_lifecycle__jstr(e->is_instance_scoped ? NULL : e->company_id),
+        "name", e->name, "description", er_lifecycle__jstr(e->description),
+        "driver", e->driver, "status", e->status, "config", config, "metadata",
+        er_lifecycle__jparse(e->metadata_json), "createdAt",
+        jtime(e->created_at_ms), "updatedAt", jtime(e->updated_at_ms));
 }
 
 /* The driver's view of an environment row and its parsed config

@@ -30,7 +30,8 @@ static int resolve_env(struct er_step *st, struct er_env_row *env,
         if (rc != 0)
             return rc;
     } else {
-        rc = er_store_env_get(lc->store, id, &lc->arena, env, err);
+        rc = er_store_env_get(lc->store, id, cmd->company_id, &lc->arena, env,
+                              err);
         if (rc == ER_ENOTFOUND) {
             st->res.environment_id = id;
             er_lifecycle__fail(st, ER_OUTCOME_ERROR,
@@ -40,8 +41,10 @@ static int resolve_env(struct er_step *st, struct er_env_row *env,
         }
         if (rc != 0)
             return rc;
-        if (strcmp(env->company_id, cmd->company_id) != 0) {
-            /* Cross-company access is "not found" (domain.md 1). */
+        if (!env->is_instance_scoped &&
+            strcmp(env->company_id, cmd->company_id) != 0) {
+            /* Cross-company access is "not found" (domain.md 1). An
+             * instance's environment serves every company of it. */
             st->res.environment_id = id;
             er_lifecycle__fail(
                 st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_NOT_FOUND,
@@ -169,10 +172,12 @@ static int undo(struct er_step *st, const char *environment_id,
      * the arena, which lives until the step is over. */
     u->detail_json = detail_json;
     u->command_id = er_arena_strdup(&lc->arena, st->cmd->command_id);
+    u->company_id = er_arena_strdup(&lc->arena, st->cmd->company_id);
     u->lease_id = er_arena_strdup(&lc->arena, lease_id);
     u->environment_id = er_arena_strdup(&lc->arena, environment_id);
     if (u->detail_json == NULL || u->command_id == NULL ||
-        u->lease_id == NULL || u->environment_id == NULL)
+        u->company_id == NULL || u->lease_id == NULL ||
+        u->environment_id == NULL)
         return er_lifecycle__oom(err);
     return er_store_journal_close(lc->store, u->command_id, "acquire",
                                   u->lease_id, "rolling_back", u->detail_json,

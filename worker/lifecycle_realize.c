@@ -409,10 +409,19 @@ int er_lifecycle__realize(struct er_step *st, struct er_err *err)
     if (rc != 0)
         return rc > 0 ? 0 : rc;
     st->res.lease_id = lease.id;
-    rc = er_store_env_get(lc->store, lease.environment_id, &lc->arena, &env,
-                          err);
+    rc = er_store_env_get(lc->store, lease.environment_id, lease.company_id,
+                          &lc->arena, &env, err);
+    if (rc == ER_ENOTFOUND) {
+        /* Deleted under the lease: an instance-scoped schema sets the
+         * lease's environment_id to NULL then (ON DELETE SET NULL). */
+        er_lifecycle__fail(st, ER_OUTCOME_ERROR, ER_EC_ENVIRONMENT_NOT_FOUND,
+                           "The environment of lease \"%s\" no longer "
+                           "exists.",
+                           lease.id);
+        return 0;
+    }
     if (rc != 0)
-        return rc; /* the foreign key guarantees it exists */
+        return rc;
     er_lifecycle__set_env(st, &env);
 
     meta = er_lifecycle__jparse(lease.metadata_json);
@@ -635,8 +644,8 @@ static int follow_one(struct er_lifecycle *lc, const struct er_bridge_op *op,
 
     rc = er_store_lease_get(lc->store, op->lease_id, &lc->arena, &lease, err);
     if (rc == 0)
-        rc = er_store_env_get(lc->store, lease.environment_id, &lc->arena, &env,
-                              err);
+        rc = er_store_env_get(lc->store, lease.environment_id, lease.company_id,
+                              &lc->arena, &env, err);
     if (rc != 0)
         goto out;
     config = json_loads(env.config_json, 0, NULL);

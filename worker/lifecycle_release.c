@@ -10,7 +10,13 @@
 #include "worker/bridge_host_int.h"
 #include "worker/lifecycle_step_int.h"
 
-#define REAPED "lease_expired"
+#define REAPED              "lease_expired"
+/* A pending_cleanup lease the reaper tore down at last (upstream.md C2). */
+#define CLEANUP_RETRIED     "pending_cleanup_retry"
+/* Why a lease is pending_cleanup when its driver named no reason. */
+#define CLEANUP_FAILED      "cleanup_failed"
+/* PENDING_CLEANUP_SWEEP_ATTEMPT_CAP: one warning, and longer waits. */
+#define CLEANUP_ATTEMPT_CAP 5
 
 /* ================================================================
  * release (domain.md 3.3.2, 3.5)
@@ -46,6 +52,23 @@ struct release_item {
     char *lease_err; /* the driver's failure, or NULL */
 };
 
+/* Whether the driver's release of it failed, or left its cleanup failed. */
+static bool cleanup_failed(const struct release_item *it)
+{
+    return it->lease_err != NULL ||
+           (it->rel.cleanup_status != NULL &&
+            strcmp(it->rel.cleanup_status, "failed") == 0);
+}
+
+/* Whether such a failure leaves the lease pending_cleanup, for the reaper
+ * to retry: only where Paperclip knows that status (2026.6 on, which made
+ * environments the instance's; upstream.md C1). Before, the lease takes
+ * its terminal status with cleanup_status failed. */
+static bool goes_pending(struct er_lifecycle *lc, const struct release_item *it)
+{
+    return er_store_era(lc->store) == ER_ERA_INSTANCE && cleanup_failed(it);
+}
+
 /* Phase 1 of a release: load the environment and pick the driver. */
 static int release_prepare(struct er_lifecycle *lc,
                            const struct er_lease_row *lease, const char *status,
@@ -58,8 +81,8 @@ static int release_prepare(struct er_lifecycle *lc,
     memset(it, 0, sizeof(*it));
     it->lease = *lease;
     it->rel.status = status;
-    rc = er_store_env_get(lc->store, lease->environment_id, &lc->arena,
-                          &it->env, err);
+    rc = er_store_env_get(lc->store, lease->environment_id, lease->company_id,
+                          &lc->arena, &it->env, err);
     if (rc == ER_ENOTFOUND)
         return 0;
     if (rc != 0)
@@ -114,6 +137,7 @@ static int release_effect(struct er_lifecycle *lc, struct release_item *it,
         er_bridge_host_stop(it->ops, &denv, &dlease, detail);
     }
     er_err_clear(&derr);
+    it->rel.is_retried = er_store_era(lc->store) == ER_ERA_INSTANCE;
     er_fault_point("driver.before");
     rc = it->ops->release(&denv, &dlease, it->rel.status, &it->rel, &derr);
     er_fault_point("driver.after");
@@ -141,18 +165,32 @@ static int release_record(struct er_lifecycle *lc, struct release_item *it,
     json_t *details = NULL;
     int rc;
 
+    const char *status = it->rel.status;
+    const char *cleanup = it->rel.cleanup_status;
+    const char *reason =
+        it->rel.failure_reason != NULL ? it->rel.failure_reason : row_reason;
+
     *is_released = false;
     if (!it->has_env)
         return 0; /* environment gone: skip silently (3.3.2 step 2) */
     rc = er_store_lease_get(lc->store, it->lease.id, &lc->arena, &cur, err);
-    if (rc == ER_ENOTFOUND || (rc == 0 && strcmp(cur.status, "active") != 0))
+    /* Still as it was when picked (active, or pending_cleanup for the
+     * reaper's retry): nothing else released it meanwhile. */
+    if (rc == ER_ENOTFOUND ||
+        (rc == 0 && strcmp(cur.status, it->lease.status) != 0))
         return 0;
     if (rc != 0)
         return rc;
-    rc = er_store_lease_set_status(
-        lc->store, it->lease.id, it->rel.status,
-        it->rel.failure_reason != NULL ? it->rel.failure_reason : row_reason,
-        it->rel.cleanup_status, &lc->arena, upd, err);
+    if (goes_pending(lc, it)) {
+        status = "pending_cleanup";
+        cleanup = "failed";
+        if (reason == NULL)
+            reason = CLEANUP_FAILED;
+    } else if (strcmp(it->lease.status, "pending_cleanup") == 0) {
+        cleanup = "success";
+    }
+    rc = er_store_lease_set_status(lc->store, it->lease.id, status, reason,
+                                   cleanup, &lc->arena, upd, err);
     if (rc != 0)
         return rc;
     rc = er_lifecycle__lease_event(lc, upd, err);
@@ -232,7 +270,9 @@ int er_lifecycle__release(struct er_step *st, struct er_err *err)
         struct er_lease_row upd;
         bool is_released = false;
 
-        if (it->lease_err == NULL) {
+        /* A failed release is recorded too where the lease can go
+         * pending_cleanup; elsewhere it stays active for the reaper. */
+        if (it->lease_err == NULL || goes_pending(lc, it)) {
             /* A savepoint per lease: one lease's refused SQL is recorded
              * as its error and the others go on. */
             rc = er_store_savepoint(lc->store, err);
@@ -293,9 +333,9 @@ out:
  * journal keeps for it (detail_json). Returns 0 when it is released, or
  * when its environment is gone (nothing can reach it any more); otherwise
  * ER_EDRIVER (class RETRY) with the driver's reason, or a store error. */
-static int undo_release(struct er_lifecycle *lc, const char *lease_id,
-                        const char *environment_id, const char *detail_json,
-                        struct er_err *err)
+static int undo_release(struct er_lifecycle *lc, const char *company_id,
+                        const char *lease_id, const char *environment_id,
+                        const char *detail_json, struct er_err *err)
 {
     struct er_lease_row row;
     struct release_item it;
@@ -306,6 +346,7 @@ static int undo_release(struct er_lifecycle *lc, const char *lease_id,
 
     memset(&row, 0, sizeof(row));
     row.id = lease_id;
+    row.company_id = company_id;
     row.environment_id = environment_id;
     row.status = "active";
     row.lease_policy = er_lifecycle__jget_str(detail, "leasePolicy") != NULL
@@ -320,9 +361,7 @@ static int undo_release(struct er_lifecycle *lc, const char *lease_id,
         it.ops = er_driver_find(driver);
     if (rc == 0)
         rc = release_effect(lc, &it, err);
-    if (rc == 0 && (it.lease_err != NULL ||
-                    (it.rel.cleanup_status != NULL &&
-                     strcmp(it.rel.cleanup_status, "failed") == 0)))
+    if (rc == 0 && cleanup_failed(&it))
         rc = er_err_set(err, ER_EDRIVER, ER_ERRCLASS_RETRY, "%s",
                         it.lease_err != NULL ? it.lease_err
                                              : "its cleanup failed");
@@ -341,7 +380,8 @@ void er_lifecycle__undo_finish(struct er_lifecycle *lc, const struct er_undo *u)
 
     er_fault_point("undo.before");
     er_err_clear(&e);
-    rc = undo_release(lc, u->lease_id, u->environment_id, u->detail_json, &e);
+    rc = undo_release(lc, u->company_id, u->lease_id, u->environment_id,
+                      u->detail_json, &e);
     if (rc == 0)
         rc = er_store_journal_close(lc->store, u->command_id, "acquire",
                                     u->lease_id, "rolled_back", NULL, &e);
@@ -397,6 +437,29 @@ static int reap_claim(struct er_lifecycle *lc, const char *company_id,
     return er_store_journal_claim(lc->store, &op, is_claimed, err);
 }
 
+/* A pending_cleanup lease whose retry failed again: it stays so, with the
+ * attempt counted (upstream.md C2); at the cap, one warning. */
+static int reap_pending_failed(struct er_lifecycle *lc,
+                               const struct release_item *it,
+                               struct er_err *err)
+{
+    int64_t attempts = 0;
+    int rc = er_store_lease_cleanup_settle(lc->store, it->lease.id, true,
+                                           &attempts, err);
+
+    if (rc != 0)
+        return rc;
+    if (attempts == CLEANUP_ATTEMPT_CAP)
+        er_log_kv(ER_LOG_WARN, "reaper",
+                  "environment lease needs operator attention; automatic "
+                  "cleanup continues with backoff",
+                  "leaseId", it->lease.id, (const char *)NULL);
+    else
+        ER_LOG_WARN("reaper", "lease %s still pending cleanup (attempt %lld)",
+                    it->lease.id, (long long)attempts);
+    return 0;
+}
+
 /* The reaper's pass over stale leases (see er_lifecycle_reap). */
 static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
                        int *reaped, struct er_err *err)
@@ -426,6 +489,11 @@ static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
     for (i = 0; rc == 0 && i < cnt; i++) {
         rc = reap_claim(lc, rows[i].company_id, rows[i].id,
                         rows[i].environment_id, &is_claimed[i], err);
+        /* A pending_cleanup lease is claimed the way a Paperclip server
+         * sharing the database sees, too. */
+        if (rc == 0 && is_claimed[i] &&
+            strcmp(rows[i].status, "pending_cleanup") == 0)
+            rc = er_store_lease_cleanup_claim(lc->store, rows[i].id, err);
         if (rc == 0 && is_claimed[i])
             rc = release_prepare(lc, &rows[i], "expired", &items[i], err);
     }
@@ -439,15 +507,18 @@ static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
             goto fail;
     }
     /* Phase 3: one short transaction per lease, so one that cannot be
-     * cleaned up never holds back the others; it stays active and its
-     * claim's backoff decides when the next pass tries again. */
+     * cleaned up never holds back the others; it stays active (or goes,
+     * or stays, pending_cleanup) and its claim's backoff decides when the
+     * next pass tries again. */
     for (i = 0; i < cnt; i++) {
         struct release_item *it = &items[i];
         struct er_actor who = { rows[i].company_id, "system", "envrun-reaper",
                                 NULL, rows[i].heartbeat_run_id };
         struct er_lease_row upd;
         bool is_released = false;
+        bool is_pending = strcmp(rows[i].status, "pending_cleanup") == 0;
         const char *state = "done";
+        int64_t attempts = 0;
         char op_id[48];
 
         if (!is_claimed[i])
@@ -455,16 +526,20 @@ static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
         rc = er_store_begin(lc->store, err);
         if (rc != 0)
             goto fail;
-        if (it->lease_err != NULL ||
-            (it->rel.cleanup_status != NULL &&
-             strcmp(it->rel.cleanup_status, "failed") == 0)) {
+        if (cleanup_failed(it))
+            state = "failed";
+        if (cleanup_failed(it) && is_pending) {
+            rc = reap_pending_failed(lc, it, err);
+        } else if (cleanup_failed(it) && !goes_pending(lc, it)) {
             ER_LOG_WARN("reaper", "lease %s not expired: %s", rows[i].id,
                         it->lease_err != NULL ? it->lease_err
                                               : "its cleanup failed");
-            state = "failed";
         } else {
-            rc = release_record(lc, it, REAPED, NULL, &who, &upd, &is_released,
-                                err);
+            rc = release_record(lc, it, is_pending ? CLEANUP_RETRIED : REAPED,
+                                NULL, &who, &upd, &is_released, err);
+            if (rc == 0 && is_pending)
+                rc = er_store_lease_cleanup_settle(lc->store, rows[i].id, false,
+                                                   &attempts, err);
         }
         snprintf(op_id, sizeof(op_id), "reap:%s", rows[i].id);
         if (rc == 0)
@@ -474,11 +549,17 @@ static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
             rc = er_store_commit(lc->store, err);
         if (rc != 0)
             goto fail;
-        if (is_released) {
+        if (is_released && strcmp(upd.status, "pending_cleanup") == 0)
+            ER_LOG_WARN("reaper", "lease %s pending cleanup: %s", upd.id,
+                        it->lease_err != NULL ? it->lease_err
+                                              : "its cleanup failed");
+        else if (is_released && is_pending)
+            ER_LOG_INFO("reaper", "lease %s cleaned up on a retry", upd.id);
+        else if (is_released)
             ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
                         upd.id, (long long)ttl_s);
+        if (is_released)
             (*reaped)++;
-        }
     }
     er_arena_reset(&lc->arena);
     return 0;
@@ -554,7 +635,8 @@ static int unrecorded_claim(struct er_lifecycle *lc,
     it->detail_json = NULL;
     if (op->environment_id == NULL)
         return 0;
-    rc = er_store_env_get(lc->store, op->environment_id, &lc->arena, &env, err);
+    rc = er_store_env_get(lc->store, op->environment_id, op->company_id,
+                          &lc->arena, &env, err);
     if (rc == ER_ENOTFOUND)
         return 0;
     if (rc != 0)
@@ -604,8 +686,9 @@ static int reap_unrecorded(struct er_lifecycle *lc, int64_t ttl_s, int limit,
         if (!items[i].is_claimed)
             continue;
         er_err_clear(&items[i].err);
-        items[i].rc = undo_release(lc, ops[i].lease_id, ops[i].environment_id,
-                                   items[i].detail_json, &items[i].err);
+        items[i].rc = undo_release(lc, ops[i].company_id, ops[i].lease_id,
+                                   ops[i].environment_id, items[i].detail_json,
+                                   &items[i].err);
     }
     /* Phase 3: one short transaction each; one that failed keeps its
      * entry and is tried again after its claim's backoff. */

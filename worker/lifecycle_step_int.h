@@ -24,6 +24,7 @@
  * undo_acquire); lease_id NULL when none. Arena strings. */
 struct er_undo {
     const char *command_id;
+    const char *company_id;
     const char *lease_id;
     const char *environment_id;
     const char *detail_json; /* {driver, metadata} */

@@ -38,6 +38,12 @@ static int migrate(const struct er_config *cfg)
         rc = store != NULL ? er_store_migrate(store, &err) : err.code;
         if (rc == 0)
             rc = er_store_installation_id(store, installation, &err);
+        /* Read from the catalog, never from a version string. */
+        if (rc == 0)
+            er_log_kv(ER_LOG_INFO, "worker", "paperclip schema", "era",
+                      er_store_era_name(er_store_era(store)), "meaning",
+                      er_store_era_describe(er_store_era(store)),
+                      (const char *)NULL);
         er_store_destroy(store);
         if (rc == 0) {
             er_driver_set_installation(installation);

@@ -24,16 +24,51 @@
     "(extract(epoch from created_at) * 1000)::bigint, "                      \
     "(extract(epoch from updated_at) * 1000)::bigint"
 
-#define ENV_COLS                                                      \
-    "id::text, company_id::text, name, description, driver, status, " \
-    "config::text, metadata::text, "                                  \
-    "(extract(epoch from created_at) * 1000)::bigint, "               \
+/* Columns of environments in env_from's order; the second is the row's
+ * company, which an instance-scoped schema does not have. */
+#define ENV_COLS_AFTER_COMPANY                                          \
+    "name, description, driver, status, config::text, "                 \
+    "metadata::text, (extract(epoch from created_at) * 1000)::bigint, " \
     "(extract(epoch from updated_at) * 1000)::bigint"
+#define ENV_COLS          "id::text, company_id::text, " ENV_COLS_AFTER_COMPANY
+#define ENV_COLS_INSTANCE "id::text, NULL::text, " ENV_COLS_AFTER_COMPANY
+
+/* The Local environment's fixed values (domain.md 2.2). */
+#define LOCAL_ENV_VALUES                                                  \
+    "'Local', 'Default execution environment for Paperclip runs on this " \
+    "machine.', 'local', 'active', '{}'::jsonb, "                         \
+    "'{\"managedByPaperclip\": true, \"defaultForCompany\": true}'::jsonb"
 
 #define ACTIVITY_COLS                                                         \
     "id::text, company_id::text, actor_type, actor_id, action, entity_type, " \
     "entity_id, agent_id::text, run_id::text, details::text, "                \
     "(extract(epoch from created_at) * 1000)::bigint"
+
+/* metadata as an object (malformed metadata reads as none), and one of its
+ * keys as a whole number, 0 when it is not one (upstream.md C2: malformed
+ * metadata reads as 0 attempts). */
+#define META_OBJ                                                       \
+    "(CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata ELSE " \
+    "'{}'::jsonb END)"
+#define META_NUM(key)                                         \
+    "(CASE WHEN metadata->>'" key "' ~ '^[0-9]{1,15}$' THEN " \
+    "(metadata->>'" key "')::bigint ELSE 0 END)"
+#define NOW_MS         "(extract(epoch from now()) * 1000)::bigint"
+#define META_ATTEMPTS  META_NUM("pendingCleanupRetryAttempts")
+#define META_RETRY_AT  META_NUM("pendingCleanupRetryAfterMs")
+#define META_CLAIM_END META_NUM("pendingCleanupLeaseExpiresAtMs")
+
+/* A pending_cleanup lease's attempt failed (upstream.md C2): one more
+ * attempt, the next in 5 minutes, in 30 from the fifth on. */
+#define SETTLE_FAILED_SQL                                                 \
+    "UPDATE environment_leases SET cleanup_status = 'failed', "           \
+    "updated_at = now(), metadata = " META_OBJ                            \
+    " || jsonb_build_object('pendingCleanupInFlight', false, "            \
+    "'pendingCleanupRetryAttempts', " META_ATTEMPTS " + 1, "              \
+    "'pendingCleanupRetryAfterMs', " NOW_MS " + CASE WHEN " META_ATTEMPTS \
+    " + 1 >= 5 THEN 1800000 ELSE 300000 END) "                            \
+    "WHERE id = $1::uuid AND status = 'pending_cleanup' RETURNING "       \
+    "(metadata->>'pendingCleanupRetryAttempts')::bigint"
 
 static void notice_to_log(void *arg, const char *message)
 {
@@ -565,6 +600,7 @@ static int env_from(const PGresult *res, int row, struct er_arena *arena,
 {
     out->id = er_store__get_str(res, row, 0, arena);
     out->company_id = er_store__get_str(res, row, 1, arena);
+    out->is_instance_scoped = false;
     out->name = er_store__get_str(res, row, 2, arena);
     out->description = er_store__get_str(res, row, 3, arena);
     out->driver = er_store__get_str(res, row, 4, arena);
@@ -672,6 +708,61 @@ void er_store_destroy(struct er_store *store)
     er_free(store);
 }
 
+/* Read the schema era from the catalog: whether environments has a
+ * company_id column (a version string could lie; the columns cannot). */
+static int era_detect(struct er_store *store, struct er_err *err)
+{
+    PGresult *res = er_store__exec(
+        store, "schema era lookup",
+        "SELECT to_regclass('environments') IS NOT NULL, EXISTS (SELECT 1 "
+        "FROM pg_attribute WHERE attrelid = to_regclass('environments') "
+        "AND attname = 'company_id' AND attnum > 0 AND NOT attisdropped)",
+        0, NULL, NULL, err);
+
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+        store->era = ER_ERA_NONE;
+    else if (strcmp(PQgetvalue(res, 0, 1), "t") == 0)
+        store->era = ER_ERA_COMPANY;
+    else
+        store->era = ER_ERA_INSTANCE;
+    PQclear(res);
+    return 0;
+}
+
+enum er_store_era er_store_era(const struct er_store *store)
+{
+    return store->era;
+}
+
+const char *er_store_era_name(enum er_store_era era)
+{
+    switch (era) {
+    case ER_ERA_COMPANY:
+        return "company";
+    case ER_ERA_INSTANCE:
+        return "instance";
+    case ER_ERA_NONE:
+        break;
+    }
+    return "none";
+}
+
+const char *er_store_era_describe(enum er_store_era era)
+{
+    switch (era) {
+    case ER_ERA_COMPANY:
+        return "environments per company (Paperclip up to 2026.5)";
+    case ER_ERA_INSTANCE:
+        return "environments per instance, leases may be pending_cleanup "
+               "(Paperclip 2026.6 and later)";
+    case ER_ERA_NONE:
+        break;
+    }
+    return "no environments table";
+}
+
 int er_store_ensure(struct er_store *store, struct er_err *err)
 {
     const char *msg;
@@ -688,10 +779,12 @@ int er_store_ensure(struct er_store *store, struct er_err *err)
          * for as long as it stays paused. No transaction of ours waits on
          * a driver, so one idle this long is such a worker's: the server
          * ends it. */
-        return er_store__exec_cmd(store, "session setup",
-                                  "SET idle_in_transaction_session_timeout "
-                                  "= '60s'",
-                                  0, NULL, err);
+        int rc = er_store__exec_cmd(store, "session setup",
+                                    "SET idle_in_transaction_session_timeout "
+                                    "= '60s'",
+                                    0, NULL, err);
+
+        return rc != 0 ? rc : era_detect(store, err);
     }
     /* libpq's message names host and port, never the password. */
     msg = store->conn != NULL ? PQerrorMessage(store->conn) : "out of memory";
@@ -722,7 +815,8 @@ int er_store_migrate(struct er_store *store, struct er_err *err)
         return rc;
     }
     PQclear(res);
-    return er_store_commit(store, err);
+    rc = er_store_commit(store, err);
+    return rc != 0 ? rc : era_detect(store, err);
 }
 
 int er_store_installation_id(struct er_store *store, char out[40],
@@ -880,11 +974,57 @@ int er_store_processed_put(struct er_store *store, const char *command_id,
 static PGresult *load_local_env(struct er_store *store,
                                 const char *const *params, struct er_err *err)
 {
+    if (store->era == ER_ERA_INSTANCE)
+        return er_store__exec(store, "load local environment",
+                              "SELECT " ENV_COLS_INSTANCE " FROM environments "
+                              "WHERE driver = 'local' "
+                              "ORDER BY created_at LIMIT 1",
+                              0, NULL, NULL, err);
     return er_store__exec(store, "load local environment",
                           "SELECT " ENV_COLS " FROM environments WHERE "
                           "company_id = $1 AND driver = 'local' "
                           "ORDER BY created_at LIMIT 1",
                           1, params, NULL, err);
+}
+
+/* The INSERT of ensureLocalEnvironment. The company-scoped index is the
+ * conflict target there. An instance-scoped schema has one Local for the
+ * instance (environments_local_driver_idx) and names unique in it: any
+ * conflict means the row, or its name, is there already. */
+static PGresult *insert_local_env(struct er_store *store,
+                                  const char *const *params, struct er_err *err)
+{
+    if (store->era == ER_ERA_INSTANCE)
+        return er_store__exec(
+            store, "ensure local environment",
+            "INSERT INTO environments (name, description, driver, status, "
+            "config, metadata) VALUES (" LOCAL_ENV_VALUES ") "
+            "ON CONFLICT DO NOTHING RETURNING " ENV_COLS_INSTANCE,
+            0, NULL, NULL, err);
+    return er_store__exec(
+        store, "ensure local environment",
+        "INSERT INTO environments (company_id, name, description, driver, "
+        "status, config, metadata) VALUES ($1, " LOCAL_ENV_VALUES ") "
+        "ON CONFLICT (company_id, driver) WHERE driver = 'local' "
+        "DO NOTHING RETURNING " ENV_COLS,
+        1, params, NULL, err);
+}
+
+/* env_from, and on an instance-scoped schema the company served. */
+static int env_from_for(const PGresult *res, const char *company_id,
+                        struct er_arena *arena, struct er_env_row *out,
+                        struct er_err *err)
+{
+    int rc = env_from(res, 0, arena, out, err);
+
+    if (rc != 0 || out->company_id != NULL)
+        return rc;
+    out->is_instance_scoped = true;
+    out->company_id =
+        company_id != NULL ? er_arena_strdup(arena, company_id) : NULL;
+    if (company_id != NULL && out->company_id == NULL)
+        return er_store__oom(err);
+    return 0;
 }
 
 int er_store_env_ensure_local(struct er_store *store, const char *company_id,
@@ -895,25 +1035,15 @@ int er_store_env_ensure_local(struct er_store *store, const char *company_id,
     PGresult *res = NULL;
     int rc = 0;
 
-    /* domain.md 2.2: insert, and on a conflict with the one-local-per-
-     * company index read the winner's row. Read first: after a company's
-     * first run the row is there, and the read is one cheap statement. */
+    /* domain.md 2.2: insert, and on a conflict with the one-local index
+     * read the winner's row. Read first: after the first run the row is
+     * there, and the read is one cheap statement. */
     res = load_local_env(store, params, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     if (PQntuples(res) == 0) {
         PQclear(res);
-        res = er_store__exec(
-            store, "ensure local environment",
-            "INSERT INTO environments (company_id, name, description, "
-            "driver, status, config, metadata) VALUES ($1, 'Local', "
-            "'Default execution environment for Paperclip runs on this "
-            "machine.', 'local', 'active', '{}'::jsonb, "
-            "'{\"managedByPaperclip\": true, \"defaultForCompany\": "
-            "true}'::jsonb) "
-            "ON CONFLICT (company_id, driver) WHERE driver = 'local' "
-            "DO NOTHING RETURNING " ENV_COLS,
-            1, params, NULL, err);
+        res = insert_local_env(store, params, err);
         if (res == NULL)
             return err != NULL ? err->code : ER_EPG;
     }
@@ -924,32 +1054,44 @@ int er_store_env_ensure_local(struct er_store *store, const char *company_id,
         if (res == NULL)
             return err != NULL ? err->code : ER_EPG;
     }
-    if (PQntuples(res) == 0)
+    if (PQntuples(res) > 0)
+        rc = env_from_for(res, company_id, arena, out, err);
+    else if (store->era == ER_ERA_INSTANCE)
+        /* No local row, yet the insert conflicted: another environment
+         * has the name. Only an operator can settle that. */
+        rc = er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_SKIP,
+                        "Failed to ensure local environment: the name "
+                        "\"Local\" belongs to another environment");
+    else
         rc = er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_RETRY,
                         "Failed to ensure local environment");
-    else
-        rc = env_from(res, 0, arena, out, err);
     PQclear(res);
     return rc;
 }
 
 int er_store_env_get(struct er_store *store, const char *id,
-                     struct er_arena *arena, struct er_env_row *out,
-                     struct er_err *err)
+                     const char *company_id, struct er_arena *arena,
+                     struct er_env_row *out, struct er_err *err)
 {
     const char *params[] = { id };
-    PGresult *res = er_store__exec(store, "load environment",
-                                   "SELECT " ENV_COLS
-                                   " FROM environments WHERE id = $1::uuid",
-                                   1, params, NULL, err);
+    PGresult *res;
     int rc;
 
+    if (id == NULL)
+        return ER_ENOTFOUND;
+    res = er_store__exec(store, "load environment",
+                         store->era == ER_ERA_INSTANCE
+                             ? "SELECT " ENV_COLS_INSTANCE
+                               " FROM environments WHERE id = $1::uuid"
+                             : "SELECT " ENV_COLS
+                               " FROM environments WHERE id = $1::uuid",
+                         1, params, NULL, err);
     if (res == NULL)
         return err != NULL ? err->code : ER_EPG;
     if (PQntuples(res) == 0)
         rc = ER_ENOTFOUND;
     else
-        rc = env_from(res, 0, arena, out, err);
+        rc = env_from_for(res, company_id, arena, out, err);
     PQclear(res);
     return rc;
 }
@@ -1233,6 +1375,46 @@ int er_store_lease_set_status(struct er_store *store, const char *id,
         4, params, arena, out, err);
 }
 
+int er_store_lease_cleanup_claim(struct er_store *store, const char *id,
+                                 struct er_err *err)
+{
+    const char *params[] = { id };
+
+    return er_store__exec_cmd(
+        store, "pending cleanup claim",
+        "UPDATE environment_leases SET metadata = " META_OBJ
+        " || jsonb_build_object('pendingCleanupInFlight', true, "
+        "'pendingCleanupAttemptId', gen_random_uuid()::text, "
+        "'pendingCleanupLeaseExpiresAtMs', " NOW_MS " + 900000) "
+        "WHERE id = $1::uuid AND status = 'pending_cleanup'",
+        1, params, err);
+}
+
+int er_store_lease_cleanup_settle(struct er_store *store, const char *id,
+                                  bool is_failed, int64_t *attempts,
+                                  struct er_err *err)
+{
+    const char *params[] = { id };
+    PGresult *res;
+
+    *attempts = 0;
+    if (!is_failed)
+        return er_store__exec_cmd(
+            store, "pending cleanup settle",
+            "UPDATE environment_leases SET metadata = " META_OBJ
+            " || '{\"pendingCleanupInFlight\": false}'::jsonb "
+            "WHERE id = $1::uuid",
+            1, params, err);
+    res = er_store__exec(store, "pending cleanup settle", SETTLE_FAILED_SQL, 1,
+                         params, NULL, err);
+    if (res == NULL)
+        return err != NULL ? err->code : ER_EPG;
+    if (PQntuples(res) > 0)
+        *attempts = er_store__get_i64(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
 int er_store_lease_touch(struct er_store *store, const char *id,
                          struct er_arena *arena, struct er_lease_row *out,
                          struct er_err *err)
@@ -1265,6 +1447,30 @@ int er_store_lease_next_version(struct er_store *store, const char *id,
     return 0;
 }
 
+/* The reaper's query: active leases stale by the TTL ($1 s) or past
+ * expires_at, or_run_ended another way to be stale, or_pending the
+ * pending_cleanup rows it also takes; never one in its cleanup backoff. */
+#define STALE_SQL(or_run_ended, or_pending)                                 \
+    "SELECT " LEASE_COLS " FROM environment_leases l "                      \
+    "WHERE ((status = 'active' AND (last_used_at < now() - "                \
+    "make_interval(secs => $1::bigint) OR expires_at <= now()" or_run_ended \
+    "))" or_pending ") "                                                    \
+    "AND NOT EXISTS (SELECT 1 FROM envrun.operations o WHERE "              \
+    "o.command_id = 'reap:' || l.id::text AND o.kind = 'reap' AND "         \
+    "o.lease_id = l.id AND " ER_STORE_REAP_BACKOFF_SQL ") "                 \
+    "ORDER BY last_used_at LIMIT $2::int FOR UPDATE SKIP LOCKED"
+#define STALE_RUN_ENDED                                               \
+    " OR (last_used_at < now() - interval '5 min' AND EXISTS ("       \
+    "SELECT 1 FROM heartbeat_runs r WHERE r.id = l.heartbeat_run_id " \
+    "AND r.status NOT IN ('queued', 'scheduled_retry', 'running')))"
+/* upstream.md C2's "retry due": not in flight (or its claim ran out), and
+ * its retry time passed or lies absurdly far ahead (over a day). */
+#define PENDING_CLEANUP_DUE                                                 \
+    " OR (status = 'pending_cleanup' AND NOT (metadata->>"                  \
+    "'pendingCleanupInFlight' = 'true' AND " META_CLAIM_END " > " NOW_MS    \
+    ") AND (" META_RETRY_AT " <= " NOW_MS " OR " META_RETRY_AT " > " NOW_MS \
+    " + 86400000))"
+
 int er_store_lease_stale(struct er_store *store, int64_t ttl_s, int limit,
                          struct er_arena *arena, struct er_lease_row **rows,
                          size_t *row_cnt, struct er_err *err)
@@ -1286,28 +1492,16 @@ int er_store_lease_stale(struct er_store *store, int64_t ttl_s, int limit,
      * minutes: the release that never came (upstream #13515). SKIP LOCKED:
      * a lease a step or another reaper holds is not taken; a lease in its
      * cleanup backoff is left for later. */
-    return many_leases(
-        store, "load stale leases",
-        has_runs
-            ? "SELECT " LEASE_COLS " FROM environment_leases l "
-              "WHERE status = 'active' AND (last_used_at < now() - "
-              "make_interval(secs => $1::bigint) OR expires_at <= now() "
-              "OR (last_used_at < now() - interval '5 min' AND EXISTS ("
-              "SELECT 1 FROM heartbeat_runs r WHERE r.id = "
-              "l.heartbeat_run_id AND r.status NOT IN ('queued', "
-              "'scheduled_retry', 'running')))) "
-              "AND NOT EXISTS (SELECT 1 FROM envrun.operations o WHERE "
-              "o.command_id = 'reap:' || l.id::text AND o.kind = 'reap' AND "
-              "o.lease_id = l.id AND " ER_STORE_REAP_BACKOFF_SQL ") "
-              "ORDER BY last_used_at LIMIT $2::int FOR UPDATE SKIP LOCKED"
-            : "SELECT " LEASE_COLS " FROM environment_leases l "
-              "WHERE status = 'active' AND (last_used_at < now() - "
-              "make_interval(secs => $1::bigint) OR expires_at <= now()) "
-              "AND NOT EXISTS (SELECT 1 FROM envrun.operations o WHERE "
-              "o.command_id = 'reap:' || l.id::text AND o.kind = 'reap' AND "
-              "o.lease_id = l.id AND " ER_STORE_REAP_BACKOFF_SQL ") "
-              "ORDER BY last_used_at LIMIT $2::int FOR UPDATE SKIP LOCKED",
-        2, params, arena, rows, row_cnt, err);
+    if (store->era == ER_ERA_INSTANCE)
+        return many_leases(store, "load stale leases",
+                           has_runs
+                               ? STALE_SQL(STALE_RUN_ENDED, PENDING_CLEANUP_DUE)
+                               : STALE_SQL("", PENDING_CLEANUP_DUE),
+                           2, params, arena, rows, row_cnt, err);
+    return many_leases(store, "load stale leases",
+                       has_runs ? STALE_SQL(STALE_RUN_ENDED, "")
+                                : STALE_SQL("", ""),
+                       2, params, arena, rows, row_cnt, err);
 }
 
 int er_store_lease_tag_in_use(struct er_store *store, const char *tag,

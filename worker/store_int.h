@@ -17,10 +17,24 @@
 
 struct er_store;
 
+/* Which Paperclip schema the database has, read from the catalog
+ * (er_store_era). Paperclip 2026.6 moved environments from the company to
+ * the instance: environments.company_id went, and leases gained the status
+ * pending_cleanup (upstream.md C1). */
+enum er_store_era {
+    ER_ERA_NONE = 0, /* no environments table (before the migrations) */
+    ER_ERA_COMPANY,  /* environments.company_id: up to 2026.5 (the seed) */
+    ER_ERA_INSTANCE, /* no environments.company_id: 2026.6 on */
+};
+
 /* An environments row. Timestamps in ms since the epoch. */
 struct er_env_row {
     const char *id;
+    /* The row's company; on an instance-scoped schema, where the row has
+     * none, the company it serves this time (er_store_env_get), whose
+     * secrets and hosts are then the ones it may use. */
     const char *company_id;
+    bool is_instance_scoped; /* the row itself has no company */
     const char *name;
     const char *description; /* NULL when SQL NULL */
     const char *driver;
@@ -101,6 +115,14 @@ int er_store_ensure(struct er_store *store, struct er_err *err);
 
 /* Apply schemas/sql/migrations.sql in one transaction (advisory-locked). */
 int er_store_migrate(struct er_store *store, struct er_err *err);
+
+/* The schema era of the database, read from the catalog on each connect
+ * (and after the migrations). */
+enum er_store_era er_store_era(const struct er_store *store);
+/* Its name ("company", "instance", "none") and a sentence on it, for
+ * logs. */
+const char *er_store_era_name(enum er_store_era era);
+const char *er_store_era_describe(enum er_store_era era);
 
 /* This database's installation id (envrun.installation, made by the
  * migrations) into out; "" when there is none. */
@@ -346,14 +368,20 @@ int er_store_relay_settle(struct er_store *store, int64_t generation,
 
 /* ---- environments ---- */
 
-/* ensureLocalEnvironment (domain.md 2.2): race-safe insert-or-select. */
+/* ensureLocalEnvironment (domain.md 2.2): race-safe insert-or-select of
+ * company_id's Local environment, or, on an instance-scoped schema, the
+ * instance's (serving company_id). */
 int er_store_env_ensure_local(struct er_store *store, const char *company_id,
                               struct er_arena *arena, struct er_env_row *out,
                               struct er_err *err);
-/* Load by id. ER_ENOTFOUND when there is no such row. */
+/* Load by id. ER_ENOTFOUND when there is no such row (or id is NULL: a
+ * lease whose environment was deleted, on an instance-scoped schema).
+ * company_id is the company it is used for: on an instance-scoped schema
+ * it becomes out->company_id; otherwise out has the row's own, for the
+ * caller to check. */
 int er_store_env_get(struct er_store *store, const char *id,
-                     struct er_arena *arena, struct er_env_row *out,
-                     struct er_err *err);
+                     const char *company_id, struct er_arena *arena,
+                     struct er_env_row *out, struct er_err *err);
 
 /* ---- leases ---- */
 
@@ -425,6 +453,17 @@ int er_store_lease_set_status(struct er_store *store, const char *id,
                               const char *cleanup_status,
                               struct er_arena *arena, struct er_lease_row *out,
                               struct er_err *err);
+/* A pending_cleanup lease's attempt (upstream.md C2, the metadata keys a
+ * Paperclip server reads too). claim: pendingCleanupInFlight true, a new
+ * pendingCleanupAttemptId, the claim held 15 minutes. settle: the attempt
+ * is over; when it failed, cleanup_status failed, one more
+ * pendingCleanupRetryAttempts (*attempts gets the count) and the next try
+ * in 5 minutes, 30 once there were 5 (PENDING_CLEANUP_SWEEP_ATTEMPT_CAP). */
+int er_store_lease_cleanup_claim(struct er_store *store, const char *id,
+                                 struct er_err *err);
+int er_store_lease_cleanup_settle(struct er_store *store, const char *id,
+                                  bool is_failed, int64_t *attempts,
+                                  struct er_err *err);
 /* Touch last_used_at/updated_at (re-entrant acquire). */
 int er_store_lease_touch(struct er_store *store, const char *id,
                          struct er_arena *arena, struct er_lease_row *out,
@@ -433,7 +472,9 @@ int er_store_lease_touch(struct er_store *store, const char *id,
 int er_store_lease_next_version(struct er_store *store, const char *id,
                                 int64_t *version, struct er_err *err);
 /* Lock and return the active leases untouched for ttl_s seconds (at most
- * limit), for the reaper. */
+ * limit), for the reaper; on an instance-scoped schema also the
+ * pending_cleanup leases whose retry is due (upstream.md C2: not in flight
+ * under another claim, pendingCleanupRetryAfterMs passed). */
 int er_store_lease_stale(struct er_store *store, int64_t ttl_s, int limit,
                          struct er_arena *arena, struct er_lease_row **rows,
                          size_t *row_cnt, struct er_err *err);

@@ -45,7 +45,8 @@ struct er_store_sent {
 struct er_store {
     PGconn *conn;
     char *conninfo;
-    char lease_ttl_s[24]; /* expires_at = now() + this, as text */
+    enum er_store_era era; /* read on connect (era_detect) */
+    char lease_ttl_s[24];  /* expires_at = now() + this, as text */
     struct er_store_stmt stmts[ER_STORE_STMT_SLOTS];
     int stmt_cnt;
     /* Statements sent ahead in pipeline mode (er_store__exec_later),

@@ -76,6 +76,16 @@ lease_event(struct er_harness *h, const char *lease_id, long long version)
     return found;
 }
 
+/* How many Local environments serve company $1: the company's own, or on
+ * an instance-scoped schema the instance's. */
+static const char *local_env_count_sql(const struct er_harness *h)
+{
+    return er_harness_is_instance_era(h)
+               ? "SELECT count(*) FROM environments WHERE driver = 'local' "
+                 "AND $1::text IS NOT NULL"
+               : "SELECT count(*) FROM environments WHERE company_id = $1";
+}
+
 static void assert_acquire_details(const json_t *details, const char *env_id,
                                    const char *ews_id, const char *issue_id)
 {
@@ -110,10 +120,12 @@ static void lifecycle_acquire_realize_release_on_local(void **state)
     json_t *meta;
     size_t lease_events;
     size_t activity_events;
+    bool is_instance;
 
     h = er_harness_new("lifecycle_happy", 2, NULL);
     ER_HARNESS_NON_NULL(h);
     *state = h;
+    is_instance = er_harness_is_instance_era(h);
     w = er_harness_worker_start(h, NULL);
     ER_HARNESS_NON_NULL(w);
 
@@ -149,7 +161,9 @@ static void lifecycle_acquire_realize_release_on_local(void **state)
     body = er_harness_json_parse_field(res, "resultJson");
     ER_HARNESS_NON_NULL(body);
     ER_HARNESS_ASSERT_STR(body, "environment.id", env_id);
-    ER_HARNESS_ASSERT_STR(body, "environment.companyId", run.company_id);
+    /* An instance's environment has no company (Paperclip 2026.6 on). */
+    ER_HARNESS_ASSERT_STR(body, "environment.companyId",
+                          is_instance ? NULL : run.company_id);
     ER_HARNESS_ASSERT_STR(body, "environment.name", "Local");
     ER_HARNESS_ASSERT_STR(body, "environment.description", LOCAL_DESCRIPTION);
     ER_HARNESS_ASSERT_STR(body, "environment.driver", "local");
@@ -177,15 +191,18 @@ static void lifecycle_acquire_realize_release_on_local(void **state)
 
     /* Rows: environments, environment_leases, activity_log (2.2, 2.3, 3.8).
      */
-    assert_int_equal(er_harness_pg_count(h->db_url,
-                                         "SELECT count(*) FROM environments "
-                                         "WHERE company_id = $1",
-                                         1, (const char *[]){ run.company_id }),
+    assert_int_equal(er_harness_pg_count(h->db_url, local_env_count_sql(h), 1,
+                                         (const char *[]){ run.company_id }),
                      1);
     row = one_row(h->db_url,
-                  "SELECT id::text, name, description, driver, status, "
-                  "config::text AS config, metadata::text AS metadata "
-                  "FROM environments WHERE company_id = $1",
+                  is_instance
+                      ? "SELECT id::text, name, description, driver, status, "
+                        "config::text AS config, metadata::text AS metadata "
+                        "FROM environments WHERE driver = 'local' AND "
+                        "$1::text IS NOT NULL"
+                      : "SELECT id::text, name, description, driver, status, "
+                        "config::text AS config, metadata::text AS metadata "
+                        "FROM environments WHERE company_id = $1",
                   run.company_id);
     ER_HARNESS_ASSERT_STR(row, "id", env_id);
     ER_HARNESS_ASSERT_STR(row, "name", "Local");
@@ -462,8 +479,10 @@ static void lifecycle_realize_updates_execution_workspace(void **state)
     assert_int_equal(er_harness_pg_exec(
                          h->db_url,
                          "INSERT INTO execution_workspaces (id, company_id, "
-                         "mode, cwd, metadata) VALUES ($1, $2, "
-                         "'shared_workspace', $3, '{\"keep\":1}')",
+                         "project_id, mode, strategy_type, name, cwd, "
+                         "metadata) VALUES ($1, $2, gen_random_uuid(), "
+                         "'shared_workspace', 'project_primary', 'ws', $3, "
+                         "'{\"keep\":1}')",
                          3, (const char *[]){ ews_id, run.company_id, h->dir }),
                      0);
 
@@ -638,7 +657,9 @@ static void lifecycle_failed_and_expired_releases(void **state)
 #define RACE_RUNS 8
 
 /* ensureLocalEnvironment is race-safe (2.2): runs of one company acquiring
- * the Local environment at once produce one environments row. */
+ * the Local environment at once produce one environments row. On an
+ * instance-scoped schema runs of two companies do: Local is the
+ * instance's. */
 static void
 lifecycle_concurrent_acquires_make_one_local_environment(void **state)
 {
@@ -649,14 +670,20 @@ lifecycle_concurrent_acquires_make_one_local_environment(void **state)
     const char *ids[RACE_RUNS];
     const char *env_id = NULL;
     const json_t *res;
+    bool is_instance;
     int i;
 
     h = er_harness_new("lifecycle_race", 4, NULL);
     ER_HARNESS_NON_NULL(h);
     *state = h;
+    is_instance = er_harness_is_instance_era(h);
     er_harness_run_init(&runs[0]);
-    for (i = 1; i < RACE_RUNS; i++)
-        er_harness_run_init_same_company(&runs[i], &runs[0]);
+    er_harness_run_init(&runs[1]);
+    for (i = 2; i < RACE_RUNS; i++)
+        er_harness_run_init_same_company(&runs[i],
+                                         &runs[is_instance ? i % 2 : 0]);
+    if (!is_instance)
+        er_harness_run_init_same_company(&runs[1], &runs[0]);
     /* Queue every command before the worker starts so its first batch holds
      * them all and they run in parallel. */
     for (i = 0; i < RACE_RUNS; i++) {
@@ -680,16 +707,18 @@ lifecycle_concurrent_acquires_make_one_local_environment(void **state)
         ER_HARNESS_ASSERT_STR(res, "environmentId", env_id);
     }
     assert_int_equal(
-        er_harness_pg_count(h->db_url,
-                            "SELECT count(*) FROM environments "
-                            "WHERE company_id = $1",
-                            1, (const char *[]){ runs[0].company_id }),
+        er_harness_pg_count(h->db_url, local_env_count_sql(h), 1,
+                            (const char *[]){ runs[0].company_id }),
         1);
+    assert_int_equal(er_harness_pg_count(h->db_url,
+                                         "SELECT count(*) FROM environments", 0,
+                                         NULL),
+                     1);
     assert_int_equal(
         er_harness_pg_count(h->db_url,
                             "SELECT count(*) FROM environment_leases "
-                            "WHERE company_id = $1 AND status = 'active'",
-                            1, (const char *[]){ runs[0].company_id }),
+                            "WHERE status = 'active'",
+                            0, NULL),
         RACE_RUNS);
 }
 

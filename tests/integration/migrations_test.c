@@ -511,12 +511,65 @@ static void migrations_existing_control_plane_tables(void **state)
     er_free(after);
 }
 
+/* On each Paperclip era's control-plane tables (tests/fixtures), two
+ * starts of the worker change no table, column, index or constraint of
+ * Paperclip's, and the worker logs the era it read from the catalog. */
+static void migrations_leave_each_paperclip_era_alone(void **state)
+{
+    static const struct {
+        const char *file;
+        const char *tag;
+        const char *era_kv;
+    } eras[] = {
+        { ER_SOURCE_DIR "/tests/fixtures/paperclip-2026.529.0.sql", "era529",
+          "\"era\":\"company\"" },
+        { ER_SOURCE_DIR "/tests/fixtures/paperclip-2026.916.1.sql", "era916",
+          "\"era\":\"instance\"" },
+    };
+    struct er_harness *h;
+    size_t i;
+
+    h = er_harness_new("migrations_eras", 1, NULL);
+    ER_HARNESS_NON_NULL(h);
+    *state = h;
+    for (i = 0; i < sizeof(eras) / sizeof(eras[0]); i++) {
+        char url[ER_HARNESS_URL_MAX];
+        struct er_harness_worker *w;
+        char *sql = er_harness_read_file(eras[i].file);
+        char *before;
+        char *after;
+        int round;
+
+        ER_HARNESS_NON_NULL(sql);
+        assert_int_equal(er_harness_db_new(h, eras[i].tag, url, sizeof(url)),
+                         0);
+        assert_int_equal(er_harness_pg_exec(url, sql, 0, NULL), 0);
+        er_free(sql);
+        before = public_snapshot(url);
+        for (round = 0; round < 2; round++) {
+            w = start_ready(h, url, round == 1);
+            if (!er_harness_worker_log_contains(w, eras[i].era_kv)) {
+                er_harness_worker_dump_log(w, 4000);
+                er_harness_fail(__FILE__, __LINE__, "no %s logged",
+                                eras[i].era_kv);
+            }
+            stop_clean(w);
+            after = public_snapshot(url);
+            assert_string_equal(before, after);
+            er_free(after);
+        }
+        er_free(before);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(migrations_fresh_database_twice, teardown),
         cmocka_unit_test_teardown(migrations_two_workers_at_once, teardown),
         cmocka_unit_test_teardown(migrations_existing_control_plane_tables,
+                                  teardown),
+        cmocka_unit_test_teardown(migrations_leave_each_paperclip_era_alone,
                                   teardown),
     };
 

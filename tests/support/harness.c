@@ -384,6 +384,25 @@ static rd_kafka_t *make_consumer(struct er_harness *h)
  * Harness
  * ---------------------------------------------------------------- */
 
+/* With ER_HARNESS_PAPERCLIP_SCHEMA set (CTest does, for the era runs of
+ * the lifecycle tests), the database starts as that era's control-plane
+ * database: the file's tables are made before any worker migrates. */
+static int apply_paperclip_schema(const char *url)
+{
+    const char *path = getenv("ER_HARNESS_PAPERCLIP_SCHEMA");
+    char *sql;
+    int rc;
+
+    if (path == NULL || path[0] == '\0')
+        return 0;
+    sql = er_harness_read_file(path);
+    rc = sql != NULL ? er_harness_pg_exec(url, sql, 0, NULL) : -1;
+    if (rc != 0)
+        fprintf(stderr, "harness: cannot apply %s\n", path);
+    er_free(sql);
+    return rc;
+}
+
 struct er_harness *er_harness_new(const char *name, int partition_cnt,
                                   const char *prefix)
 {
@@ -426,6 +445,8 @@ struct er_harness *er_harness_new(const char *name, int partition_cnt,
         goto fail;
     snprintf(h->priv->dbs[h->priv->db_cnt++], sizeof(h->priv->dbs[0]), "%s",
              h->db_name);
+    if (apply_paperclip_schema(h->db_url) != 0)
+        goto fail;
 
     h->priv->kafka = er_devstack_kafka_start(1, partition_cnt, h->prefix, &err);
     if (h->priv->kafka == NULL) {
@@ -546,6 +567,18 @@ bool er_harness_stop_workers(struct er_harness *h)
         er_free(log);
     }
     return is_clean;
+}
+
+bool er_harness_is_instance_era(const struct er_harness *h)
+{
+    /* A database with no environments yet gets the seed-era tables. */
+    return er_harness_pg_count(
+               h->db_url,
+               "SELECT CASE WHEN to_regclass('environments') IS NULL THEN 1 "
+               "ELSE (SELECT count(*) FROM information_schema.columns WHERE "
+               "table_schema = current_schema() AND table_name = "
+               "'environments' AND column_name = 'company_id') END",
+               0, NULL) == 0;
 }
 
 void *er_harness_mock(struct er_harness *h)
@@ -812,6 +845,11 @@ bool er_harness_worker_is_alive(struct er_harness_worker *w)
 
 char *er_harness_worker_log(const struct er_harness_worker *w)
 {
+    return er_harness_read_file(w->log_path);
+}
+
+char *er_harness_read_file(const char *path)
+{
     struct er_buf buf;
     char chunk[65536];
     ssize_t r;
@@ -819,7 +857,7 @@ char *er_harness_worker_log(const struct er_harness_worker *w)
     int fd;
 
     er_buf_init(&buf, (size_t)256 * 1024 * 1024);
-    fd = open(w->log_path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         for (;;) {
             r = read(fd, chunk, sizeof(chunk));

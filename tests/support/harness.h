@@ -153,6 +153,11 @@ int er_harness_worker_wait_exit(struct er_harness_worker *w, int timeout_ms);
 bool er_harness_worker_is_alive(struct er_harness_worker *w);
 /* The whole log so far, NUL-terminated; caller frees with er_free. */
 char *er_harness_worker_log(const struct er_harness_worker *w);
+/* A whole file, NUL-terminated (er_free); NULL when unreadable. */
+char *er_harness_read_file(const char *path);
+/* Whether the harness's database has Paperclip's instance-scoped schema
+ * (environments without company_id: Paperclip 2026.6 on). */
+bool er_harness_is_instance_era(const struct er_harness *h);
 bool er_harness_worker_log_contains(const struct er_harness_worker *w,
                                     const char *needle);
 /* Wait until the log contains needle (polling) or timeout. */

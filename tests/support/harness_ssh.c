@@ -550,11 +550,20 @@ int er_harness_ssh_env_insert(struct er_harness *h, const char *company_id,
     if (text == NULL)
         return -1;
     er_uuid_v4(env_id);
-    rc = er_harness_pg_exec(
-        h->db_url,
-        "INSERT INTO environments (id, company_id, name, driver, status, "
-        "config) VALUES ($1, $2, $3, 'ssh', 'active', $4::jsonb)",
-        4, (const char *[]){ env_id, company_id, name, text });
+    /* An instance-scoped schema's environment has no company: the
+     * company's secret above is what makes it this company's host. */
+    if (er_harness_is_instance_era(h))
+        rc = er_harness_pg_exec(
+            h->db_url,
+            "INSERT INTO environments (id, name, driver, status, config) "
+            "VALUES ($1, $2, 'ssh', 'active', $3::jsonb)",
+            3, (const char *[]){ env_id, name, text });
+    else
+        rc = er_harness_pg_exec(
+            h->db_url,
+            "INSERT INTO environments (id, company_id, name, driver, status, "
+            "config) VALUES ($1, $2, $3, 'ssh', 'active', $4::jsonb)",
+            4, (const char *[]){ env_id, company_id, name, text });
     free(text);
     return rc;
 }
