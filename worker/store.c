@@ -784,7 +784,13 @@ int er_store_ensure(struct er_store *store, struct er_err *err)
                                     "= '60s'",
                                     0, NULL, err);
 
-        return rc != 0 ? rc : era_detect(store, err);
+        if (rc == 0)
+            rc = era_detect(store, err);
+        /* A session whose era is not known must not be used: the next
+         * call connects and reads it again. */
+        if (rc != 0)
+            session_drop(store);
+        return rc;
     }
     /* libpq's message names host and port, never the password. */
     msg = store->conn != NULL ? PQerrorMessage(store->conn) : "out of memory";
@@ -816,7 +822,11 @@ int er_store_migrate(struct er_store *store, struct er_err *err)
     }
     PQclear(res);
     rc = er_store_commit(store, err);
-    return rc != 0 ? rc : era_detect(store, err);
+    if (rc == 0)
+        rc = era_detect(store, err);
+    if (rc != 0)
+        session_drop(store);
+    return rc;
 }
 
 int er_store_installation_id(struct er_store *store, char out[40],
