@@ -60,13 +60,19 @@ static bool cleanup_failed(const struct release_item *it)
             strcmp(it->rel.cleanup_status, "failed") == 0);
 }
 
-/* Whether such a failure leaves the lease pending_cleanup, for the reaper
- * to retry: only where Paperclip knows that status (2026.6 on, which made
- * environments the instance's; upstream.md C1). Before, the lease takes
- * its terminal status with cleanup_status failed. */
+/* Whether a failed cleanup is tried again: the lease goes pending_cleanup
+ * for the reaper, only where Paperclip knows that status (2026.6 on, which
+ * made environments the instance's; upstream.md C1). Before, the lease
+ * takes its terminal status with cleanup_status failed. */
+static bool cleanup_is_retried(struct er_lifecycle *lc)
+{
+    return er_store_era(lc->store) == ER_ERA_INSTANCE;
+}
+
+/* Whether it goes pending_cleanup. */
 static bool goes_pending(struct er_lifecycle *lc, const struct release_item *it)
 {
-    return er_store_era(lc->store) == ER_ERA_INSTANCE && cleanup_failed(it);
+    return cleanup_is_retried(lc) && cleanup_failed(it);
 }
 
 /* Phase 1 of a release: load the environment and pick the driver. */
@@ -137,7 +143,7 @@ static int release_effect(struct er_lifecycle *lc, struct release_item *it,
         er_bridge_host_stop(it->ops, &denv, &dlease, detail);
     }
     er_err_clear(&derr);
-    it->rel.is_retried = er_store_era(lc->store) == ER_ERA_INSTANCE;
+    it->rel.is_retried = cleanup_is_retried(lc);
     er_fault_point("driver.before");
     rc = it->ops->release(&denv, &dlease, it->rel.status, &it->rel, &derr);
     er_fault_point("driver.after");
@@ -163,12 +169,11 @@ static int release_record(struct er_lifecycle *lc, struct release_item *it,
 {
     struct er_lease_row cur;
     json_t *details = NULL;
-    int rc;
-
     const char *status = it->rel.status;
     const char *cleanup = it->rel.cleanup_status;
     const char *reason =
         it->rel.failure_reason != NULL ? it->rel.failure_reason : row_reason;
+    int rc;
 
     *is_released = false;
     if (!it->has_env)

@@ -535,7 +535,7 @@ static void migrations_leave_each_paperclip_era_alone(void **state)
     for (i = 0; i < sizeof(eras) / sizeof(eras[0]); i++) {
         char url[ER_HARNESS_URL_MAX];
         struct er_harness_worker *w;
-        char *sql = er_harness_read_file(eras[i].file);
+        char *sql = er_harness_read_text(eras[i].file, ER_HARNESS_SQL_FILE_MAX);
         char *before;
         char *after;
         int round;

@@ -92,26 +92,34 @@ static const json_t *run_cmd(struct er_harness *h, struct er_harness_cmd *cmd)
     return res;
 }
 
-/* Acquire env_id for run, realize it with a cleanup command that fails,
- * release it; the lease's id goes to lease_id. */
+/* A run of a new company on a per-lease ssh environment of its own (its
+ * workspaces under remote): acquire, realize with a cleanup command that
+ * fails, release. The lease's id goes to lease_id. */
 static void run_with_failing_cleanup(struct era_case *c,
-                                     struct er_harness_run *run,
-                                     char env_id[37], char lease_id[37])
+                                     char remote[ER_HARNESS_PATH_MAX + 16],
+                                     char lease_id[37])
 {
+    struct er_harness_run run;
+    char env_id[37];
     struct er_harness_cmd cmd;
     const json_t *res;
 
-    er_harness_cmd_acquire(&cmd, run);
+    er_harness_run_init(&run);
+    assert_int_equal(
+        er_harness_ssh_per_lease_env(c->h, c->ssh, run.company_id, "Stuck",
+                                     remote, ER_HARNESS_PATH_MAX + 16, env_id),
+        0);
+    er_harness_cmd_acquire(&cmd, &run);
     cmd.cmd.selected_environment_id = env_id;
     res = run_cmd(c->h, &cmd);
     ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
     snprintf(lease_id, 37, "%s", er_harness_json_str(res, "leaseId"));
-    er_harness_cmd_realize(&cmd, run, c->h->dir);
+    er_harness_cmd_realize(&cmd, &run, c->h->dir);
     cmd.cmd.runtime_overlay_json =
         (char *)(uintptr_t) "{\"cleanupCommand\": \"exit 1\"}";
     res = run_cmd(c->h, &cmd);
     ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
-    er_harness_cmd_release(&cmd, run, ER_RELEASE_RELEASED);
+    er_harness_cmd_release(&cmd, &run, ER_RELEASE_RELEASED);
     res = run_cmd(c->h, &cmd);
     ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
     ER_HARNESS_ASSERT_STR(res, "leaseId", lease_id);
@@ -138,20 +146,13 @@ static void assert_ids_are_rfc9562(struct er_harness *h)
 static void today_failed_cleanup_goes_pending_and_is_retried(void **state)
 {
     struct era_case *c = era_case_new(state, "era_pending_cleanup", ERA_TODAY);
-    struct er_harness_run run;
-    char env_id[37];
     char lease_id[37];
     char remote[ER_HARNESS_PATH_MAX + 16];
     char test_dir[ER_HARNESS_PATH_MAX + 80];
     const char *p[1];
 
     assert_true(er_harness_is_instance_era(c->h));
-    er_harness_run_init(&run);
-    assert_int_equal(er_harness_ssh_per_lease_env(c->h, c->ssh, run.company_id,
-                                                  "Stuck", remote,
-                                                  sizeof(remote), env_id),
-                     0);
-    run_with_failing_cleanup(c, &run, env_id, lease_id);
+    run_with_failing_cleanup(c, remote, lease_id);
     p[0] = lease_id;
     /* Not a terminal status: the machine may still be there. */
     assert_int_equal(
@@ -220,19 +221,12 @@ static void today_failed_cleanup_goes_pending_and_is_retried(void **state)
 static void seed_failed_cleanup_stays_terminal(void **state)
 {
     struct era_case *c = era_case_new(state, "era_seed_cleanup", ERA_SEED);
-    struct er_harness_run run;
-    char env_id[37];
     char lease_id[37];
     char remote[ER_HARNESS_PATH_MAX + 16];
     const char *p[1];
 
     assert_false(er_harness_is_instance_era(c->h));
-    er_harness_run_init(&run);
-    assert_int_equal(er_harness_ssh_per_lease_env(c->h, c->ssh, run.company_id,
-                                                  "Stuck", remote,
-                                                  sizeof(remote), env_id),
-                     0);
-    run_with_failing_cleanup(c, &run, env_id, lease_id);
+    run_with_failing_cleanup(c, remote, lease_id);
     p[0] = lease_id;
     assert_int_equal(
         er_harness_pg_count(c->h->db_url,

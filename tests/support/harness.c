@@ -395,7 +395,7 @@ static int apply_paperclip_schema(const char *url)
 
     if (path == NULL || path[0] == '\0')
         return 0;
-    sql = er_harness_read_file(path);
+    sql = er_harness_read_text(path, ER_HARNESS_SQL_FILE_MAX);
     rc = sql != NULL ? er_harness_pg_exec(url, sql, 0, NULL) : -1;
     if (rc != 0)
         fprintf(stderr, "harness: cannot apply %s\n", path);
@@ -845,28 +845,38 @@ bool er_harness_worker_is_alive(struct er_harness_worker *w)
 
 char *er_harness_worker_log(const struct er_harness_worker *w)
 {
-    return er_harness_read_file(w->log_path);
+    /* A worker that has not written yet has an empty log. */
+    char *log = er_harness_read_text(w->log_path, (size_t)256 * 1024 * 1024);
+
+    return log != NULL ? log : er_strdup("");
 }
 
-char *er_harness_read_file(const char *path)
+char *er_harness_read_text(const char *path, size_t max_len)
 {
     struct er_buf buf;
-    char chunk[65536];
+    char chunk[4096];
     ssize_t r;
     size_t len;
     int fd;
 
-    er_buf_init(&buf, (size_t)256 * 1024 * 1024);
     fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        for (;;) {
-            r = read(fd, chunk, sizeof(chunk));
-            if (r <= 0 || er_buf_append(&buf, chunk, (size_t)r) != 0)
-                break;
+    if (fd < 0)
+        return NULL;
+    er_buf_init(&buf, max_len);
+    for (;;) {
+        r = read(fd, chunk, sizeof(chunk));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        if (er_buf_append(&buf, chunk, (size_t)r) != 0) {
+            close(fd);
+            er_buf_fini(&buf);
+            return NULL;
         }
-        close(fd);
     }
-    if (er_buf_append(&buf, "", 1) != 0) {
+    close(fd);
+    if (r < 0 || er_buf_append(&buf, "", 1) != 0) {
         er_buf_fini(&buf);
         return NULL;
     }

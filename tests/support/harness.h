@@ -153,8 +153,11 @@ int er_harness_worker_wait_exit(struct er_harness_worker *w, int timeout_ms);
 bool er_harness_worker_is_alive(struct er_harness_worker *w);
 /* The whole log so far, NUL-terminated; caller frees with er_free. */
 char *er_harness_worker_log(const struct er_harness_worker *w);
-/* A whole file, NUL-terminated (er_free); NULL when unreadable. */
-char *er_harness_read_file(const char *path);
+/* The whole file at path, NUL-terminated (er_free); NULL when it cannot be
+ * read or is longer than max_len. */
+char *er_harness_read_text(const char *path, size_t max_len);
+/* The most er_harness_read_text reads of a SQL file (the era fixtures). */
+#define ER_HARNESS_SQL_FILE_MAX ((size_t)1 << 20)
 /* Whether the harness's database has Paperclip's instance-scoped schema
  * (environments without company_id: Paperclip 2026.6 on). */
 bool er_harness_is_instance_era(const struct er_harness *h);

@@ -48,39 +48,6 @@ static void nap_ms(int ms)
     }
 }
 
-/* The whole file at path, NUL-terminated (er_free), or NULL. */
-static char *read_text(const char *path, size_t max_len)
-{
-    struct er_buf buf;
-    char chunk[4096];
-    ssize_t r;
-    size_t len;
-    int fd;
-
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    er_buf_init(&buf, max_len);
-    for (;;) {
-        r = read(fd, chunk, sizeof(chunk));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        if (er_buf_append(&buf, chunk, (size_t)r) != 0) {
-            close(fd);
-            er_buf_fini(&buf);
-            return NULL;
-        }
-    }
-    close(fd);
-    if (r < 0 || er_buf_append(&buf, "", 1) != 0) {
-        er_buf_fini(&buf);
-        return NULL;
-    }
-    return (char *)er_buf_take(&buf, &len);
-}
-
 /* Write text to a new file at path with mode. Returns 0 or -1. */
 static int write_text(const char *path, const char *text, mode_t mode)
 {
@@ -383,8 +350,9 @@ struct er_harness_ssh *er_harness_ssh_new(struct er_harness *h)
     }
     snprintf(ssh->home, sizeof(ssh->home), "%s", pw.pw_dir);
 
-    ssh->private_key = read_text(ssh->key_path, TEXT_FILE_MAX);
-    ssh->known_hosts = read_text(ssh->known_hosts_path, TEXT_FILE_MAX);
+    ssh->private_key = er_harness_read_text(ssh->key_path, TEXT_FILE_MAX);
+    ssh->known_hosts =
+        er_harness_read_text(ssh->known_hosts_path, TEXT_FILE_MAX);
     if (ssh->private_key == NULL || ssh->known_hosts == NULL) {
         fprintf(stderr, "harness: cannot read %s or %s\n", ssh->key_path,
                 ssh->known_hosts_path);
@@ -522,7 +490,7 @@ static int place_company_secret(const struct er_harness *h,
     snprintf(from, sizeof(from), "%s.secrets/%s", h->dir, id);
     snprintf(dir, sizeof(dir), "%s.secrets/%s", h->dir, company_id);
     snprintf(to, sizeof(to), "%s/%s", dir, id);
-    text = read_text(from, 1u << 20);
+    text = er_harness_read_text(from, 1u << 20);
     if (text == NULL)
         return 0; /* not one of the harness's secrets */
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
@@ -662,7 +630,7 @@ long long er_harness_ssh_log_size(const struct er_harness_ssh *ssh)
 int er_harness_ssh_log_count(const struct er_harness_ssh *ssh, long long from,
                              const char *needle)
 {
-    char *log = read_text(ssh->log_path, (size_t)256 * 1024 * 1024);
+    char *log = er_harness_read_text(ssh->log_path, (size_t)256 * 1024 * 1024);
     const char *p;
     int cnt = 0;
 
@@ -715,7 +683,7 @@ static int proc_scan(struct proc_row **out)
         if (parse_int(de->d_name, 1, 1L << 30, &pid) != 0)
             continue;
         snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
-        text = read_text(path, 4096);
+        text = er_harness_read_text(path, 4096);
         if (text == NULL)
             continue;
         /* "pid (comm) S ppid ...": comm may hold spaces and parentheses. */
@@ -747,7 +715,7 @@ static int proc_scan(struct proc_row **out)
 
 static pid_t listener_pid(const struct er_harness_ssh *ssh)
 {
-    char *text = read_text(ssh->pid_path, 64);
+    char *text = er_harness_read_text(ssh->pid_path, 64);
     long pid = -1;
 
     if (text == NULL || parse_int(text, 1, 1L << 30, &pid) != 0 ||
