@@ -591,9 +591,10 @@ static int demo_send(struct demo *demo, struct demo_cmd *dc,
         rc = er_err_set(err, rc, ER_ERRCLASS_FATAL, "topic prefix too long");
         goto out;
     }
-    rc = er_ctl_util_produce_sync(demo->producer, topic, cmd->heartbeat_run_id,
-                                  strlen(cmd->heartbeat_run_id), value.data,
-                                  value.len, DEMO_SEND_TIMEOUT, err);
+    rc =
+        er_ctl_util_produce_sync(demo->producer, topic, cmd->heartbeat_run_id,
+                                 strlen(cmd->heartbeat_run_id), value.data,
+                                 value.len, NULL, DEMO_SEND_TIMEOUT, NULL, err);
     if (rc != 0)
         goto out;
     dc->is_sent = true;
@@ -781,9 +782,9 @@ int er_ctl_dev_main(int argc, char **argv)
     int i;
     int exit_code = ER_CTL_EXIT_USAGE;
     const struct er_ctl_opt opts[] = {
-        { "demo", NULL, &is_demo },
-        { "partitions", &partitions_s, NULL },
-        { "workers", &workers_s, NULL },
+        { "demo", NULL, &is_demo, NULL },
+        { "partitions", &partitions_s, NULL, NULL },
+        { "workers", &workers_s, NULL, NULL },
     };
 
     memset(&dev, 0, sizeof(dev));

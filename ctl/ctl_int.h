@@ -1,7 +1,9 @@
 /* ctl_int: what the files of envrunctl share. Each subcommand lives in its
- * own file (ctl_send.c, ctl_tail.c, ctl_leases.c, ctl_dev.c) with one entry
- * point; ctl_util.c holds option parsing, Kafka client set-up and the
- * record decoding they have in common. Single-threaded use only. */
+ * own file (ctl_send.c, ctl_tail.c, ctl_leases.c, ctl_dev.c, ctl_dlq.c)
+ * with one entry point; ctl_util.c holds option parsing, Kafka client
+ * set-up and record decoding, ctl_reader.c topic reading, ctl_view.c
+ * filters and tables, ctl_cmdjson.c commands read from JSON. Single-threaded
+ * use only. */
 #ifndef ER_CTL_CTL_INT_H
 #define ER_CTL_CTL_INT_H
 
@@ -11,9 +13,11 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
 #include "common/common.h"
+#include "schemas/schemas.h"
 
 /* Exit codes of contract.md 1. */
 #define ER_CTL_EXIT_OK    0
@@ -31,12 +35,21 @@ void er_ctl_util_signals_install(void);
  * Option parsing: `--name value` or `--name=value`, `--flag`.
  * ================================================================ */
 
+/* The values of a repeatable option, borrowed pointers into argv. */
+struct er_ctl_list {
+    const char **values; /* max entries */
+    size_t max;
+    size_t cnt;
+};
+
 /* One accepted option. Exactly one of value (an option with an argument;
- * receives a borrowed pointer into argv) and is_set (a flag) is non-NULL. */
+ * receives a borrowed pointer into argv), is_set (a flag) and list (a
+ * repeatable option with an argument) is non-NULL. */
 struct er_ctl_opt {
     const char *name; /* without the leading "--" */
     const char **value;
     bool *is_set;
+    struct er_ctl_list *list;
 };
 
 /* Outcome of er_ctl_util_parse. */
@@ -94,6 +107,10 @@ const char *er_ctl_util_topic_short(const char *prefix, const char *full);
  * (ER_EINVAL for a bad property, ER_EKAFKA). */
 rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
                                   struct er_err *err);
+/* A consumer as above that also delivers RD_KAFKA_RESP_ERR__PARTITION_EOF
+ * events (enable.partition.eof), for readers that stop at the end. */
+rd_kafka_t *er_ctl_util_consumer_new_eof(const char *brokers,
+                                         struct er_err *err);
 
 /* Assign every partition of each topic (full names, cnt of them) to the
  * consumer rk from the beginning (is_from_beginning) or the end. Waits up
@@ -103,13 +120,123 @@ int er_ctl_util_assign_all(rd_kafka_t *rk, const char *const *topics,
                            size_t cnt, bool is_from_beginning, int timeout_ms,
                            struct er_err *err);
 
+/* Where a produced record landed. */
+struct er_ctl_delivery {
+    int32_t partition;
+    int64_t offset;
+};
+
 /* Produce one value to topic with key (key_len bytes, NULL for a null key)
- * on producer rk and wait up to timeout_ms for its delivery report. Returns
- * 0 or ER_EKAFKA / ER_ETIMEDOUT with err set. */
+ * and headers hdrs (NULL for none; consumed, even on failure) on producer
+ * rk and wait up to timeout_ms for its delivery report; *where (may be
+ * NULL) receives the record's partition and offset. Returns 0 or
+ * ER_EKAFKA / ER_ETIMEDOUT with err set. */
 int er_ctl_util_produce_sync(rd_kafka_t *rk, const char *topic, const void *key,
                              size_t key_len, const void *value,
-                             size_t value_len, int timeout_ms,
+                             size_t value_len, rd_kafka_headers_t *hdrs,
+                             int timeout_ms, struct er_ctl_delivery *where,
                              struct er_err *err);
+
+/* The value of header name of msg (borrowed, valid while msg lives) as a
+ * NUL-terminated copy in out (out_len bytes, truncated); false when msg has
+ * no such header or its value is null. The last header of that name wins.
+ */
+bool er_ctl_util_header(const rd_kafka_message_t *msg, const char *name,
+                        char *out, size_t out_len);
+
+/* Read the whole of path ("-": standard input) into out (whose cap bounds
+ * it). Returns 0, or ER_EIO / ER_E2BIG with err set naming the file. */
+int er_ctl_util_read_file(const char *path, struct er_buf *out,
+                          struct er_err *err);
+
+/* ================================================================
+ * Reading a topic (ctl_reader.c): every partition assigned directly, in
+ * follow mode (new records until told to stop) or snapshot mode (up to
+ * the end each partition had when the reader opened).
+ * ================================================================ */
+
+struct er_ctl_reader {
+    rd_kafka_t *rk;
+    int part_cnt;
+    int64_t *end_offsets; /* snapshot: high watermark per partition */
+    bool *is_part_done;   /* snapshot: partition read up to its end */
+    int done_cnt;
+    bool is_follow;
+};
+
+/* Open a consumer on brokers and assign every partition of topic (a full
+ * name) from the beginning (is_from_beginning) or the end. Without
+ * is_follow the reader stops at the end offsets of this moment. Returns 0
+ * or ER_EKAFKA / ER_ENOTFOUND / ER_EINVAL (a bad ENVRUN_KAFKA_PROPS) with
+ * err set; on failure the reader is closed. */
+int er_ctl_reader_open(struct er_ctl_reader *reader, const char *brokers,
+                       const char *topic, bool is_from_beginning,
+                       bool is_follow, struct er_err *err);
+
+/* The next record into *msg (owned by the caller: rd_kafka_message_destroy).
+ * Returns 1 with a record, 0 when there is none: the snapshot is read, or
+ * idle_ms >= 0 passed without a record, or er_ctl_util_stop was set.
+ * Broker errors are reported on stderr and reading goes on. */
+int er_ctl_reader_next(struct er_ctl_reader *reader, int64_t idle_ms,
+                       rd_kafka_message_t **msg);
+
+/* Close the consumer and free what open made. Safe on a closed reader. */
+void er_ctl_reader_close(struct er_ctl_reader *reader);
+
+/* ================================================================
+ * Views of records (ctl_view.c): filters and output formats
+ * ================================================================ */
+
+enum er_ctl_format {
+    ER_CTL_FORMAT_JSON = 0,
+    ER_CTL_FORMAT_TABLE,
+};
+
+/* Parse a --format value; 0 or ER_EINVAL. */
+int er_ctl_view_format_parse(const char *s, enum er_ctl_format *format);
+
+/* The record filters of tail; NULL fields match everything. */
+struct er_ctl_filter {
+    const char *run;     /* heartbeatRunId (activity: runId) */
+    const char *lease;   /* leaseId (commands: command.leaseId) */
+    const char *company; /* companyId */
+    const char *outcome; /* outcome (results) */
+};
+
+/* Whether any filter is set. */
+bool er_ctl_view_filter_is_set(const struct er_ctl_filter *filter);
+
+/* Whether the decoded value (a JSON object, borrowed; NULL when the record
+ * did not decode) passes every filter. A record lacking a filtered field
+ * does not pass. */
+bool er_ctl_view_filter_match(const struct er_ctl_filter *filter,
+                              const json_t *value);
+
+/* The header line of the table of topic_short (results, commands,
+ * lease-events, activity or another) into out. */
+int er_ctl_view_table_head(const char *topic_short, struct er_buf *out);
+/* One row of that table for a record: record is the JSON object
+ * er_ctl_util_record_json wrote (borrowed). */
+int er_ctl_view_table_row(const char *topic_short, const json_t *record,
+                          struct er_buf *out);
+
+/* Append s (len bytes) to out as a JSON string (quotes and escapes). */
+int er_ctl_util_json_string(struct er_buf *out, const char *s, size_t len);
+
+/* ================================================================
+ * Commands as JSON (ctl_cmdjson.c)
+ * ================================================================ */
+
+/* Fill cmd from a RunCommand in the JSON shape `tail commands` prints
+ * (text, len bytes; also a whole `tail` line, whose "value" is used).
+ * Strings of cmd point into *doc (owned by the caller: json_decref after
+ * use; the token is a copy, freed with er_secret_fini). A missing
+ * commandId gets a random uuid (into id_buf), a missing issuedAt the
+ * current time. Errors: ER_EINVAL with err naming the field
+ * ("command.adapterType: expected a string"). */
+int er_ctl_cmdjson_parse(const char *text, size_t len,
+                         struct er_run_command *cmd, json_t **doc,
+                         char id_buf[37], struct er_err *err);
 
 /* ================================================================
  * Records as JSON
@@ -137,5 +264,6 @@ int er_ctl_send_main(int argc, char **argv);
 int er_ctl_tail_main(int argc, char **argv);
 int er_ctl_leases_main(int argc, char **argv);
 int er_ctl_dev_main(int argc, char **argv);
+int er_ctl_dlq_main(int argc, char **argv);
 
 #endif

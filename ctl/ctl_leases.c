@@ -45,9 +45,11 @@ int er_ctl_leases_main(int argc, char **argv)
     struct er_err err;
     int exit_code = ER_CTL_EXIT_USAGE;
     const struct er_ctl_opt opts[] = {
-        { "database-url", &url, NULL }, { "company", &company, NULL },
-        { "run", &run, NULL },          { "status", &status, NULL },
-        { "limit", &limit_s, NULL },
+        { "database-url", &url, NULL, NULL },
+        { "company", &company, NULL, NULL },
+        { "run", &run, NULL, NULL },
+        { "status", &status, NULL, NULL },
+        { "limit", &limit_s, NULL, NULL },
     };
 
     er_buf_init(&table, LEASES_TABLE_MAX);

@@ -16,6 +16,7 @@
 static const char usage[] =
     "usage: envrunctl send --kind acquire|realize|release --company ID\n"
     "                      --agent ID [options]\n"
+    "       envrunctl send --file FILE|- [--brokers B] [--topic-prefix P]\n"
     "Encode a RunCommand and produce it to <prefix>commands, keyed by the\n"
     "run id (else the command id); print the command id once delivered.\n"
     "\n"
@@ -42,7 +43,14 @@ static const char usage[] =
     "  --status S                  release: released|expired|failed "
     "(released)\n"
     "  --failure-reason R          release: failureReason\n"
-    "  --raw-file F                send the bytes of F as they are (tests)\n";
+    "  --file F                    the command as JSON (\"-\": standard "
+    "input)\n"
+    "                              in the shape `envrunctl tail commands`\n"
+    "                              prints; validated before it is sent\n"
+    "  --raw-file F                send the bytes of F as they are (tests)\n"
+    "\n"
+    "Exit status: 0 sent, 1 runtime failure, 2 usage error or a bad --file\n"
+    "(one line on stderr naming the option or the field).\n";
 
 struct send_args {
     const char *brokers;
@@ -64,6 +72,7 @@ struct send_args {
     const char *status;
     const char *failure_reason;
     const char *raw_file;
+    const char *file;
 };
 
 /* {"cwd":"<current directory>"} into out. */
@@ -93,40 +102,6 @@ static int default_workspace(struct er_buf *out, struct er_err *err)
     return 0;
 }
 
-/* Read all of path into out (at most RAW_MAX_BYTES). */
-static int read_file(const char *path, struct er_buf *out, struct er_err *err)
-{
-    FILE *f = NULL;
-    char chunk[8192];
-    size_t n;
-    int rc = 0;
-
-    f = fopen(path, "rb");
-    if (f == NULL) {
-        char msg[128];
-
-        return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: %s", path,
-                          er_strerror(errno, msg, sizeof(msg)));
-    }
-    for (;;) {
-        n = fread(chunk, 1, sizeof(chunk), f);
-        if (n == 0)
-            break;
-        if (er_buf_append(out, chunk, n) != 0) {
-            rc = er_err_set(err, ER_E2BIG, ER_ERRCLASS_FATAL,
-                            "%s: over %d bytes", path, RAW_MAX_BYTES);
-            goto out;
-        }
-    }
-    if (ferror(f))
-        rc =
-            er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: read failed", path);
-
-out:
-    fclose(f);
-    return rc;
-}
-
 /* --expires-in: whole seconds from now, 1 to 10 years' worth. */
 static int expires_at(const char *text, int64_t *out)
 {
@@ -145,6 +120,46 @@ static int expires_at(const char *text, int64_t *out)
     return 0;
 }
 
+/* --file carries the whole command: a flag that would build one as well
+ * is a usage error rather than silently ignored. */
+static int check_file_alone(const struct send_args *a)
+{
+    const struct {
+        const char *name;
+        const char *value;
+    } flags[] = {
+        { "--raw-file", a->raw_file },
+        { "--kind", a->kind },
+        { "--company", a->company },
+        { "--agent", a->agent },
+        { "--run", a->run },
+        { "--command-id", a->command_id },
+        { "--environment", a->environment },
+        { "--adapter-type", a->adapter_type },
+        { "--issue", a->issue },
+        { "--execution-workspace", a->exec_ws },
+        { "--execution-workspace-mode", a->exec_ws_mode },
+        { "--expires-in", a->expires_in },
+        { "--lease", a->lease },
+        { "--workspace-json", a->workspace_json },
+        { "--runtime-overlay-json", a->overlay_json },
+        { "--status", a->status },
+        { "--failure-reason", a->failure_reason },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        if (flags[i].value != NULL) {
+            er_ctl_util_usage_error("send",
+                                    "%s cannot be combined with "
+                                    "--file",
+                                    flags[i].name);
+            return ER_EINVAL;
+        }
+    }
+    return 0;
+}
+
 /* Check the options that are required or restricted to a set of words;
  * returns 0 or prints the usage error and returns ER_EINVAL. */
 static int check_args(const struct send_args *a, enum er_cmd_kind *kind,
@@ -155,6 +170,8 @@ static int check_args(const struct send_args *a, enum er_cmd_kind *kind,
                                         "is required");
         return ER_EINVAL;
     }
+    if (a->file != NULL)
+        return check_file_alone(a);
     if (a->raw_file != NULL)
         return 0;
     if (a->kind == NULL) {
@@ -199,12 +216,66 @@ static char *in(const char *s)
     return (char *)(uintptr_t)s;
 }
 
+/* --file: read, map, validate and encode the command into value; its id
+ * goes to command_id and its key (run id, else command id, NUL-terminated)
+ * to key. Returns an exit code; a bad file is a usage error (2) whose
+ * line names the file and the field. */
+static int from_file(const char *path, struct er_buf *value,
+                     char command_id[37], struct er_buf *key,
+                     struct er_err *err)
+{
+    struct er_buf text;
+    struct er_run_command cmd;
+    json_t *doc = NULL;
+    char id_buf[37];
+    const char *k;
+    int exit_code = ER_CTL_EXIT_USAGE;
+
+    er_buf_init(&text, RAW_MAX_BYTES);
+    memset(&cmd, 0, sizeof(cmd));
+    if (er_ctl_util_read_file(path, &text, err) != 0) {
+        exit_code = ER_CTL_EXIT_FAIL;
+        goto out;
+    }
+    if (er_ctl_cmdjson_parse((const char *)text.data, text.len, &cmd, &doc,
+                             id_buf, err) != 0 ||
+        er_validate_command(&cmd, err) != 0) {
+        char why[sizeof(err->msg)];
+
+        memcpy(why, err->msg, sizeof(why));
+        er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "%s: %s", path, why);
+        goto out;
+    }
+    if (strlen(cmd.command_id) >= 37) {
+        er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "%s: commandId: too long",
+                   path);
+        goto out;
+    }
+    memcpy(command_id, cmd.command_id, strlen(cmd.command_id) + 1);
+    k = cmd.heartbeat_run_id != NULL ? cmd.heartbeat_run_id : cmd.command_id;
+    if (er_buf_append(key, k, strlen(k) + 1) != 0) {
+        er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL, "%s: key too long", path);
+        goto out;
+    }
+    exit_code = ER_CTL_EXIT_FAIL;
+    if (er_codec_command_encode(&cmd, value, err) != 0)
+        goto out;
+    exit_code = ER_CTL_EXIT_OK;
+
+out:
+    er_secret_fini(&cmd.host_api_token);
+    json_decref(doc);
+    er_buf_fini(&text);
+    return exit_code;
+}
+
 int er_ctl_send_main(int argc, char **argv)
 {
     struct send_args a;
     struct er_run_command cmd;
     struct er_buf value;
     struct er_buf ws;
+    struct er_buf key_buf;
     struct er_err err;
     rd_kafka_t *rk = NULL;
     enum er_cmd_kind kind = ER_CMD_ACQUIRE;
@@ -215,31 +286,33 @@ int er_ctl_send_main(int argc, char **argv)
     size_t pos_cnt = 0;
     int exit_code = ER_CTL_EXIT_FAIL;
     const struct er_ctl_opt opts[] = {
-        { "brokers", &a.brokers, NULL },
-        { "topic-prefix", &a.prefix, NULL },
-        { "kind", &a.kind, NULL },
-        { "company", &a.company, NULL },
-        { "agent", &a.agent, NULL },
-        { "run", &a.run, NULL },
-        { "command-id", &a.command_id, NULL },
-        { "environment", &a.environment, NULL },
-        { "adapter-type", &a.adapter_type, NULL },
-        { "issue", &a.issue, NULL },
-        { "execution-workspace", &a.exec_ws, NULL },
-        { "execution-workspace-mode", &a.exec_ws_mode, NULL },
-        { "expires-in", &a.expires_in, NULL },
-        { "lease", &a.lease, NULL },
-        { "workspace-json", &a.workspace_json, NULL },
-        { "runtime-overlay-json", &a.overlay_json, NULL },
-        { "status", &a.status, NULL },
-        { "failure-reason", &a.failure_reason, NULL },
-        { "raw-file", &a.raw_file, NULL },
+        { "brokers", &a.brokers, NULL, NULL },
+        { "topic-prefix", &a.prefix, NULL, NULL },
+        { "kind", &a.kind, NULL, NULL },
+        { "company", &a.company, NULL, NULL },
+        { "agent", &a.agent, NULL, NULL },
+        { "run", &a.run, NULL, NULL },
+        { "command-id", &a.command_id, NULL, NULL },
+        { "environment", &a.environment, NULL, NULL },
+        { "adapter-type", &a.adapter_type, NULL, NULL },
+        { "issue", &a.issue, NULL, NULL },
+        { "execution-workspace", &a.exec_ws, NULL, NULL },
+        { "execution-workspace-mode", &a.exec_ws_mode, NULL, NULL },
+        { "expires-in", &a.expires_in, NULL, NULL },
+        { "lease", &a.lease, NULL, NULL },
+        { "workspace-json", &a.workspace_json, NULL, NULL },
+        { "runtime-overlay-json", &a.overlay_json, NULL, NULL },
+        { "status", &a.status, NULL, NULL },
+        { "failure-reason", &a.failure_reason, NULL, NULL },
+        { "raw-file", &a.raw_file, NULL, NULL },
+        { "file", &a.file, NULL, NULL },
     };
 
     memset(&a, 0, sizeof(a));
     memset(&cmd, 0, sizeof(cmd));
     er_buf_init(&value, RAW_MAX_BYTES);
     er_buf_init(&ws, ER_CMD_JSON_MAX * 2);
+    er_buf_init(&key_buf, ER_CMD_ID_MAX + 1);
     er_err_clear(&err);
 
     switch (er_ctl_util_parse("send", argc, argv, opts,
@@ -277,8 +350,13 @@ int er_ctl_send_main(int argc, char **argv)
         goto out;
     }
 
-    if (a.raw_file != NULL) {
-        if (read_file(a.raw_file, &value, &err) != 0)
+    if (a.file != NULL) {
+        exit_code = from_file(a.file, &value, command_id, &key_buf, &err);
+        if (exit_code != ER_CTL_EXIT_OK)
+            goto out;
+        exit_code = ER_CTL_EXIT_FAIL;
+    } else if (a.raw_file != NULL) {
+        if (er_ctl_util_read_file(a.raw_file, &value, &err) != 0)
             goto out;
     } else {
         cmd.command_id = command_id;
@@ -322,8 +400,11 @@ int er_ctl_send_main(int argc, char **argv)
         goto out;
     }
     key = a.run != NULL ? a.run : command_id;
+    if (key_buf.len != 0)
+        key = (const char *)key_buf.data;
     if (er_ctl_util_produce_sync(rk, topic, key, strlen(key), value.data,
-                                 value.len, SEND_TIMEOUT_MS, &err) != 0)
+                                 value.len, NULL, SEND_TIMEOUT_MS, NULL,
+                                 &err) != 0)
         goto out;
     printf("%s\n", command_id);
     exit_code = ER_CTL_EXIT_OK;
@@ -333,6 +414,7 @@ out:
         fprintf(stderr, "envrunctl send: %s\n", err.msg);
     if (rk != NULL)
         rd_kafka_destroy(rk);
+    er_buf_fini(&key_buf);
     er_buf_fini(&ws);
     er_buf_fini(&value);
     return exit_code;

@@ -1,26 +1,43 @@
-/* ctl_tail: `envrunctl tail`: print the records of one topic as JSON lines.
- * Assigns every partition directly (no consumer group join, so no join
- * delay and no committed offsets). Single-threaded; owns its consumer. */
+/* ctl_tail: `envrunctl tail`: print the records of one topic as JSON lines
+ * or a table, filtered by run, lease, company or outcome. Reads through
+ * ctl_reader (every partition assigned directly: no group join, nothing
+ * committed). Single-threaded; owns its reader. */
 #include <string.h>
 
 #include "ctl/ctl_int.h"
 
-#define TAIL_METADATA_TIMEOUT_MS 10000
-
 static const char usage[] =
     "usage: envrunctl tail TOPIC [--brokers B] [--topic-prefix P]\n"
-    "                      [--from-beginning] [--max N] [--timeout-ms T]\n"
-    "Print each record of TOPIC as one JSON line: topic, partition, offset,\n"
-    "key and the decoded value (dead-letter records: headers and the value\n"
-    "in base64). TOPIC is commands, results, lease-events, activity or\n"
-    "commands.dlq (the prefix is added), or a full topic name.\n"
+    "                      [--from-beginning] [--follow] [--max N]\n"
+    "                      [--timeout-ms T] [--run ID] [--lease ID]\n"
+    "                      [--company ID] [--outcome ok|error|deferred]\n"
+    "                      [--format json|table]\n"
+    "Print the records of TOPIC: as JSON lines (topic, partition, offset, key\n"
+    "and the decoded value; dead-letter records: headers and the value in\n"
+    "base64) or as a table. TOPIC is commands, results, lease-events,\n"
+    "activity or commands.dlq (the prefix is added), or a full topic name.\n"
     "\n"
     "  --brokers B         bootstrap servers ($ENVRUN_KAFKA_BROKERS)\n"
     "  --topic-prefix P    topic prefix ($ENVRUN_TOPIC_PREFIX, envrun.)\n"
-    "  --from-beginning    start at the oldest record (default: new ones)\n"
-    "  --max N             stop after N records\n"
-    "  --timeout-ms T      stop after T ms without a record (default: "
-    "never)\n";
+    "  --from-beginning    start at the oldest record and stop at the end\n"
+    "                      the partitions had when tail started (unless\n"
+    "                      --follow); default: new records only, followed\n"
+    "  --follow            keep reading new records until --max, --timeout-ms\n"
+    "                      or a signal\n"
+    "  --max N             stop after printing N records\n"
+    "  --timeout-ms T      stop after T ms without a record (default: never)\n"
+    "  --run ID            only records whose heartbeatRunId (activity: "
+    "runId)\n"
+    "                      is ID\n"
+    "  --lease ID          only records whose leaseId (commands: that of the\n"
+    "                      realize command) is ID\n"
+    "  --company ID        only records whose companyId is ID\n"
+    "  --outcome O         only results whose outcome is O (ok, error,\n"
+    "                      deferred)\n"
+    "  --format F          json (default): one JSON line per record; table:\n"
+    "                      aligned columns suited to the topic\n"
+    "A record lacking a filtered field (or not decoded) does not match.\n"
+    "Exit status: 0 done, 1 runtime failure, 2 usage error.\n";
 
 static bool is_dlq(const char *topic_short)
 {
@@ -29,34 +46,100 @@ static bool is_dlq(const char *topic_short)
     return n >= 4 && strcmp(topic_short + n - 4, ".dlq") == 0;
 }
 
+/* Check the option values; 0 or a usage error printed and ER_EINVAL. */
+static int check_values(const struct er_ctl_filter *filter,
+                        const char *format_s, enum er_ctl_format *format)
+{
+    if (filter->outcome != NULL && strcmp(filter->outcome, "ok") != 0 &&
+        strcmp(filter->outcome, "error") != 0 &&
+        strcmp(filter->outcome, "deferred") != 0) {
+        er_ctl_util_usage_error("tail", "--outcome: expected ok, error or "
+                                        "deferred");
+        return ER_EINVAL;
+    }
+    if (er_ctl_view_format_parse(format_s, format) != 0) {
+        er_ctl_util_usage_error("tail", "--format: expected json or table");
+        return ER_EINVAL;
+    }
+    return 0;
+}
+
+/* Print one record (msg, borrowed) when it passes the filters: into line
+ * as JSON, or as a table row. *is_shown says whether it was printed.
+ * Returns 0 or ER_ENOMEM / ER_E2BIG. */
+static int show(const char *topic_short, const rd_kafka_message_t *msg,
+                const struct er_ctl_filter *filter, enum er_ctl_format format,
+                struct er_buf *line, bool *is_shown)
+{
+    json_t *record = NULL;
+    int rc;
+
+    *is_shown = false;
+    er_buf_reset(line);
+    rc = er_ctl_util_record_json(topic_short, msg, is_dlq(topic_short), line);
+    if (rc != 0)
+        return rc;
+    if (format == ER_CTL_FORMAT_TABLE || er_ctl_view_filter_is_set(filter)) {
+        record = json_loadb((const char *)line->data, line->len, 0, NULL);
+        if (record == NULL)
+            return ER_ENOMEM;
+    }
+    if (!er_ctl_view_filter_match(filter, json_object_get(record, "value"))) {
+        json_decref(record);
+        return 0;
+    }
+    if (format == ER_CTL_FORMAT_TABLE) {
+        er_buf_reset(line);
+        rc = er_ctl_view_table_row(topic_short, record, line);
+    }
+    json_decref(record);
+    if (rc != 0)
+        return rc;
+    fwrite(line->data, 1, line->len, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    *is_shown = true;
+    return 0;
+}
+
 int er_ctl_tail_main(int argc, char **argv)
 {
     const char *brokers = NULL;
     const char *prefix = NULL;
     const char *max_s = NULL;
     const char *timeout_s = NULL;
+    const char *format_s = NULL;
     const char *topic_arg = NULL;
     bool is_from_beginning = false;
+    bool is_follow = false;
     int64_t max_cnt = -1;
     int64_t timeout_ms = -1;
     int64_t seen = 0;
-    int64_t last_ms;
     size_t pos_cnt = 0;
     char topic[512];
-    const char *topic_list[1];
     const char *topic_short;
+    struct er_ctl_filter filter;
+    enum er_ctl_format format = ER_CTL_FORMAT_JSON;
     struct er_err err;
     struct er_buf line;
-    rd_kafka_t *rk = NULL;
+    struct er_ctl_reader reader;
     int exit_code = ER_CTL_EXIT_FAIL;
     const struct er_ctl_opt opts[] = {
-        { "brokers", &brokers, NULL },
-        { "topic-prefix", &prefix, NULL },
-        { "from-beginning", NULL, &is_from_beginning },
-        { "max", &max_s, NULL },
-        { "timeout-ms", &timeout_s, NULL },
+        { "brokers", &brokers, NULL, NULL },
+        { "topic-prefix", &prefix, NULL, NULL },
+        { "from-beginning", NULL, &is_from_beginning, NULL },
+        { "follow", NULL, &is_follow, NULL },
+        { "max", &max_s, NULL, NULL },
+        { "timeout-ms", &timeout_s, NULL, NULL },
+        { "run", &filter.run, NULL, NULL },
+        { "lease", &filter.lease, NULL, NULL },
+        { "company", &filter.company, NULL, NULL },
+        { "outcome", &filter.outcome, NULL, NULL },
+        { "format", &format_s, NULL, NULL },
     };
 
+    memset(&filter, 0, sizeof(filter));
+    memset(&reader, 0, sizeof(reader));
     er_err_clear(&err);
     er_buf_init(&line, 64 * 1024 * 1024);
     switch (er_ctl_util_parse("tail", argc, argv, opts,
@@ -100,6 +183,10 @@ int er_ctl_tail_main(int argc, char **argv)
         exit_code = ER_CTL_EXIT_USAGE;
         goto out;
     }
+    if (check_values(&filter, format_s, &format) != 0) {
+        exit_code = ER_CTL_EXIT_USAGE;
+        goto out;
+    }
     if (er_ctl_util_topic_full(prefix, topic_arg, topic, sizeof(topic)) != 0) {
         er_ctl_util_usage_error("tail", "TOPIC is too long");
         exit_code = ER_CTL_EXIT_USAGE;
@@ -108,59 +195,46 @@ int er_ctl_tail_main(int argc, char **argv)
     topic_short = er_ctl_util_topic_short(prefix, topic);
 
     er_ctl_util_signals_install();
-    rk = er_ctl_util_kafka_new(brokers, false, &err);
-    if (rk == NULL) {
+    /* From the end there is nothing to stop at: new records are followed,
+     * as tail always did. */
+    if (er_ctl_reader_open(&reader, brokers, topic, is_from_beginning,
+                           is_follow || !is_from_beginning, &err) != 0) {
         if (err.code == ER_EINVAL)
             exit_code = ER_CTL_EXIT_USAGE;
         goto out;
     }
-    topic_list[0] = topic;
-    if (er_ctl_util_assign_all(rk, topic_list, 1, is_from_beginning,
-                               TAIL_METADATA_TIMEOUT_MS, &err) != 0)
-        goto out;
+    if (format == ER_CTL_FORMAT_TABLE) {
+        if (er_ctl_view_table_head(topic_short, &line) != 0)
+            goto out;
+        fwrite(line.data, 1, line.len, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
+    while (max_cnt < 0 || seen < max_cnt) {
+        rd_kafka_message_t *msg = NULL;
+        bool is_shown = false;
+        int rc;
 
-    last_ms = er_time_mono_ms();
-    while (!er_ctl_util_stop && (max_cnt < 0 || seen < max_cnt)) {
-        rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 100);
-
-        if (msg == NULL) {
-            if (timeout_ms >= 0 && er_time_mono_ms() - last_ms >= timeout_ms)
-                break;
-            continue;
-        }
-        if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            /* Broker-side trouble is reported but tail goes on: the client
-             * reconnects by itself. */
-            fprintf(stderr, "envrunctl tail: %s\n",
-                    rd_kafka_message_errstr(msg));
-            rd_kafka_message_destroy(msg);
-            continue;
-        }
-        last_ms = er_time_mono_ms();
-        er_buf_reset(&line);
-        if (er_ctl_util_record_json(topic_short, msg, is_dlq(topic_short),
-                                    &line) != 0) {
-            er_err_set(&err, ER_ENOMEM, ER_ERRCLASS_FATAL,
+        if (er_ctl_reader_next(&reader, timeout_ms, &msg) != 1)
+            break;
+        rc = show(topic_short, msg, &filter, format, &line, &is_shown);
+        if (rc != 0) {
+            er_err_set(&err, rc, ER_ERRCLASS_FATAL,
                        "record at offset %lld does not fit in memory",
                        (long long)msg->offset);
             rd_kafka_message_destroy(msg);
             goto out;
         }
         rd_kafka_message_destroy(msg);
-        fwrite(line.data, 1, line.len, stdout);
-        fputc('\n', stdout);
-        fflush(stdout);
-        seen++;
+        if (is_shown)
+            seen++;
     }
     exit_code = ER_CTL_EXIT_OK;
 
 out:
     if (err.code != 0)
         fprintf(stderr, "envrunctl tail: %s\n", err.msg);
-    if (rk != NULL) {
-        rd_kafka_consumer_close(rk);
-        rd_kafka_destroy(rk);
-    }
+    er_ctl_reader_close(&reader);
     er_buf_fini(&line);
     return exit_code;
 }

@@ -119,18 +119,24 @@ enum er_ctl_parse er_ctl_util_parse(const char *cmd, int argc, char **argv,
             *opt->is_set = true;
             continue;
         }
-        if (*opt->value != NULL) {
+        if (opt->list == NULL && *opt->value != NULL) {
             er_ctl_util_usage_error(cmd, "--%s given twice", opt->name);
             return ER_CTL_PARSE_USAGE;
         }
-        if (eq != NULL) {
-            *opt->value = eq + 1;
-        } else if (i + 1 < argc) {
-            *opt->value = argv[++i];
-        } else {
+        if (opt->list != NULL && opt->list->cnt >= opt->list->max) {
+            er_ctl_util_usage_error(cmd, "--%s given more than %zu times",
+                                    opt->name, opt->list->max);
+            return ER_CTL_PARSE_USAGE;
+        }
+        if (eq == NULL && i + 1 >= argc) {
             er_ctl_util_usage_error(cmd, "--%s needs a value", opt->name);
             return ER_CTL_PARSE_USAGE;
         }
+        if (opt->list != NULL)
+            opt->list->values[opt->list->cnt++] =
+                eq != NULL ? eq + 1 : argv[++i];
+        else
+            *opt->value = eq != NULL ? eq + 1 : argv[++i];
     }
     *positional_cnt = pos_cnt;
     return ER_CTL_PARSE_OK;
@@ -202,6 +208,8 @@ static void kafka_error(rd_kafka_t *rk, int code, const char *reason,
 struct delivery {
     bool is_done;
     rd_kafka_resp_err_t err;
+    int32_t partition;
+    int64_t offset;
 };
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
@@ -214,6 +222,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
     if (dr != NULL) {
         dr->is_done = true;
         dr->err = msg->err;
+        dr->partition = msg->partition;
+        dr->offset = msg->offset;
     }
 }
 
@@ -265,8 +275,10 @@ static int apply_props(rd_kafka_conf_t *conf, const char *props,
     return 0;
 }
 
-rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
-                                  struct er_err *err)
+/* A producer or consumer as er_ctl_util_kafka_new describes; is_eof turns
+ * on the consumer's end-of-partition events. */
+static rd_kafka_t *kafka_new(const char *brokers, bool is_producer, bool is_eof,
+                             struct er_err *err)
 {
     rd_kafka_conf_t *conf = NULL;
     rd_kafka_t *rk = NULL;
@@ -299,7 +311,8 @@ rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
             conf_set(conf, "enable.auto.commit", "false", err) != 0 ||
             conf_set(conf, "enable.auto.offset.store", "false", err) != 0 ||
             conf_set(conf, "auto.offset.reset", "earliest", err) != 0 ||
-            conf_set(conf, "enable.partition.eof", "false", err) != 0 ||
+            conf_set(conf, "enable.partition.eof", is_eof ? "true" : "false",
+                     err) != 0 ||
             conf_set(conf, "fetch.wait.max.ms", "100", err) != 0)
             goto fail;
     }
@@ -322,6 +335,18 @@ rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
 fail:
     rd_kafka_conf_destroy(conf);
     return NULL;
+}
+
+rd_kafka_t *er_ctl_util_kafka_new(const char *brokers, bool is_producer,
+                                  struct er_err *err)
+{
+    return kafka_new(brokers, is_producer, false, err);
+}
+
+rd_kafka_t *er_ctl_util_consumer_new_eof(const char *brokers,
+                                         struct er_err *err)
+{
+    return kafka_new(brokers, false, true, err);
 }
 
 /* Partition count of topic, from a metadata request. */
@@ -400,18 +425,23 @@ out:
 
 int er_ctl_util_produce_sync(rd_kafka_t *rk, const char *topic, const void *key,
                              size_t key_len, const void *value,
-                             size_t value_len, int timeout_ms,
+                             size_t value_len, rd_kafka_headers_t *hdrs,
+                             int timeout_ms, struct er_ctl_delivery *where,
                              struct er_err *err)
 {
-    struct delivery dr = { false, RD_KAFKA_RESP_ERR_NO_ERROR };
+    struct delivery dr = { false, RD_KAFKA_RESP_ERR_NO_ERROR, -1, -1 };
     rd_kafka_resp_err_t kerr;
     int64_t deadline = er_time_mono_ms() + timeout_ms;
 
     kerr = (rd_kafka_resp_err_t)er_kafka_produce(rk, topic, key, key_len, value,
-                                                 value_len, NULL, &dr);
-    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+                                                 value_len, hdrs, &dr);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        /* er_kafka_produce leaves the headers to us when it fails. */
+        if (hdrs != NULL)
+            rd_kafka_headers_destroy(hdrs);
         return er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL,
                           "produce to %s: %s", topic, rd_kafka_err2str(kerr));
+    }
     while (!dr.is_done && er_time_mono_ms() < deadline)
         rd_kafka_poll(rk, 50);
     if (!dr.is_done) {
@@ -428,7 +458,69 @@ int er_ctl_util_produce_sync(rd_kafka_t *rk, const char *topic, const void *key,
         return er_err_set(err, ER_EKAFKA, ER_ERRCLASS_RETRY,
                           "delivery to %s failed: %s", topic,
                           rd_kafka_err2str(dr.err));
+    if (where != NULL) {
+        where->partition = dr.partition;
+        where->offset = dr.offset;
+    }
     return 0;
+}
+
+bool er_ctl_util_header(const rd_kafka_message_t *msg, const char *name,
+                        char *out, size_t out_len)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *val = NULL;
+    size_t val_len = 0;
+    size_t n;
+
+    /* rd_kafka_message_headers only reads msg; its prototype is not const.
+     */
+    if (rd_kafka_message_headers((rd_kafka_message_t *)(uintptr_t)msg, &hdrs) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(hdrs, name, &val, &val_len) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR ||
+        val == NULL)
+        return false;
+    n = val_len < out_len - 1 ? val_len : out_len - 1;
+    memcpy(out, val, n);
+    out[n] = '\0';
+    return true;
+}
+
+int er_ctl_util_read_file(const char *path, struct er_buf *out,
+                          struct er_err *err)
+{
+    FILE *f = NULL;
+    char chunk[8192];
+    size_t n;
+    bool is_stdin = strcmp(path, "-") == 0;
+    int rc = 0;
+
+    f = is_stdin ? stdin : fopen(path, "rb");
+    if (f == NULL) {
+        char msg[128];
+
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: %s", path,
+                          er_strerror(errno, msg, sizeof(msg)));
+    }
+    for (;;) {
+        n = fread(chunk, 1, sizeof(chunk), f);
+        if (n == 0)
+            break;
+        if (er_buf_append(out, chunk, n) != 0) {
+            rc = er_err_set(err, ER_E2BIG, ER_ERRCLASS_FATAL,
+                            "%s: over %zu bytes", path, out->max_len);
+            goto out;
+        }
+    }
+    if (ferror(f))
+        rc =
+            er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "%s: read failed", path);
+
+out:
+    if (!is_stdin)
+        fclose(f);
+    return rc;
 }
 
 int er_ctl_util_base64(const void *p, size_t len, struct er_buf *out)
@@ -502,10 +594,10 @@ static size_t utf8_len(const uint8_t *s, size_t n)
 }
 
 /* Append p (len bytes) as a JSON string; invalid UTF-8 becomes U+FFFD. */
-static int put_json_string(struct er_buf *out, const void *p, size_t len)
+int er_ctl_util_json_string(struct er_buf *out, const char *p, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    const uint8_t *s = p;
+    const uint8_t *s = (const uint8_t *)p;
     size_t i = 0;
     int rc;
 
@@ -559,13 +651,13 @@ static int put_headers(struct er_buf *out, const rd_kafka_message_t *msg)
             if (idx != 0)
                 rc = er_buf_append(out, ",", 1);
             if (rc == 0)
-                rc = put_json_string(out, name, strlen(name));
+                rc = er_ctl_util_json_string(out, name, strlen(name));
             if (rc == 0)
                 rc = er_buf_append(out, ":", 1);
             if (rc == 0 && val == NULL)
                 rc = er_buf_append(out, "null", 4);
             else if (rc == 0)
-                rc = put_json_string(out, val, val_len);
+                rc = er_ctl_util_json_string(out, val, val_len);
             idx++;
         }
     }
@@ -591,7 +683,7 @@ int er_ctl_util_record_json(const char *topic_short,
 
     rc = er_buf_append(out, "{\"topic\":", 9);
     if (rc == 0)
-        rc = put_json_string(out, topic_short, strlen(topic_short));
+        rc = er_ctl_util_json_string(out, topic_short, strlen(topic_short));
     if (rc == 0)
         rc = er_buf_printf(
             out, ",\"partition\":%" PRId32 ",\"offset\":%" PRId64 ",\"key\":",
@@ -599,7 +691,7 @@ int er_ctl_util_record_json(const char *topic_short,
     if (rc == 0 && msg->key == NULL)
         rc = er_buf_append(out, "null", 4);
     else if (rc == 0)
-        rc = put_json_string(out, msg->key, msg->key_len);
+        rc = er_ctl_util_json_string(out, msg->key, msg->key_len);
     if (rc != 0)
         goto out;
 
@@ -621,7 +713,7 @@ int er_ctl_util_record_json(const char *topic_short,
         if (rc == 0 && !is_raw && msg->payload != NULL) {
             rc = er_buf_append(out, ",\"error\":", 9);
             if (rc == 0)
-                rc = put_json_string(out, err.msg, strlen(err.msg));
+                rc = er_ctl_util_json_string(out, err.msg, strlen(err.msg));
         }
     }
     if (rc == 0)

@@ -17,14 +17,24 @@ static const char usage[] =
     "        a worker through acquire, realize and release\n"
     "  send --kind acquire|realize|release --company ID --agent ID ...\n"
     "        encode a RunCommand and produce it to <prefix>commands\n"
-    "  tail TOPIC [--from-beginning] [--max N] [--timeout-ms T]\n"
-    "        print a topic's records as JSON lines\n"
-    "  leases [--company ID] [--run ID] [--status S]\n"
+    "  send --file FILE|-\n"
+    "        produce a RunCommand written as JSON (validated first)\n"
+    "  tail TOPIC [--from-beginning] [--follow] [--max N] [--timeout-ms T]\n"
+    "       [--run ID] [--lease ID] [--company ID] [--outcome O]\n"
+    "       [--format json|table]\n"
+    "        print a topic's records decoded, as JSON lines or a table\n"
+    "  leases [--company ID] [--run ID] [--status S] [--limit N]\n"
     "        list environment leases from Postgres\n"
+    "  dlq list [--format json|table] [--max N] [--timeout-ms T]\n"
+    "        show the dead letters of <prefix>commands.dlq with their reasons\n"
+    "  dlq replay (--all | --offset N ... | --partition P | --error-code C)\n"
+    "       [--dry-run] [--force]\n"
+    "        publish chosen dead letters to <prefix>commands again\n"
     "\n"
     "`envrunctl COMMAND --help` describes each command's options.\n"
     "Environment: ENVRUN_KAFKA_BROKERS, ENVRUN_KAFKA_PROPS,\n"
-    "ENVRUN_TOPIC_PREFIX, ENVRUN_DATABASE_URL (flags override them).\n"
+    "ENVRUN_TOPIC_PREFIX, ENVRUN_DATABASE_URL (flags override them),\n"
+    "ENVRUN_LOG_LEVEL.\n"
     "Exit status: 0 success, 1 runtime failure, 2 usage error.\n";
 
 struct subcommand {
@@ -34,10 +44,9 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
-    { "dev", er_ctl_dev_main, true },
-    { "send", er_ctl_send_main, true },
-    { "tail", er_ctl_tail_main, true },
-    { "leases", er_ctl_leases_main, false },
+    { "dev", er_ctl_dev_main, true },   { "send", er_ctl_send_main, true },
+    { "tail", er_ctl_tail_main, true }, { "leases", er_ctl_leases_main, false },
+    { "dlq", er_ctl_dlq_main, true },
 };
 
 int main(int argc, char **argv)

@@ -17,6 +17,7 @@ packages=(
     postgresql valgrind procps
     openssh-server openssh-client bubblewrap
     nodejs # the test provider plugin (tests/plugins) runs on node
+    groff-base # tests/ctl/docs_test.sh lints and renders ctl/envrunctl.1
 )
 
 is_installed() {
