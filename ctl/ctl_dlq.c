@@ -417,6 +417,13 @@ static int list_main(int argc, char **argv)
         print_line(&line);
         seen++;
     }
+    if ((a.max_cnt < 0 || seen < a.max_cnt) &&
+        reader.done_cnt < reader.part_cnt && !er_ctl_util_stop) {
+        er_err_set(&err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
+                   "%s not read to its end (no record for %lld ms)",
+                   a.dlq_topic, (long long)a.idle_ms);
+        goto out;
+    }
     exit_code = ER_CTL_EXIT_OK;
 
 out:
