@@ -278,7 +278,7 @@ static int not_ready(struct er_err *err)
                       "codec used before er_codec_init");
 }
 
-static uint64_t load_le64(const uint8_t *p)
+uint64_t er_codec__load_le64(const uint8_t *p)
 {
     uint64_t v = 0;
     int i;
@@ -801,7 +801,7 @@ static int identify_locked(const uint8_t *buf, size_t len,
                           "not single-object encoded (starts 0x%02x%02x, "
                           "want 0xc301)",
                           buf[0], buf[1]);
-    fp = load_le64(buf + 2);
+    fp = er_codec__load_le64(buf + 2);
     for (i = 0; i < codec.rec_cnt; i++) {
         if (codec.recs[i].fp == fp) {
             *type = codec.recs[i].type;

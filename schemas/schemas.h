@@ -1,6 +1,6 @@
 /* schemas: the Avro records of contract.md 4 and their wire encodings
- * (single-object encoding; Confluent framing is recognised and refused until
- * the registry issue lands), plus validation of decoded commands.
+ * (single-object encoding in the codec; Confluent framing through a schema
+ * registry in registry.c), plus validation of decoded commands.
  * Thread-safe: avro-c keeps its error text in one process-wide buffer, so
  * every codec call is serialised internally. Owns the parsed schemas, created
  * by er_codec_init() and freed by er_codec_shutdown(). */
@@ -254,6 +254,59 @@ int er_codec_activity_event_encode(const struct er_activity_event *ev,
  * command's hostApiToken is written as "<redacted>" when set. */
 int er_codec_to_json(const uint8_t *buf, size_t len, struct er_buf *out,
                      struct er_err *err);
+
+/* ================================================================
+ * Schema registry (registry.c): a Confluent-compatible registry's REST API
+ * through libcurl, and the Confluent wire format (0x00, 4-byte big-endian
+ * schema id, Avro binary). Values are reframed to and from the codec's
+ * single-object encoding; the Avro body is never re-encoded. Thread-safe:
+ * one reused connection under a mutex.
+ * ================================================================ */
+struct er_registry;
+
+/* A client of the registry at url (http:// or https://; user:password@ in
+ * it is sent as basic auth and never shown); ca_file ("" or NULL: the
+ * system's) verifies an https registry. No call is made yet. Errors:
+ * ER_ENOMEM, ER_EIO (libcurl), class FATAL. */
+int er_registry_new(const char *url, const char *ca_file,
+                    struct er_registry **out, struct er_err *err);
+void er_registry_destroy(struct er_registry *reg);
+/* The URL without its userinfo, for logs and messages. */
+const char *er_registry_url_shown(const struct er_registry *reg);
+/* Register the record type's schema under subject (POST
+ * /subjects/{subject}/versions) and keep its id. Errors: class RETRY when
+ * the registry cannot be reached or answers 5xx; class FATAL when it
+ * refuses the schema (credentials, incompatible, invalid), with its own
+ * message. Call before the values are framed (not concurrently). */
+int er_registry_register(struct er_registry *reg, enum er_record_type type,
+                         const char *subject, struct er_err *err);
+/* The id a registered type got; -1 before. */
+int32_t er_registry_id(const struct er_registry *reg, enum er_record_type type);
+/* GET /schemas/ids/{id} calls made so far (each id at most once). */
+uint64_t er_registry_fetch_cnt(struct er_registry *reg);
+/* Bytes of the Confluent header: 0x00 and the schema id. */
+#define ER_REGISTRY_HDR_LEN 5
+/* Whether a value carries Confluent framing (0x00 and a 4-byte id). */
+bool er_registry_is_framed(const uint8_t *buf, size_t len);
+/* A Confluent-framed value as single-object encoding into out: 1. A value
+ * in another framing: 0, out untouched. Errors: class SKIP when the id is
+ * not in the registry or not an Avro schema (ER_ESCHEMA); class RETRY
+ * when the registry cannot be asked now (the value must wait, not go). */
+int er_registry_unframe(struct er_registry *reg, const uint8_t *buf, size_t len,
+                        struct er_buf *out, struct er_err *err);
+/* A single-object value of a registered type as Confluent-framed into
+ * out: 1; any other value: 0, out untouched. Errors: ER_E2BIG. */
+int er_registry_frame(struct er_registry *reg, const uint8_t *buf, size_t len,
+                      struct er_buf *out, struct er_err *err);
+/* er_codec_command_decode of a value in either framing, through the
+ * process's registry (below) for a Confluent-framed one. Errors: those of
+ * the decoder and of er_registry_unframe (class RETRY: try again later). */
+int er_registry_command_decode(const uint8_t *buf, size_t len,
+                               struct er_run_command *cmd, struct er_err *err);
+/* The process's registry client, set once at start (NULL: none; values
+ * stay single-object encoded). Borrowed. */
+void er_registry_install(struct er_registry *reg);
+struct er_registry *er_registry_installed(void);
 
 /* ================================================================
  * Embedded files (generated from schemas/avro/ and schemas/sql/ by

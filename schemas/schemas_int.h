@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/common.h"
 
@@ -22,5 +23,9 @@ bool er_validate__utf8(const char *s, size_t len);
  * the output is valid JSON whatever the input (canonical.c). Returns 0,
  * ER_E2BIG or ER_ENOMEM. */
 int er_canonical__json_str(struct er_buf *out, const char *s, size_t len);
+
+/* The 8 bytes at p as a little-endian number (a single-object header's
+ * fingerprint). */
+uint64_t er_codec__load_le64(const uint8_t *p);
 
 #endif

@@ -22,6 +22,7 @@ enum opt_id {
     OPT_TOPIC_PREFIX,
     OPT_DATABASE_URL,
     OPT_SCHEMA_REGISTRY_URL,
+    OPT_SCHEMA_REGISTRY_CA_FILE,
     OPT_CONCURRENCY,
     OPT_HTTP_ADDR,
     OPT_LOG_FORMAT,
@@ -56,6 +57,8 @@ static const struct opt opts[OPT_CNT] = {
     [OPT_DATABASE_URL] = { "ENVRUN_DATABASE_URL", "database-url", "", false },
     [OPT_SCHEMA_REGISTRY_URL] = { "ENVRUN_SCHEMA_REGISTRY_URL",
                                   "schema-registry-url", "", false },
+    [OPT_SCHEMA_REGISTRY_CA_FILE] = { "ENVRUN_SCHEMA_REGISTRY_CA_FILE",
+                                      "schema-registry-ca-file", "", false },
     [OPT_CONCURRENCY] = { "ENVRUN_CONCURRENCY", "concurrency", "16", false },
     [OPT_HTTP_ADDR] = { "ENVRUN_HTTP_ADDR", "http-addr", "127.0.0.1:9464",
                         false },
@@ -96,8 +99,11 @@ static const char usage_text[] =
     "  --database-url         ENVRUN_DATABASE_URL         (required)\n"
     "      libpq connection string or URI\n"
     "  --schema-registry-url  ENVRUN_SCHEMA_REGISTRY_URL  (none)\n"
-    "      Confluent-compatible registry, http(s)://; unset: single-object\n"
-    "      encoding\n"
+    "      Confluent-compatible registry, http(s)://, user:password@ for "
+    "basic\n"
+    "      auth; unset: single-object encoding\n"
+    "  --schema-registry-ca-file ENVRUN_SCHEMA_REGISTRY_CA_FILE (system's)\n"
+    "      absolute path of the CA bundle an https registry is verified with\n"
     "  --concurrency          ENVRUN_CONCURRENCY          (16)\n"
     "      runs processed at once, 1..1024\n"
     "  --http-addr            ENVRUN_HTTP_ADDR            (127.0.0.1:9464)\n"
@@ -443,6 +449,21 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
         return put_str(cfg->schema_registry_url,
                        sizeof(cfg->schema_registry_url), name, val, errline,
                        errline_len);
+    case OPT_SCHEMA_REGISTRY_CA_FILE: {
+        struct stat st;
+
+        if (val[0] != '\0' && (val[0] != '/' || has_ctl(val) ||
+                               stat(val, &st) != 0 || !S_ISREG(st.st_mode))) {
+            fail(errline, errline_len,
+                 "%s: must be the absolute path of a readable file (got "
+                 "\"%s\")",
+                 name, shown);
+            return -1;
+        }
+        return put_str(cfg->schema_registry_ca_file,
+                       sizeof(cfg->schema_registry_ca_file), name, val, errline,
+                       errline_len);
+    }
     case OPT_CONCURRENCY:
         if (!parse_int(val, 1, 1024, &v)) {
             fail(errline, errline_len,

@@ -713,6 +713,15 @@ static int dlq_value(struct er_lifecycle *lc, const uint8_t *value,
         }
         goto keep;
     }
+    if (er_registry_is_framed(value, value_len)) {
+        /* Confluent framing whose schema could not be resolved: the body
+         * may be a realize command carrying hostApiToken. */
+        *redacted = "everything after the schema id withheld: a command "
+                    "whose schema could not be resolved may carry "
+                    "hostApiToken";
+        value_len = ER_REGISTRY_HDR_LEN;
+        goto keep;
+    }
     er_err_clear(&ignored);
     if (er_codec_identify(value, value_len, &type, &ignored) == 0 &&
         type == ER_REC_RUN_COMMAND) {
@@ -732,6 +741,22 @@ keep:
     rc = er_buf_append(&lc->enc, value, value_len);
     if (rc != 0)
         return er_err_set(err, rc, ER_ERRCLASS_RETRY, "dlq copy failed");
+    return 0;
+}
+
+int er_lifecycle__unframe(struct er_lifecycle *lc, const uint8_t **value,
+                          size_t *value_len, struct er_err *why)
+{
+    struct er_registry *reg = er_registry_installed();
+    int rc;
+
+    if (reg == NULL)
+        return 0;
+    rc = er_registry_unframe(reg, *value, *value_len, &lc->plain, why);
+    if (rc != 1)
+        return rc;
+    *value = lc->plain.data;
+    *value_len = lc->plain.len;
     return 0;
 }
 
@@ -869,9 +894,17 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
     memset(&cmd, 0, sizeof(cmd));
     memset(&st, 0, sizeof(st));
     er_err_clear(&why);
-    if (er_codec_command_decode(value, value_len, &cmd, &why) != 0)
+    rc = er_lifecycle__unframe(lc, &value, &value_len, &why);
+    if (rc < 0 && why.cls == ER_ERRCLASS_RETRY)
+        return er_err_set(err, rc, ER_ERRCLASS_RETRY, "%s", why.msg);
+    if (rc < 0)
         return dead_letter(lc, key, key_len, value, value_len, NULL, &why,
                            coords, err);
+    if (er_codec_command_decode(value, value_len, &cmd, &why) != 0) {
+        rc = dead_letter(lc, key, key_len, value, value_len, NULL, &why,
+                         coords, err);
+        goto out;
+    }
     if (er_validate_command(&cmd, &why) != 0) {
         rc = dead_letter(lc, key, key_len, value, value_len, &cmd, &why, coords,
                          err);
@@ -949,6 +982,10 @@ out:
     json_decref(st.bridge_env);
     er_wipe(st.bridge_token, sizeof(st.bridge_token));
     er_codec_command_fini(&cmd);
+    if (lc->plain.len > 0) {
+        er_wipe(lc->plain.data, lc->plain.len); /* may hold hostApiToken */
+        er_buf_reset(&lc->plain);
+    }
     return rc;
 }
 
@@ -965,6 +1002,7 @@ struct er_lifecycle *er_lifecycle_new(const struct er_config *cfg,
     }
     er_arena_init(&lc->arena, ARENA_MAX);
     er_buf_init(&lc->enc, ENCODE_MAX);
+    er_buf_init(&lc->plain, ENCODE_MAX);
     er_config_topic(cfg, "commands", lc->topic_commands,
                     ER_LIFECYCLE_TOPIC_MAX);
     er_config_topic(cfg, "results", lc->topic_results, ER_LIFECYCLE_TOPIC_MAX);
@@ -996,6 +1034,7 @@ void er_lifecycle_destroy(struct er_lifecycle *lc)
     er_store_destroy(lc->store);
     er_arena_fini(&lc->arena);
     er_buf_fini(&lc->enc);
+    er_buf_fini(&lc->plain);
     er_free(lc);
 }
 
@@ -1045,6 +1084,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
     effect_let_go(lc); /* a step that stopped before its outcome began */
     er_arena_trim(&lc->arena, KEEP_MAX);
     er_buf_trim(&lc->enc, KEEP_MAX);
+    er_buf_trim(&lc->plain, KEEP_MAX);
     return rc;
 }
 
@@ -1052,4 +1092,5 @@ void er_lifecycle_idle(struct er_lifecycle *lc)
 {
     er_arena_trim(&lc->arena, 0);
     er_buf_trim(&lc->enc, 0);
+    er_buf_trim(&lc->plain, 0);
 }

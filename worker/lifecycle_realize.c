@@ -720,9 +720,11 @@ int er_lifecycle_bridges_follow(struct er_lifecycle *lc, const char *owner,
         if (fetch(fetch_arg, lc->topic_commands, ops[i].partition,
                   ops[i].offset, &value, &ferr) != 0)
             why = ferr.msg;
-        else if (er_codec_command_decode(value.data, value.len, &cmd, &ferr) !=
-                 0)
-            why = "its realize command no longer decodes";
+        else if (er_registry_command_decode(value.data, value.len, &cmd,
+                                            &ferr) != 0)
+            why = ferr.cls == ER_ERRCLASS_RETRY
+                      ? ferr.msg
+                      : "its realize command no longer decodes";
         else if (cmd.kind != ER_CMD_REALIZE ||
                  strcmp(cmd.command_id, ops[i].command_id) != 0 ||
                  strcmp(cmd.company_id, ops[i].company_id) != 0)

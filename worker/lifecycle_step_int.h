@@ -41,6 +41,7 @@ struct er_lifecycle {
     int32_t effect_partition;
     struct er_arena arena; /* reset per command */
     struct er_buf enc;     /* scratch for one encoded value */
+    struct er_buf plain;   /* a Confluent-framed command, single-object */
     char topic_commands[ER_LIFECYCLE_TOPIC_MAX]; /* the fence's topic */
     char topic_results[ER_LIFECYCLE_TOPIC_MAX];
     char topic_lease_events[ER_LIFECYCLE_TOPIC_MAX];
@@ -102,6 +103,13 @@ struct er_driver_lease er_lifecycle__driver_lease(const struct er_lease_row *l,
 
 /* ER_ENOMEM, class RETRY. */
 int er_lifecycle__oom(struct er_err *err);
+/* With a schema registry, a Confluent-framed command value becomes its
+ * single-object form in lc->plain, and *value / *value_len point there
+ * (until the next call); any other value is left as it is. 0, or < 0 with
+ * why: class RETRY when the registry cannot be asked now (the command
+ * waits), class SKIP when its schema id cannot be resolved. */
+int er_lifecycle__unframe(struct er_lifecycle *lc, const uint8_t **value,
+                          size_t *value_len, struct er_err *why);
 /* Queue a LeaseEvent for the row as it now is, with the next version. */
 int er_lifecycle__lease_event(struct er_lifecycle *lc,
                               const struct er_lease_row *l, struct er_err *err);

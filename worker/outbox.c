@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
+#include "schemas/schemas.h"
 #include "worker/kafka_int.h"
 #include "worker/outbox_int.h"
 #include "worker/store_int.h"
@@ -233,8 +234,20 @@ static int produce_row(struct er_outbox *ob, const struct er_outbox_row *r,
     hdrs = headers_from(r->headers_json);
     slot->state = SLOT_SENT;
     if (r->value_full_len == r->value_len) {
-        kerr = er_kafka_produce(ob->rk, r->topic, r->key, r->key_len, r->value,
-                                r->value_len, hdrs, slot);
+        struct er_registry *reg = er_registry_installed();
+        struct er_buf framed;
+
+        /* With a registry, envrun's records go out Confluent-framed; a
+         * dead letter keeps the bytes it came with. */
+        er_buf_init(&framed, r->value_len + 16);
+        if (reg != NULL && !is_dlq &&
+            er_registry_frame(reg, r->value, r->value_len, &framed, NULL) == 1)
+            kerr = er_kafka_produce(ob->rk, r->topic, r->key, r->key_len,
+                                    framed.data, framed.len, hdrs, slot);
+        else
+            kerr = er_kafka_produce(ob->rk, r->topic, r->key, r->key_len,
+                                    r->value, r->value_len, hdrs, slot);
+        er_buf_fini(&framed);
         if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR)
             return 0;
         if (!is_dlq || kerr != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)

@@ -3,6 +3,7 @@
  * them in reverse so every committed step's messages are published before
  * the process exits. Owns all of them for the duration of er_worker_run. */
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "drivers/driver.h"
@@ -15,8 +16,10 @@
 #include "worker/store_int.h"
 #include "worker/worker.h"
 
-#define DB_WAIT_MS      30000
-#define OUTBOX_DRAIN_MS 5000
+#define DB_WAIT_MS          30000
+#define OUTBOX_DRAIN_MS     5000
+#define REGISTRY_BACKOFF_MS 500
+#define REGISTRY_MAX_MS     30000
 
 volatile sig_atomic_t er_worker_stop;
 
@@ -62,6 +65,83 @@ static int migrate(const struct er_config *cfg)
     }
 }
 
+/* The topic each of envrun's records is the value of (subject
+ * "<topic>-value"). */
+static const struct {
+    enum er_record_type type;
+    const char *topic;
+} registered[] = {
+    { ER_REC_RUN_COMMAND, "commands" },
+    { ER_REC_COMMAND_RESULT, "results" },
+    { ER_REC_LEASE_EVENT, "lease-events" },
+    { ER_REC_ACTIVITY_EVENT, "activity" },
+};
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+
+    nanosleep(&ts, NULL);
+}
+
+/* With ENVRUN_SCHEMA_REGISTRY_URL set: register envrun's schemas and
+ * install the client, before any command is consumed. While the registry
+ * cannot be reached the start waits, with backoff; nothing is consumed
+ * meanwhile, so nothing is lost. 0 (also when no registry is set), or -1
+ * after logging why (refused, or stopped while waiting). */
+static int start_registry(const struct er_config *cfg, struct er_registry **out)
+{
+    struct er_registry *reg = NULL;
+    int64_t backoff_ms = REGISTRY_BACKOFF_MS;
+    struct er_err err;
+    size_t i = 0;
+
+    *out = NULL;
+    if (cfg->schema_registry_url[0] == '\0')
+        return 0;
+    er_err_clear(&err);
+    if (er_registry_new(cfg->schema_registry_url, cfg->schema_registry_ca_file,
+                        &reg, &err) != 0) {
+        ER_LOG_ERR("worker", "schema registry: %s", err.msg);
+        return -1;
+    }
+    while (i < sizeof(registered) / sizeof(registered[0])) {
+        char subject[256];
+
+        er_config_topic(cfg, registered[i].topic, subject, sizeof(subject));
+        strncat(subject, "-value", sizeof(subject) - strlen(subject) - 1);
+        er_err_clear(&err);
+        if (er_registry_register(reg, registered[i].type, subject, &err) == 0) {
+            ER_LOG_INFO("worker", "schema registered: subject %s, id %d",
+                        subject, (int)er_registry_id(reg, registered[i].type));
+            i++;
+            continue;
+        }
+        if (err.cls != ER_ERRCLASS_RETRY || er_worker_stop) {
+            ER_LOG_ERR("worker", "schema registry: %s",
+                       er_worker_stop ? "stopped while "
+                                        "waiting for it"
+                                      : err.msg);
+            er_registry_destroy(reg);
+            return -1;
+        }
+        ER_LOG_WARN("worker",
+                    "start delayed: %s; next try in %lld ms (no command is "
+                    "consumed until the schemas are registered)",
+                    err.msg, (long long)backoff_ms);
+        sleep_ms(backoff_ms);
+        backoff_ms =
+            backoff_ms * 2 > REGISTRY_MAX_MS ? REGISTRY_MAX_MS : backoff_ms * 2;
+    }
+    er_registry_install(reg);
+    ER_LOG_INFO("worker",
+                "schema registry %s: values use the Confluent wire "
+                "format",
+                er_registry_url_shown(reg));
+    *out = reg;
+    return 0;
+}
+
 int er_worker_run(const struct er_config *cfg)
 {
     struct er_http *http = NULL;
@@ -69,6 +149,7 @@ int er_worker_run(const struct er_config *cfg)
     struct er_dispatch *dispatch = NULL;
     struct er_consumer *consumer = NULL;
     struct er_reaper *reaper = NULL;
+    struct er_registry *registry = NULL;
     const char *brokers = cfg->kafka_brokers;
     struct er_err err;
     int rc = 1;
@@ -92,11 +173,6 @@ int er_worker_run(const struct er_config *cfg)
         ER_LOG_ERR("worker", "codec: %s", err.msg);
         return 1;
     }
-    if (cfg->schema_registry_url[0] != '\0')
-        ER_LOG_WARN("worker", "ENVRUN_SCHEMA_REGISTRY_URL is set but the "
-                              "registry is not supported yet: values stay "
-                              "single-object encoded and Confluent-framed "
-                              "commands are dead-lettered");
     if (migrate(cfg) != 0)
         goto out;
     er_metrics_set_db_ready(true);
@@ -107,6 +183,8 @@ int er_worker_run(const struct er_config *cfg)
             goto out;
         }
     }
+    if (start_registry(cfg, &registry) != 0)
+        goto out;
     outbox = er_outbox_new(cfg, brokers, &err);
     if (outbox == NULL)
         goto fail;
@@ -138,6 +216,8 @@ out:
     er_dispatch_destroy(dispatch);
     er_outbox_destroy(outbox, OUTBOX_DRAIN_MS);
     er_http_destroy(http);
+    er_registry_install(NULL);
+    er_registry_destroy(registry);
     er_bridge_host_shutdown();
     er_sandbox_shutdown();
     er_codec_shutdown();

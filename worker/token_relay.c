@@ -227,7 +227,11 @@ static int derive_from_kafka(const json_t *note, er_token_relay_fetch_fn *fetch,
                        fetch_msg);
         goto out;
     }
-    if (er_codec_command_decode(value.data, value.len, &cmd, NULL) != 0)
+    rc = er_registry_command_decode(value.data, value.len, &cmd, err);
+    if (rc != 0 && err != NULL && err->cls == ER_ERRCLASS_RETRY)
+        goto out; /* the schema registry cannot be asked now */
+    rc = 0;
+    if (cmd.command_id == NULL)
         why = "no longer decodes";
     else if (cmd.kind != ER_CMD_REALIZE ||
              strcmp(cmd.command_id, command_id) != 0 ||

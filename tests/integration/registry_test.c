@@ -1,0 +1,350 @@
+/* registry_test: the worker with ENVRUN_SCHEMA_REGISTRY_URL (contract.md
+ * 4). The registry is tests/support/registry_standin, a stand-in speaking
+ * the Confluent REST API (the real registry is a Java service that cannot
+ * run here), with basic auth. Checked: envrun's four schemas are registered
+ * on start under <topic>-value; results, lease events and activity go out
+ * in the Confluent wire format with those ids; commands are read in both
+ * framings; a producer's id is fetched once and cached; an id the registry
+ * does not know is dead-lettered with only the header kept; a registry that
+ * is down delays the start and loses no command; a refused credential stops
+ * the start; the password never reaches the log. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "tests/support/harness.h"
+#include "tests/support/registry_standin.h"
+
+#define USER_INFO "envrun:s3cret-registry-pass"
+
+static struct er_harness *h;
+static struct er_registry_standin *standin;
+static struct er_registry *client; /* the test's own, for the harness */
+static char url_env[256];
+
+static int group_setup(void **state)
+{
+    struct er_err err;
+    char url[128];
+
+    (void)state;
+    h = er_harness_new("registry", 2, NULL);
+    standin = er_registry_standin_start(USER_INFO);
+    if (h == NULL || standin == NULL)
+        return -1;
+    snprintf(url, sizeof(url), "http://" USER_INFO "@127.0.0.1:%d",
+             er_registry_standin_port(standin));
+    snprintf(url_env, sizeof(url_env), "ENVRUN_SCHEMA_REGISTRY_URL=%s", url);
+    er_err_clear(&err);
+    if (er_registry_new(url, NULL, &client, &err) != 0) {
+        fprintf(stderr, "registry client: %s\n", err.msg);
+        return -1;
+    }
+    /* The harness's reader decodes Confluent-framed records through it. */
+    er_registry_install(client);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    int rc = er_harness_stop_workers(h) ? 0 : -1;
+
+    (void)state;
+    er_harness_destroy(h);
+    er_registry_install(NULL);
+    er_registry_destroy(client);
+    er_registry_standin_stop(standin);
+    return rc;
+}
+
+static int subject_id(const char *topic)
+{
+    char subject[160];
+
+    er_harness_topic_name(h, topic, subject, sizeof(subject));
+    strncat(subject, "-value", sizeof(subject) - strlen(subject) - 1);
+    return er_registry_standin_subject_id(standin, subject);
+}
+
+/* The command as the Confluent wire format with schema id, into out. */
+static void encode_framed(const struct er_run_command *cmd, int id,
+                          struct er_buf *out)
+{
+    struct er_buf so;
+    struct er_err err;
+    uint8_t head[5] = { 0, (uint8_t)(id >> 24), (uint8_t)(id >> 16),
+                        (uint8_t)(id >> 8), (uint8_t)id };
+
+    er_err_clear(&err);
+    er_buf_init(&so, (size_t)4 * 1024 * 1024);
+    er_buf_init(out, (size_t)4 * 1024 * 1024);
+    if (er_codec_command_encode(cmd, &so, &err) != 0)
+        er_harness_fail(__FILE__, __LINE__, "encode: %s", err.msg);
+    assert_int_equal(er_buf_append(out, head, sizeof(head)), 0);
+    assert_int_equal(er_buf_append(out, so.data + ER_CODEC_HDR_LEN,
+                                   so.len - ER_CODEC_HDR_LEN),
+                     0);
+    er_buf_fini(&so);
+}
+
+static const json_t *send_framed(struct er_harness_cmd *c, const char *key,
+                                 int id)
+{
+    struct er_buf framed;
+    const json_t *res;
+
+    encode_framed(&c->cmd, id, &framed);
+    assert_int_equal(
+        er_harness_produce(h, "commands", key, framed.data, framed.len), 0);
+    er_buf_fini(&framed);
+    res = er_harness_wait_result(h, c->command_id, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    return res;
+}
+
+/* Every record of topic is Confluent-framed with the subject's id. */
+static void expect_framed(enum er_harness_topic topic, const char *name)
+{
+    int id = subject_id(name);
+    size_t n = er_harness_count(h, topic);
+    size_t i;
+
+    assert_true(id > 0);
+    assert_true(n > 0);
+    for (i = 0; i < n; i++) {
+        const struct er_harness_record *rec = er_harness_get(h, topic, i);
+
+        assert_true(rec->value_len > 5);
+        assert_int_equal(rec->value[0], 0);
+        assert_int_equal(((int)rec->value[1] << 24) |
+                             ((int)rec->value[2] << 16) |
+                             ((int)rec->value[3] << 8) | rec->value[4],
+                         id);
+        ER_HARNESS_NON_NULL(rec->json); /* decodes with that schema */
+    }
+}
+
+static void expect_no_password(const struct er_harness_worker *w)
+{
+    char *log = er_harness_worker_log(w);
+
+    ER_HARNESS_NON_NULL(log);
+    if (strstr(log, "s3cret-registry-pass") != NULL ||
+        strstr(log, "wrong-pass") != NULL)
+        er_harness_fail(__FILE__, __LINE__, "a registry password is logged");
+    er_free(log);
+}
+
+static void registry_frames_every_record(void **state)
+{
+    const char *env[] = { url_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness_worker *w;
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    const json_t *res;
+    const char *topics[] = { "commands", "results", "lease-events",
+                             "activity" };
+    size_t i;
+
+    (void)state;
+    /* The warm start's acquire is single-object encoded: still read. */
+    w = er_harness_worker_start_warm(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    for (i = 0; i < 4; i++)
+        assert_true(subject_id(topics[i]) > 0);
+    assert_true(er_harness_worker_log_contains(w, "schema registered"));
+
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&c, &run);
+    res = send_framed(&c, run.run_id, subject_id("commands"));
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    er_harness_cmd_release(&c, &run, ER_RELEASE_RELEASED);
+    res = send_framed(&c, run.run_id, subject_id("commands"));
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_true(er_harness_wait_count(h, ER_HARNESS_LEASE_EVENTS, "status",
+                                      "released", 1, ER_HARNESS_WAIT_MS));
+    assert_true(
+        er_harness_wait_total(h, ER_HARNESS_ACTIVITY, 3, ER_HARNESS_WAIT_MS));
+    expect_framed(ER_HARNESS_RESULTS, "results");
+    expect_framed(ER_HARNESS_LEASE_EVENTS, "lease-events");
+    expect_framed(ER_HARNESS_ACTIVITY, "activity");
+    /* One reused connection each: the worker's and this test's client. */
+    assert_true(er_registry_standin_connections(standin) <= 2);
+    assert_int_equal(er_registry_standin_unauthorized(standin), 0);
+    expect_no_password(w);
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+}
+
+/* A producer that registered its own text of RunCommand (a "doc" added:
+ * another id, the same canonical form) is read; its id is fetched once. */
+static void registry_fetches_a_producer_id_once(void **state)
+{
+    const char *env[] = { url_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    const char *schema = er_codec_schema_json(ER_REC_RUN_COMMAND);
+    struct er_harness_worker *w;
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    char *variant;
+    const json_t *res;
+    int id;
+    int i;
+
+    (void)state;
+    ER_HARNESS_NON_NULL(schema);
+    variant = er_malloc(strlen(schema) + 64);
+    ER_HARNESS_NON_NULL(variant);
+    /* {"doc":"...", <the rest of the object>} */
+    sprintf(variant, "{\"doc\":\"registered by another producer\",%s",
+            strchr(schema, '{') + 1);
+    id = er_registry_standin_add(standin, "other-producer-value", variant);
+    er_free(variant);
+    assert_true(id > 0);
+    assert_int_not_equal(id, subject_id("commands"));
+
+    w = er_harness_worker_start_warm(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    for (i = 0; i < 3; i++) {
+        er_harness_run_init(&run);
+        er_harness_cmd_acquire(&c, &run);
+        res = send_framed(&c, run.run_id, id);
+        ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    }
+    /* Once by the worker, once by this test's reader of the commands
+     * topic: not once per command. */
+    assert_int_equal(er_registry_standin_fetches(standin, id), 2);
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+}
+
+/* An id the registry does not know: dead-lettered with its reason, and of
+ * the value only the header, since the body might be a realize command
+ * with hostApiToken; the worker goes on. */
+static void registry_unknown_id_is_dead_lettered(void **state)
+{
+    const char *env[] = { url_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness_worker *w;
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    const struct er_harness_record *rec = NULL;
+    struct er_buf framed;
+    const json_t *res;
+
+    (void)state;
+    w = er_harness_worker_start_warm(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&c, &run);
+    res = er_harness_roundtrip(h, w, &c, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    er_harness_cmd_realize(&c, &run, "/tmp");
+    c.cmd.host_api_token.value = "tok-must-not-leak-0123456789";
+    c.cmd.host_api_token.len = strlen(c.cmd.host_api_token.value);
+    encode_framed(&c.cmd, 999999, &framed);
+    assert_int_equal(
+        er_harness_produce(h, "commands", run.run_id, framed.data, framed.len),
+        0);
+    assert_true(er_harness_wait_key(h, ER_HARNESS_DLQ, run.run_id, 1,
+                                    ER_HARNESS_WAIT_MS));
+    assert_int_equal(
+        er_harness_find_key(h, ER_HARNESS_DLQ, run.run_id, &rec, 1), 1);
+    assert_int_equal(rec->value_len, 5);
+    assert_memory_equal(rec->value, framed.data, 5);
+    ER_HARNESS_ASSERT_CONTAINS(rec->hdr_error,
+                               "schema id 999999 is not in the schema "
+                               "registry");
+    ER_HARNESS_ASSERT_CONTAINS(rec->hdr_redacted, "hostApiToken");
+    assert_false(
+        er_harness_topic_contains(h, ER_HARNESS_DLQ, "tok-must-not-leak"));
+    er_buf_fini(&framed);
+    /* The run goes on. */
+    er_harness_cmd_release(&c, &run, ER_RELEASE_RELEASED);
+    res = er_harness_roundtrip(h, w, &c, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+}
+
+/* Down at start: the worker waits with backoff and says so; a command sent
+ * meanwhile is answered once the registry is back. */
+static void registry_down_delays_start(void **state)
+{
+    const char *env[] = { url_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness_worker *w;
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    struct er_buf framed;
+    const json_t *res;
+    int id;
+
+    (void)state;
+    id = er_registry_standin_add(standin, "any-value",
+                                 er_codec_schema_json(ER_REC_RUN_COMMAND));
+    er_registry_standin_set_down(standin, true);
+    w = er_harness_worker_start(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    assert_true(er_harness_worker_wait_log(w, "start delayed", 15000));
+    assert_true(er_harness_worker_log_contains(w, "HTTP 503"));
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&c, &run);
+    encode_framed(&c.cmd, id, &framed);
+    assert_int_equal(
+        er_harness_produce(h, "commands", run.run_id, framed.data, framed.len),
+        0);
+    er_buf_fini(&framed);
+    er_harness_poll(h, 2000);
+    assert_null(er_harness_wait_result(h, c.command_id, 1));
+    assert_true(er_harness_worker_is_alive(w));
+    er_registry_standin_set_down(standin, false);
+    res = er_harness_wait_result(h, c.command_id, ER_HARNESS_FIRST_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    expect_no_password(w);
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+}
+
+/* Credentials the registry refuses: no retry can help, the start fails
+ * with the registry's words and without the password. */
+static void registry_refused_credentials_stop_the_start(void **state)
+{
+    char bad_env[256];
+    const char *env[] = { bad_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness_worker *w;
+    char *log;
+
+    (void)state;
+    snprintf(bad_env, sizeof(bad_env),
+             "ENVRUN_SCHEMA_REGISTRY_URL=http://envrun:wrong-pass@"
+             "127.0.0.1:%d",
+             er_registry_standin_port(standin));
+    w = er_harness_worker_start(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    assert_int_equal(er_harness_worker_wait_exit(w, 30000), 1);
+    log = er_harness_worker_log(w);
+    ER_HARNESS_ASSERT_CONTAINS(log, "HTTP 401");
+    ER_HARNESS_ASSERT_CONTAINS(log, "Unauthorized");
+    er_free(log);
+    expect_no_password(w);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(registry_frames_every_record),
+        cmocka_unit_test(registry_fetches_a_producer_id_once),
+        cmocka_unit_test(registry_unknown_id_is_dead_lettered),
+        cmocka_unit_test(registry_down_delays_start),
+        cmocka_unit_test(registry_refused_credentials_stop_the_start),
+    };
+
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
