@@ -3,22 +3,43 @@
 # its dev stack. Idempotent: asks dpkg what is already there and installs
 # only what is missing, so a second run does nothing and needs no network.
 # Runs as root (CI, a fresh machine) or through sudo when available.
+# --build-only: only what scripts/build-release.sh needs (docker/Dockerfile's
+# build stage installs through this, so the two lists cannot drift);
+# --list-build-only prints that list, one a line (tests/docker/).
 set -euo pipefail
 
-packages=(
-    # toolchain
-    build-essential cmake pkg-config git
+# What scripts/build-release.sh needs: toolchain and -dev packages.
+build_packages=(
+    build-essential cmake pkg-config
     musl-tools # envrun-gateway is a static musl binary (bridge/gateway/)
-    clang clang-format libclang-rt-14-dev
-    # libraries (DESIGN.md: dependencies)
+    # libraries (DESIGN.md: dependencies; cmocka: CMake requires it)
     librdkafka-dev libavro-dev libjansson-dev libpq-dev libcmocka-dev
     libcurl4-openssl-dev
+    python3 # tests/CMakeLists.txt looks for it when configuring
+)
+packages=(
+    "${build_packages[@]}"
+    # toolchain
+    git clang clang-format libclang-rt-14-dev
     # real servers and tools the tests use
     postgresql valgrind procps
     openssh-server openssh-client bubblewrap
     nodejs # the test provider plugin (tests/plugins) runs on node
+    python3-yaml # tests/docker/check_compose.py
     groff-base # tests/ctl/docs_test.sh lints and renders ctl/envrunctl.1
 )
+case ${1:-} in
+'') ;;
+--build-only) packages=("${build_packages[@]}") ;;
+--list-build-only)
+    printf '%s\n' "${build_packages[@]}"
+    exit 0
+    ;;
+*)
+    echo "usage: install-deps.sh [--build-only | --list-build-only]" >&2
+    exit 2
+    ;;
+esac
 
 is_installed() {
     local status
