@@ -69,6 +69,26 @@ int er_bridge_fwd_new(const char *origin, const struct er_bridge_allow *allow,
                       size_t max_body, int64_t timeout_ms,
                       struct er_bridge_fwd **out, struct er_err *err);
 void er_bridge_fwd_free(struct er_bridge_fwd *fwd);
+/* The W3C traceparent of the run's realize command (NULL or over 55 bytes:
+ * none): a forwarded request without a traceparent header of its own gets
+ * this one, so the API sees the bridge's calls in the run's trace. */
+void er_bridge_fwd_set_trace(struct er_bridge_fwd *fwd,
+                             const char *traceparent);
+
+/* Requests answered, counted process-wide without a lock for the worker's
+ * /metrics (envrun_bridge_requests_total): by transport and by the status
+ * class of the answer (1xx..5xx, then anything else). */
+enum er_bridge_count_transport {
+    ER_BRIDGE_COUNT_QUEUE_V1 = 0,
+    ER_BRIDGE_COUNT_STREAM_V1,
+    ER_BRIDGE_COUNT_TRANSPORTS,
+};
+#define ER_BRIDGE_COUNT_CLASSES 6
+
+/* Count one request of transport answered with HTTP status. */
+void er_bridge_fwd_count(enum er_bridge_count_transport transport, int status);
+/* The count of transport and status class (0: 1xx ... 4: 5xx, 5: other). */
+uint64_t er_bridge_fwd_count_get(int transport, int status_class);
 
 /* A request as the gateway enqueued it (upstream.md B3), decoded. */
 struct er_bridge_req {
@@ -290,6 +310,7 @@ struct er_bridge_stream_opts {
     const struct er_bridge_allow *allow; /* borrowed */
     const struct er_secret *host_token;  /* borrowed */
     const char *run_id;
+    const char *traceparent;        /* see er_bridge_fwd_set_trace */
     size_t max_body;                /* 0: ER_BRIDGE_MAX_BODY_BYTES */
     bool (*may_forward)(void *arg); /* see er_bridge_queue_opts */
     void *may_forward_arg;
@@ -476,6 +497,7 @@ struct er_bridge_run_opts {
     const struct er_secret *host_token;  /* copied */
     const char *lease_id;
     const char *run_id;
+    const char *traceparent; /* W3C; sent where a request has none */
     int port; /* 0: ephemeral, or the port of an earlier ready.json */
     bool (*may_forward)(void *arg); /* see er_bridge_queue_opts */
     void *may_forward_arg;

@@ -4,6 +4,7 @@
  * libcurl on one reused connection to the configured origin and nowhere
  * else, the size limit, and the bridge's own answers for what fails. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "bridge/bridge.h"
 
 #define ORIGIN_MAX 512
+#define TRACE_MAX  55 /* a W3C version-00 traceparent */
 
 struct er_bridge_fwd {
     CURL *curl;
@@ -22,6 +24,7 @@ struct er_bridge_fwd {
     const struct er_bridge_allow *allow;
     size_t max_body;
     int64_t timeout_ms;
+    char trace[TRACE_MAX + 1]; /* "": none */
 };
 
 /* ================================================================
@@ -105,12 +108,44 @@ int er_bridge_fwd_new(const char *origin, const struct er_bridge_allow *allow,
     return 0;
 }
 
+static bool header_value_is_plain(const char *v);
+
+void er_bridge_fwd_set_trace(struct er_bridge_fwd *fwd, const char *traceparent)
+{
+    if (traceparent == NULL || strlen(traceparent) > TRACE_MAX ||
+        !header_value_is_plain(traceparent))
+        fwd->trace[0] = '\0';
+    else
+        snprintf(fwd->trace, sizeof(fwd->trace), "%s", traceparent);
+}
+
 void er_bridge_fwd_free(struct er_bridge_fwd *fwd)
 {
     if (fwd == NULL)
         return;
     curl_easy_cleanup(fwd->curl);
     er_free(fwd);
+}
+
+static atomic_uint_fast64_t answered[ER_BRIDGE_COUNT_TRANSPORTS]
+                                    [ER_BRIDGE_COUNT_CLASSES];
+
+void er_bridge_fwd_count(enum er_bridge_count_transport transport, int status)
+{
+    int cls = status >= 100 && status <= 599 ? status / 100 - 1
+                                             : ER_BRIDGE_COUNT_CLASSES - 1;
+
+    ER_ASSERT((unsigned)transport < ER_BRIDGE_COUNT_TRANSPORTS);
+    atomic_fetch_add_explicit(&answered[transport][cls], 1,
+                              memory_order_relaxed);
+}
+
+uint64_t er_bridge_fwd_count_get(int transport, int status_class)
+{
+    ER_ASSERT(transport >= 0 && transport < ER_BRIDGE_COUNT_TRANSPORTS);
+    ER_ASSERT(status_class >= 0 && status_class < ER_BRIDGE_COUNT_CLASSES);
+    return atomic_load_explicit(&answered[transport][status_class],
+                                memory_order_relaxed);
 }
 
 void er_bridge_res_fini(struct er_bridge_res *res)
@@ -325,6 +360,7 @@ static struct curl_slist *headers_for(const struct er_bridge_fwd *fwd,
     struct curl_slist *list = NULL;
     struct curl_slist *grown;
     struct er_buf line;
+    bool has_trace = false;
     size_t i;
 
     *is_oom = false;
@@ -336,6 +372,7 @@ static struct curl_slist *headers_for(const struct er_bridge_fwd *fwd,
         if (!er_bridge_allow_request_header(fwd->allow, name) ||
             value == NULL || value[strspn(value, " \t")] == '\0')
             continue;
+        has_trace = has_trace || strcasecmp(name, "traceparent") == 0;
         if (!header_value_is_plain(value)) {
             er_bridge_res_error(res, 400, "Invalid bridge request payload.",
                                 false);
@@ -354,6 +391,11 @@ static struct curl_slist *headers_for(const struct er_bridge_fwd *fwd,
     er_buf_reset(&line);
     if (er_buf_printf(&line, "x-paperclip-run-id: %s", run_id) != 0 ||
         !slist_add(&list, &line))
+        goto oom;
+    er_buf_reset(&line);
+    if (!has_trace && fwd->trace[0] != '\0' &&
+        (er_buf_printf(&line, "traceparent: %s", fwd->trace) != 0 ||
+         !slist_add(&list, &line)))
         goto oom;
     grown = curl_slist_append(list, "Expect:");
     if (grown == NULL)

@@ -560,12 +560,14 @@ static void process(struct er_bridge_poller *p, const char *name,
                                               "busy. Retry later."
                                             : "Invalid bridge request payload.",
                             false);
+        er_bridge_fwd_count(ER_BRIDGE_COUNT_QUEUE_V1, res.status);
         finalize(p, name, id0, &res, true, may_defer);
         goto out;
     }
     er_bridge_envelope_req(&env, &req);
     er_bridge_handle(p->fwd, &req, p->host_token, p->run_id, &p->abort_forward,
                      &res);
+    er_bridge_fwd_count(ER_BRIDGE_COUNT_QUEUE_V1, res.status);
     finalize(p, name, env.id, &res, true, may_defer);
     er_bridge_envelope_fini(&env);
 out:

@@ -407,6 +407,7 @@ static void handle(struct er_bridge_stream *s, struct er_bridge_fwd *fwd,
         er_bridge_envelope_req(&env, &req);
         er_bridge_handle(fwd, &req, s->host_token, s->run_id, &s->abort, &res);
     }
+    er_bridge_fwd_count(ER_BRIDGE_COUNT_STREAM_V1, res.status);
     respond(s, id, &res);
     pthread_mutex_lock(&s->mu);
     s->stats.handled++;
@@ -500,8 +501,10 @@ int er_bridge_stream_start(const struct er_bridge_stream_opts *o,
     for (i = 0; i < ER_BRIDGE_STREAM_FORWARDERS && rc == 0; i++) {
         rc = er_bridge_fwd_new(o->origin, o->allow, s->max_body,
                                ER_BRIDGE_FORWARD_TIMEOUT_MS, &s->fwd[i], err);
-        if (rc == 0)
+        if (rc == 0) {
+            er_bridge_fwd_set_trace(s->fwd[i], o->traceparent);
             s->fwd_cnt++;
+        }
     }
     if (rc != 0)
         goto fail;

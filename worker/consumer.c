@@ -33,6 +33,8 @@
  * outcome transactions before it cancels them. */
 #define EFFECT_WAIT_MS   10000
 #define RECORDS_WAIT_MS  2000
+/* How often envrun_consumer_lag is brought up to date. */
+#define LAG_EVERY_MS     1000
 
 /* Offsets of one partition in arrival order; done ones are popped from the
  * front, and the commit point is the first not done. */
@@ -46,6 +48,7 @@ struct tracker {
     int64_t commit_at; /* next offset to commit, -1: nothing new */
     int64_t committed;
     int64_t generation; /* fence of this assignment; 0: not claimed */
+    int64_t eof_at;     /* offset where it last reached its end; -1: not yet */
 };
 
 /* Offsets of one partition whose steps committed their outcome while the
@@ -120,6 +123,7 @@ static void tracker_reset(struct tracker *t)
     memset(t, 0, sizeof(*t));
     t->commit_at = -1;
     t->committed = -1;
+    t->eof_at = -1;
 }
 
 static int tracker_push(struct tracker *t, int64_t offset)
@@ -411,6 +415,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t kerr,
     for (i = 0; i < (int)cnt; i++) {
         c->revoked_generation[ids[i]] = c->parts[ids[i]].generation;
         tracker_reset(&c->parts[ids[i]]);
+        er_metrics_consumer_lag(ids[i], -1);
     }
     rd_kafka_assign(rk, NULL);
     ER_LOG_INFO("consumer", "revoked %zu partitions of %s", cnt, c->topic);
@@ -430,6 +435,50 @@ static void set_paused(struct er_consumer *c, bool is_paused)
         rd_kafka_resume_partitions(c->rk, list);
     rd_kafka_topic_partition_list_destroy(list);
     c->is_paused = is_paused;
+}
+
+/* envrun_consumer_lag of each assigned partition: the high watermark
+ * librdkafka last saw minus the position consumed (or the end the
+ * partition reached, when nothing was consumed since its assignment), plus
+ * the consumed commands whose step has not finished. Local calls only
+ * (cached watermarks, no broker round trip); a partition that has no
+ * watermark or position yet keeps its last value. */
+static void report_lag(struct er_consumer *c)
+{
+    rd_kafka_topic_partition_list_t *list =
+        rd_kafka_topic_partition_list_new(8);
+    int32_t p;
+    int i;
+
+    for (p = 0; p < MAX_PARTITIONS; p++) {
+        if (c->parts[p].is_assigned)
+            rd_kafka_topic_partition_list_add(list, c->topic, p);
+    }
+    if (list->cnt > 0 &&
+        rd_kafka_position(c->rk, list) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (i = 0; i < list->cnt; i++) {
+            const struct tracker *t = &c->parts[list->elems[i].partition];
+            int64_t pos = list->elems[i].offset;
+            int64_t lo = -1;
+            int64_t hi = -1;
+            int64_t pending = 0;
+            size_t j;
+
+            /* Nothing consumed since the assignment: the end it reached. */
+            if (t->eof_at > pos)
+                pos = t->eof_at;
+            if (rd_kafka_get_watermark_offsets(
+                    c->rk, c->topic, list->elems[i].partition, &lo, &hi) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR ||
+                hi < 0 || pos < 0)
+                continue;
+            for (j = t->head; j < t->len; j++)
+                pending += t->is_done[j] ? 0 : 1;
+            er_metrics_consumer_lag(list->elems[i].partition,
+                                    (hi > pos ? hi - pos : 0) + pending);
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(list);
 }
 
 static void handle(struct er_consumer *c, const rd_kafka_message_t *msg)
@@ -503,6 +552,10 @@ struct er_consumer *er_consumer_new(const struct er_config *cfg,
         "range,roundrobin",
         "fetch.wait.max.ms",
         "100",
+        /* The end of a partition is reported: envrun_consumer_lag of a
+         * partition with nothing to consume since its assignment. */
+        "enable.partition.eof",
+        "true",
         NULL,
     };
 
@@ -530,6 +583,7 @@ struct er_consumer *er_consumer_new(const struct er_config *cfg,
     if (c->max_inflight < MIN_INFLIGHT_CAP)
         c->max_inflight = MIN_INFLIGHT_CAP;
     er_config_topic(cfg, "commands", c->topic, sizeof(c->topic));
+    er_metrics_consumer_topic(c->topic);
     conf = er_kafka_conf_new(brokers, defaults, cfg->kafka_props, errstr,
                              sizeof(errstr));
     if (conf == NULL) {
@@ -576,6 +630,7 @@ int er_consumer_run(struct er_consumer *c)
     char msg[ER_ERR_MSG_MAX];
     size_t inflight;
     int64_t busy_at = er_time_mono_ms();
+    int64_t lag_at = 0;
     bool is_trimmed = false;
     int rc = 0;
 
@@ -590,10 +645,16 @@ int er_consumer_run(struct er_consumer *c)
             else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 ER_LOG_WARN("consumer", "consume error: %s",
                             rd_kafka_message_errstr(m));
+            else if (m->partition >= 0 && m->partition < MAX_PARTITIONS)
+                c->parts[m->partition].eof_at = m->offset; /* for the lag */
             rd_kafka_message_destroy(m);
         }
         collect_done(c);
         commit_offsets(c, false);
+        if (er_time_mono_ms() - lag_at >= LAG_EVERY_MS) {
+            report_lag(c);
+            lag_at = er_time_mono_ms();
+        }
         inflight = er_dispatch_inflight(c->dispatch);
         if (inflight > 0) {
             busy_at = er_time_mono_ms();

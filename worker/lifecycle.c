@@ -155,6 +155,9 @@ static int outbox(struct er_lifecycle *lc, const char *topic,
                   const uint8_t *key, size_t key_len, const char *headers,
                   struct er_err *err)
 {
+    /* What the step publishes carries its command's trace context. */
+    if (headers == NULL && lc->trace_headers[0] != '\0')
+        headers = lc->trace_headers;
     return er_store_outbox_add(lc->store, topic, key, key_len, lc->enc.data,
                                lc->enc.len, headers, NULL, err);
 }
@@ -327,6 +330,16 @@ int er_lifecycle__journal(struct er_step *st, const char *kind,
     return rc;
 }
 
+/* The step's current phase ended now: observe it; the next one begins. */
+static void phase_end(struct er_lifecycle *lc, enum er_metrics_phase phase)
+{
+    int64_t now = er_metrics_now_us();
+
+    if (lc->phase_at_us > 0)
+        er_metrics_step_phase(phase, now - lc->phase_at_us);
+    lc->phase_at_us = lc->phase_at_us > 0 ? now : 0;
+}
+
 /* Let go of the effect hold, if the step has it. A failure is only
  * logged: the hold goes with the connection, which then is bad. */
 static void effect_let_go(struct er_lifecycle *lc)
@@ -357,6 +370,7 @@ int er_lifecycle__intent_commit(struct er_step *st, struct er_err *err)
     rc = er_store_commit(lc->store, err);
     if (rc != 0)
         return rc;
+    phase_end(lc, ER_METRICS_PHASE_INTENT);
     er_fault_point("intent.after_commit");
     if (co == NULL || co->generation == NULL || lc->is_effect_held)
         return 0;
@@ -378,6 +392,7 @@ int er_lifecycle__outcome_begin(struct er_step *st, struct er_err *err)
     int rc;
 
     effect_let_go(st->lc);
+    phase_end(st->lc, ER_METRICS_PHASE_EFFECT);
     if (co != NULL && co->cancel != NULL && atomic_load(co->cancel))
         return er_err_set(err, ER_ECANCELED, ER_ERRCLASS_SKIP,
                           "step cancelled before its outcome was recorded");
@@ -914,6 +929,13 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
         key = (const uint8_t *)cmd.command_id;
         key_len = strlen(cmd.command_id);
     }
+    /* W3C trace context (validated): on every log line of the step and as
+     * the traceparent header of everything it publishes. */
+    if (cmd.traceparent != NULL) {
+        er_log_set_trace(cmd.traceparent);
+        snprintf(lc->trace_headers, sizeof(lc->trace_headers),
+                 "{\"traceparent\":\"%s\"}", cmd.traceparent);
+    }
     rc = replay(lc, cmd.command_id, cmd.company_id, cmd.kind, &cmd, coords, key,
                 key_len, err);
     if (rc == REPLAY_SENT) {
@@ -986,6 +1008,8 @@ out:
         er_wipe(lc->plain.data, lc->plain.len); /* may hold hostApiToken */
         er_buf_reset(&lc->plain);
     }
+    lc->trace_headers[0] = '\0';
+    er_log_set_trace(NULL);
     return rc;
 }
 
@@ -1053,6 +1077,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
         er_arena_reset(&lc->arena);
         memset(&lc->undo, 0, sizeof(lc->undo));
         lc->bridge_drop = NULL;
+        lc->phase_at_us = er_metrics_now_us();
         rc = er_store_begin(lc->store, err);
         if (rc == 0)
             rc = fence(lc, coords, err);
@@ -1064,6 +1089,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
             rc = er_store_commit(lc->store, err);
         }
         if (rc == 0) {
+            phase_end(lc, ER_METRICS_PHASE_OUTCOME);
             er_fault_point("outcome.after_commit");
             if (lc->undo.lease_id != NULL)
                 er_lifecycle__undo_finish(lc, &lc->undo);
@@ -1082,6 +1108,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                     refused.msg);
     }
     effect_let_go(lc); /* a step that stopped before its outcome began */
+    lc->phase_at_us = 0;
     er_arena_trim(&lc->arena, KEEP_MAX);
     er_buf_trim(&lc->enc, KEEP_MAX);
     er_buf_trim(&lc->plain, KEEP_MAX);

@@ -89,6 +89,11 @@ int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,
 int er_lifecycle_next_expiry(struct er_lifecycle *lc, int64_t *at_ms,
                              struct er_err *err);
 
+/* Refresh the gauges of the database's state (envrun_leases,
+ * envrun_journal_inflight) with one query; the reaper calls it each pass.
+ * On failure the gauges keep their last values. */
+int er_lifecycle_gauges(struct er_lifecycle *lc, struct er_err *err);
+
 /* Called with a lease's expires_at when an acquire records a lease whose
  * life the command bounded (requestedExpiresAt), so the reaper can wake
  * then rather than at its next pass. Set before the first step. */

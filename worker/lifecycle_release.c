@@ -454,6 +454,7 @@ static int reap_pending_failed(struct er_lifecycle *lc,
 
     if (rc != 0)
         return rc;
+    er_metrics_reaper_action(ER_METRICS_REAP_CLEANUP_FAILED);
     if (attempts == CLEANUP_ATTEMPT_CAP)
         er_log_kv(ER_LOG_WARN, "reaper",
                   "environment lease needs operator attention; automatic "
@@ -536,6 +537,7 @@ static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
         if (cleanup_failed(it) && is_pending) {
             rc = reap_pending_failed(lc, it, err);
         } else if (cleanup_failed(it) && !goes_pending(lc, it)) {
+            er_metrics_reaper_action(ER_METRICS_REAP_CLEANUP_FAILED);
             ER_LOG_WARN("reaper", "lease %s not expired: %s", rows[i].id,
                         it->lease_err != NULL ? it->lease_err
                                               : "its cleanup failed");
@@ -554,15 +556,19 @@ static int reap_leases(struct er_lifecycle *lc, int64_t ttl_s, int limit,
             rc = er_store_commit(lc->store, err);
         if (rc != 0)
             goto fail;
-        if (is_released && strcmp(upd.status, "pending_cleanup") == 0)
+        if (is_released && strcmp(upd.status, "pending_cleanup") == 0) {
+            er_metrics_reaper_action(ER_METRICS_REAP_PENDING_CLEANUP);
             ER_LOG_WARN("reaper", "lease %s pending cleanup: %s", upd.id,
                         it->lease_err != NULL ? it->lease_err
                                               : "its cleanup failed");
-        else if (is_released && is_pending)
+        } else if (is_released && is_pending) {
+            er_metrics_reaper_action(ER_METRICS_REAP_CLEANUP_RETRIED);
             ER_LOG_INFO("reaper", "lease %s cleaned up on a retry", upd.id);
-        else if (is_released)
+        } else if (is_released) {
+            er_metrics_reaper_action(ER_METRICS_REAP_EXPIRED);
             ER_LOG_INFO("reaper", "lease %s expired after %lld s unused",
                         upd.id, (long long)ttl_s);
+        }
         if (is_released)
             (*reaped)++;
     }
@@ -718,6 +724,9 @@ static int reap_unrecorded(struct er_lifecycle *lc, int64_t ttl_s, int limit,
             rc = er_store_commit(lc->store, err);
         if (rc != 0)
             goto fail;
+        er_metrics_reaper_action(it->rc != 0
+                                     ? ER_METRICS_REAP_UNRECORDED_FAILED
+                                     : ER_METRICS_REAP_UNRECORDED_RELEASED);
         if (it->rc != 0)
             er_log_kv(ER_LOG_WARN, "reaper",
                       "an unrecorded acquisition was not released", "commandId",
@@ -748,6 +757,42 @@ int er_lifecycle_next_expiry(struct er_lifecycle *lc, int64_t *at_ms,
                              struct er_err *err)
 {
     return er_store_lease_next_expiry(lc->store, at_ms, err);
+}
+
+int er_lifecycle_gauges(struct er_lifecycle *lc, struct er_err *err)
+{
+    struct er_store_gauge *rows = NULL;
+    struct er_metrics_row *leases;
+    struct er_metrics_row *ops;
+    size_t lease_cnt = 0;
+    size_t op_cnt = 0;
+    size_t cnt = 0;
+    size_t i;
+    int rc;
+
+    er_arena_reset(&lc->arena);
+    rc = er_store_gauges_read(lc->store, &lc->arena, &rows, &cnt, err);
+    if (rc != 0)
+        goto out;
+    leases = er_arena_alloc(&lc->arena, sizeof(*leases) * (cnt + 1));
+    ops = er_arena_alloc(&lc->arena, sizeof(*ops) * (cnt + 1));
+    if (leases == NULL || ops == NULL) {
+        rc = er_lifecycle__oom(err);
+        goto out;
+    }
+    for (i = 0; i < cnt; i++) {
+        struct er_metrics_row *m =
+            rows[i].is_lease ? &leases[lease_cnt++] : &ops[op_cnt++];
+
+        m->a = rows[i].a;
+        m->b = rows[i].b;
+        m->val = rows[i].cnt;
+    }
+    er_metrics_leases_set(leases, lease_cnt);
+    er_metrics_journal_set(ops, op_cnt);
+out:
+    er_arena_reset(&lc->arena);
+    return rc;
 }
 
 int er_lifecycle_reap(struct er_lifecycle *lc, int64_t ttl_s, int limit,

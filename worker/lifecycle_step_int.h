@@ -42,6 +42,9 @@ struct er_lifecycle {
     struct er_arena arena; /* reset per command */
     struct er_buf enc;     /* scratch for one encoded value */
     struct er_buf plain;   /* a Confluent-framed command, single-object */
+    /* {"traceparent": "<the command's>"}: the Kafka headers of what the
+     * step publishes; "" when the command has none. */
+    char trace_headers[32 + ER_LOG_TRACE_MAX];
     char topic_commands[ER_LIFECYCLE_TOPIC_MAX]; /* the fence's topic */
     char topic_results[ER_LIFECYCLE_TOPIC_MAX];
     char topic_lease_events[ER_LIFECYCLE_TOPIC_MAX];
@@ -49,6 +52,9 @@ struct er_lifecycle {
     char topic_dlq[ER_LIFECYCLE_TOPIC_MAX];
     er_lifecycle_expiry_fn *expiry_fn; /* may be NULL */
     void *expiry_arg;
+    /* When the step's current phase began (er_metrics_now_us); 0 outside
+     * er_lifecycle_step, so the reaper's passes are not timed as steps. */
+    int64_t phase_at_us;
 };
 
 /* The state of one step: the command, its result, the result's key. */

@@ -1,37 +1,97 @@
-/* metrics: process-wide counters, gauges and one histogram in C11 atomics,
- * rendered in the Prometheus text format 0.0.4. Thread-safe and lock-free;
- * owns only its static counters. */
+/* metrics: process-wide counters, gauges and histograms in C11 atomics,
+ * rendered in the Prometheus text format 0.0.4. Thread-safe; counting is
+ * lock-free. The two tables a background pass sets as a whole (leases,
+ * journal) sit under one mutex that only their setter and the renderer
+ * take. Owns only its static state. */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
+#include "bridge/bridge.h"
 #include "worker/worker.h"
 
-#define KIND_CNT    3
-#define OUTCOME_CNT 3
-#define BUCKET_CNT  12 /* 11 finite bounds and +Inf */
+#define KIND_CNT          3
+#define OUTCOME_CNT       3
+#define BUCKET_CNT        12 /* 11 finite bounds and +Inf */
+#define SEC_BUCKET_CNT    17 /* 16 finite bounds and +Inf */
+#define LAG_PARTITION_MAX 1024
+#define TOPIC_MAX         256
+#define TABLE_MAX         32 /* label pairs of one set-as-a-whole gauge */
+#define LABEL_MAX         48
 
 static const char *const kind_names[KIND_CNT] = { "acquire", "realize",
                                                   "release" };
 static const char *const outcome_names[OUTCOME_CNT] = { "ok", "error",
                                                         "deferred" };
+static const char *const phase_names[ER_METRICS_PHASE_CNT] = { "intent",
+                                                               "effect",
+                                                               "outcome" };
+static const char *const reap_names[ER_METRICS_REAP_CNT] = {
+    "expired",        "pending_cleanup",     "cleanup_retried",
+    "cleanup_failed", "unrecorded_released", "unrecorded_failed",
+};
+static const char *const transport_names[ER_BRIDGE_COUNT_TRANSPORTS] = {
+    "queue_v1", "stream_v1"
+};
+static const char *const class_names[ER_BRIDGE_COUNT_CLASSES] = {
+    "1xx", "2xx", "3xx", "4xx", "5xx", "other"
+};
 /* Upper bounds in ms; the last bucket (+Inf) has no bound. */
 static const int64_t bucket_bounds_ms[BUCKET_CNT - 1] = { 1,    5,    10,  25,
                                                           50,   100,  250, 500,
                                                           1000, 2500, 5000 };
+/* Upper bounds in microseconds of the _seconds histograms: a database
+ * transaction takes about a millisecond, a provision command minutes. */
+static const int64_t sec_bounds_us[SEC_BUCKET_CNT - 1] = {
+    1000,   2500,    5000,    10000,   25000,    50000,    100000,   250000,
+    500000, 1000000, 2500000, 5000000, 10000000, 30000000, 60000000, 300000000
+};
+
+/* A histogram of durations in seconds. Per-bucket (not cumulative)
+ * counts; rendering accumulates them, so +Inf and _count always agree. */
+struct hist {
+    atomic_uint_fast64_t buckets[SEC_BUCKET_CNT];
+    atomic_uint_fast64_t sum_us;
+};
+
+/* One series of a gauge set as a whole by a background pass. */
+struct table_row {
+    char a[LABEL_MAX];
+    char b[LABEL_MAX];
+    int64_t val;
+};
+
+struct table {
+    struct table_row rows[TABLE_MAX];
+    size_t cnt;
+};
 
 static atomic_uint_fast64_t commands[KIND_CNT][OUTCOME_CNT];
-/* Per-bucket (not cumulative) counts; rendering accumulates them, so the
- * +Inf bucket and _count always agree. */
 static atomic_uint_fast64_t duration_buckets[BUCKET_CNT];
 static atomic_uint_fast64_t duration_sum_ms;
+static struct hist command_seconds[KIND_CNT];
+static struct hist phase_seconds[ER_METRICS_PHASE_CNT];
+static struct hist publish_lag;
 static atomic_uint_fast64_t dlq_cnt;
 static atomic_uint_fast64_t retry_cnt;
 static atomic_uint_fast64_t replay_cnt;
 static atomic_uint_fast64_t outbox_published_cnt;
 static atomic_uint_fast64_t outbox_quarantined_cnt;
 static atomic_int_fast64_t outbox_backlog;
+static atomic_int_fast64_t outbox_oldest_ms; /* created_at; 0: none */
 static atomic_int_fast64_t inflight;
+static atomic_uint_fast64_t reap_cnt[ER_METRICS_REAP_CNT];
+static atomic_uint_fast64_t reaper_passes[2]; /* ok, error */
+/* Lag of each partition plus one; 0: not assigned here. */
+static atomic_int_fast64_t lag_plus_one[LAG_PARTITION_MAX];
+static char lag_topic[TOPIC_MAX];
+static atomic_bool has_lag_topic;
+static pthread_mutex_t table_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct table leases;  /* driver, status */
+static struct table journal; /* kind, state */
 static atomic_bool is_db_ready;
 static atomic_bool is_kafka_ready;
 /* The relay's parts are kept apart from the consumer's (which sets
@@ -54,6 +114,29 @@ static int name_index(const char *const *names, int cnt, const char *s)
     return -1;
 }
 
+static void hist_observe(struct hist *hg, int64_t duration_us)
+{
+    int b;
+
+    if (duration_us < 0)
+        duration_us = 0; /* a clock step; count it as instant */
+    for (b = 0; b < SEC_BUCKET_CNT - 1; b++) {
+        if (duration_us <= sec_bounds_us[b])
+            break;
+    }
+    atomic_fetch_add_explicit(&hg->buckets[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&hg->sum_us, (uint_fast64_t)duration_us,
+                              memory_order_relaxed);
+}
+
+int64_t er_metrics_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 void er_metrics_command(const char *kind, const char *outcome,
                         int64_t duration_ms)
 {
@@ -73,6 +156,13 @@ void er_metrics_command(const char *kind, const char *outcome,
     atomic_fetch_add_explicit(&duration_buckets[b], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&duration_sum_ms, (uint_fast64_t)duration_ms,
                               memory_order_relaxed);
+    hist_observe(&command_seconds[k], duration_ms * 1000);
+}
+
+void er_metrics_step_phase(enum er_metrics_phase phase, int64_t duration_us)
+{
+    ER_ASSERT((unsigned)phase < ER_METRICS_PHASE_CNT);
+    hist_observe(&phase_seconds[phase], duration_us);
 }
 
 void er_metrics_dlq(void)
@@ -105,9 +195,109 @@ void er_metrics_outbox_backlog(int64_t n)
     atomic_store_explicit(&outbox_backlog, n, memory_order_relaxed);
 }
 
+void er_metrics_outbox_oldest(int64_t created_ms)
+{
+    atomic_store_explicit(&outbox_oldest_ms, created_ms > 0 ? created_ms : 0,
+                          memory_order_relaxed);
+}
+
+void er_metrics_outbox_publish_lag(int64_t lag_ms)
+{
+    hist_observe(&publish_lag, lag_ms * 1000);
+}
+
 void er_metrics_inflight(int64_t n)
 {
     atomic_store_explicit(&inflight, n, memory_order_relaxed);
+}
+
+void er_metrics_consumer_topic(const char *topic)
+{
+    if (atomic_load(&has_lag_topic))
+        return; /* one commands topic per process */
+    snprintf(lag_topic, sizeof(lag_topic), "%s", topic);
+    atomic_store(&has_lag_topic, true);
+}
+
+void er_metrics_consumer_lag(int32_t partition, int64_t lag)
+{
+    if (partition < 0 || partition >= LAG_PARTITION_MAX)
+        return;
+    atomic_store_explicit(&lag_plus_one[partition], lag < 0 ? 0 : lag + 1,
+                          memory_order_relaxed);
+}
+
+void er_metrics_reaper_action(enum er_metrics_reap action)
+{
+    ER_ASSERT((unsigned)action < ER_METRICS_REAP_CNT);
+    atomic_fetch_add_explicit(&reap_cnt[action], 1, memory_order_relaxed);
+}
+
+void er_metrics_reaper_pass(bool is_ok)
+{
+    atomic_fetch_add_explicit(&reaper_passes[is_ok ? 0 : 1], 1,
+                              memory_order_relaxed);
+}
+
+/* A label value from the database: printable ASCII of at most LABEL_MAX
+ * - 1 bytes, else "other", so a strange row cannot make a strange series
+ * (escaping still applies when rendered). */
+static void label_copy(char out[LABEL_MAX], const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            break;
+    }
+    if (n == 0 || n >= LABEL_MAX || i < n)
+        s = "other";
+    snprintf(out, LABEL_MAX, "%s", s);
+}
+
+/* Replace the table's values by rows: a series seen before and missing now
+ * reads 0 (a gauge that went to zero, not one that vanished); new series
+ * past TABLE_MAX are dropped. */
+static void table_set(struct table *t, const struct er_metrics_row *rows,
+                      size_t cnt)
+{
+    size_t i;
+    size_t j;
+
+    pthread_mutex_lock(&table_mu);
+    for (j = 0; j < t->cnt; j++)
+        t->rows[j].val = 0;
+    for (i = 0; i < cnt; i++) {
+        char a[LABEL_MAX];
+        char b[LABEL_MAX];
+
+        label_copy(a, rows[i].a);
+        label_copy(b, rows[i].b);
+        for (j = 0; j < t->cnt; j++) {
+            if (strcmp(t->rows[j].a, a) == 0 && strcmp(t->rows[j].b, b) == 0)
+                break;
+        }
+        if (j == t->cnt) {
+            if (t->cnt == TABLE_MAX)
+                continue;
+            memcpy(t->rows[j].a, a, sizeof(a));
+            memcpy(t->rows[j].b, b, sizeof(b));
+            t->cnt++;
+        }
+        t->rows[j].val += rows[i].val;
+    }
+    pthread_mutex_unlock(&table_mu);
+}
+
+void er_metrics_leases_set(const struct er_metrics_row *rows, size_t cnt)
+{
+    table_set(&leases, rows, cnt);
+}
+
+void er_metrics_journal_set(const struct er_metrics_row *rows, size_t cnt)
+{
+    table_set(&journal, rows, cnt);
 }
 
 void er_metrics_set_db_ready(bool is_ready)
@@ -150,11 +340,51 @@ bool er_metrics_is_ready(void)
     return db_is_ready() && kafka_is_ready() && !atomic_load(&is_shutting_down);
 }
 
+/* ================================================================
+ * Rendering
+ * ================================================================ */
+
 static int put_head(struct er_buf *out, const char *name, const char *type,
                     const char *help)
 {
     return er_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name,
                          type);
+}
+
+int er_metrics_escape_label(struct er_buf *out, const char *value)
+{
+    const char *p;
+    int rc = 0;
+
+    for (p = value; *p != '\0' && rc == 0; p++) {
+        if (*p == '\\')
+            rc = er_buf_append(out, "\\\\", 2);
+        else if (*p == '"')
+            rc = er_buf_append(out, "\\\"", 2);
+        else if (*p == '\n')
+            rc = er_buf_append(out, "\\n", 2);
+        else
+            rc = er_buf_append(out, p, 1);
+    }
+    return rc;
+}
+
+/* name{k1="v1",k2="v2"} val: the values escaped; k2 may be NULL. */
+static int put_sample2(struct er_buf *out, const char *name, const char *k1,
+                       const char *v1, const char *k2, const char *v2,
+                       int64_t val)
+{
+    int rc = er_buf_printf(out, "%s{%s=\"", name, k1);
+
+    if (rc == 0)
+        rc = er_metrics_escape_label(out, v1);
+    if (rc == 0 && k2 != NULL)
+        rc = er_buf_printf(out, "\",%s=\"", k2);
+    if (rc == 0 && k2 != NULL)
+        rc = er_metrics_escape_label(out, v2);
+    if (rc == 0)
+        rc = er_buf_printf(out, "\"} %" PRId64 "\n", val);
+    return rc;
 }
 
 static int put_counter(struct er_buf *out, const char *name, const char *help,
@@ -207,7 +437,9 @@ static int put_duration(struct er_buf *out)
     int b;
 
     rc = put_head(out, "envrun_command_duration_ms", "histogram",
-                  "Duration of command steps in milliseconds.");
+                  "Duration of command steps in milliseconds (kept for "
+                  "existing dashboards; see "
+                  "envrun_command_duration_seconds).");
     for (b = 0; b < BUCKET_CNT && rc == 0; b++) {
         total +=
             atomic_load_explicit(&duration_buckets[b], memory_order_relaxed);
@@ -229,6 +461,181 @@ static int put_duration(struct er_buf *out)
     if (rc == 0)
         rc = er_buf_printf(
             out, "envrun_command_duration_ms_count %" PRIuFAST64 "\n", total);
+    return rc;
+}
+
+/* One series of a _seconds histogram; label NULL: none, else
+ * label="value" (value one of ours, not escaped). */
+static int put_hist(struct er_buf *out, const char *name, const char *label,
+                    const char *value, struct hist *hg)
+{
+    char sel[96] = "";
+    uint_fast64_t total = 0;
+    uint_fast64_t sum_us;
+    int rc = 0;
+    int b;
+
+    if (label != NULL)
+        snprintf(sel, sizeof(sel), "%s=\"%s\",", label, value);
+    for (b = 0; b < SEC_BUCKET_CNT && rc == 0; b++) {
+        total += atomic_load_explicit(&hg->buckets[b], memory_order_relaxed);
+        if (b < SEC_BUCKET_CNT - 1)
+            rc =
+                er_buf_printf(out, "%s_bucket{%sle=\"%g\"} %" PRIuFAST64 "\n",
+                              name, sel, (double)sec_bounds_us[b] / 1e6, total);
+        else
+            rc =
+                er_buf_printf(out, "%s_bucket{%sle=\"+Inf\"} %" PRIuFAST64 "\n",
+                              name, sel, total);
+    }
+    if (label != NULL)
+        snprintf(sel, sizeof(sel), "{%s=\"%s\"}", label, value);
+    sum_us = atomic_load_explicit(&hg->sum_us, memory_order_relaxed);
+    if (rc == 0)
+        rc = er_buf_printf(out, "%s_sum%s %.6f\n", name, sel,
+                           (double)sum_us / 1e6);
+    if (rc == 0)
+        rc = er_buf_printf(out, "%s_count%s %" PRIuFAST64 "\n", name, sel,
+                           total);
+    return rc;
+}
+
+static int put_histograms(struct er_buf *out)
+{
+    int rc;
+    int i;
+
+    rc = put_head(out, "envrun_command_duration_seconds", "histogram",
+                  "Duration of command steps in seconds, by kind (decode to "
+                  "commit; a replayed or dead-lettered command is not "
+                  "counted).");
+    for (i = 0; i < KIND_CNT && rc == 0; i++)
+        rc = put_hist(out, "envrun_command_duration_seconds", "kind",
+                      kind_names[i], &command_seconds[i]);
+    if (rc == 0)
+        rc = put_head(out, "envrun_step_phase_duration_seconds", "histogram",
+                      "Duration of a step's phases in seconds: intent (the "
+                      "transaction that journals a driver operation), "
+                      "effect (the driver's work, no transaction open), "
+                      "outcome (the transaction that records the result; "
+                      "for a one-transaction step, all of it).");
+    for (i = 0; i < ER_METRICS_PHASE_CNT && rc == 0; i++)
+        rc = put_hist(out, "envrun_step_phase_duration_seconds", "phase",
+                      phase_names[i], &phase_seconds[i]);
+    if (rc == 0)
+        rc = put_head(out, "envrun_outbox_publish_lag_seconds", "histogram",
+                      "Seconds from an outbox row's creation to the broker's "
+                      "delivery report of its record.");
+    if (rc == 0)
+        rc = put_hist(out, "envrun_outbox_publish_lag_seconds", NULL, NULL,
+                      &publish_lag);
+    return rc;
+}
+
+static int put_outbox_age(struct er_buf *out)
+{
+    int64_t oldest =
+        atomic_load_explicit(&outbox_oldest_ms, memory_order_relaxed);
+    int64_t age_ms = oldest > 0 ? er_time_now_ms() - oldest : 0;
+    int rc;
+
+    if (age_ms < 0)
+        age_ms = 0; /* the database's clock is ahead of ours */
+    rc = put_head(out, "envrun_outbox_oldest_age_seconds", "gauge",
+                  "Age of the oldest outbox row waiting to be published, as "
+                  "this worker's relay last fetched it (0: none waiting, or "
+                  "another worker's relay publishes).");
+    if (rc == 0)
+        rc = er_buf_printf(
+            out, "envrun_outbox_oldest_age_seconds %" PRId64 ".%03" PRId64 "\n",
+            age_ms / 1000, age_ms % 1000);
+    return rc;
+}
+
+static int put_lag(struct er_buf *out)
+{
+    int rc;
+    int p;
+
+    rc = put_head(out, "envrun_consumer_lag", "gauge",
+                  "Commands of a partition assigned to this worker not "
+                  "processed yet: the high watermark minus the consumed "
+                  "position, plus consumed commands whose step has not "
+                  "finished.");
+    if (!atomic_load(&has_lag_topic))
+        return rc;
+    for (p = 0; p < LAG_PARTITION_MAX && rc == 0; p++) {
+        int64_t v =
+            atomic_load_explicit(&lag_plus_one[p], memory_order_relaxed);
+        char part[16];
+
+        if (v == 0)
+            continue;
+        snprintf(part, sizeof(part), "%d", p);
+        rc = put_sample2(out, "envrun_consumer_lag", "topic", lag_topic,
+                         "partition", part, v - 1);
+    }
+    return rc;
+}
+
+static int put_table(struct er_buf *out, const char *name, const char *help,
+                     const char *ka, const char *kb, const struct table *t)
+{
+    int rc = put_head(out, name, "gauge", help);
+    size_t i;
+
+    pthread_mutex_lock(&table_mu);
+    for (i = 0; i < t->cnt && rc == 0; i++)
+        rc = put_sample2(out, name, ka, t->rows[i].a, kb, t->rows[i].b,
+                         t->rows[i].val);
+    pthread_mutex_unlock(&table_mu);
+    return rc;
+}
+
+static int put_reaper(struct er_buf *out)
+{
+    int rc;
+    int i;
+
+    rc = put_head(out, "envrun_reaper_actions_total", "counter",
+                  "What the reaper did to a lease or an unrecorded "
+                  "acquisition, by action.");
+    for (i = 0; i < ER_METRICS_REAP_CNT && rc == 0; i++)
+        rc = put_sample2(
+            out, "envrun_reaper_actions_total", "action", reap_names[i], NULL,
+            NULL,
+            (int64_t)atomic_load_explicit(&reap_cnt[i], memory_order_relaxed));
+    if (rc == 0)
+        rc = put_head(out, "envrun_reaper_passes_total", "counter",
+                      "Reaper passes (sweeps), by outcome.");
+    if (rc == 0)
+        rc = put_sample2(out, "envrun_reaper_passes_total", "outcome", "ok",
+                         NULL, NULL,
+                         (int64_t)atomic_load_explicit(&reaper_passes[0],
+                                                       memory_order_relaxed));
+    if (rc == 0)
+        rc = put_sample2(out, "envrun_reaper_passes_total", "outcome", "error",
+                         NULL, NULL,
+                         (int64_t)atomic_load_explicit(&reaper_passes[1],
+                                                       memory_order_relaxed));
+    return rc;
+}
+
+static int put_bridge(struct er_buf *out)
+{
+    int rc;
+    int t;
+    int c;
+
+    rc = put_head(out, "envrun_bridge_requests_total", "counter",
+                  "Callback bridge requests answered by this worker, by "
+                  "transport and HTTP status class of the answer.");
+    for (t = 0; t < ER_BRIDGE_COUNT_TRANSPORTS && rc == 0; t++) {
+        for (c = 0; c < ER_BRIDGE_COUNT_CLASSES && rc == 0; c++)
+            rc = put_sample2(out, "envrun_bridge_requests_total", "transport",
+                             transport_names[t], "status", class_names[c],
+                             (int64_t)er_bridge_fwd_count_get(t, c));
+    }
     return rc;
 }
 
@@ -264,6 +671,8 @@ int er_metrics_render(struct er_buf *out)
     if (rc == 0)
         rc = put_duration(out);
     if (rc == 0)
+        rc = put_histograms(out);
+    if (rc == 0)
         rc = put_counter(out, "envrun_dlq_total",
                          "Commands dead-lettered to commands.dlq.", &dlq_cnt);
     if (rc == 0)
@@ -286,10 +695,33 @@ int er_metrics_render(struct er_buf *out)
                          &outbox_quarantined_cnt);
     if (rc == 0)
         rc = put_gauge(out, "envrun_outbox_backlog",
-                       "Outbox rows waiting to be published.", &outbox_backlog);
+                       "Outbox rows waiting to be published, as this "
+                       "worker's relay last fetched them (0 when another "
+                       "worker's relay publishes).",
+                       &outbox_backlog);
+    if (rc == 0)
+        rc = put_outbox_age(out);
     if (rc == 0)
         rc = put_gauge(out, "envrun_inflight_commands",
                        "Commands being processed now.", &inflight);
+    if (rc == 0)
+        rc = put_lag(out);
+    if (rc == 0)
+        rc = put_table(out, "envrun_leases",
+                       "Leases not yet ended (active, pending_cleanup) in "
+                       "the database, by driver and status; refreshed by "
+                       "the reaper's pass.",
+                       "driver", "status", &leases);
+    if (rc == 0)
+        rc = put_table(out, "envrun_journal_inflight",
+                       "Operation journal entries in flight (started, "
+                       "interrupted, rolling_back) in the database, by kind "
+                       "and state; refreshed by the reaper's pass.",
+                       "kind", "state", &journal);
+    if (rc == 0)
+        rc = put_reaper(out);
+    if (rc == 0)
+        rc = put_bridge(out);
     if (rc == 0)
         rc = put_ready(out);
     return rc;

@@ -52,6 +52,7 @@ struct slot {
     int kerr;           /* the rd_kafka_resp_err_t that decided it, or 0 */
     const char *reason; /* why quarantined (arena); NULL: from kerr */
     bool is_filled;     /* its value holds a bridge token: wiped after */
+    int64_t created_ms; /* the row's created_at, for the publish lag */
 };
 
 struct er_outbox {
@@ -132,6 +133,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
     if (slot == NULL || ob->is_slots_gone)
         return;
     slot->kerr = msg->err;
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        er_metrics_outbox_publish_lag(er_time_now_ms() - slot->created_ms);
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
         slot->state = SLOT_DONE;
     else if (er_outbox_err_is_permanent(msg->err))
@@ -452,6 +455,27 @@ static int fill_token(struct er_outbox *ob, struct er_outbox_row *r,
     return 0;
 }
 
+/* envrun_outbox_backlog and the oldest row's age from a fetch: a batch
+ * short of both of its caps is all that waits; a full one has the table
+ * counted (a scan, only while rows pile up). */
+static void backlog_seen(struct er_outbox *ob, const struct er_outbox_row *rows,
+                         size_t cnt)
+{
+    struct er_err ignored;
+    int64_t backlog = (int64_t)cnt;
+    size_t bytes = 0;
+    size_t i;
+
+    for (i = 0; i < cnt; i++)
+        bytes += rows[i].key_len + rows[i].value_len;
+    er_err_clear(&ignored);
+    if ((cnt >= BATCH_ROWS || bytes + ob->value_max > BATCH_BYTES) &&
+        er_store_outbox_count(ob->store, &backlog, &ignored) != 0)
+        backlog = (int64_t)cnt;
+    er_metrics_outbox_backlog(backlog);
+    er_metrics_outbox_oldest(rows[0].created_ms);
+}
+
 /* Publish one batch under the relay's claim (lock_session: the session
  * holding the lock, set to 0 when the claim is lost). Returns the rows
  * fetched (>= 0; 0 also when the batch was dropped) or a negative code. */
@@ -472,6 +496,7 @@ static int relay_batch(struct er_outbox *ob, int *lock_session,
                                ob->value_max, &ob->arena, &rows, &cnt, err);
     if (rc != 0 || cnt == 0)
         return rc;
+    backlog_seen(ob, rows, cnt);
     slots = er_arena_alloc(&ob->arena, sizeof(*slots) * cnt);
     if (slots == NULL)
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
@@ -492,6 +517,7 @@ static int relay_batch(struct er_outbox *ob, int *lock_session,
         struct er_err ferr;
 
         slots[i].id = rows[i].id;
+        slots[i].created_ms = rows[i].created_ms;
         /* Rows go out in id order. After a refusal for now (a full queue,
          * a fatal producer, a token that cannot be read back yet) the
          * later rows wait too, so none overtakes an earlier one of its
@@ -602,6 +628,9 @@ static void *relay_main(void *arg)
         if (lock_session == 0) {
             /* Another worker's relay publishes; be ready to take over. */
             er_metrics_set_relay_db_ready(true); /* the lock query worked */
+            /* The backlog is the relay's to report. */
+            er_metrics_outbox_backlog(0);
+            er_metrics_outbox_oldest(0);
             if (is_stopping)
                 break;
             probe(ob, &last_probe);
@@ -624,6 +653,7 @@ static void *relay_main(void *arg)
                 er_metrics_outbox_backlog(backlog);
         } else if (lock_session != 0) {
             er_metrics_outbox_backlog(0);
+            er_metrics_outbox_oldest(0);
         }
         if (is_stopping && backlog == 0)
             break;

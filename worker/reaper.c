@@ -127,6 +127,9 @@ static void *reaper_main(void *arg)
             rc = follow_bridges(r, &err);
         if (rc == 0)
             rc = er_lifecycle_next_expiry(r->lc, &next, &err);
+        if (rc == 0)
+            rc = er_lifecycle_gauges(r->lc, &err);
+        er_metrics_reaper_pass(rc == 0);
         if (rc != 0 && er_time_mono_ms() - last_warn >= 60000) {
             ER_LOG_WARN("reaper", "sweep failed: %s", err.msg);
             last_warn = er_time_mono_ms();

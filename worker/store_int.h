@@ -94,6 +94,7 @@ struct er_outbox_row {
     size_t value_full_len; /* the stored value's length (>= value_len) */
     char *headers_json;    /* NULL or a JSON object of string values */
     char *token_from;      /* NULL, or where its bridge token comes from */
+    int64_t created_ms;    /* created_at, ms since the epoch */
 };
 
 /* An outbox row to move to envrun.outbox_quarantine, and why. */
@@ -333,6 +334,22 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
                           struct er_err *err);
 int er_store_outbox_count(struct er_store *store, int64_t *cnt,
                           struct er_err *err);
+
+/* store_gauges.c: one row of er_store_gauges_read. */
+struct er_store_gauge {
+    bool is_lease; /* a: driver, b: status; else a: kind, b: state */
+    const char *a; /* arena */
+    const char *b;
+    int64_t cnt;
+};
+/* Count, in one statement, the leases not yet ended (active,
+ * pending_cleanup) by their environment's driver and status, and the
+ * journal entries in flight (started, interrupted, an acquire's
+ * rolling_back) by kind and state. *rows (row_cnt of them) live in arena;
+ * an empty count has no row. Errors: as the store's statements. */
+int er_store_gauges_read(struct er_store *store, struct er_arena *arena,
+                         struct er_store_gauge **rows, size_t *row_cnt,
+                         struct er_err *err);
 /* The relay's fence: a generation in envrun.partition_fence under the
  * reserved row (topic 'envrun.relay', partition 0), bumped by each relay
  * that takes the lock, so a relay that lost it cannot publish or settle.

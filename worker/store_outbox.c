@@ -115,7 +115,8 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
     res = er_store__exec_binary(
         store, "outbox fetch",
         "SELECT id, topic, msg_key, substring(msg_value FROM 1 FOR $3::int), "
-        "octet_length(msg_value)::bigint, headers::text, token_from::text "
+        "octet_length(msg_value)::bigint, headers::text, token_from::text, "
+        "(extract(epoch FROM created_at) * 1000)::bigint "
         "FROM (SELECT o.*, row_number() OVER w AS rn, "
         "sum(coalesce(octet_length(o.msg_key), 0) + "
         "least(octet_length(o.msg_value), $3::int)) OVER w AS run_bytes "
@@ -155,6 +156,7 @@ int er_store_outbox_fetch(struct er_store *store, int row_max, size_t byte_max,
             full_len > (int64_t)r->value_len ? (size_t)full_len : r->value_len;
         r->headers_json = er_store__get_str(res, i, 5, arena);
         r->token_from = er_store__get_str(res, i, 6, arena);
+        r->created_ms = get_be_i64(res, i, 7);
         if (r->topic == NULL || r->value == NULL ||
             (!PQgetisnull(res, i, 2) && r->key == NULL) ||
             (!PQgetisnull(res, i, 5) && r->headers_json == NULL) ||

@@ -69,9 +69,28 @@ void er_config_topic(const struct er_config *cfg, const char *suffix, char *out,
  * Metrics (metrics.c): process-wide atomic counters, Prometheus text.
  * ================================================================ */
 
-/* Count one finished command step; kind and outcome are the wire names. */
+/* Count one finished command step; kind and outcome are the wire names
+ * (others count nowhere). envrun_commands_total, and its duration in
+ * envrun_command_duration_ms and envrun_command_duration_seconds{kind}. */
 void er_metrics_command(const char *kind, const char *outcome,
                         int64_t duration_ms);
+
+/* The phases of a step (DESIGN.md: intent, effect, outcome). A step with
+ * remote work journals its operation in the intent transaction, lets the
+ * driver work with no transaction open (effect) and records the result in
+ * the outcome transaction; a one-transaction step has only an outcome. */
+enum er_metrics_phase {
+    ER_METRICS_PHASE_INTENT = 0,
+    ER_METRICS_PHASE_EFFECT,
+    ER_METRICS_PHASE_OUTCOME,
+    ER_METRICS_PHASE_CNT,
+};
+
+/* The monotonic clock in microseconds, for the durations below. */
+int64_t er_metrics_now_us(void);
+/* Observe one phase of a step that took duration_us (negative: 0) in
+ * envrun_step_phase_duration_seconds{phase}. */
+void er_metrics_step_phase(enum er_metrics_phase phase, int64_t duration_us);
 void er_metrics_dlq(void);
 void er_metrics_retry(void);
 void er_metrics_replay(void);
@@ -79,8 +98,55 @@ void er_metrics_outbox_published(uint64_t n);
 /* Count n outbox rows moved to envrun.outbox_quarantine (the broker refused
  * them for good); envrun_outbox_quarantined_total. */
 void er_metrics_outbox_quarantined(uint64_t n);
+/* Outbox rows waiting to be published as the relay last saw them
+ * (envrun_outbox_backlog; 0 on a worker whose relay does not hold the
+ * outbox), and the creation time (ms since the epoch; 0: none waiting) of
+ * the oldest one: envrun_outbox_oldest_age_seconds is its age at scrape
+ * time. */
 void er_metrics_outbox_backlog(int64_t n);
+void er_metrics_outbox_oldest(int64_t created_ms);
+/* Observe one delivered outbox row, lag_ms after it was created
+ * (envrun_outbox_publish_lag_seconds). */
+void er_metrics_outbox_publish_lag(int64_t lag_ms);
 void er_metrics_inflight(int64_t n);
+/* The commands topic (the topic label of envrun_consumer_lag); the first
+ * call wins. */
+void er_metrics_consumer_topic(const char *topic);
+/* Commands of partition not processed yet (envrun_consumer_lag); lag < 0
+ * removes the partition's series (it is not assigned here). Partitions
+ * past 1023 are not shown. */
+void er_metrics_consumer_lag(int32_t partition, int64_t lag);
+
+/* What the reaper did to one lease or unrecorded acquisition
+ * (envrun_reaper_actions_total{action}). */
+enum er_metrics_reap {
+    ER_METRICS_REAP_EXPIRED = 0,         /* a stale lease expired */
+    ER_METRICS_REAP_PENDING_CLEANUP,     /* its cleanup failed: pending */
+    ER_METRICS_REAP_CLEANUP_RETRIED,     /* a pending_cleanup lease done */
+    ER_METRICS_REAP_CLEANUP_FAILED,      /* cleanup failed, tried later */
+    ER_METRICS_REAP_UNRECORDED_RELEASED, /* an unrecorded acquisition */
+    ER_METRICS_REAP_UNRECORDED_FAILED,   /* ... whose release failed */
+    ER_METRICS_REAP_CNT,
+};
+
+void er_metrics_reaper_action(enum er_metrics_reap action);
+/* One reaper pass ended (envrun_reaper_passes_total{outcome}). */
+void er_metrics_reaper_pass(bool is_ok);
+
+/* One series of a gauge a background pass sets as a whole: labels a and b
+ * (borrowed for the call; values longer than 47 bytes or not printable
+ * ASCII show as "other") and its value. */
+struct er_metrics_row {
+    const char *a;
+    const char *b;
+    int64_t val;
+};
+
+/* Replace envrun_leases{driver,status} (a: driver, b: status) or
+ * envrun_journal_inflight{kind,state} (a: kind, b: state) by rows. A series
+ * shown before and missing from rows reads 0; at most 32 series each. */
+void er_metrics_leases_set(const struct er_metrics_row *rows, size_t cnt);
+void er_metrics_journal_set(const struct er_metrics_row *rows, size_t cnt);
 /* Readiness parts: the database is reachable and migrated; the consumer is
  * in its group. /readyz answers 200 only when all are true. */
 void er_metrics_set_db_ready(bool is_ready);
@@ -97,8 +163,13 @@ void er_metrics_set_producer_ready(bool is_ready);
  * so no new traffic is routed to it; envrun_draining shows it. */
 void er_metrics_set_draining(bool is_draining);
 bool er_metrics_is_ready(void);
-/* Render every metric in the Prometheus text format into out. */
+/* Render every metric in the Prometheus text format 0.0.4 into out: a
+ * # HELP and # TYPE line for every family. Errors: ER_E2BIG when out's cap
+ * is reached, ER_ENOMEM. */
 int er_metrics_render(struct er_buf *out);
+/* Append value as a label value of the text format (backslash, double
+ * quote and newline escaped). Errors: as er_buf_append. */
+int er_metrics_escape_label(struct er_buf *out, const char *value);
 
 /* ================================================================
  * HTTP endpoint (http.c): GET /metrics, /healthz, /readyz

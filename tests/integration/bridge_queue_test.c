@@ -373,6 +373,9 @@ static void round_trip_through_the_gateway(void **state)
     struct er_bridge_poller *p = poller_start(2000, 0);
     static struct reply r;
     char seen[65536];
+    /* envrun_bridge_requests_total{transport="queue_v1",status=...} */
+    uint64_t ok0 = er_bridge_fwd_count_get(ER_BRIDGE_COUNT_QUEUE_V1, 1);
+    uint64_t refused0 = er_bridge_fwd_count_get(ER_BRIDGE_COUNT_QUEUE_V1, 3);
 
     (void)state;
     er_api_standin_answer(api,
@@ -410,6 +413,10 @@ static void round_trip_through_the_gateway(void **state)
     assert_int_equal(r.status, 401);
     assert_int_equal(er_api_standin_hits(api, NULL, 0), 1);
     er_bridge_poller_stop(p, ER_BRIDGE_STOP_DRAIN_MS);
+    assert_int_equal(er_bridge_fwd_count_get(ER_BRIDGE_COUNT_QUEUE_V1, 1),
+                     ok0 + 1);
+    assert_true(er_bridge_fwd_count_get(ER_BRIDGE_COUNT_QUEUE_V1, 3) >=
+                refused0 + 1);
 }
 
 /* A mutation whose forward fails may have been applied: the host answers

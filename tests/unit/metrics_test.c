@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "bridge/bridge.h"
 #include "worker/worker.h"
 
 /* Render and return the value of the sample line that starts with
@@ -41,6 +43,56 @@ static long long sample(const char *series)
     if (v < 0)
         fail_msg("no sample %s", series);
     return v;
+}
+
+/* Like sample, for a value that may have a fraction. */
+static double sample_f(const char *series)
+{
+    struct er_buf buf;
+    const char *p;
+    size_t n = strlen(series);
+    double v = 0;
+    bool is_found = false;
+    char *end = NULL;
+
+    er_buf_init(&buf, (size_t)1 << 20);
+    assert_int_equal(er_metrics_render(&buf), 0);
+    for (p = (const char *)buf.data; p != NULL && *p != '\0';) {
+        if (strncmp(p, series, n) == 0 && p[n] == ' ') {
+            v = strtod(p + n + 1, &end);
+            assert_true(*end == '\n');
+            is_found = true;
+            break;
+        }
+        p = strchr(p, '\n');
+        if (p != NULL)
+            p++;
+    }
+    er_buf_fini(&buf);
+    if (!is_found)
+        fail_msg("no sample %s", series);
+    return v;
+}
+
+/* Whether the render has a line that is exactly line (without its
+ * newline). */
+static bool render_has_line(const char *line)
+{
+    struct er_buf buf;
+    const char *p;
+    size_t n = strlen(line);
+    bool is_found = false;
+
+    er_buf_init(&buf, (size_t)1 << 20);
+    assert_int_equal(er_metrics_render(&buf), 0);
+    for (p = (const char *)buf.data; p != NULL && *p != '\0' && !is_found;) {
+        is_found = strncmp(p, line, n) == 0 && p[n] == '\n';
+        p = strchr(p, '\n');
+        if (p != NULL)
+            p++;
+    }
+    er_buf_fini(&buf);
+    return is_found;
 }
 
 static void metrics_render_has_help_and_type_lines(void **state)
@@ -210,6 +262,286 @@ static void metrics_render_reports_full_buffer_and_oom(void **state)
     assert_true(n < 64);
 }
 
+/* The family a sample line belongs to: its name without labels, and for
+ * a histogram's series without _bucket, _sum or _count. */
+static void family_of(const char *line, const char *text, char *out,
+                      size_t out_len)
+{
+    static const char *const suffixes[] = { "_bucket", "_sum", "_count" };
+    size_t n = strcspn(line, "{ ");
+    char type_line[160];
+    size_t i;
+
+    snprintf(out, out_len, "%.*s", (int)n, line);
+    for (i = 0; i < 3; i++) {
+        size_t sl = strlen(suffixes[i]);
+
+        if (n > sl && strcmp(out + n - sl, suffixes[i]) == 0) {
+            snprintf(type_line, sizeof(type_line), "# TYPE %.*s histogram\n",
+                     (int)(n - sl), out);
+            if (strstr(text, type_line) != NULL) {
+                out[n - sl] = '\0';
+                return;
+            }
+        }
+    }
+}
+
+static void metrics_every_family_has_help_and_type(void **state)
+{
+    struct er_buf buf;
+    const char *text;
+    const char *p;
+    size_t families = 0;
+
+    (void)state;
+    /* Give the label-set families a series each. */
+    er_metrics_consumer_topic("envrun.commands");
+    er_metrics_consumer_lag(0, 0);
+    er_metrics_leases_set(
+        (const struct er_metrics_row[]){ { "local", "active", 1 } }, 1);
+    er_metrics_journal_set(
+        (const struct er_metrics_row[]){ { "acquire", "started", 1 } }, 1);
+    er_buf_init(&buf, (size_t)1 << 20);
+    assert_int_equal(er_metrics_render(&buf), 0);
+    assert_int_equal(er_buf_append(&buf, "", 1), 0);
+    text = (const char *)buf.data;
+    for (p = text; *p != '\0';) {
+        const char *eol = strchr(p, '\n');
+        char family[128];
+        char want[192];
+
+        assert_non_null(eol); /* every line ends in a newline */
+        if (strncmp(p, "# TYPE ", 7) == 0) {
+            families++;
+        } else if (*p != '#') {
+            const char *head;
+
+            family_of(p, text, family, sizeof(family));
+            assert_true(strncmp(family, "envrun_", 7) == 0);
+            snprintf(want, sizeof(want), "# HELP %s ", family);
+            head = strstr(text, want);
+            if (head == NULL || head > p)
+                fail_msg("no HELP before %.*s", (int)(eol - p), p);
+            snprintf(want, sizeof(want), "# TYPE %s ", family);
+            head = strstr(text, want);
+            if (head == NULL || head > p)
+                fail_msg("no TYPE before %.*s", (int)(eol - p), p);
+        }
+        p = eol + 1;
+    }
+    assert_true(families >= 20);
+    er_buf_fini(&buf);
+    er_metrics_consumer_lag(0, -1);
+}
+
+static void metrics_step_phases_are_histograms_in_seconds(void **state)
+{
+    static const char *const les[] = {
+        "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+        "0.1",   "0.25",   "0.5",   "1",    "2.5",   "5",
+        "10",    "30",     "60",    "300",  "+Inf",
+    };
+    long long before[17];
+    long long after[17];
+    double sum0 =
+        sample_f("envrun_step_phase_duration_seconds_sum{phase=\"effect\"}");
+    char series[128];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < 17; i++) {
+        snprintf(series, sizeof(series),
+                 "envrun_step_phase_duration_seconds_bucket{phase=\"effect\","
+                 "le=\"%s\"}",
+                 les[i]);
+        before[i] = sample(series);
+    }
+    er_metrics_step_phase(ER_METRICS_PHASE_EFFECT, 1000);      /* le 0.001 */
+    er_metrics_step_phase(ER_METRICS_PHASE_EFFECT, 7000);      /* le 0.01 */
+    er_metrics_step_phase(ER_METRICS_PHASE_EFFECT, 2000000);   /* le 2.5 */
+    er_metrics_step_phase(ER_METRICS_PHASE_EFFECT, 900000000); /* +Inf */
+    er_metrics_step_phase(ER_METRICS_PHASE_EFFECT, -5);        /* 0 */
+    er_metrics_step_phase(ER_METRICS_PHASE_INTENT, 3000);      /* elsewhere */
+    for (i = 0; i < 17; i++) {
+        snprintf(series, sizeof(series),
+                 "envrun_step_phase_duration_seconds_bucket{phase=\"effect\","
+                 "le=\"%s\"}",
+                 les[i]);
+        after[i] = sample(series);
+        if (i > 0)
+            assert_true(after[i] >= after[i - 1]); /* cumulative */
+    }
+    assert_int_equal(after[0] - before[0], 2);   /* le 0.001 */
+    assert_int_equal(after[3] - before[3], 3);   /* le 0.01 */
+    assert_int_equal(after[9] - before[9], 3);   /* le 1 */
+    assert_int_equal(after[10] - before[10], 4); /* le 2.5 */
+    assert_int_equal(after[15] - before[15], 4); /* le 300 */
+    assert_int_equal(after[16] - before[16], 5); /* +Inf */
+    assert_int_equal(
+        after[16],
+        sample("envrun_step_phase_duration_seconds_count{phase=\"effect\"}"));
+    assert_true(
+        sample_f("envrun_step_phase_duration_seconds_sum{phase=\"effect\"}") -
+            sum0 >
+        902.00799);
+    /* The kind's seconds histogram follows envrun_commands_total. */
+    i = (size_t)sample(
+        "envrun_command_duration_seconds_count{kind=\"realize\"}");
+    er_metrics_command("realize", "ok", 30);
+    assert_int_equal(
+        sample("envrun_command_duration_seconds_count{kind=\"realize\"}"),
+        (long long)i + 1);
+}
+
+static void metrics_label_values_are_escaped_and_bounded(void **state)
+{
+    struct er_metrics_row rows[40];
+    char names[40][16];
+    struct er_buf buf;
+    size_t i;
+
+    (void)state;
+    er_buf_init(&buf, 64);
+    assert_int_equal(er_metrics_escape_label(&buf, "a\"b\\c\nd"), 0);
+    assert_int_equal(buf.len, strlen("a\\\"b\\\\c\\nd"));
+    assert_memory_equal(buf.data, "a\\\"b\\\\c\\nd", buf.len);
+    er_buf_fini(&buf);
+
+    er_metrics_leases_set(
+        (const struct er_metrics_row[]){ { "my\"drv\\x", "active", 3 },
+                                         { "bad\nname", "active", 2 },
+                                         { "local", "pending_cleanup", 1 } },
+        3);
+    assert_true(render_has_line(
+        "envrun_leases{driver=\"my\\\"drv\\\\x\",status=\"active\"} 3"));
+    /* Not printable: "other", never a line break in the exposition. */
+    assert_true(
+        render_has_line("envrun_leases{driver=\"other\",status=\"active\"} 2"));
+    /* A series that is gone from the next pass reads 0. */
+    er_metrics_leases_set(
+        (const struct er_metrics_row[]){ { "local", "active", 4 } }, 1);
+    assert_int_equal(
+        sample("envrun_leases{driver=\"local\",status=\"pending_cleanup\"}"),
+        0);
+    assert_int_equal(
+        sample("envrun_leases{driver=\"local\",status=\"active\"}"), 4);
+    assert_int_equal(
+        sample("envrun_leases{driver=\"other\",status=\"active\"}"), 0);
+    /* At most 32 series: drivers beyond are not shown. */
+    for (i = 0; i < 40; i++) {
+        snprintf(names[i], sizeof(names[i]), "d%zu", i);
+        rows[i].a = names[i];
+        rows[i].b = "active";
+        rows[i].val = 1;
+    }
+    er_metrics_leases_set(rows, 40);
+    assert_true(
+        render_has_line("envrun_leases{driver=\"d27\",status=\"active\"} 1"));
+    assert_false(
+        render_has_line("envrun_leases{driver=\"d28\",status=\"active\"} 1"));
+
+    er_metrics_journal_set(
+        (const struct er_metrics_row[]){ { "acquire", "started", 2 },
+                                         { "release", "interrupted", 1 } },
+        2);
+    assert_int_equal(
+        sample("envrun_journal_inflight{kind=\"acquire\",state=\"started\"}"),
+        2);
+    er_metrics_journal_set(NULL, 0);
+    assert_int_equal(
+        sample("envrun_journal_inflight{kind=\"acquire\",state=\"started\"}"),
+        0);
+}
+
+static void metrics_consumer_lag_per_partition(void **state)
+{
+    (void)state;
+    er_metrics_consumer_topic("envrun.commands");
+    er_metrics_consumer_topic("ignored.commands"); /* the first one stays */
+    er_metrics_consumer_lag(3, 12);
+    er_metrics_consumer_lag(0, 0);
+    er_metrics_consumer_lag(5000, 1); /* beyond the table: ignored */
+    assert_int_equal(sample("envrun_consumer_lag{topic=\"envrun.commands\","
+                            "partition=\"3\"}"),
+                     12);
+    assert_int_equal(sample("envrun_consumer_lag{topic=\"envrun.commands\","
+                            "partition=\"0\"}"),
+                     0);
+    /* Revoked: the series goes. */
+    er_metrics_consumer_lag(3, -1);
+    assert_false(
+        render_has_line("envrun_consumer_lag{topic=\"envrun.commands\","
+                        "partition=\"3\"} 12"));
+    er_metrics_consumer_lag(0, -1);
+}
+
+static void metrics_outbox_lag_and_age(void **state)
+{
+    long long cnt0 = sample("envrun_outbox_publish_lag_seconds_count");
+    long long le5_0 =
+        sample("envrun_outbox_publish_lag_seconds_bucket{le=\"5\"}");
+    double age;
+
+    (void)state;
+    er_metrics_outbox_publish_lag(4000);
+    er_metrics_outbox_publish_lag(40000);
+    assert_int_equal(sample("envrun_outbox_publish_lag_seconds_count"),
+                     cnt0 + 2);
+    assert_int_equal(
+        sample("envrun_outbox_publish_lag_seconds_bucket{le=\"5\"}"),
+        le5_0 + 1);
+    er_metrics_outbox_oldest(er_time_now_ms() - 5000);
+    age = sample_f("envrun_outbox_oldest_age_seconds");
+    assert_true(age >= 5.0 && age < 60.0);
+    er_metrics_outbox_oldest(0);
+    assert_true(sample_f("envrun_outbox_oldest_age_seconds") == 0.0);
+    /* A database clock ahead of ours is no negative age. */
+    er_metrics_outbox_oldest(er_time_now_ms() + 60000);
+    assert_true(sample_f("envrun_outbox_oldest_age_seconds") == 0.0);
+    er_metrics_outbox_oldest(0);
+}
+
+static void metrics_reaper_and_bridge_counters(void **state)
+{
+    const char *expired = "envrun_reaper_actions_total{action=\"expired\"}";
+    const char *unrec =
+        "envrun_reaper_actions_total{action=\"unrecorded_failed\"}";
+    const char *q2 = "envrun_bridge_requests_total{transport=\"queue_v1\","
+                     "status=\"2xx\"}";
+    const char *s5 = "envrun_bridge_requests_total{transport=\"stream_v1\","
+                     "status=\"5xx\"}";
+    const char *so = "envrun_bridge_requests_total{transport=\"stream_v1\","
+                     "status=\"other\"}";
+    long long expired0 = sample(expired);
+    long long unrec0 = sample(unrec);
+    long long ok0 = sample("envrun_reaper_passes_total{outcome=\"ok\"}");
+    long long err0 = sample("envrun_reaper_passes_total{outcome=\"error\"}");
+    long long q20 = sample(q2);
+    long long s50 = sample(s5);
+    long long so0 = sample(so);
+
+    (void)state;
+    er_metrics_reaper_action(ER_METRICS_REAP_EXPIRED);
+    er_metrics_reaper_action(ER_METRICS_REAP_EXPIRED);
+    er_metrics_reaper_action(ER_METRICS_REAP_UNRECORDED_FAILED);
+    er_metrics_reaper_pass(true);
+    er_metrics_reaper_pass(false);
+    er_bridge_fwd_count(ER_BRIDGE_COUNT_QUEUE_V1, 204);
+    er_bridge_fwd_count(ER_BRIDGE_COUNT_STREAM_V1, 504);
+    er_bridge_fwd_count(ER_BRIDGE_COUNT_STREAM_V1, 0);
+    er_bridge_fwd_count(ER_BRIDGE_COUNT_STREAM_V1, 600);
+    assert_int_equal(sample(expired), expired0 + 2);
+    assert_int_equal(sample(unrec), unrec0 + 1);
+    assert_int_equal(sample("envrun_reaper_passes_total{outcome=\"ok\"}"),
+                     ok0 + 1);
+    assert_int_equal(sample("envrun_reaper_passes_total{outcome=\"error\"}"),
+                     err0 + 1);
+    assert_int_equal(sample(q2), q20 + 1);
+    assert_int_equal(sample(s5), s50 + 1);
+    assert_int_equal(sample(so), so0 + 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +551,12 @@ int main(void)
         cmocka_unit_test(metrics_counters_and_gauges),
         cmocka_unit_test(metrics_ready_needs_db_and_kafka),
         cmocka_unit_test(metrics_render_reports_full_buffer_and_oom),
+        cmocka_unit_test(metrics_every_family_has_help_and_type),
+        cmocka_unit_test(metrics_step_phases_are_histograms_in_seconds),
+        cmocka_unit_test(metrics_label_values_are_escaped_and_bounded),
+        cmocka_unit_test(metrics_consumer_lag_per_partition),
+        cmocka_unit_test(metrics_outbox_lag_and_age),
+        cmocka_unit_test(metrics_reaper_and_bridge_counters),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
