@@ -401,6 +401,7 @@ static int stream_start(const struct er_bridge_run_opts *o,
     so.allow = o->allow;
     so.host_token = &r->host_token;
     so.run_id = r->run_id;
+    so.traceparent = o->traceparent;
     so.max_body = ER_BRIDGE_MAX_BODY_BYTES;
     so.may_forward = o->may_forward;
     so.may_forward_arg = o->may_forward_arg;
@@ -468,6 +469,8 @@ int er_bridge_run_start(const struct er_bridge_run_opts *o,
     if (rc == 0)
         rc = er_bridge_fwd_new(o->origin, o->allow, ER_BRIDGE_MAX_BODY_BYTES,
                                ER_BRIDGE_FORWARD_TIMEOUT_MS, &r->fwd, err);
+    if (rc == 0)
+        er_bridge_fwd_set_trace(r->fwd, o->traceparent);
     if (rc == 0)
         rc = er_bridge_gateway_install(o->exec, o->exec_arg, &r->paths,
                                        &is_uploaded, err);

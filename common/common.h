@@ -112,6 +112,11 @@ void er_log(enum er_log_level level, const char *fac, const char *fmt, ...)
     ER_PRINTF(3, 4);
 void er_log_kv(enum er_log_level level, const char *fac, const char *msg, ...);
 
+/* Longest traceparent a log line carries (W3C version 00 is 55 bytes). */
+#define ER_LOG_TRACE_MAX 55
+/* The calling thread's lines carry "traceparent" from now on (NULL or
+ * longer than ER_LOG_TRACE_MAX: none). Thread-local. */
+void er_log_set_trace(const char *traceparent);
 #define ER_LOG_DEBUG(fac, ...) er_log(ER_LOG_DEBUG, fac, __VA_ARGS__)
 #define ER_LOG_INFO(fac, ...)  er_log(ER_LOG_INFO, fac, __VA_ARGS__)
 #define ER_LOG_WARN(fac, ...)  er_log(ER_LOG_WARN, fac, __VA_ARGS__)

@@ -74,6 +74,18 @@ static void put_raw(char *line, size_t *pos, const char *s)
     *pos = p;
 }
 
+/* The W3C traceparent of the command this thread works on ("" for none):
+ * every line the thread writes meanwhile carries it. */
+static _Thread_local char log_trace[ER_LOG_TRACE_MAX + 1];
+
+void er_log_set_trace(const char *traceparent)
+{
+    if (traceparent == NULL || strlen(traceparent) > ER_LOG_TRACE_MAX)
+        log_trace[0] = '\0';
+    else
+        snprintf(log_trace, sizeof(log_trace), "%s", traceparent);
+}
+
 static void emit(enum er_log_level level, const char *fac, const char *msg,
                  va_list *kv)
 {
@@ -103,6 +115,11 @@ static void emit(enum er_log_level level, const char *fac, const char *msg,
             put_json(line, &pos, val);
             put_raw(line, &pos, "\"");
         }
+        if (log_trace[0] != '\0') {
+            put_raw(line, &pos, ",\"traceparent\":\"");
+            put_json(line, &pos, log_trace);
+            put_raw(line, &pos, "\"");
+        }
         put_raw(line, &pos, "}");
     } else {
         pos = (size_t)snprintf(line, sizeof(line), "%s %-5s [", ts,
@@ -119,6 +136,10 @@ static void emit(enum er_log_level level, const char *fac, const char *msg,
             put_raw(line, &pos, key);
             put_raw(line, &pos, "=");
             put_raw(line, &pos, val);
+        }
+        if (log_trace[0] != '\0') {
+            put_raw(line, &pos, " traceparent=");
+            put_raw(line, &pos, log_trace);
         }
     }
     line[pos++] = '\n';

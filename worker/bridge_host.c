@@ -379,6 +379,7 @@ static int start_one(const struct er_bridge_host_req *req, const char *origin,
     o.host_token = req->host_token;
     o.lease_id = req->lease->id;
     o.run_id = req->run_id;
+    o.traceparent = req->traceparent;
     o.may_forward = entry_may_forward;
     o.may_forward_arg = e;
     o.hold = chan_hold;

@@ -37,6 +37,7 @@ struct er_bridge_host_req {
     const char *run_id;
     int32_t partition; /* of the run's commands; -1: none (tools) */
     int port;          /* the journaled port to ask for again; 0: none */
+    const char *traceparent; /* the realize command's; NULL: none */
 };
 
 /* Start the run's bridge, stream_v1 where the driver can hold an exec

@@ -329,7 +329,8 @@ static int start_bridge(struct er_step *st, const struct er_driver_ops *ops,
                                      cmd->heartbeat_run_id,
                                      st->coords != NULL ? st->coords->partition
                                                         : -1,
-                                     0 };
+                                     0,
+                                     cmd->traceparent };
     er_err_clear(&berr);
     er_fault_point("bridge.before");
     if (er_bridge_host_start(&req, &agent_env, &detail, &berr) != 0) {
@@ -674,6 +675,7 @@ static int follow_one(struct er_lifecycle *lc, const struct er_bridge_op *op,
         cmd->heartbeat_run_id,
         op->partition,
         (int)json_integer_value(json_object_get(detail, "port")),
+        cmd->traceparent,
     };
     er_err_clear(&berr);
     if (er_bridge_host_start(&req, &agent_env, &detail2, &berr) != 0) {

@@ -7,11 +7,29 @@
 
 #include "bridge/gateway/gateway.h"
 
+static const char usage[] =
+    "usage: envrun-gateway [--wait-requests DIR MS [MAX] | "
+    "--write-response QUEUE NAME 0|1 [--wait-requests DIR MS MAX] | "
+    "--serve-commands | --help | --version]\n";
+
 int main(int argc, char **argv)
 {
     static struct er_gateway_config cfg;
     char msg[256];
 
+    /* Contract.md 1: every program prints --help and --version. */
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        fputs("envrun-gateway " ER_VERSION "\n", stdout);
+        return 0;
+    }
+    if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+        fputs(usage, stdout);
+        fputs("Without arguments: serve the callback bridge inside the "
+              "sandbox,\nconfigured by PAPERCLIP_BRIDGE_* variables "
+              "(upstream.md B4).\n",
+              stdout);
+        return 0;
+    }
     if (argc == 2 && strcmp(argv[1], "--serve-commands") == 0)
         return er_gateway_serve_commands();
     if ((argc == 4 || argc == 5) && strcmp(argv[1], "--wait-requests") == 0)
@@ -27,9 +45,7 @@ int main(int argc, char **argv)
                        : er_gateway_wait_requests(argv[6], argv[7], argv[8]);
     }
     if (argc != 1) {
-        fprintf(stderr, "usage: envrun-gateway [--wait-requests DIR MS [MAX] | "
-                        "--write-response QUEUE NAME 0|1 "
-                        "[--wait-requests DIR MS MAX] | --serve-commands]\n");
+        fputs(usage, stderr);
         return 2;
     }
 

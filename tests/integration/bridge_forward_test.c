@@ -340,6 +340,44 @@ static void request_splitting_is_refused(void **state)
     assert_int_equal(api_hits(NULL, 0), 0);
 }
 
+/* The realize command's W3C traceparent goes with every forwarded request
+ * (an agent's own is not allow-listed, so ours stands); none once unset. */
+static void forwarded_requests_carry_the_run_trace(void **state)
+{
+#define TRACE "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    static const char *const headers[] = {
+        "traceparent",
+        "00-11111111111111111111111111111111-2222222222222222-01",
+    };
+    const struct er_bridge_req req = {
+        "GET", "/api/agents/me", "", headers, 1, NULL, 0
+    };
+    struct er_bridge_res res;
+    char seen[16384];
+
+    (void)state;
+    api_answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0);
+    er_bridge_fwd_set_trace(fwd, TRACE);
+    er_bridge_handle(fwd, &req, &token, RUN_ID, NULL, &res);
+    assert_int_equal(res.status, 200);
+    er_bridge_res_fini(&res);
+    assert_int_equal(api_hits(seen, sizeof(seen)), 1);
+    assert_non_null(strstr(seen, "\r\ntraceparent: " TRACE "\r\n"));
+    assert_null(strstr(seen, "1111111111"));
+
+    api_answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0);
+    er_bridge_fwd_set_trace(fwd, "00-bad\r\nx-evil: 1");
+    er_bridge_handle(fwd, &req, &token, RUN_ID, NULL, &res);
+    er_bridge_res_fini(&res);
+    er_bridge_fwd_set_trace(fwd, NULL);
+    er_bridge_handle(fwd, &req, &token, RUN_ID, NULL, &res);
+    er_bridge_res_fini(&res);
+    assert_int_equal(api_hits(seen, sizeof(seen)), 2);
+    assert_null(strcasestr(seen, "traceparent"));
+    assert_null(strcasestr(seen, "x-evil"));
+#undef TRACE
+}
+
 static void origin_is_checked(void **state)
 {
     static const char *const bad[] = {
@@ -371,6 +409,7 @@ static void origin_is_checked(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(forwarded_requests_carry_the_run_trace),
         cmocka_unit_test(round_trip_swaps_the_token_and_filters_headers),
         cmocka_unit_test(route_not_allowed_never_reaches_the_api),
         cmocka_unit_test(post_body_goes_and_api_errors_pass_through),

@@ -493,6 +493,7 @@ static void record_fini(struct er_harness_record *r)
     er_free(r->hdr_error);
     er_free(r->hdr_error_code);
     er_free(r->hdr_redacted);
+    er_free(r->hdr_traceparent);
 }
 
 void er_harness_destroy(struct er_harness *h)
@@ -1250,6 +1251,7 @@ static void take_message(struct er_harness *h, rd_kafka_message_t *msg)
         rec.hdr_error = header_dup(hdrs, "envrun.error");
         rec.hdr_error_code = header_dup(hdrs, "envrun.error.code");
         rec.hdr_redacted = header_dup(hdrs, "envrun.redacted");
+        rec.hdr_traceparent = header_dup(hdrs, "traceparent");
     }
     er_err_clear(&err);
     er_buf_init(&buf, JSON_MAX_BYTES);

@@ -52,6 +52,7 @@ struct er_harness_record {
     char *hdr_error;      /* header envrun.error, NULL when absent */
     char *hdr_error_code; /* header envrun.error.code, NULL when absent */
     char *hdr_redacted;   /* header envrun.redacted, NULL when absent */
+    char *hdr_traceparent; /* header traceparent, NULL when absent */
     int64_t recv_us;      /* er_harness_mono_us() when the consumer handed
                              the message over */
 };
