@@ -48,13 +48,13 @@ struct er_harness_record {
     size_t value_len;
     int32_t partition;
     int64_t offset;
-    json_t *json;         /* er_codec_to_json of value; NULL: not decodable */
-    char *hdr_error;      /* header envrun.error, NULL when absent */
-    char *hdr_error_code; /* header envrun.error.code, NULL when absent */
-    char *hdr_redacted;   /* header envrun.redacted, NULL when absent */
+    json_t *json;          /* er_codec_to_json of value; NULL: not decodable */
+    char *hdr_error;       /* header envrun.error, NULL when absent */
+    char *hdr_error_code;  /* header envrun.error.code, NULL when absent */
+    char *hdr_redacted;    /* header envrun.redacted, NULL when absent */
     char *hdr_traceparent; /* header traceparent, NULL when absent */
-    int64_t recv_us;      /* er_harness_mono_us() when the consumer handed
-                             the message over */
+    int64_t recv_us;       /* er_harness_mono_us() when the consumer handed
+                              the message over */
 };
 
 struct er_harness_priv;
