@@ -35,8 +35,8 @@ struct er_bridge_host_req {
     const char *adapter_key; /* the run's adapter type */
     const struct er_secret *host_token;
     const char *run_id;
-    int32_t partition; /* of the run's commands; -1: none (tools) */
-    int port;          /* the journaled port to ask for again; 0: none */
+    int32_t partition;       /* of the run's commands; -1: none (tools) */
+    int port;                /* the journaled port to ask for again; 0: none */
     const char *traceparent; /* the realize command's; NULL: none */
 };
 

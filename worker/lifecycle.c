@@ -916,8 +916,8 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
         return dead_letter(lc, key, key_len, value, value_len, NULL, &why,
                            coords, err);
     if (er_codec_command_decode(value, value_len, &cmd, &why) != 0) {
-        rc = dead_letter(lc, key, key_len, value, value_len, NULL, &why,
-                         coords, err);
+        rc = dead_letter(lc, key, key_len, value, value_len, NULL, &why, coords,
+                         err);
         goto out;
     }
     if (er_validate_command(&cmd, &why) != 0) {

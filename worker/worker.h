@@ -26,7 +26,7 @@ struct er_config {
     char database_url[ER_CONFIG_STR_MAX];
     char schema_registry_url[ER_CONFIG_STR_MAX];
     char schema_registry_ca_file[ER_CONFIG_STR_MAX]; /* "": the system's */
-    int concurrency;     /* 1..1024 */
+    int concurrency;                                 /* 1..1024 */
     char http_addr[128]; /* host:port; "" disables the endpoint */
     bool log_is_json;
     enum er_log_level log_level;
