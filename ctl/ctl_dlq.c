@@ -184,7 +184,7 @@ static int letter_json(const rd_kafka_message_t *msg,
     if (rc != 0)
         goto out;
     if (msg->payload != NULL &&
-        er_codec_to_json(msg->payload, msg->len, &value, &err) == 0) {
+        er_registry_to_json(msg->payload, msg->len, &value, &err) == 0) {
         rc = er_buf_append(out, ",\"command\":", 11);
         if (rc == 0)
             rc = er_buf_append(out, value.data, value.len);
@@ -585,7 +585,7 @@ static int replay_one(const struct dlq_args *a, rd_kafka_t *producer,
         snprintf(o->reason, sizeof(o->reason), "no value");
         return 0;
     }
-    if (er_codec_command_decode(msg->payload, msg->len, &cmd, &why) != 0) {
+    if (er_registry_command_decode(msg->payload, msg->len, &cmd, &why) != 0) {
         snprintf(o->reason, sizeof(o->reason), "does not decode: %s", why.msg);
         return 0;
     }

@@ -11,7 +11,7 @@
 
 static const char usage[] =
     "usage: envrunctl leases [--database-url URL] [--company ID] [--run ID]\n"
-    "                        [--status S] [--limit N]\n"
+    "                        [--status S] [--limit N] [--format json|table]\n"
     "List environment leases (newest first) with their environment's name.\n"
     "\n"
     "  --database-url URL  libpq connection string or URI "
@@ -21,7 +21,9 @@ static const char usage[] =
     "  --status S          only leases in status S (active, released, "
     "expired,\n"
     "                      failed)\n"
-    "  --limit N           at most N rows (default 100)\n";
+    "  --limit N           at most N rows (default 100)\n"
+    "  --format F          table (default: aligned columns) or json (one\n"
+    "                      object a line; empty values null)\n";
 
 /* A flag that must hold a UUID: 0, or a usage error naming it. */
 static int check_uuid(const char *flag, const char *v)
@@ -39,6 +41,7 @@ int er_ctl_leases_main(int argc, char **argv)
     const char *run = NULL;
     const char *status = NULL;
     const char *limit_s = NULL;
+    const char *format = NULL;
     int64_t limit = LEASES_DEFAULT_LIMIT;
     size_t pos_cnt = 0;
     struct er_buf table;
@@ -50,6 +53,7 @@ int er_ctl_leases_main(int argc, char **argv)
         { "run", &run, NULL, NULL },
         { "status", &status, NULL, NULL },
         { "limit", &limit_s, NULL, NULL },
+        { "format", &format, NULL, NULL },
     };
 
     er_buf_init(&table, LEASES_TABLE_MAX);
@@ -82,9 +86,16 @@ int er_ctl_leases_main(int argc, char **argv)
         goto out;
     }
 
+    if (format != NULL && strcmp(format, "json") != 0 &&
+        strcmp(format, "table") != 0) {
+        er_ctl_util_usage_error("leases", "--format: expected json or table");
+        goto out;
+    }
+
     exit_code = ER_CTL_EXIT_FAIL;
-    if (er_store_ctl_leases_table(url, company, run, status, (int)limit, &table,
-                                  &err) != 0) {
+    if (er_store_ctl_leases(url, company, run, status, (int)limit,
+                            format != NULL && strcmp(format, "json") == 0,
+                            &table, &err) != 0) {
         fprintf(stderr, "envrunctl leases: %s\n", err.msg);
         goto out;
     }

@@ -269,6 +269,34 @@ out:
     return exit_code;
 }
 
+/* With ENVRUN_SCHEMA_REGISTRY_URL set (envrunctl.c installs the client),
+ * the command goes out in the Confluent wire format under
+ * <topic>-value, as the worker publishes its own records. */
+static int frame_for_registry(const char *topic, struct er_buf *value,
+                              struct er_err *err)
+{
+    struct er_registry *reg = er_registry_installed();
+    struct er_buf framed;
+    char subject[600];
+    int rc;
+
+    if (reg == NULL)
+        return 0;
+    snprintf(subject, sizeof(subject), "%s-value", topic);
+    rc = er_registry_register(reg, ER_REC_RUN_COMMAND, subject, err);
+    if (rc != 0)
+        return rc;
+    er_buf_init(&framed, value->max_len);
+    rc = er_registry_frame(reg, value->data, value->len, &framed, err);
+    if (rc == 1) {
+        er_buf_fini(value);
+        *value = framed;
+        return 0;
+    }
+    er_buf_fini(&framed);
+    return rc;
+}
+
 int er_ctl_send_main(int argc, char **argv)
 {
     struct send_args a;
@@ -402,6 +430,8 @@ int er_ctl_send_main(int argc, char **argv)
     key = a.run != NULL ? a.run : command_id;
     if (key_buf.len != 0)
         key = (const char *)key_buf.data;
+    if (a.raw_file == NULL && frame_for_registry(topic, &value, &err) != 0)
+        goto out;
     if (er_ctl_util_produce_sync(rk, topic, key, strlen(key), value.data,
                                  value.len, NULL, SEND_TIMEOUT_MS, NULL,
                                  &err) != 0)

@@ -679,7 +679,7 @@ int er_ctl_util_record_json(const char *topic_short,
     er_err_clear(&err);
     if (!is_raw && msg->payload != NULL)
         is_decoded =
-            er_codec_to_json(msg->payload, msg->len, &value, &err) == 0;
+            er_registry_to_json(msg->payload, msg->len, &value, &err) == 0;
 
     rc = er_buf_append(out, "{\"topic\":", 9);
     if (rc == 0)

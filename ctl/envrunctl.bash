@@ -9,7 +9,7 @@ _envrunctl_opts_send="--brokers --topic-prefix --kind --company --agent --run
  --runtime-overlay-json --status --failure-reason --raw-file --file --help"
 _envrunctl_opts_tail="--brokers --topic-prefix --from-beginning --follow --max
  --timeout-ms --run --lease --company --outcome --format --help"
-_envrunctl_opts_leases="--database-url --company --run --status --limit --help"
+_envrunctl_opts_leases="--database-url --company --run --status --limit --format --help"
 _envrunctl_opts_dlq_list="--brokers --topic-prefix --format --max --timeout-ms
  --partition --error-code --help"
 _envrunctl_opts_dlq_replay="--all --offset --partition --error-code --dry-run

@@ -34,7 +34,9 @@ static const char usage[] =
     "`envrunctl COMMAND --help` describes each command's options.\n"
     "Environment: ENVRUN_KAFKA_BROKERS, ENVRUN_KAFKA_PROPS,\n"
     "ENVRUN_TOPIC_PREFIX, ENVRUN_DATABASE_URL (flags override them),\n"
-    "ENVRUN_LOG_LEVEL.\n"
+    "ENVRUN_SCHEMA_REGISTRY_URL (records in the Confluent wire format are\n"
+    "read through it and send frames commands),\n"
+    "ENVRUN_SCHEMA_REGISTRY_CA_FILE, ENVRUN_LOG_LEVEL.\n"
     "Exit status: 0 success, 1 runtime failure, 2 usage error.\n";
 
 struct subcommand {
@@ -52,6 +54,8 @@ static const struct subcommand subcommands[] = {
 int main(int argc, char **argv)
 {
     const struct subcommand *sub = NULL;
+    struct er_registry *registry = NULL;
+    const char *registry_url;
     struct er_err err;
     size_t i;
     int level;
@@ -89,7 +93,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "envrunctl: %s\n", err.msg);
         return ER_CTL_EXIT_FAIL;
     }
+    /* With a schema registry, records are read in the Confluent wire
+     * format too, and send frames what it produces. */
+    registry_url = er_ctl_util_env("ENVRUN_SCHEMA_REGISTRY_URL", "");
+    if (sub->needs_codec && registry_url[0] != '\0') {
+        if (er_registry_new(
+                registry_url,
+                er_ctl_util_env("ENVRUN_SCHEMA_REGISTRY_CA_FILE", ""),
+                &registry, &err) != 0) {
+            fprintf(stderr, "envrunctl: ENVRUN_SCHEMA_REGISTRY_URL: %s\n",
+                    err.msg);
+            er_codec_shutdown();
+            return ER_CTL_EXIT_FAIL;
+        }
+        er_registry_install(registry);
+    }
     rc = sub->main_fn(argc - 2, argv + 2);
+    er_registry_install(NULL);
+    er_registry_destroy(registry);
     if (sub->needs_codec)
         er_codec_shutdown();
     return rc;

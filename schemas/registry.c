@@ -432,6 +432,25 @@ int er_registry_command_decode(const uint8_t *buf, size_t len,
     return rc;
 }
 
+int er_registry_to_json(const uint8_t *buf, size_t len, struct er_buf *out,
+                        struct er_err *err)
+{
+    struct er_registry *reg = er_registry_installed();
+    struct er_buf plain;
+    int rc;
+
+    if (reg == NULL || !er_registry_is_framed(buf, len))
+        return er_codec_to_json(buf, len, out, err);
+    er_buf_init(&plain, len + ER_CODEC_HDR_LEN);
+    rc = er_registry_unframe(reg, buf, len, &plain, err);
+    if (rc == 1)
+        rc = er_codec_to_json(plain.data, plain.len, out, err);
+    if (plain.len > 0)
+        er_wipe(plain.data, plain.len); /* may hold hostApiToken */
+    er_buf_fini(&plain);
+    return rc;
+}
+
 /* ================================================================
  * The process's registry (NULL: values stay single-object encoded)
  * ================================================================ */

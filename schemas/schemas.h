@@ -303,6 +303,9 @@ int er_registry_frame(struct er_registry *reg, const uint8_t *buf, size_t len,
  * the decoder and of er_registry_unframe (class RETRY: try again later). */
 int er_registry_command_decode(const uint8_t *buf, size_t len,
                                struct er_run_command *cmd, struct er_err *err);
+/* er_codec_to_json of a value in either framing, likewise. */
+int er_registry_to_json(const uint8_t *buf, size_t len, struct er_buf *out,
+                        struct er_err *err);
 /* The process's registry client, set once at start (NULL: none; values
  * stay single-object encoded). Borrowed. */
 void er_registry_install(struct er_registry *reg);

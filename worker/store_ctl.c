@@ -3,8 +3,10 @@
  * opens and closes its own connection; no state is shared, so it is
  * thread-safe. Every statement is parameterised. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <libpq-fe.h>
 
 #include "worker/worker.h"
@@ -26,6 +28,12 @@ static const char leases_sql[] =
     "AND ($2::uuid IS NULL OR l.heartbeat_run_id = $2::uuid) "
     "AND ($3::text IS NULL OR l.status = $3::text) "
     "ORDER BY l.acquired_at DESC, l.id LIMIT $4::int";
+
+/* The JSON names of the columns (--format json). */
+static const char *const leases_keys[LEASES_COLS] = {
+    "leaseId", "environment", "status",     "heartbeatRunId",
+    "issueId", "acquiredAt",  "releasedAt", "failureReason",
+};
 
 static const char *const leases_head[LEASES_COLS] = {
     "LEASE", "ENVIRONMENT", "STATUS",   "RUN",
@@ -59,9 +67,48 @@ static int put_row(struct er_buf *out, const char *const *cells,
     return rc;
 }
 
+/* Append one JSON object per row, an empty value as null. */
+static int put_json_rows(struct er_buf *out, PGresult *res)
+{
+    int rows = PQntuples(res);
+    int r;
+    int c;
+    int rc = 0;
+
+    for (r = 0; r < rows && rc == 0; r++) {
+        json_t *obj = json_object();
+        char *text;
+
+        for (c = 0; c < LEASES_COLS && obj != NULL; c++) {
+            const char *v = PQgetvalue(res, r, c);
+
+            if (json_object_set_new(obj, leases_keys[c],
+                                    v[0] != '\0' ? json_string(v)
+                                                 : json_null()) != 0) {
+                json_decref(obj);
+                obj = NULL;
+            }
+        }
+        text = obj != NULL ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER)
+                           : NULL;
+        json_decref(obj);
+        rc = text != NULL ? er_buf_printf(out, "%s\n", text) : ER_ENOMEM;
+        free(text);
+    }
+    return rc;
+}
+
 int er_store_ctl_leases_table(const char *conninfo, const char *company,
                               const char *run, const char *status, int limit,
                               struct er_buf *out, struct er_err *err)
+{
+    return er_store_ctl_leases(conninfo, company, run, status, limit, false,
+                               out, err);
+}
+
+int er_store_ctl_leases(const char *conninfo, const char *company,
+                        const char *run, const char *status, int limit,
+                        bool is_json, struct er_buf *out, struct er_err *err)
 {
     PGconn *conn = NULL;
     PGresult *res = NULL;
@@ -111,6 +158,13 @@ int er_store_ctl_leases_table(const char *conninfo, const char *company,
         goto out;
     }
 
+    if (is_json) {
+        rc = put_json_rows(out, res);
+        if (rc != 0)
+            rc = er_err_set(err, rc, ER_ERRCLASS_FATAL, "leases: %s",
+                            er_errname(rc));
+        goto out;
+    }
     rows = PQntuples(res);
     for (c = 0; c < LEASES_COLS; c++) {
         widths[c] = (int)strlen(leases_head[c]);

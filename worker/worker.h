@@ -285,5 +285,11 @@ int er_worker_run(const struct er_config *cfg);
 int er_store_ctl_leases_table(const char *conninfo, const char *company,
                               const char *run, const char *status, int limit,
                               struct er_buf *out, struct er_err *err);
+/* The same rows as the table, or with is_json one JSON object a line
+ * (leaseId, environment, status, heartbeatRunId, issueId, acquiredAt,
+ * releasedAt, failureReason; empty values null), newest first. */
+int er_store_ctl_leases(const char *conninfo, const char *company,
+                        const char *run, const char *status, int limit,
+                        bool is_json, struct er_buf *out, struct er_err *err);
 
 #endif

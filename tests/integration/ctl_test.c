@@ -303,6 +303,30 @@ static void send_file_then_tail_results_of_the_run(void **state)
     ER_HARNESS_ASSERT_CONTAINS(r.out, "AcquireCommand");
     ER_HARNESS_ASSERT_CONTAINS(r.out, "2026-09-21T");
     ctl_run_fini(&r);
+
+    /* The run's lease from Postgres as JSON lines: released, no failure. */
+    ctl(&r, NULL, "leases", "--database-url", h->db_url, "--run", run.run_id,
+        "--format", "json", NULL);
+    assert_int_equal(r.exit_code, 0);
+    assert_int_equal(line_count(r.out), 1);
+    {
+        json_t *lease = json_loads(r.out, JSON_DISABLE_EOF_CHECK, NULL);
+
+        ER_HARNESS_NON_NULL(lease);
+        ER_HARNESS_ASSERT_STR(lease, "status", "released");
+        ER_HARNESS_ASSERT_STR(lease, "heartbeatRunId", run.run_id);
+        ER_HARNESS_NON_NULL(er_harness_json_str(lease, "releasedAt"));
+        assert_true(json_is_null(json_object_get(lease, "failureReason")));
+        assert_true(
+            er_uuid_is_valid(er_harness_json_str(lease, "leaseId"), 36));
+        json_decref(lease);
+    }
+    ctl_run_fini(&r);
+    ctl(&r, NULL, "leases", "--database-url", h->db_url, "--format", "yaml",
+        NULL);
+    assert_int_equal(r.exit_code, 2);
+    ER_HARNESS_ASSERT_CONTAINS(r.err, "--format");
+    ctl_run_fini(&r);
 }
 
 /* send --file of text (written to name): exit 2, one line naming the file

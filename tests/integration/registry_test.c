@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -23,6 +25,7 @@
 #include "tests/support/registry_standin.h"
 
 #define USER_INFO "envrun:s3cret-registry-pass"
+#define ENVRUNCTL ER_BUILD_DIR "/envrunctl"
 
 static struct er_harness *h;
 static struct er_registry_standin *standin;
@@ -336,6 +339,93 @@ static void registry_refused_credentials_stop_the_start(void **state)
     expect_no_password(w);
 }
 
+/* Run envrunctl with the registry set; its exit code, stdout in out
+ * (caller frees). */
+static int envrunctl(char **out, char *const *args)
+{
+    static int seq;
+    char brokers[ER_HARNESS_URL_MAX + 32];
+    char prefix[128];
+    char out_path[ER_HARNESS_PATH_MAX + 64];
+    char *envp[] = { brokers, prefix, url_env, "PATH=/usr/bin:/bin", NULL };
+    char *argv[24];
+    size_t n = 0;
+    pid_t pid;
+    int status = 0;
+
+    snprintf(brokers, sizeof(brokers), "ENVRUN_KAFKA_BROKERS=%s", h->brokers);
+    snprintf(prefix, sizeof(prefix), "ENVRUN_TOPIC_PREFIX=%s", h->prefix);
+    snprintf(out_path, sizeof(out_path), "%s/envrunctl-%d.out", h->dir, seq++);
+    argv[n++] = ENVRUNCTL;
+    while (*args != NULL && n < 23)
+        argv[n++] = *args++;
+    argv[n] = NULL;
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (freopen(out_path, "w", stdout) == NULL)
+            _exit(126);
+        execve(argv[0], argv, envp);
+        _exit(127);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    *out = er_harness_read_text(out_path, 1 << 20);
+    ER_HARNESS_NON_NULL(*out);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* envrunctl with ENVRUN_SCHEMA_REGISTRY_URL: send produces the Confluent
+ * wire format with RunCommand's id; tail decodes the worker's framed
+ * results. */
+static void registry_envrunctl_sends_and_tails(void **state)
+{
+    const char *env[] = { url_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness_worker *w;
+    struct er_harness_run run;
+    const struct er_harness_record *rec = NULL;
+    const json_t *res;
+    char command_id[40];
+    char *out;
+
+    (void)state;
+    w = er_harness_worker_start_warm(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    er_harness_run_init(&run);
+    {
+        char *args[] = { "send",         "--kind",  "acquire",    "--company",
+                         run.company_id, "--agent", run.agent_id, "--run",
+                         run.run_id,     NULL };
+
+        assert_int_equal(envrunctl(&out, args), 0);
+    }
+    assert_int_equal(sscanf(out, "%36s", command_id), 1);
+    er_free(out);
+    res = er_harness_wait_result(h, command_id, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_true(er_harness_wait_key(h, ER_HARNESS_COMMANDS, run.run_id, 1,
+                                    ER_HARNESS_WAIT_MS));
+    assert_int_equal(
+        er_harness_find_key(h, ER_HARNESS_COMMANDS, run.run_id, &rec, 1), 1);
+    assert_int_equal(rec->value[0], 0);
+    assert_int_equal(((int)rec->value[1] << 24) | ((int)rec->value[2] << 16) |
+                         ((int)rec->value[3] << 8) | rec->value[4],
+                     subject_id("commands"));
+    {
+        char *args[] = { "tail",  "results",  "--from-beginning",
+                         "--run", run.run_id, "--timeout-ms",
+                         "5000",  NULL };
+
+        assert_int_equal(envrunctl(&out, args), 0);
+    }
+    ER_HARNESS_ASSERT_CONTAINS(out, command_id);
+    ER_HARNESS_ASSERT_CONTAINS(out, "\"outcome\":\"ok\"");
+    assert_null(strstr(out, "valueBase64"));
+    er_free(out);
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +434,7 @@ int main(void)
         cmocka_unit_test(registry_unknown_id_is_dead_lettered),
         cmocka_unit_test(registry_down_delays_start),
         cmocka_unit_test(registry_refused_credentials_stop_the_start),
+        cmocka_unit_test(registry_envrunctl_sends_and_tails),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
