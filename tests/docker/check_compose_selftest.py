@@ -51,7 +51,7 @@ MUTATIONS = [
     (D, "bash /src/scripts/build-release.sh /opt/envrun", "make", "RUNs scripts/build-release.sh"),
     (D, "RUN bash /src/scripts/install-deps.sh --build-only", "RUN bash /src/scripts/install-deps.sh", "install-deps.sh --build-only"),
     (D, "ENVRUN_HTTP_ADDR=0.0.0.0:9464", "ENVRUN_HTTP_ADDR=127.0.0.1:9464", "ENVRUN_HTTP_ADDR=0.0.0.0:9464"),
-    (R, "\n## Topics and records\n", "\n| `envrun.commands` | 24 |\n\n## Topics and records\n", "envrun.commands gets 12 partitions, recommended 24"),
+    (R, "| `envrun.commands` | 12 |", "| `envrun.commands` | 24 |", "envrun.commands gets 12 partitions, recommended 24"),
     (
         M,
         "pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)",
