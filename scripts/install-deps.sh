@@ -27,6 +27,7 @@ packages=(
     nodejs # the test provider plugin (tests/plugins) runs on node
     python3-yaml # tests/docker/check_compose.py
     groff-base # tests/ctl/docs_test.sh lints and renders ctl/envrunctl.1
+    openssl # registry_test: a self-signed certificate and a TLS server
 )
 case ${1:-} in
 '') ;;
