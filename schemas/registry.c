@@ -70,15 +70,21 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-/* The URL without "user:password@", for messages. */
+/* The URL without "user:password@", for messages: up to the last '@'
+ * before the path (a password may hold an unescaped '@'). */
 static void url_shown(const char *url, char *out, size_t out_len)
 {
     const char *scheme_end = strstr(url, "://");
     const char *host = scheme_end != NULL ? scheme_end + 3 : url;
-    const char *at = strchr(host, '@');
-    const char *slash = strchr(host, '/');
+    const char *end = host + strcspn(host, "/?#");
+    const char *at = NULL;
+    const char *p;
 
-    if (at != NULL && (slash == NULL || at < slash))
+    for (p = host; p < end; p++) {
+        if (*p == '@')
+            at = p;
+    }
+    if (at != NULL)
         snprintf(out, out_len, "%.*s%s", (int)(host - url), url, at + 1);
     else
         snprintf(out, out_len, "%s", url);
@@ -100,6 +106,8 @@ int er_registry_new(const char *url, const char *ca_file,
     reg = er_calloc(1, sizeof(*reg));
     if (reg == NULL)
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+    pthread_mutex_init(&reg->mu, NULL);
+    er_buf_init(&reg->resp, RESP_MAX);
     while (len > 0 && url[len - 1] == '/')
         len--;
     reg->base = er_strndup(url, len);
@@ -110,8 +118,6 @@ int er_registry_new(const char *url, const char *ca_file,
                           "cannot make a libcurl handle");
     }
     url_shown(reg->base, reg->shown, sizeof(reg->shown));
-    pthread_mutex_init(&reg->mu, NULL);
-    er_buf_init(&reg->resp, RESP_MAX);
     for (i = 0; i < REC_CNT; i++)
         reg->own_id[i] = -1;
     curl_easy_setopt(reg->curl, CURLOPT_NOSIGNAL, 1L);
@@ -133,11 +139,12 @@ void er_registry_destroy(struct er_registry *reg)
 {
     if (reg == NULL)
         return;
-    if (reg->curl != NULL) {
+    if (reg->curl != NULL)
         curl_easy_cleanup(reg->curl);
-        pthread_mutex_destroy(&reg->mu);
-        er_buf_fini(&reg->resp);
-    }
+    pthread_mutex_destroy(&reg->mu);
+    er_buf_fini(&reg->resp);
+    if (reg->base != NULL)
+        er_wipe(reg->base, strlen(reg->base)); /* may hold a password */
     er_free(reg->base);
     er_free(reg);
 }

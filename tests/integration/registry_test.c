@@ -342,6 +342,21 @@ static void registry_refused_credentials_stop_the_start(void **state)
     ER_HARNESS_ASSERT_CONTAINS(log, "Unauthorized");
     er_free(log);
     expect_no_password(w);
+
+    /* What messages show of a URL: never any of its userinfo, even with an
+     * unescaped '@' in the password. */
+    {
+        struct er_registry *reg = NULL;
+        struct er_err err;
+
+        er_err_clear(&err);
+        assert_int_equal(er_registry_new("https://u:p@ss@reg.example:8081/x/",
+                                         NULL, &reg, &err),
+                         0);
+        assert_string_equal(er_registry_url_shown(reg),
+                            "https://reg.example:8081/x");
+        er_registry_destroy(reg);
+    }
 }
 
 /* Run envrunctl with the registry set; its exit code, stdout in out
