@@ -5,6 +5,7 @@
 BUILD        ?= build
 BUILD_ASAN   ?= build-asan
 BUILD_FUZZ   ?= build-fuzz
+BUILD_RELEASE ?= build-release
 SERVICES     ?= .tmp/services
 FUZZ_SECONDS ?= 60
 # Seconds each libFuzzer target runs in `make test` (the CI gate).
@@ -32,8 +33,10 @@ demo: deps build
 	./$(BUILD)/envrunctl dev --demo
 
 # The CI gate (.ci/run): every label but bench on the normal build, unit and
-# integration again under gcc's ASan+UBSan, every libFuzzer target for
-# CI_FUZZ_SECONDS (scripts/fuzz.sh), then the format check. Every
+# integration again under gcc's ASan+UBSan, a Release (-O3) build of
+# everything (its optimizer finds warnings the others do not), every
+# libFuzzer target for CI_FUZZ_SECONDS (scripts/fuzz.sh), then the
+# format check. Every
 # stage runs even when an earlier one failed, so one run reports all of
 # them; the throwaway services are stopped however the recipe ends.
 # Test builds compile the fault points (-DER_FAULTS=ON) the fault-matrix
@@ -64,6 +67,10 @@ test: deps
 	else \
 		failed="$$failed asan-build"; \
 	fi; \
+	echo "== Release build ($(BUILD_RELEASE), -O3: its warnings differ)"; \
+	{ cmake -S . -B $(BUILD_RELEASE) -DCMAKE_BUILD_TYPE=Release \
+		-DER_FAULTS=OFF && cmake --build $(BUILD_RELEASE) -j$(JOBS); } \
+		|| failed="$$failed release-build"; \
 	echo "== libFuzzer ($(BUILD_FUZZ), $(CI_FUZZ_SECONDS) s a target)"; \
 	bash scripts/fuzz.sh $(BUILD_FUZZ) $(CI_FUZZ_SECONDS) $(JOBS) \
 		|| failed="$$failed fuzz"; \

@@ -851,6 +851,7 @@ static int load_locked(const uint8_t *buf, size_t len,
     rc = identify_locked(buf, len, type, &rec, err);
     if (rc != 0)
         return rc;
+    ER_ASSERT(rec != NULL); /* identify_locked sets it on success */
     codec.loaded = rec;
     s.p = buf + HDR_LEN;
     s.len = len - HDR_LEN;

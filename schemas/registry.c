@@ -70,20 +70,16 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-/* The URL without "user:password@", for messages: up to the last '@'
- * before the path (a password may hold an unescaped '@'). */
+/* The URL without "user:password@", for messages: everything up to the
+ * last '@' goes. A password pasted unescaped may hold '@', '/', '?' or '#',
+ * so no delimiter is trusted to end it; an '@' in the path costs only a
+ * shorter message, never a password. */
 static void url_shown(const char *url, char *out, size_t out_len)
 {
     const char *scheme_end = strstr(url, "://");
     const char *host = scheme_end != NULL ? scheme_end + 3 : url;
-    const char *end = host + strcspn(host, "/?#");
-    const char *at = NULL;
-    const char *p;
+    const char *at = strrchr(host, '@');
 
-    for (p = host; p < end; p++) {
-        if (*p == '@')
-            at = p;
-    }
     if (at != NULL)
         snprintf(out, out_len, "%.*s%s", (int)(host - url), url, at + 1);
     else
@@ -120,17 +116,38 @@ int er_registry_new(const char *url, const char *ca_file,
     url_shown(reg->base, reg->shown, sizeof(reg->shown));
     for (i = 0; i < REC_CNT; i++)
         reg->own_id[i] = -1;
-    curl_easy_setopt(reg->curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(reg->curl, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(reg->curl, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(reg->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_MS);
-    curl_easy_setopt(reg->curl, CURLOPT_TIMEOUT_MS, (long)CALL_MS);
-    curl_easy_setopt(reg->curl, CURLOPT_ERRORBUFFER, reg->errbuf);
-    curl_easy_setopt(reg->curl, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(reg->curl, CURLOPT_WRITEDATA, &reg->resp);
-    curl_easy_setopt(reg->curl, CURLOPT_USERAGENT, "envrun/" ER_VERSION);
-    if (ca_file != NULL && ca_file[0] != '\0')
-        curl_easy_setopt(reg->curl, CURLOPT_CAINFO, ca_file);
+    /* Each option is one this libcurl must take: a refused one (an old
+     * libcurl, a TLS backend without CAINFO) stops the start. */
+    if (curl_easy_setopt(reg->curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_PROTOCOLS_STR, "http,https") !=
+            CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)CONNECT_MS) != CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_TIMEOUT_MS, (long)CALL_MS) !=
+            CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_ERRORBUFFER, reg->errbuf) !=
+            CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_WRITEFUNCTION, on_body) !=
+            CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_WRITEDATA, &reg->resp) !=
+            CURLE_OK ||
+        curl_easy_setopt(reg->curl, CURLOPT_USERAGENT, "envrun/" ER_VERSION) !=
+            CURLE_OK) {
+        er_registry_destroy(reg);
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL,
+                          "libcurl refused an option the schema registry "
+                          "client needs (libcurl 7.85 or later with http and "
+                          "https)");
+    }
+    if (ca_file != NULL && ca_file[0] != '\0' &&
+        curl_easy_setopt(reg->curl, CURLOPT_CAINFO, ca_file) != CURLE_OK) {
+        er_registry_destroy(reg);
+        return er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL,
+                          "libcurl cannot use a CA file "
+                          "(ENVRUN_SCHEMA_REGISTRY_CA_FILE) with its TLS "
+                          "backend");
+    }
     *out = reg;
     return 0;
 }
@@ -161,6 +178,7 @@ static int call_locked(struct er_registry *reg, const char *path,
                        struct er_err *err)
 {
     struct curl_slist *hdrs = NULL;
+    struct curl_slist *more;
     char url[2048];
     CURLcode cc;
 
@@ -174,8 +192,15 @@ static int call_locked(struct er_registry *reg, const char *path,
     reg->errbuf[0] = '\0';
     hdrs =
         curl_slist_append(hdrs, "Accept: " CONTENT_TYPE ", application/json");
-    if (post_body != NULL)
-        hdrs = curl_slist_append(hdrs, "Content-Type: " CONTENT_TYPE);
+    if (hdrs != NULL && post_body != NULL) {
+        more = curl_slist_append(hdrs, "Content-Type: " CONTENT_TYPE);
+        if (more == NULL) {
+            curl_slist_free_all(hdrs);
+            hdrs = NULL;
+        }
+    }
+    if (hdrs == NULL)
+        return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
     curl_easy_setopt(reg->curl, CURLOPT_URL, url);
     curl_easy_setopt(reg->curl, CURLOPT_HTTPHEADER, hdrs);
     if (post_body != NULL)
@@ -190,13 +215,22 @@ static int call_locked(struct er_registry *reg, const char *path,
                           "schema registry %s not reachable: %s", reg->shown,
                           reg->errbuf[0] != '\0' ? reg->errbuf
                                                  : curl_easy_strerror(cc));
-    curl_easy_getinfo(reg->curl, CURLINFO_RESPONSE_CODE, status);
+    if (curl_easy_getinfo(reg->curl, CURLINFO_RESPONSE_CODE, status) !=
+        CURLE_OK)
+        *status = 0;
     *body = json_loadb((const char *)reg->resp.data, reg->resp.len, 0, NULL);
-    if (*status >= 500)
+    /* 5xx, and 408/429 (the registry or a proxy asks to come back). */
+    if (*status >= 500 || *status == 408 || *status == 429 || *status == 0)
         return er_err_set(err, ER_EIO, ER_ERRCLASS_RETRY,
                           "schema registry %s answered HTTP %ld", reg->shown,
                           *status);
     return 0;
+}
+
+/* The registry's error_code, 0 when the answer has none. */
+static json_int_t error_code(const json_t *body)
+{
+    return json_integer_value(json_object_get(body, "error_code"));
 }
 
 /* The registry's own words for a refusal: {"error_code":..,"message":..}. */
@@ -214,16 +248,23 @@ int er_registry_register(struct er_registry *reg, enum er_record_type type,
     json_t *req = NULL;
     json_t *body = NULL;
     char *req_text = NULL;
+    char *escaped;
     char path[512];
     json_int_t id;
     long status;
+    size_t n;
     int rc;
 
     if (schema == NULL || (int)type < 0 || (int)type >= REC_CNT)
         return er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL,
                           "no such record type");
-    if ((size_t)snprintf(path, sizeof(path), "/subjects/%s/versions",
-                         subject) >= sizeof(path))
+    /* The subject is one path segment whatever the topic prefix holds. */
+    escaped = curl_easy_escape(reg->curl, subject, 0);
+    if (escaped == NULL)
+        return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_RETRY, "out of memory");
+    n = (size_t)snprintf(path, sizeof(path), "/subjects/%s/versions", escaped);
+    curl_free(escaped);
+    if (n >= sizeof(path))
         return er_err_set(err, ER_E2BIG, ER_ERRCLASS_FATAL,
                           "subject name too long");
     req = json_pack("{ss}", "schema", schema);
@@ -306,7 +347,11 @@ static int fingerprint_locked(struct er_registry *reg, int32_t id, uint64_t *fp,
     rc = call_locked(reg, path, NULL, &status, &body, err);
     if (rc != 0)
         goto out;
-    if (status == 404) {
+    /* Only the registry's own "schema not found" (40403) says the id is
+     * unknown; a bare 404 may be a wrong path or a proxy, and a replica
+     * behind its leader may not have the id yet: those are retried, so
+     * no command is dead-lettered for the registry's trouble. */
+    if (status == 404 && error_code(body) == 40403) {
         rc = er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_SKIP,
                         "schema id %" PRId32 " is not in the schema registry",
                         id);
@@ -339,10 +384,13 @@ static int fingerprint_locked(struct er_registry *reg, int32_t id, uint64_t *fp,
         reg->cache[reg->cache_cnt].fp = *fp;
         reg->cache_cnt++;
     } else {
+        char why[sizeof(err->msg)];
+
+        snprintf(why, sizeof(why), "%s", err != NULL ? err->msg : "");
         rc = er_err_set(err, ER_ESCHEMA, ER_ERRCLASS_SKIP,
                         "schema id %" PRId32 " is not a usable Avro schema: "
                         "%s",
-                        id, err != NULL ? err->msg : "");
+                        id, why);
     }
     er_buf_fini(&canon);
 out:

@@ -344,5 +344,15 @@ extern const char *const er_embed_migrations_sql;
  * null; traceparent in W3C shape. Errors: ER_EINVAL, class SKIP, message
  * naming the field first ("heartbeatRunId: not a uuid"). */
 int er_validate_command(const struct er_run_command *cmd, struct er_err *err);
+/* Whether s (len bytes) is a W3C traceparent: version (not ff), trace id
+ * and parent id (neither all zeros) and flags, 55 characters of lower-case
+ * hex and dashes. */
+bool er_traceparent_is_valid(const char *s, size_t len);
+/* A received traceparent made into the one this worker carries, in place:
+ * version 00 as is; a later version read as W3C Trace Context says
+ * (version 00's fields, anything after them cut) and written as 00. false
+ * when it cannot be read: the caller drops it (the trace restarts), never
+ * the message it came with. */
+bool er_traceparent_accept(char *s);
 
 #endif

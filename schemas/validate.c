@@ -88,7 +88,7 @@ static bool is_all_zero(const char *s, size_t len)
 
 /* W3C Trace Context: version-traceid-parentid-flags, lower-case hex,
  * version ff invalid, all-zero ids invalid. */
-static bool is_traceparent(const char *s, size_t len)
+bool er_traceparent_is_valid(const char *s, size_t len)
 {
     if (len != 55 || s[2] != '-' || s[35] != '-' || s[52] != '-')
         return false;
@@ -98,6 +98,23 @@ static bool is_traceparent(const char *s, size_t len)
     if (memcmp(s, "ff", 2) == 0)
         return false;
     return !is_all_zero(s + 3, 32) && !is_all_zero(s + 36, 16);
+}
+
+bool er_traceparent_accept(char *s)
+{
+    size_t len = strlen(s);
+
+    /* A later version keeps version 00's fields where 00 has them and may
+     * add more after a '-': read those, carry them as version 00. */
+    if (len > 55 && is_lower_hex(s, 2) && memcmp(s, "00", 2) != 0 &&
+        s[55] == '-') {
+        s[55] = '\0';
+        len = 55;
+    }
+    if (!er_traceparent_is_valid(s, len))
+        return false;
+    memcpy(s, "00", 2);
+    return true;
 }
 
 /* Length and encoding checks every string field gets; max 0: no cap. */
@@ -282,7 +299,7 @@ int er_validate_command(const struct er_run_command *cmd, struct er_err *err)
     if (rc == 0)
         rc = check_uuid("heartbeatRunId", cmd->heartbeat_run_id, false, err);
     if (rc == 0 && cmd->traceparent != NULL &&
-        !is_traceparent(cmd->traceparent, strlen(cmd->traceparent)))
+        !er_traceparent_is_valid(cmd->traceparent, strlen(cmd->traceparent)))
         rc = er_err_set(err, ER_EINVAL, ER_ERRCLASS_SKIP,
                         "traceparent: not a W3C traceparent");
     if (rc != 0)

@@ -676,18 +676,57 @@ static int redact_json_field(struct er_lifecycle *lc, char **field)
     return 1;
 }
 
-/* The bytes a dead letter stores and publishes: the original message, or
- * with its credentials removed (into lc->enc). *redacted names what went
- * (static text, NULL when nothing did). A command that decoded is encoded
- * again without hostApiToken and without secret-looking keys in its JSON
- * fields. One that did not decode but may be a realize command may carry
- * a token nobody can find in it: only the header and the ids before the
- * command body are kept (the whole message stays in the commands topic,
- * which the headers point to). */
-static int dlq_value(struct er_lifecycle *lc, const uint8_t *value,
-                     size_t value_len, const struct er_run_command *cmd,
-                     const char **redacted, struct er_err *err)
+/* One consumed message as a step sees it. */
+struct msg {
+    const uint8_t *key;
+    size_t key_len;
+    const uint8_t *value; /* as it came: what a dead letter keeps */
+    size_t value_len;
+    /* Single-object encoded: value itself, or its Confluent framing
+     * resolved through the registry (into lc->plain). */
+    const uint8_t *plain;
+    size_t plain_len;
+    const struct er_err *unresolved; /* non-NULL: the framing was not */
+    const struct er_msg_coords *coords;
+};
+
+/* A redacted command whose message came Confluent-framed is published
+ * framed too, with envrun's RunCommand id: the bytes are envrun's own
+ * encoding (its fingerprint; one the registry does not map stays as it
+ * is). */
+static int dlq_reframe(struct er_lifecycle *lc, const struct msg *m,
+                       struct er_err *err)
 {
+    struct er_registry *reg = er_registry_installed();
+    struct er_buf framed;
+    int rc;
+
+    if (reg == NULL || m->plain == m->value)
+        return 0;
+    er_buf_init(&framed, lc->enc.len + ER_REGISTRY_HDR_LEN);
+    rc = er_registry_frame(reg, lc->enc.data, lc->enc.len, &framed, NULL);
+    if (rc == 1) {
+        er_buf_reset(&lc->enc);
+        rc = er_buf_append(&lc->enc, framed.data, framed.len) == 0 ? 0 : -1;
+    }
+    er_buf_fini(&framed);
+    return rc < 0 ? er_lifecycle__oom(err) : 0;
+}
+
+/* The bytes a dead letter stores and publishes: the message as it came,
+ * or with its credentials removed (into lc->enc). *redacted names what
+ * went (static text, NULL when nothing did). A command that decoded is
+ * encoded again without hostApiToken and without secret-looking keys in
+ * its JSON fields. One that did not decode but may be a realize command
+ * may carry a token nobody can find in it: only the header and the ids
+ * before the command body are kept (the whole message stays in the
+ * commands topic, which the headers point to). */
+static int dlq_value(struct er_lifecycle *lc, const struct msg *m,
+                     const struct er_run_command *cmd, const char **redacted,
+                     struct er_err *err)
+{
+    const uint8_t *value = m->plain;
+    size_t value_len = m->plain_len;
     enum er_record_type type = ER_REC_UNKNOWN;
     enum er_cmd_kind kind = ER_CMD_REALIZE;
     struct er_err ignored;
@@ -713,7 +752,7 @@ static int dlq_value(struct er_lifecycle *lc, const uint8_t *value,
                     : has_token ? "hostApiToken"
                                 : "secret keys of the JSON fields";
         if (er_codec_command_encode(&copy, &lc->enc, NULL) == 0)
-            return 0;
+            return dlq_reframe(lc, m, err);
         /* An encoder refusing what the decoder took: cut as below. */
         er_buf_reset(&lc->enc);
         if (er_codec_command_peek_kind(value, value_len, &kind, &body_off) ==
@@ -753,14 +792,23 @@ static int dlq_value(struct er_lifecycle *lc, const uint8_t *value,
         }
     }
 keep:
+    if (*redacted == NULL) {
+        value = m->value; /* whole, in the framing it came in */
+        value_len = m->value_len;
+    }
     rc = er_buf_append(&lc->enc, value, value_len);
     if (rc != 0)
         return er_err_set(err, rc, ER_ERRCLASS_RETRY, "dlq copy failed");
-    return 0;
+    return *redacted != NULL ? dlq_reframe(lc, m, err) : 0;
 }
 
-int er_lifecycle__unframe(struct er_lifecycle *lc, const uint8_t **value,
-                          size_t *value_len, struct er_err *why)
+/* With a schema registry, a Confluent-framed command value becomes its
+ * single-object form in lc->plain, and *value / *value_len point there
+ * (until the step ends); any other value is left as it is. 0, or < 0 with
+ * why: class RETRY when the registry cannot be asked now (the command
+ * waits), class SKIP when its schema id cannot be resolved. */
+static int unframe(struct er_lifecycle *lc, const uint8_t **value,
+                   size_t *value_len, struct er_err *why)
 {
     struct er_registry *reg = er_registry_installed();
     int rc;
@@ -777,12 +825,12 @@ int er_lifecycle__unframe(struct er_lifecycle *lc, const uint8_t **value,
 
 /* Dead-letter a message and answer invalid_command where its id can be
  * read; cmd is the decoded command when only validation failed. */
-static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
-                       size_t key_len, const uint8_t *value, size_t value_len,
+static int dead_letter(struct er_lifecycle *lc, const struct msg *m,
                        const struct er_run_command *cmd,
-                       const struct er_err *why,
-                       const struct er_msg_coords *coords, struct er_err *err)
+                       const struct er_err *why, struct er_err *err)
 {
+    const uint8_t *key = m->key;
+    size_t key_len = m->key_len;
     char *peek_id = NULL;
     char *peek_company = NULL;
     const char *command_id = cmd != NULL ? cmd->command_id : NULL;
@@ -797,12 +845,12 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
 
     memset(&st, 0, sizeof(st));
     er_metrics_dlq();
-    snprintf(part, sizeof(part), "%d", (int)coords->partition);
-    snprintf(off, sizeof(off), "%lld", (long long)coords->offset);
+    snprintf(part, sizeof(part), "%d", (int)m->coords->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)m->coords->offset);
     er_log_kv(ER_LOG_WARN, "lifecycle", "dead-lettering command", "partition",
               part, "offset", off, "reason", why->msg, "code",
               dlq_code(why->code), (const char *)NULL);
-    rc = dlq_value(lc, value, value_len, cmd, &redacted, err);
+    rc = dlq_value(lc, m, cmd, &redacted, err);
     if (rc != 0)
         return rc;
     headers =
@@ -824,8 +872,9 @@ static int dead_letter(struct er_lifecycle *lc, const uint8_t *key,
     if (rc != 0)
         return rc;
 
-    if (cmd == NULL && er_codec_command_peek_ids(value, value_len, &peek_id,
-                                                 &peek_company) == 0) {
+    if (cmd == NULL &&
+        er_codec_command_peek_ids(m->plain, m->plain_len, &peek_id,
+                                  &peek_company) == 0) {
         command_id = peek_id;
         company_id = peek_company;
     }
@@ -895,11 +944,12 @@ static enum er_error_code refused_code(enum er_cmd_kind kind)
  * the command's data (a control-plane foreign key, say): this attempt
  * records only an error result saying so, so the command is answered and
  * the worker goes on. */
-static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
-                    const uint8_t *value, size_t value_len,
-                    const struct er_msg_coords *coords,
+static int run_step(struct er_lifecycle *lc, const struct msg *m,
                     const struct er_err *refused, struct er_err *err)
 {
+    const struct er_msg_coords *coords = m->coords;
+    const uint8_t *key = m->key;
+    size_t key_len = m->key_len;
     struct er_run_command cmd;
     struct er_err why;
     struct er_step st;
@@ -909,20 +959,24 @@ static int run_step(struct er_lifecycle *lc, const uint8_t *key, size_t key_len,
     memset(&cmd, 0, sizeof(cmd));
     memset(&st, 0, sizeof(st));
     er_err_clear(&why);
-    rc = er_lifecycle__unframe(lc, &value, &value_len, &why);
-    if (rc < 0 && why.cls == ER_ERRCLASS_RETRY)
-        return er_err_set(err, rc, ER_ERRCLASS_RETRY, "%s", why.msg);
-    if (rc < 0)
-        return dead_letter(lc, key, key_len, value, value_len, NULL, &why,
-                           coords, err);
-    if (er_codec_command_decode(value, value_len, &cmd, &why) != 0) {
-        rc = dead_letter(lc, key, key_len, value, value_len, NULL, &why, coords,
-                         err);
+    if (m->unresolved != NULL)
+        return dead_letter(lc, m, NULL, m->unresolved, err);
+    if (er_codec_command_decode(m->plain, m->plain_len, &cmd, &why) != 0) {
+        rc = dead_letter(lc, m, NULL, &why, err);
         goto out;
     }
+    /* W3C Trace Context: a traceparent that cannot be read is dropped
+     * (the trace restarts here), never the command that carries it. */
+    if (cmd.traceparent != NULL && !er_traceparent_accept(cmd.traceparent)) {
+        ER_LOG_WARN("lifecycle",
+                    "command at partition %d offset %lld: traceparent "
+                    "dropped, not a W3C traceparent",
+                    (int)coords->partition, (long long)coords->offset);
+        er_free(cmd.traceparent);
+        cmd.traceparent = NULL;
+    }
     if (er_validate_command(&cmd, &why) != 0) {
-        rc = dead_letter(lc, key, key_len, value, value_len, &cmd, &why, coords,
-                         err);
+        rc = dead_letter(lc, m, &cmd, &why, err);
         goto out;
     }
     if (key == NULL || key_len == 0) {
@@ -1004,10 +1058,6 @@ out:
     json_decref(st.bridge_env);
     er_wipe(st.bridge_token, sizeof(st.bridge_token));
     er_codec_command_fini(&cmd);
-    if (lc->plain.len > 0) {
-        er_wipe(lc->plain.data, lc->plain.len); /* may hold hostApiToken */
-        er_buf_reset(&lc->plain);
-    }
     lc->trace_headers[0] = '\0';
     er_log_set_trace(NULL);
     return rc;
@@ -1066,10 +1116,29 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                       size_t key_len, const uint8_t *value, size_t value_len,
                       const struct er_msg_coords *coords, struct er_err *err)
 {
+    struct msg m = { .key = key,
+                     .key_len = key_len,
+                     .value = value,
+                     .value_len = value_len,
+                     .plain = value,
+                     .plain_len = value_len,
+                     .coords = coords };
+    struct er_err unresolved;
     struct er_err refused;
     int attempt;
-    int rc = 0;
+    int rc;
 
+    /* A Confluent-framed command's schema is resolved before any
+     * transaction opens: the registry may take its time (or be down, and
+     * the step is retried), and no row lock waits for it. */
+    er_err_clear(&unresolved);
+    rc = unframe(lc, &m.plain, &m.plain_len, &unresolved);
+    if (rc < 0 && unresolved.cls == ER_ERRCLASS_RETRY) {
+        er_err_set(err, rc, ER_ERRCLASS_RETRY, "%s", unresolved.msg);
+        goto out;
+    }
+    if (rc < 0)
+        m.unresolved = &unresolved;
     /* Attempt 0 runs the step; attempt 1 only happens when the database
      * refused the step's data (class SKIP) and records that as the
      * command's error result (see run_step). */
@@ -1082,8 +1151,7 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
         if (rc == 0)
             rc = fence(lc, coords, err);
         if (rc == 0)
-            rc = run_step(lc, key, key_len, value, value_len, coords,
-                          attempt == 0 ? NULL : &refused, err);
+            rc = run_step(lc, &m, attempt == 0 ? NULL : &refused, err);
         if (rc == 0) {
             er_fault_point("outcome.before_commit");
             rc = er_store_commit(lc->store, err);
@@ -1108,6 +1176,11 @@ int er_lifecycle_step(struct er_lifecycle *lc, const uint8_t *key,
                     refused.msg);
     }
     effect_let_go(lc); /* a step that stopped before its outcome began */
+out:
+    if (lc->plain.len > 0) {
+        er_wipe(lc->plain.data, lc->plain.len); /* may hold hostApiToken */
+        er_buf_reset(&lc->plain);
+    }
     lc->phase_at_us = 0;
     er_arena_trim(&lc->arena, KEEP_MAX);
     er_buf_trim(&lc->enc, KEEP_MAX);

@@ -109,13 +109,6 @@ struct er_driver_lease er_lifecycle__driver_lease(const struct er_lease_row *l,
 
 /* ER_ENOMEM, class RETRY. */
 int er_lifecycle__oom(struct er_err *err);
-/* With a schema registry, a Confluent-framed command value becomes its
- * single-object form in lc->plain, and *value / *value_len point there
- * (until the next call); any other value is left as it is. 0, or < 0 with
- * why: class RETRY when the registry cannot be asked now (the command
- * waits), class SKIP when its schema id cannot be resolved. */
-int er_lifecycle__unframe(struct er_lifecycle *lc, const uint8_t **value,
-                          size_t *value_len, struct er_err *why);
 /* Queue a LeaseEvent for the row as it now is, with the next version. */
 int er_lifecycle__lease_event(struct er_lifecycle *lc,
                               const struct er_lease_row *l, struct er_err *err);

@@ -239,17 +239,38 @@ static int produce_row(struct er_outbox *ob, const struct er_outbox_row *r,
     if (r->value_full_len == r->value_len) {
         struct er_registry *reg = er_registry_installed();
         struct er_buf framed;
+        int framing = 0;
 
         /* With a registry, envrun's records go out Confluent-framed; a
-         * dead letter keeps the bytes it came with. */
+         * dead letter is stored as it is to be published (lifecycle.c). */
         er_buf_init(&framed, r->value_len + 16);
-        if (reg != NULL && !is_dlq &&
-            er_registry_frame(reg, r->value, r->value_len, &framed, NULL) == 1)
+        if (reg != NULL && !is_dlq)
+            framing =
+                er_registry_frame(reg, r->value, r->value_len, &framed, NULL);
+        if (framing < 0) {
+            /* Out of memory: the row waits for the next batch rather than
+             * going out in a framing its topic's readers do not expect. */
+            er_buf_fini(&framed);
+            if (hdrs != NULL)
+                rd_kafka_headers_destroy(hdrs);
+            slot->state = SLOT_KEEP;
+            slot->kerr = RD_KAFKA_RESP_ERR__FAIL;
+            return slot->kerr;
+        }
+        if (reg != NULL && !is_dlq && framing == 0)
+            ER_LOG_WARN("outbox",
+                        "row %lld goes out single-object encoded: its "
+                        "schema is not one this worker registered (written "
+                        "by another envrun version?)",
+                        (long long)r->id);
+        if (framing == 1)
             kerr = er_kafka_produce(ob->rk, r->topic, r->key, r->key_len,
                                     framed.data, framed.len, hdrs, slot);
         else
             kerr = er_kafka_produce(ob->rk, r->topic, r->key, r->key_len,
                                     r->value, r->value_len, hdrs, slot);
+        if (framed.len > 0 && slot->is_filled)
+            er_wipe(framed.data, framed.len); /* holds a bridge token */
         er_buf_fini(&framed);
         if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR)
             return 0;

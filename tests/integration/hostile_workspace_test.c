@@ -204,7 +204,7 @@ static void plant_program(const char *name, char *prog, size_t prog_len,
 
 static void assert_never_ran(const char *canary)
 {
-    char script[ER_HARNESS_PATH_MAX + 32];
+    char script[2 * ER_HARNESS_PATH_MAX];
     char *text = NULL;
 
     if (access(canary, F_OK) != 0)

@@ -81,6 +81,26 @@ static int subject_id(const char *topic)
     return er_registry_standin_subject_id(standin, subject);
 }
 
+/* Register under subject RunCommand's text with a doc added, as another
+ * producer would: another id, the same canonical form. */
+static int add_variant(const char *subject, const char *doc)
+{
+    const char *schema = er_codec_schema_json(ER_REC_RUN_COMMAND);
+    char *variant;
+    int id;
+
+    ER_HARNESS_NON_NULL(schema);
+    variant = er_malloc(strlen(schema) + strlen(doc) + 16);
+    ER_HARNESS_NON_NULL(variant);
+    /* {"doc":"...", <the rest of the object>} */
+    sprintf(variant, "{\"doc\":\"%s\",%s", doc, strchr(schema, '{') + 1);
+    id = er_registry_standin_add(standin, subject, variant);
+    er_free(variant);
+    assert_true(id > 0);
+    assert_int_not_equal(id, subject_id("commands"));
+    return id;
+}
+
 /* The command as the Confluent wire format with schema id, into out. */
 static void encode_framed(const struct er_run_command *cmd, int id,
                           struct er_buf *out)
@@ -115,6 +135,37 @@ static const json_t *send_framed(struct er_harness_cmd *c, const char *key,
     res = er_harness_wait_result(h, c->command_id, ER_HARNESS_WAIT_MS);
     ER_HARNESS_NON_NULL(res);
     return res;
+}
+
+/* An acquire framed with schema id, sent while the stand-in cannot answer
+ * (set, switched on by the caller): no result and no dead letter, the
+ * worker alive; once set switches it off, the command is answered ok. */
+static void expect_waits_for_registry(struct er_harness_worker *w, int id,
+                                      void (*set)(struct er_registry_standin *,
+                                                  bool))
+{
+    size_t dlq_before = er_harness_count(h, ER_HARNESS_DLQ);
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    struct er_buf framed;
+    const json_t *res;
+
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&c, &run);
+    encode_framed(&c.cmd, id, &framed);
+    assert_int_equal(
+        er_harness_produce(h, "commands", run.run_id, framed.data, framed.len),
+        0);
+    er_buf_fini(&framed);
+    er_harness_poll(h, 2000);
+    assert_null(er_harness_wait_result(h, c.command_id, 1));
+    assert_int_equal(er_harness_count(h, ER_HARNESS_DLQ), dlq_before);
+    assert_true(er_harness_worker_is_alive(w));
+    set(standin, false);
+    res = er_harness_wait_result(h, c.command_id, ER_HARNESS_FIRST_WAIT_MS);
+    ER_HARNESS_NON_NULL(res);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_int_equal(er_harness_count(h, ER_HARNESS_DLQ), dlq_before);
 }
 
 /* Every record of topic is Confluent-framed with the subject's id. */
@@ -197,26 +248,15 @@ static void registry_fetches_a_producer_id_once(void **state)
 {
     const char *env[] = { url_env, NULL };
     struct er_harness_worker_opts opts = { .env = env };
-    const char *schema = er_codec_schema_json(ER_REC_RUN_COMMAND);
     struct er_harness_worker *w;
     struct er_harness_run run;
     struct er_harness_cmd c;
-    char *variant;
     const json_t *res;
     int id;
     int i;
 
     (void)state;
-    ER_HARNESS_NON_NULL(schema);
-    variant = er_malloc(strlen(schema) + 64);
-    ER_HARNESS_NON_NULL(variant);
-    /* {"doc":"...", <the rest of the object>} */
-    sprintf(variant, "{\"doc\":\"registered by another producer\",%s",
-            strchr(schema, '{') + 1);
-    id = er_registry_standin_add(standin, "other-producer-value", variant);
-    er_free(variant);
-    assert_true(id > 0);
-    assert_int_not_equal(id, subject_id("commands"));
+    id = add_variant("other-producer-value", "registered by another producer");
 
     w = er_harness_worker_start_warm(h, &opts);
     ER_HARNESS_NON_NULL(w);
@@ -280,6 +320,91 @@ static void registry_unknown_id_is_dead_lettered(void **state)
     assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
 }
 
+/* A 404 that is not the registry's own "schema not found" (40403) may be
+ * a proxy, a wrong path or a replica behind its leader: the command waits
+ * for the registry, is never dead-lettered for it, and is answered once
+ * the registry serves again. */
+static void registry_bare_404_is_retried(void **state)
+{
+    const char *env[] = { url_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness_worker *w;
+    int id;
+
+    (void)state;
+    id =
+        add_variant("late-producer-value", "a producer the worker has not met");
+    w = er_harness_worker_start_warm(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+    er_harness_poll(h, 500); /* the warm start's records, decoded */
+    er_registry_standin_set_lost(standin, true);
+    expect_waits_for_registry(w, id, er_registry_standin_set_lost);
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+}
+
+/* A framed command that decodes but fails validation is dead-lettered as
+ * it came, byte for byte (contract.md 3: the original bytes); one that
+ * carried hostApiToken is encoded again without it and framed with
+ * envrun's RunCommand id, so a reader with the registry still decodes it. */
+static void registry_dead_letters_keep_the_framing(void **state)
+{
+    const char *env[] = { url_env, NULL };
+    struct er_harness_worker_opts opts = { .env = env };
+    struct er_harness_worker *w;
+    struct er_harness_run run;
+    struct er_harness_cmd c;
+    const struct er_harness_record *rec = NULL;
+    struct er_buf framed;
+    int id = subject_id("commands");
+
+    (void)state;
+    assert_true(id > 0);
+    w = er_harness_worker_start_warm(h, &opts);
+    ER_HARNESS_NON_NULL(w);
+
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&c, &run);
+    c.cmd.heartbeat_run_id = "not-a-run-id";
+    encode_framed(&c.cmd, id, &framed);
+    assert_int_equal(er_harness_produce(h, "commands", c.command_id,
+                                        framed.data, framed.len),
+                     0);
+    assert_true(er_harness_wait_key(h, ER_HARNESS_DLQ, c.command_id, 1,
+                                    ER_HARNESS_WAIT_MS));
+    assert_int_equal(
+        er_harness_find_key(h, ER_HARNESS_DLQ, c.command_id, &rec, 1), 1);
+    assert_int_equal(rec->value_len, framed.len);
+    assert_memory_equal(rec->value, framed.data, framed.len);
+    assert_null(rec->hdr_redacted);
+    ER_HARNESS_ASSERT_CONTAINS(rec->hdr_error, "heartbeatRunId");
+    er_buf_fini(&framed);
+
+    er_harness_run_init(&run);
+    er_harness_cmd_realize(&c, &run, "/tmp");
+    c.cmd.heartbeat_run_id = "not-a-run-id";
+    c.cmd.host_api_token.value = "tok-must-not-leak-framed-9876";
+    c.cmd.host_api_token.len = strlen(c.cmd.host_api_token.value);
+    encode_framed(&c.cmd, id, &framed);
+    assert_int_equal(er_harness_produce(h, "commands", c.command_id,
+                                        framed.data, framed.len),
+                     0);
+    er_buf_fini(&framed);
+    assert_true(er_harness_wait_key(h, ER_HARNESS_DLQ, c.command_id, 1,
+                                    ER_HARNESS_WAIT_MS));
+    assert_int_equal(
+        er_harness_find_key(h, ER_HARNESS_DLQ, c.command_id, &rec, 1), 1);
+    ER_HARNESS_ASSERT_CONTAINS(rec->hdr_redacted, "hostApiToken");
+    assert_true(rec->value_len > 5);
+    assert_int_equal(rec->value[0], 0);
+    assert_int_equal(((int)rec->value[1] << 24) | ((int)rec->value[2] << 16) |
+                         ((int)rec->value[3] << 8) | rec->value[4],
+                     id);
+    ER_HARNESS_NON_NULL(rec->json); /* decodes through the registry */
+    assert_false(er_harness_topic_contains(h, ER_HARNESS_DLQ,
+                                           "tok-must-not-leak-framed"));
+    assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
+}
+
 /* Down at start: the worker waits with backoff and says so; a command sent
  * meanwhile is answered once the registry is back. */
 static void registry_down_delays_start(void **state)
@@ -287,10 +412,6 @@ static void registry_down_delays_start(void **state)
     const char *env[] = { url_env, NULL };
     struct er_harness_worker_opts opts = { .env = env };
     struct er_harness_worker *w;
-    struct er_harness_run run;
-    struct er_harness_cmd c;
-    struct er_buf framed;
-    const json_t *res;
     int id;
 
     (void)state;
@@ -301,20 +422,7 @@ static void registry_down_delays_start(void **state)
     ER_HARNESS_NON_NULL(w);
     assert_true(er_harness_worker_wait_log(w, "start delayed", 15000));
     assert_true(er_harness_worker_log_contains(w, "HTTP 503"));
-    er_harness_run_init(&run);
-    er_harness_cmd_acquire(&c, &run);
-    encode_framed(&c.cmd, id, &framed);
-    assert_int_equal(
-        er_harness_produce(h, "commands", run.run_id, framed.data, framed.len),
-        0);
-    er_buf_fini(&framed);
-    er_harness_poll(h, 2000);
-    assert_null(er_harness_wait_result(h, c.command_id, 1));
-    assert_true(er_harness_worker_is_alive(w));
-    er_registry_standin_set_down(standin, false);
-    res = er_harness_wait_result(h, c.command_id, ER_HARNESS_FIRST_WAIT_MS);
-    ER_HARNESS_NON_NULL(res);
-    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    expect_waits_for_registry(w, id, er_registry_standin_set_down);
     expect_no_password(w);
     assert_int_equal(er_harness_worker_stop(w, SIGTERM, 15000), 0);
 }
@@ -353,6 +461,14 @@ static void registry_refused_credentials_stop_the_start(void **state)
         assert_int_equal(er_registry_new("https://u:p@ss@reg.example:8081/x/",
                                          NULL, &reg, &err),
                          0);
+        assert_string_equal(er_registry_url_shown(reg),
+                            "https://reg.example:8081/x");
+        er_registry_destroy(reg);
+        /* A password pasted unescaped may hold '/', '?' and '#' too. */
+        assert_int_equal(
+            er_registry_new("https://key:a/b?c#d@reg.example:8081/x/", NULL,
+                            &reg, &err),
+            0);
         assert_string_equal(er_registry_url_shown(reg),
                             "https://reg.example:8081/x");
         er_registry_destroy(reg);
@@ -539,6 +655,8 @@ int main(void)
         cmocka_unit_test(registry_frames_every_record),
         cmocka_unit_test(registry_fetches_a_producer_id_once),
         cmocka_unit_test(registry_unknown_id_is_dead_lettered),
+        cmocka_unit_test(registry_bare_404_is_retried),
+        cmocka_unit_test(registry_dead_letters_keep_the_framing),
         cmocka_unit_test(registry_down_delays_start),
         cmocka_unit_test(registry_refused_credentials_stop_the_start),
         cmocka_unit_test(registry_envrunctl_sends_and_tails),

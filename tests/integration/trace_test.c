@@ -1,7 +1,8 @@
 /* trace_test: a command's W3C traceparent (contract.md 4, RunCommand) is
  * carried into the worker's log lines for its step and, as the Kafka header
  * traceparent, into its result, lease events and activity events; a
- * command without one leaves none. (The bridge's forwarded requests:
+ * command without one leaves none, and one that cannot be read is dropped
+ * without the command. (The bridge's forwarded requests:
  * bridge_forward_test.) */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,8 +15,9 @@
 
 #include "tests/support/harness.h"
 
-#define TRACE_A "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-#define TRACE_B "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-00"
+#define TRACE_A_IDS "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+#define TRACE_A     "00-" TRACE_A_IDS "-01"
+#define TRACE_B     "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-00"
 
 static struct er_harness *h;
 static struct er_harness_worker *worker;
@@ -190,11 +192,45 @@ static void no_trace_no_header(void **state)
     }
 }
 
+/* A traceparent that cannot be read is dropped, never the command that
+ * carries it; a later version is carried as version 00 (W3C Trace
+ * Context, "Versioning of traceparent"). */
+static void unreadable_trace_dropped_later_version_carried(void **state)
+{
+    struct er_harness_run run;
+    struct er_harness_cmd acq;
+    struct er_harness_cmd rel;
+    size_t dlq_before = er_harness_count(h, ER_HARNESS_DLQ);
+    const json_t *res;
+
+    (void)state;
+    er_harness_run_init(&run);
+    er_harness_cmd_acquire(&acq, &run);
+    acq.cmd.traceparent =
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
+    res = er_harness_roundtrip(h, worker, &acq, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_int_equal(
+        expect_trace(ER_HARNESS_RESULTS, "commandId", acq.command_id, NULL), 1);
+    assert_true(er_harness_worker_wait_log(
+        worker, "traceparent dropped, not a W3C traceparent", 5000));
+
+    er_harness_cmd_release(&rel, &run, ER_RELEASE_RELEASED);
+    rel.cmd.traceparent = "01-" TRACE_A_IDS "-01-a-later-field";
+    res = er_harness_roundtrip(h, worker, &rel, ER_HARNESS_WAIT_MS);
+    ER_HARNESS_ASSERT_STR(res, "outcome", "ok");
+    assert_int_equal(
+        expect_trace(ER_HARNESS_RESULTS, "commandId", rel.command_id, TRACE_A),
+        1);
+    assert_int_equal(er_harness_count(h, ER_HARNESS_DLQ), dlq_before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(trace_follows_each_command),
         cmocka_unit_test(no_trace_no_header),
+        cmocka_unit_test(unreadable_trace_dropped_later_version_carried),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1524,7 +1524,10 @@ const json_t *er_harness_wait_result(struct er_harness *h,
     if (!er_harness_wait_count(h, ER_HARNESS_RESULTS, "commandId", command_id,
                                1, timeout_ms))
         return NULL;
-    er_harness_find(h, ER_HARNESS_RESULTS, "commandId", command_id, &rec, 1);
+    if (er_harness_find(h, ER_HARNESS_RESULTS, "commandId", command_id, &rec,
+                        1) < 1 ||
+        rec == NULL)
+        return NULL;
     return rec->json;
 }
 

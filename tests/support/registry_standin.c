@@ -48,6 +48,7 @@ struct er_registry_standin {
     atomic_bool is_stopping;
     pthread_mutex_t mu;
     bool is_down;
+    bool is_lost;
     char auth[512]; /* "Basic <base64>", "" for none */
     struct schema schemas[SCHEMA_MAX];
     int schema_cnt;
@@ -74,9 +75,12 @@ static int add_locked(struct er_registry_standin *reg, const char *subject,
     if (s == NULL) {
         if (reg->schema_cnt == SCHEMA_MAX)
             return -1;
-        s = &reg->schemas[reg->schema_cnt++];
-        s->id = 100 + reg->schema_cnt; /* ids that are not small indexes */
+        s = &reg->schemas[reg->schema_cnt];
         s->text = strdup(text);
+        if (s->text == NULL)
+            return -1;
+        reg->schema_cnt++;
+        s->id = 100 + reg->schema_cnt; /* ids that are not small indexes */
         s->fetches = 0;
     }
     for (i = 0; i < reg->version_cnt; i++) {
@@ -160,6 +164,11 @@ static void serve(struct er_registry_standin *reg, int fd, char *head,
         reply_error(fd, 503, "Service Unavailable", 50003, "stand-in is down");
         return;
     }
+    if (reg->is_lost) {
+        pthread_mutex_unlock(&reg->mu);
+        reply(fd, 404, "Not Found", "no route to the schema registry");
+        return;
+    }
     if (reg->auth[0] != '\0' &&
         (!header(head, "Authorization", auth, sizeof(auth)) ||
          strcmp(auth, reg->auth) != 0)) {
@@ -233,7 +242,7 @@ static bool drain(struct er_registry_standin *reg, struct conn *c)
         end[2] = '\0'; /* the head keeps its last "\r\n" */
         if (header(c->in, "Content-Length", value, sizeof(value)))
             body_len = strtoul(value, NULL, 10);
-        if (head_len + body_len >= IN_MAX)
+        if (body_len >= IN_MAX || head_len + body_len >= IN_MAX)
             return false;
         if (c->in_len < head_len + body_len) {
             end[2] = '\r'; /* wait for the rest of the body */
@@ -370,6 +379,13 @@ void er_registry_standin_set_down(struct er_registry_standin *reg, bool is_down)
 {
     pthread_mutex_lock(&reg->mu);
     reg->is_down = is_down;
+    pthread_mutex_unlock(&reg->mu);
+}
+
+void er_registry_standin_set_lost(struct er_registry_standin *reg, bool is_lost)
+{
+    pthread_mutex_lock(&reg->mu);
+    reg->is_lost = is_lost;
     pthread_mutex_unlock(&reg->mu);
 }
 

@@ -7,7 +7,8 @@
  *   GET  /schemas/ids/{id}                                -> {"schema": "..."}
  * The same schema text gets the same id under any subject, as in the real
  * registry. Errors have its shape: {"error_code": 40403, "message": ...}.
- * It can require basic auth, and can be "down" (answering 503). */
+ * It can require basic auth, can be "down" (answering 503) and "lost"
+ * (answering a bare 404). */
 #ifndef ER_TESTS_SUPPORT_REGISTRY_STANDIN_H
 #define ER_TESTS_SUPPORT_REGISTRY_STANDIN_H
 
@@ -26,6 +27,10 @@ int er_registry_standin_port(const struct er_registry_standin *reg);
 /* From now on answer every request 503 (is_down) or serve again. */
 void er_registry_standin_set_down(struct er_registry_standin *reg,
                                   bool is_down);
+/* From now on answer every request 404 without the registry's error body
+ * (as a proxy in front of a registry that moved would), or serve again. */
+void er_registry_standin_set_lost(struct er_registry_standin *reg,
+                                  bool is_lost);
 /* Register schema (JSON text) under subject as a client would; its id. */
 int er_registry_standin_add(struct er_registry_standin *reg,
                             const char *subject, const char *schema);

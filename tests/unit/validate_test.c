@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -331,6 +332,43 @@ static void validate_checks_traceparent(void **state)
     }
 }
 
+/* What the worker carries of a received traceparent: version 00 as is; a
+ * later version's first 55 characters when a '-' or the end follows them,
+ * written as 00; anything else dropped. */
+static void traceparent_accept_reads_later_versions(void **state)
+{
+    static const char *const dropped[] = {
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        "01-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "01-00000000000000000000000000000000-00f067aa0ba902b7-01-x",
+        "",
+    };
+    char buf[128];
+    size_t i;
+
+    (void)state;
+    snprintf(buf, sizeof(buf), "%s", TP);
+    assert_true(er_traceparent_accept(buf));
+    assert_string_equal(buf, TP);
+    snprintf(buf, sizeof(buf), "%s",
+             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03");
+    assert_true(er_traceparent_accept(buf));
+    assert_string_equal(
+        buf, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03");
+    snprintf(buf, sizeof(buf), "%s",
+             "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more-"
+             "fields");
+    assert_true(er_traceparent_accept(buf));
+    assert_string_equal(
+        buf, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    for (i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++) {
+        snprintf(buf, sizeof(buf), "%s", dropped[i]);
+        assert_false(er_traceparent_accept(buf));
+    }
+}
+
 static void validate_checks_failure_reason(void **state)
 {
     struct er_run_command cmd;
@@ -461,6 +499,7 @@ int main(void)
         cmocka_unit_test(validate_checks_workspace_json),
         cmocka_unit_test(validate_checks_runtime_overlay_json),
         cmocka_unit_test(validate_checks_traceparent),
+        cmocka_unit_test(traceparent_accept_reads_later_versions),
         cmocka_unit_test(validate_checks_failure_reason),
         cmocka_unit_test(validate_checks_release_status),
         cmocka_unit_test(validate_rejects_unknown_kind),
