@@ -63,15 +63,18 @@ int er_bridge_origin_check(const char *origin, struct er_err *err);
 
 /* A forwarder to origin (ENVRUN_PAPERCLIP_API_URL: scheme://host[:port],
  * nothing after) with one reused libcurl handle; allow is borrowed for its
- * life. Not thread-safe: one per bridge. Errors: ER_EINVAL naming the
- * setting, ER_ENOMEM. */
+ * life. er_bridge_handle on it is for one thread at a time (one per
+ * forwarding thread); er_bridge_fwd_set_trace may be called from any
+ * thread meanwhile. Errors: ER_EINVAL naming the setting, ER_ENOMEM. */
 int er_bridge_fwd_new(const char *origin, const struct er_bridge_allow *allow,
                       size_t max_body, int64_t timeout_ms,
                       struct er_bridge_fwd **out, struct er_err *err);
 void er_bridge_fwd_free(struct er_bridge_fwd *fwd);
-/* The W3C traceparent of the run's realize command (NULL or over 55 bytes:
- * none): a forwarded request without a traceparent header of its own gets
- * this one, so the API sees the bridge's calls in the run's trace. */
+/* The W3C traceparent of the run's realize command (NULL, over 55 bytes or
+ * holding CR or LF: none): a forwarded request without a traceparent
+ * header of its own gets this one, so the API sees the bridge's calls in
+ * the run's trace. Thread-safe: a request forwarded meanwhile carries the
+ * old value or the new one, whole. */
 void er_bridge_fwd_set_trace(struct er_bridge_fwd *fwd,
                              const char *traceparent);
 
@@ -365,6 +368,10 @@ int er_bridge_stream_start(const struct er_bridge_stream_opts *o,
  * ended) and s is freed. NULL is ok. */
 void er_bridge_stream_stop(struct er_bridge_stream *s, int64_t drain_ms);
 int er_bridge_stream_port(struct er_bridge_stream *s);
+/* Requests forwarded from now on carry traceparent (NULL: none; see
+ * er_bridge_fwd_set_trace). Thread-safe against the forwarders. */
+void er_bridge_stream_set_trace(struct er_bridge_stream *s,
+                                const char *traceparent);
 /* Whether the held exec still runs. */
 bool er_bridge_stream_is_alive(struct er_bridge_stream *s);
 
@@ -527,6 +534,11 @@ int er_bridge_run_port(const struct er_bridge_run *r);
 bool er_bridge_run_was_running(const struct er_bridge_run *r);
 /* "stream_v1" or "queue_v1". */
 const char *er_bridge_run_transport(const struct er_bridge_run *r);
+/* A later realize of the run keeps this bridge: requests forwarded from
+ * now on carry its traceparent (NULL: none), whatever the transport. Safe
+ * while the poller or the stream's forwarders run; not against
+ * er_bridge_run_stop. */
+void er_bridge_run_set_trace(struct er_bridge_run *r, const char *traceparent);
 /* stream_v1: whether its held exec still runs; queue_v1: true (whether its
  * gateway serves is known only where it runs). */
 bool er_bridge_run_is_alive(struct er_bridge_run *r);

@@ -24,6 +24,9 @@ struct er_bridge_fwd {
     const struct er_bridge_allow *allow;
     size_t max_body;
     int64_t timeout_ms;
+    /* The trace is replaced while a request is forwarded (a later realize
+     * of a kept bridge): a request copies it under trace_mu, whole. */
+    pthread_mutex_t trace_mu;
     char trace[TRACE_MAX + 1]; /* "": none */
 };
 
@@ -94,8 +97,10 @@ int er_bridge_fwd_new(const char *origin, const struct er_bridge_allow *allow,
     fwd = er_calloc(1, sizeof(*fwd));
     if (fwd == NULL)
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL, "out of memory");
+    pthread_mutex_init(&fwd->trace_mu, NULL);
     fwd->curl = curl_easy_init();
     if (fwd->curl == NULL) {
+        pthread_mutex_destroy(&fwd->trace_mu);
         er_free(fwd);
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL,
                           "cannot make a libcurl handle");
@@ -112,11 +117,25 @@ static bool header_value_is_plain(const char *v);
 
 void er_bridge_fwd_set_trace(struct er_bridge_fwd *fwd, const char *traceparent)
 {
-    if (traceparent == NULL || strlen(traceparent) > TRACE_MAX ||
-        !header_value_is_plain(traceparent))
-        fwd->trace[0] = '\0';
-    else
-        snprintf(fwd->trace, sizeof(fwd->trace), "%s", traceparent);
+    char trace[TRACE_MAX + 1] = "";
+
+    /* The W3C shape is the worker's check before a trace reaches a bridge
+     * (bridge_host: er_traceparent_is_valid, in schemas/, which bridge/
+     * does not link); here only what could split the request. */
+    if (traceparent != NULL && strlen(traceparent) <= TRACE_MAX &&
+        header_value_is_plain(traceparent))
+        snprintf(trace, sizeof(trace), "%s", traceparent);
+    pthread_mutex_lock(&fwd->trace_mu);
+    memcpy(fwd->trace, trace, sizeof(trace));
+    pthread_mutex_unlock(&fwd->trace_mu);
+}
+
+/* The trace as it is now, whole, into out. */
+static void trace_get(struct er_bridge_fwd *fwd, char out[TRACE_MAX + 1])
+{
+    pthread_mutex_lock(&fwd->trace_mu);
+    memcpy(out, fwd->trace, TRACE_MAX + 1);
+    pthread_mutex_unlock(&fwd->trace_mu);
 }
 
 void er_bridge_fwd_free(struct er_bridge_fwd *fwd)
@@ -124,6 +143,7 @@ void er_bridge_fwd_free(struct er_bridge_fwd *fwd)
     if (fwd == NULL)
         return;
     curl_easy_cleanup(fwd->curl);
+    pthread_mutex_destroy(&fwd->trace_mu);
     er_free(fwd);
 }
 
@@ -351,7 +371,7 @@ static bool slist_add(struct curl_slist **list, const struct er_buf *line)
 /* The request's headers for curl: the allow-listed ones with a value,
  * then the host's credential and the run id, and no Expect. NULL (and a
  * 400 in res) when a header value could split the request. */
-static struct curl_slist *headers_for(const struct er_bridge_fwd *fwd,
+static struct curl_slist *headers_for(struct er_bridge_fwd *fwd,
                                       const struct er_bridge_req *req,
                                       const struct er_secret *token,
                                       const char *run_id,
@@ -360,10 +380,12 @@ static struct curl_slist *headers_for(const struct er_bridge_fwd *fwd,
     struct curl_slist *list = NULL;
     struct curl_slist *grown;
     struct er_buf line;
+    char trace[TRACE_MAX + 1];
     bool has_trace = false;
     size_t i;
 
     *is_oom = false;
+    trace_get(fwd, trace);
     er_buf_init(&line, 16384);
     for (i = 0; i < req->header_cnt; i++) {
         const char *name = req->headers[2 * i];
@@ -393,8 +415,8 @@ static struct curl_slist *headers_for(const struct er_bridge_fwd *fwd,
         !slist_add(&list, &line))
         goto oom;
     er_buf_reset(&line);
-    if (!has_trace && fwd->trace[0] != '\0' &&
-        (er_buf_printf(&line, "traceparent: %s", fwd->trace) != 0 ||
+    if (!has_trace && trace[0] != '\0' &&
+        (er_buf_printf(&line, "traceparent: %s", trace) != 0 ||
          !slist_add(&list, &line)))
         goto oom;
     grown = curl_slist_append(list, "Expect:");

@@ -590,6 +590,13 @@ bool er_bridge_run_runner_stats(struct er_bridge_run *r,
     return true;
 }
 
+void er_bridge_run_set_trace(struct er_bridge_run *r, const char *traceparent)
+{
+    er_bridge_fwd_set_trace(r->fwd, traceparent);
+    if (r->stream != NULL)
+        er_bridge_stream_set_trace(r->stream, traceparent);
+}
+
 bool er_bridge_run_is_alive(struct er_bridge_run *r)
 {
     return r->stream == NULL || er_bridge_stream_is_alive(r->stream);

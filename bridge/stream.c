@@ -650,6 +650,17 @@ void er_bridge_stream_stop(struct er_bridge_stream *s, int64_t drain_ms)
     er_free(s);
 }
 
+void er_bridge_stream_set_trace(struct er_bridge_stream *s,
+                                const char *traceparent)
+{
+    size_t i;
+
+    /* fwd[] and fwd_cnt are fixed once the stream started; each forwarder
+     * guards its own trace. */
+    for (i = 0; i < s->fwd_cnt; i++)
+        er_bridge_fwd_set_trace(s->fwd[i], traceparent);
+}
+
 int er_bridge_stream_port(struct er_bridge_stream *s)
 {
     int port;

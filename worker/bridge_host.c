@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "bridge/bridge.h"
+#include "schemas/schemas.h"
 #include "worker/bridge_host_int.h"
 
 /* B6: the drain a release gives requests in flight. */
@@ -330,6 +331,17 @@ static void entry_free(struct entry *e, int64_t drain_ms, bool stop_gateway)
     er_free(e);
 }
 
+/* traceparent when it is a W3C one, else NULL: only that goes to the API
+ * with the bridge's requests (the command's was checked when it was
+ * decoded; this is the bridge's own door). */
+static const char *bridge_trace(const char *traceparent)
+{
+    if (traceparent == NULL ||
+        !er_traceparent_is_valid(traceparent, strlen(traceparent)))
+        return NULL;
+    return traceparent;
+}
+
 /* er_bridge_host_start with the lease reserved: old is its entry taken
  * out of the registry (NULL: none); *out gets the entry to keep. */
 static int start_one(const struct er_bridge_host_req *req, const char *origin,
@@ -340,16 +352,19 @@ static int start_one(const struct er_bridge_host_req *req, const char *origin,
     const struct er_bridge_paths *paths;
     struct entry *e;
     const char *transport;
+    const char *trace = bridge_trace(req->traceparent);
     int port = 0;
     int rc;
 
     /* A realize seen again (redelivered, resumed, the run's next one): a
-     * stream_v1 bridge still running is kept as it is; otherwise the old
-     * one goes (a queue_v1 gateway stays and is found serving below) and
-     * the new one asks for its port. */
+     * stream_v1 bridge still running is kept, its requests in this
+     * realize's trace from now on; otherwise the old one goes (a queue_v1
+     * gateway stays and is found serving below) and the new one, with
+     * this realize's trace, asks for its port. */
     if (old != NULL && er_bridge_run_is_alive(old->run) &&
         strcmp(er_bridge_run_transport(old->run), "stream_v1") == 0) {
         e = old;
+        er_bridge_run_set_trace(e->run, trace);
         er_log_kv(ER_LOG_INFO, "bridge", "callback bridge kept", "leaseId",
                   e->lease_id, "transport", "stream_v1", (const char *)NULL);
         goto answer;
@@ -379,7 +394,7 @@ static int start_one(const struct er_bridge_host_req *req, const char *origin,
     o.host_token = req->host_token;
     o.lease_id = req->lease->id;
     o.run_id = req->run_id;
-    o.traceparent = req->traceparent;
+    o.traceparent = trace;
     o.may_forward = entry_may_forward;
     o.may_forward_arg = e;
     o.hold = chan_hold;

@@ -35,9 +35,11 @@ struct er_bridge_host_req {
     const char *adapter_key; /* the run's adapter type */
     const struct er_secret *host_token;
     const char *run_id;
-    int32_t partition;       /* of the run's commands; -1: none (tools) */
-    int port;                /* the journaled port to ask for again; 0: none */
-    const char *traceparent; /* the realize command's; NULL: none */
+    int32_t partition; /* of the run's commands; -1: none (tools) */
+    int port;          /* the journaled port to ask for again; 0: none */
+    /* The realize command's; NULL or not a W3C traceparent: none. A kept
+     * bridge forwards in the latest realize's trace. */
+    const char *traceparent;
 };
 
 /* Start the run's bridge, stream_v1 where the driver can hold an exec

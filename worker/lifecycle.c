@@ -1058,8 +1058,6 @@ out:
     json_decref(st.bridge_env);
     er_wipe(st.bridge_token, sizeof(st.bridge_token));
     er_codec_command_fini(&cmd);
-    lc->trace_headers[0] = '\0';
-    er_log_set_trace(NULL);
     return rc;
 }
 
@@ -1181,6 +1179,10 @@ out:
         er_wipe(lc->plain.data, lc->plain.len); /* may hold hostApiToken */
         er_buf_reset(&lc->plain);
     }
+    /* The command's trace stays on until the step's last log line (a
+     * refusal, an undo) and goes with it. */
+    lc->trace_headers[0] = '\0';
+    er_log_set_trace(NULL);
     lc->phase_at_us = 0;
     er_arena_trim(&lc->arena, KEEP_MAX);
     er_buf_trim(&lc->enc, KEEP_MAX);

@@ -62,11 +62,23 @@ struct table_row {
     char a[LABEL_MAX];
     char b[LABEL_MAX];
     int64_t val;
+    uint64_t zero_since; /* the pass since which it reads 0; 0: not 0 */
+    bool is_named;       /* the pass under way has a row of it */
+    bool is_added;       /* the pass under way made it */
 };
 
+/* Series are never removed, only set to 0 (a gauge that went to zero, not
+ * one that vanished), so a full table makes room by evicting the series
+ * that has read 0 the longest; when none has, a new series is folded into
+ * the overflow series {a="other", b="other"} and counted. */
 struct table {
     struct table_row rows[TABLE_MAX];
     size_t cnt;
+    uint64_t pass; /* table_set calls */
+    int64_t overflow_val;
+    bool has_overflow;   /* the overflow series was ever shown */
+    uint64_t folded_cnt; /* rows folded into it, over all passes */
+    const char *family;  /* the gauge's name */
 };
 
 static atomic_uint_fast64_t commands[KIND_CNT][OUTCOME_CNT];
@@ -90,8 +102,9 @@ static atomic_int_fast64_t lag_plus_one[LAG_PARTITION_MAX];
 static char lag_topic[TOPIC_MAX];
 static atomic_bool has_lag_topic;
 static pthread_mutex_t table_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct table leases;  /* driver, status */
-static struct table journal; /* kind, state */
+/* envrun_leases{driver,status}, envrun_journal_inflight{kind,state}. */
+static struct table leases = { .family = "envrun_leases" };
+static struct table journal = { .family = "envrun_journal_inflight" };
 static atomic_bool is_db_ready;
 static atomic_bool is_kafka_ready;
 /* The relay's parts are kept apart from the consumer's (which sets
@@ -256,9 +269,89 @@ static void label_copy(char out[LABEL_MAX], const char *s)
     snprintf(out, LABEL_MAX, "%s", s);
 }
 
+static struct table_row *table_find(struct table *t, const char *a,
+                                    const char *b)
+{
+    size_t j;
+
+    for (j = 0; j < t->cnt; j++) {
+        if (strcmp(t->rows[j].a, a) == 0 && strcmp(t->rows[j].b, b) == 0)
+            return &t->rows[j];
+    }
+    return NULL;
+}
+
+/* The row a new series may take when the table is full: of those that
+ * read 0 before this pass and are not in it, the one that has longest;
+ * NULL when there is none. A series that just went to 0 is shown at 0 for
+ * one pass at least before it can go. */
+static struct table_row *table_evictable(struct table *t)
+{
+    struct table_row *best = NULL;
+    size_t j;
+
+    for (j = 0; j < t->cnt; j++) {
+        struct table_row *r = &t->rows[j];
+
+        if (r->is_named || r->zero_since == 0 || r->zero_since >= t->pass)
+            continue;
+        if (best == NULL || r->zero_since < best->zero_since)
+            best = r;
+    }
+    return best;
+}
+
+/* Count row into t. The first pass over a refresh's rows (is_new false)
+ * counts the series the table has; the second counts the others, each
+ * into a row of its own (a free one, an evicted one) or the overflow. */
+static void table_add(struct table *t, const struct er_metrics_row *row,
+                      bool is_new)
+{
+    char a[LABEL_MAX];
+    char b[LABEL_MAX];
+    struct table_row *r;
+
+    label_copy(a, row->a);
+    label_copy(b, row->b);
+    if (strcmp(a, "other") == 0 && strcmp(b, "other") == 0) {
+        /* The overflow series' own labels: the same series. */
+        if (!is_new) {
+            t->overflow_val += row->val;
+            t->has_overflow = true;
+        }
+        return;
+    }
+    r = table_find(t, a, b);
+    if (!is_new) {
+        if (r != NULL) {
+            r->is_named = true;
+            r->val += row->val;
+        }
+        return;
+    }
+    if (r != NULL) {
+        if (r->is_added)
+            r->val += row->val; /* a second row of a new series */
+        return;
+    }
+    r = t->cnt < TABLE_MAX ? &t->rows[t->cnt++] : table_evictable(t);
+    if (r == NULL) {
+        t->overflow_val += row->val;
+        t->has_overflow = true;
+        t->folded_cnt++;
+        return;
+    }
+    memcpy(r->a, a, sizeof(a));
+    memcpy(r->b, b, sizeof(b));
+    r->val = row->val;
+    r->zero_since = 0;
+    r->is_named = true;
+    r->is_added = true;
+}
+
 /* Replace the table's values by rows: a series seen before and missing now
- * reads 0 (a gauge that went to zero, not one that vanished); new series
- * past TABLE_MAX are dropped. */
+ * reads 0; a new one past TABLE_MAX takes the row of one that has read 0
+ * longest, or is folded into the overflow series. */
 static void table_set(struct table *t, const struct er_metrics_row *rows,
                       size_t cnt)
 {
@@ -266,26 +359,26 @@ static void table_set(struct table *t, const struct er_metrics_row *rows,
     size_t j;
 
     pthread_mutex_lock(&table_mu);
-    for (j = 0; j < t->cnt; j++)
+    t->pass++;
+    for (j = 0; j < t->cnt; j++) {
         t->rows[j].val = 0;
-    for (i = 0; i < cnt; i++) {
-        char a[LABEL_MAX];
-        char b[LABEL_MAX];
+        t->rows[j].is_named = false;
+        t->rows[j].is_added = false;
+    }
+    t->overflow_val = 0;
+    /* Known series first, so that none is evicted for a new one while a
+     * row of this pass names it. */
+    for (i = 0; i < cnt; i++)
+        table_add(t, &rows[i], false);
+    for (i = 0; i < cnt; i++)
+        table_add(t, &rows[i], true);
+    for (j = 0; j < t->cnt; j++) {
+        struct table_row *r = &t->rows[j];
 
-        label_copy(a, rows[i].a);
-        label_copy(b, rows[i].b);
-        for (j = 0; j < t->cnt; j++) {
-            if (strcmp(t->rows[j].a, a) == 0 && strcmp(t->rows[j].b, b) == 0)
-                break;
-        }
-        if (j == t->cnt) {
-            if (t->cnt == TABLE_MAX)
-                continue;
-            memcpy(t->rows[j].a, a, sizeof(a));
-            memcpy(t->rows[j].b, b, sizeof(b));
-            t->cnt++;
-        }
-        t->rows[j].val += rows[i].val;
+        if (r->val != 0)
+            r->zero_since = 0;
+        else if (r->zero_since == 0)
+            r->zero_since = t->pass;
     }
     pthread_mutex_unlock(&table_mu);
 }
@@ -578,16 +671,39 @@ static int put_lag(struct er_buf *out)
     return rc;
 }
 
-static int put_table(struct er_buf *out, const char *name, const char *help,
-                     const char *ka, const char *kb, const struct table *t)
+static int put_table(struct er_buf *out, const char *help, const char *ka,
+                     const char *kb, const struct table *t)
 {
-    int rc = put_head(out, name, "gauge", help);
+    int rc = put_head(out, t->family, "gauge", help);
     size_t i;
 
     pthread_mutex_lock(&table_mu);
     for (i = 0; i < t->cnt && rc == 0; i++)
-        rc = put_sample2(out, name, ka, t->rows[i].a, kb, t->rows[i].b,
+        rc = put_sample2(out, t->family, ka, t->rows[i].a, kb, t->rows[i].b,
                          t->rows[i].val);
+    if (rc == 0 && t->has_overflow)
+        rc = put_sample2(out, t->family, ka, "other", kb, "other",
+                         t->overflow_val);
+    pthread_mutex_unlock(&table_mu);
+    return rc;
+}
+
+static int put_folded(struct er_buf *out)
+{
+    const struct table *const tables[] = { &leases, &journal };
+    int rc;
+    size_t i;
+
+    rc = put_head(out, "envrun_metrics_folded_series_total", "counter",
+                  "Rows of a refresh of a gauge by labels folded into its "
+                  "series with the label values \"other\" because the "
+                  "gauge already shows 32 series, none of them 0 for a "
+                  "while (the gauge's name in label gauge).");
+    pthread_mutex_lock(&table_mu);
+    for (i = 0; i < sizeof(tables) / sizeof(tables[0]) && rc == 0; i++)
+        rc = put_sample2(out, "envrun_metrics_folded_series_total", "gauge",
+                         tables[i]->family, NULL, NULL,
+                         (int64_t)tables[i]->folded_cnt);
     pthread_mutex_unlock(&table_mu);
     return rc;
 }
@@ -707,17 +823,19 @@ int er_metrics_render(struct er_buf *out)
     if (rc == 0)
         rc = put_lag(out);
     if (rc == 0)
-        rc = put_table(out, "envrun_leases",
+        rc = put_table(out,
                        "Leases not yet ended (active, pending_cleanup) in "
                        "the database, by driver and status; refreshed by "
                        "the reaper's pass.",
                        "driver", "status", &leases);
     if (rc == 0)
-        rc = put_table(out, "envrun_journal_inflight",
+        rc = put_table(out,
                        "Operation journal entries in flight (started, "
                        "interrupted, rolling_back) in the database, by kind "
                        "and state; refreshed by the reaper's pass.",
                        "kind", "state", &journal);
+    if (rc == 0)
+        rc = put_folded(out);
     if (rc == 0)
         rc = put_reaper(out);
     if (rc == 0)

@@ -144,7 +144,11 @@ struct er_metrics_row {
 
 /* Replace envrun_leases{driver,status} (a: driver, b: status) or
  * envrun_journal_inflight{kind,state} (a: kind, b: state) by rows. A series
- * shown before and missing from rows reads 0; at most 32 series each. */
+ * shown before and missing from rows reads 0. At most 32 series each: a
+ * new one then takes the place of the series that has read 0 longest (since
+ * an earlier call), or, when none has, is added to the series whose label
+ * values are both "other" and counted in
+ * envrun_metrics_folded_series_total{gauge}; nothing is dropped. */
 void er_metrics_leases_set(const struct er_metrics_row *rows, size_t cnt);
 void er_metrics_journal_set(const struct er_metrics_row *rows, size_t cnt);
 /* Readiness parts: the database is reachable and migrated; the consumer is

@@ -4,10 +4,16 @@
  * as each case says. Covers the host credential replacing
  * the bridge token, the header allow-lists both ways, the route allow-list
  * (refused before anything is sent), API errors passing through, redirects
- * never followed, the size limit, and the 502 / 504-indeterminate answers
- * for failures (domain.md 5.10, upstream.md B6 and B8). */
+ * never followed, the size limit, the 502 / 504-indeterminate answers
+ * for failures (domain.md 5.10, upstream.md B6 and B8), and the run's
+ * traceparent: replaced while forwarders work (never torn), and moved to a
+ * later realize's when the worker's registry keeps the run's bridge (the
+ * bridge's scripts run through /bin/sh here, the real gateway with them). */
 #define _GNU_SOURCE /* memmem, strcasestr */
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,11 +21,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "bridge/bridge.h"
+#include "drivers/driver.h"
 #include "tests/support/api_standin.h"
+#include "worker/bridge_host_int.h"
 
 #define HOST_TOKEN   "host-credential-0123456789abcdef"
 #define BRIDGE_TOKEN "bridge-token-should-never-pass"
@@ -223,6 +233,7 @@ static void redirects_are_not_followed(void **state)
 static void oversized_answers_are_refused(void **state)
 {
     static char big[MAX_BODY + 256];
+    static char big2[MAX_BODY + 256];
     const struct er_bridge_req get = {
         "GET", "/api/agents/me", "", NULL, 0, NULL, 0
     };
@@ -249,10 +260,12 @@ static void oversized_answers_are_refused(void **state)
     assert_null(header_of(&res, "x-paperclip-bridge-outcome"));
     er_bridge_res_fini(&res);
 
-    n = snprintf(big, sizeof(big),
+    /* Another buffer: the stand-in may still be writing the first. */
+    n = snprintf(big2, sizeof(big2),
                  "HTTP/1.1 200 OK\r\nconnection: close\r\n"
                  "\r\n");
-    memset(big + n, 'y', sizeof(big) - (size_t)n - 1);
+    memset(big2 + n, 'y', sizeof(big2) - (size_t)n - 1);
+    api_answer(big2, 0);
     er_bridge_handle(fwd, &post, &token, RUN_ID, NULL, &res);
     assert_int_equal(res.status, 504);
     assert_string_equal(header_of(&res, "x-paperclip-bridge-outcome"),
@@ -378,6 +391,353 @@ static void forwarded_requests_carry_the_run_trace(void **state)
 #undef TRACE
 }
 
+/* ---- the trace replaced while requests are forwarded ---- */
+
+#define TRACE_A "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+#define TRACE_B "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+#define FLOOD_N 40
+
+struct flood {
+    struct er_bridge_fwd *fwd;
+    atomic_bool *is_done;
+    int not_ok; /* answers other than 200 */
+};
+
+/* One forwarding thread (as a stream_v1 forwarder is): FLOOD_N requests
+ * on its own forwarder. */
+static void *flood_main(void *arg)
+{
+    struct flood *fl = arg;
+    const struct er_bridge_req req = {
+        "GET", "/api/agents/me", "", NULL, 0, NULL, 0
+    };
+    struct er_bridge_res res;
+    int i;
+
+    for (i = 0; i < FLOOD_N; i++) {
+        er_bridge_handle(fl->fwd, &req, &token, RUN_ID, NULL, &res);
+        fl->not_ok += res.status != 200;
+        er_bridge_res_fini(&res);
+    }
+    atomic_store(fl->is_done, true);
+    return NULL;
+}
+
+/* How many traceparent headers seen has; each must be one of the two
+ * (none torn, none cut). */
+static int traces_in(const char *seen)
+{
+    const char *p = seen;
+    int n = 0;
+
+    while ((p = strstr(p, "\r\ntraceparent: ")) != NULL) {
+        const char *v = p + 15;
+        const char *eol = strstr(v, "\r\n");
+
+        assert_non_null(eol);
+        if ((size_t)(eol - v) != strlen(TRACE_A) ||
+            (memcmp(v, TRACE_A, strlen(TRACE_A)) != 0 &&
+             memcmp(v, TRACE_B, strlen(TRACE_B)) != 0))
+            fail_msg("torn traceparent: %.*s", (int)(eol - v), v);
+        n++;
+        p = eol;
+    }
+    return n;
+}
+
+/* A kept bridge's trace is replaced while its forwarders work: every
+ * request carries the old trace or the new one, whole, and once replaced
+ * only the new one (or none once cleared). */
+static void trace_replaced_while_forwarding_is_never_torn(void **state)
+{
+    const struct er_bridge_req req = {
+        "GET", "/api/agents/me", "", NULL, 0, NULL, 0
+    };
+    struct er_bridge_allow *allow2 = NULL;
+    struct er_bridge_fwd *fwd2 = NULL;
+    struct er_bridge_res res;
+    atomic_bool is_done[2] = { false, false };
+    struct flood fl[2] = { { fwd, &is_done[0], 0 }, { NULL, &is_done[1], 0 } };
+    pthread_t tid[2];
+    static char seen[65536];
+    unsigned long flips = 0;
+    int i;
+
+    (void)state;
+    assert_int_equal(er_api_standin_fwd(api, MAX_BODY, 2000, &allow2, &fwd2),
+                     0);
+    fl[1].fwd = fwd2;
+    api_answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0);
+    er_bridge_fwd_set_trace(fwd, TRACE_A);
+    er_bridge_fwd_set_trace(fwd2, TRACE_A);
+    for (i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&tid[i], NULL, flood_main, &fl[i]), 0);
+    while (!atomic_load(&is_done[0]) || !atomic_load(&is_done[1])) {
+        const char *t = flips++ % 2 == 0 ? TRACE_B : TRACE_A;
+
+        er_bridge_fwd_set_trace(fwd, t);
+        er_bridge_fwd_set_trace(fwd2, t);
+    }
+    for (i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(tid[i], NULL), 0);
+    assert_int_equal(fl[0].not_ok + fl[1].not_ok, 0);
+    assert_int_equal(api_hits(seen, sizeof(seen)), 2 * FLOOD_N);
+    assert_int_equal(traces_in(seen), 2 * FLOOD_N);
+    assert_true(flips > 2 * FLOOD_N);
+
+    /* Replaced: the next requests carry the new trace only. */
+    api_answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0);
+    er_bridge_fwd_set_trace(fwd, TRACE_A);
+    er_bridge_fwd_set_trace(fwd2, TRACE_B);
+    er_bridge_handle(fwd2, &req, &token, RUN_ID, NULL, &res);
+    er_bridge_res_fini(&res);
+    assert_int_equal(api_hits(seen, sizeof(seen)), 1);
+    assert_non_null(strstr(seen, "\r\ntraceparent: " TRACE_B "\r\n"));
+    assert_null(strstr(seen, TRACE_A));
+    /* Cleared: none. */
+    api_answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0);
+    er_bridge_fwd_set_trace(fwd2, NULL);
+    er_bridge_handle(fwd2, &req, &token, RUN_ID, NULL, &res);
+    er_bridge_res_fini(&res);
+    assert_int_equal(api_hits(seen, sizeof(seen)), 1);
+    assert_null(strcasestr(seen, "traceparent"));
+    er_bridge_fwd_set_trace(fwd, NULL);
+    er_bridge_fwd_free(fwd2);
+    er_bridge_allow_free(allow2);
+}
+
+/* ---- a kept bridge, through the worker's registry ---- */
+
+#define LEASE_ID "6c1e7a52-0000-4000-8000-0000000000f1"
+
+static atomic_int holds; /* held execs started (a stream's, a runner's) */
+static char bridge_cwd[64];
+
+/* A driver's execute over /bin/sh on this host: the bridge's scripts run
+ * here, in the "remote" workspace, a held exec on the bridge's pipes. */
+static int sh_execute(const struct er_driver_env *env,
+                      const struct er_driver_lease *lease,
+                      const struct er_driver_exec *req,
+                      struct er_driver_exec_result *out, struct er_err *err)
+{
+    const char *argv[8];
+    struct er_proc_opts opts;
+    struct er_proc_result res;
+    size_t n = 0;
+    int rc;
+
+    (void)env;
+    (void)lease;
+    argv[n++] = req->command;
+    while (req->args != NULL && req->args[n - 1] != NULL && n < 7) {
+        argv[n] = req->args[n - 1];
+        n++;
+    }
+    argv[n] = NULL;
+    er_proc_opts_init(&opts);
+    opts.argv = argv;
+    opts.cwd = req->cwd;
+    opts.stdin_data = req->stdin_data;
+    opts.stdin_len = req->stdin_len;
+    opts.timeout_ms = req->timeout_ms;
+    opts.grace_ms = 200;
+    opts.max_output_bytes = req->max_output_bytes;
+    if (req->stdio != NULL) {
+        atomic_fetch_add(&holds, 1);
+        opts.stdin_fd = req->stdio->in_fd;
+        opts.stdout_fd = req->stdio->out_fd;
+    }
+    rc = er_proc_run(&opts, &res, err);
+    if (rc != 0)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    out->exit_code = res.exit_code;
+    out->is_timed_out = res.is_timed_out;
+    out->out = res.out; /* owned: passed on */
+    out->out_len = res.out_len;
+    out->err_text = res.err_text;
+    out->err_len = res.err_len;
+    return 0;
+}
+
+static const struct er_driver_ops sh_ops = { .name = "sh",
+                                             .is_remote = true,
+                                             .execute = sh_execute };
+
+/* Start (or keep) the lease's bridge for a realize with traceparent
+ * (NULL: none); *port gets its gateway's port. */
+static void realize_bridge(const char *cwd, const char *traceparent,
+                           const char *want_mode, int *port, char *key,
+                           size_t key_len)
+{
+    json_t *config = json_object();
+    json_t *meta = json_object();
+    const struct er_driver_env env = { "env-1", "company-1", "sh",
+                                       "sh",    "active",    config };
+    const struct er_driver_lease lease = { LEASE_ID, "active", "ephemeral",
+                                           "sh",     NULL,     RUN_ID,
+                                           meta };
+    const struct er_bridge_host_req req = {
+        .ops = &sh_ops,
+        .env = &env,
+        .lease = &lease,
+        .remote_cwd = cwd,
+        .adapter_key = "claude_local",
+        .host_token = &token,
+        .run_id = RUN_ID,
+        .partition = -1,
+        .traceparent = traceparent,
+    };
+    json_t *agent_env = NULL;
+    json_t *detail = NULL;
+    struct er_err err;
+    const char *url;
+
+    er_err_clear(&err);
+    if (er_bridge_host_start(&req, &agent_env, &detail, &err) != 0)
+        fail_msg("bridge start: %s", err.msg);
+    assert_string_equal(json_string_value(json_object_get(
+                            agent_env, "PAPERCLIP_API_BRIDGE_MODE")),
+                        want_mode);
+    url = json_string_value(json_object_get(agent_env, "PAPERCLIP_API_URL"));
+    assert_non_null(url);
+    assert_non_null(strrchr(url, ':'));
+    *port = atoi(strrchr(url, ':') + 1);
+    snprintf(
+        key, key_len, "%s",
+        json_string_value(json_object_get(agent_env, "PAPERCLIP_API_KEY")));
+    json_decref(agent_env);
+    json_decref(detail);
+    json_decref(config);
+    json_decref(meta);
+}
+
+/* The agent: one GET through the gateway on port; its status. */
+static int agent_get(int port, const char *key)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    char buf[8192];
+    size_t len = 0;
+    int n;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    n = snprintf(buf, sizeof(buf),
+                 "GET /api/agents/me HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                 "Bearer %s\r\nConnection: close\r\n\r\n",
+                 key);
+    assert_int_equal(write(fd, buf, (size_t)n), n);
+    for (;;) {
+        ssize_t k = read(fd, buf + len, sizeof(buf) - 1 - len);
+
+        if (k <= 0)
+            break;
+        len += (size_t)k;
+    }
+    close(fd);
+    buf[len] = '\0';
+    return len > 12 ? atoi(buf + 9) : 0;
+}
+
+/* One agent call; what reached the API into seen. */
+static void call_through(int port, const char *key, char *seen, size_t len)
+{
+    api_answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0);
+    assert_int_equal(agent_get(port, key), 200);
+    assert_int_equal(api_hits(seen, len), 1);
+}
+
+/* A later realize of the run finds its bridge serving: the bridge's
+ * requests carry that realize's traceparent from then on (none when it
+ * has none). stream_v1 keeps its bridge (its held exec is not started
+ * again); queue_v1 replaces its poller and keeps its gateway. */
+static void later_realize_moves_the_bridge_to_its_trace(const char *mode)
+{
+    static const char *const no_trace[] = {
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        NULL,
+    };
+    const char *cwd = bridge_cwd;
+    char url[64];
+    char key[64];
+    char key2[64];
+    char seen[16384];
+    struct er_err err;
+    int port;
+    int port2;
+    int holds0;
+    size_t i;
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", er_api_standin_port(api));
+    er_err_clear(&err);
+    if (er_bridge_host_setup(url, NULL, strcmp(mode, "queue_v1") == 0, &err) !=
+        0)
+        fail_msg("bridge setup: %s", err.msg);
+
+    realize_bridge(cwd, TRACE_A, mode, &port, key, sizeof(key));
+    call_through(port, key, seen, sizeof(seen));
+    assert_non_null(strstr(seen, "\r\ntraceparent: " TRACE_A "\r\n"));
+
+    holds0 = atomic_load(&holds);
+    realize_bridge(cwd, TRACE_B, mode, &port2, key2, sizeof(key2));
+    assert_int_equal(port2, port);
+    assert_string_equal(key2, key);
+    if (strcmp(mode, "stream_v1") == 0)
+        assert_int_equal(atomic_load(&holds), holds0); /* kept */
+    call_through(port, key, seen, sizeof(seen));
+    assert_non_null(strstr(seen, "\r\ntraceparent: " TRACE_B "\r\n"));
+    assert_null(strstr(seen, TRACE_A));
+
+    /* Not a W3C traceparent (an all-zero trace id, upper-case hex), or
+     * none: the next requests carry none. Each follows a valid one, so that
+     * it is what clears it. */
+    for (i = 0; i < sizeof(no_trace) / sizeof(no_trace[0]); i++) {
+        realize_bridge(cwd, TRACE_B, mode, &port2, key2, sizeof(key2));
+        realize_bridge(cwd, no_trace[i], mode, &port2, key2, sizeof(key2));
+        assert_int_equal(port2, port);
+        call_through(port, key, seen, sizeof(seen));
+        assert_null(strcasestr(seen, "traceparent"));
+    }
+
+    assert_true(er_bridge_host_drop(LEASE_ID));
+}
+
+/* The run's "remote" workspace, and the registry emptied after each case
+ * (whether it passed or not). */
+static int bridge_setup(void **state)
+{
+    (void)state;
+    snprintf(bridge_cwd, sizeof(bridge_cwd), "/tmp/envrun-bridge-fwd-XXXXXX");
+    return mkdtemp(bridge_cwd) != NULL ? 0 : -1;
+}
+
+static int bridge_teardown(void **state)
+{
+    char cmd[128];
+
+    (void)state;
+    (void)er_bridge_host_drop(LEASE_ID);
+    er_bridge_host_shutdown();
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", bridge_cwd);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void kept_stream_bridge_takes_the_new_trace(void **state)
+{
+    (void)state;
+    later_realize_moves_the_bridge_to_its_trace("stream_v1");
+}
+
+static void replaced_queue_bridge_takes_the_new_trace(void **state)
+{
+    (void)state;
+    later_realize_moves_the_bridge_to_its_trace("queue_v1");
+}
+
 static void origin_is_checked(void **state)
 {
     static const char *const bad[] = {
@@ -418,6 +778,12 @@ int main(void)
         cmocka_unit_test(failures_are_502_or_504_indeterminate),
         cmocka_unit_test(request_splitting_is_refused),
         cmocka_unit_test(origin_is_checked),
+        cmocka_unit_test(trace_replaced_while_forwarding_is_never_torn),
+        cmocka_unit_test_setup_teardown(kept_stream_bridge_takes_the_new_trace,
+                                        bridge_setup, bridge_teardown),
+        cmocka_unit_test_setup_teardown(
+            replaced_queue_bridge_takes_the_new_trace, bridge_setup,
+            bridge_teardown),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -74,6 +74,15 @@ static double sample_f(const char *series)
     return v;
 }
 
+/* Render into buf (er_buf_fini it) as one NUL-terminated text. */
+static const char *render_text(struct er_buf *buf)
+{
+    er_buf_init(buf, (size_t)1 << 20);
+    assert_int_equal(er_metrics_render(buf), 0);
+    assert_int_equal(er_buf_append(buf, "", 1), 0);
+    return (const char *)buf->data;
+}
+
 /* Whether the render has a line that is exactly line (without its
  * newline). */
 static bool render_has_line(const char *line)
@@ -302,10 +311,7 @@ static void metrics_every_family_has_help_and_type(void **state)
         (const struct er_metrics_row[]){ { "local", "active", 1 } }, 1);
     er_metrics_journal_set(
         (const struct er_metrics_row[]){ { "acquire", "started", 1 } }, 1);
-    er_buf_init(&buf, (size_t)1 << 20);
-    assert_int_equal(er_metrics_render(&buf), 0);
-    assert_int_equal(er_buf_append(&buf, "", 1), 0);
-    text = (const char *)buf.data;
+    text = render_text(&buf);
     for (p = text; *p != '\0';) {
         const char *eol = strchr(p, '\n');
         char family[128];
@@ -394,11 +400,53 @@ static void metrics_step_phases_are_histograms_in_seconds(void **state)
         (long long)i + 1);
 }
 
+#define FOLDED_LEASES \
+    "envrun_metrics_folded_series_total{gauge=\"envrun_leases\"}"
+#define FOLDED_JOURNAL \
+    "envrun_metrics_folded_series_total{gauge=\"envrun_journal_inflight\"}"
+
+/* Render; the sum of the values of the lines that start with prefix and
+ * how many there are. Fails on a series shown twice. */
+static void family_sum(const char *prefix, long long *sum, size_t *cnt)
+{
+    struct er_buf buf;
+    const char *p;
+    const char *text;
+    size_t n = strlen(prefix);
+
+    *sum = 0;
+    *cnt = 0;
+    text = render_text(&buf);
+    for (p = text; *p != '\0';) {
+        const char *eol = strchr(p, '\n');
+        const char *sp = memchr(p, ' ', (size_t)(eol - p));
+
+        assert_non_null(eol);
+        if (strncmp(p, prefix, n) == 0) {
+            const char *q;
+
+            assert_non_null(sp);
+            /* The same series (up to its value) on no other line. */
+            for (q = text; *q != '\0'; q = strchr(q, '\n') + 1) {
+                if (q != p && strncmp(q, p, (size_t)(sp - p + 1)) == 0)
+                    fail_msg("series twice: %.*s", (int)(sp - p), p);
+            }
+            *sum += strtoll(sp + 1, NULL, 10);
+            (*cnt)++;
+        }
+        p = eol + 1;
+    }
+    er_buf_fini(&buf);
+}
+
 static void metrics_label_values_are_escaped_and_bounded(void **state)
 {
     struct er_metrics_row rows[40];
     char names[40][16];
     struct er_buf buf;
+    long long folded0;
+    long long sum;
+    size_t series;
     size_t i;
 
     (void)state;
@@ -428,18 +476,22 @@ static void metrics_label_values_are_escaped_and_bounded(void **state)
         sample("envrun_leases{driver=\"local\",status=\"active\"}"), 4);
     assert_int_equal(
         sample("envrun_leases{driver=\"other\",status=\"active\"}"), 0);
-    /* At most 32 series: drivers beyond are not shown. */
+    /* More than 32 series: none is dropped (those past the table are
+     * folded into {driver="other",status="other"} and counted). */
     for (i = 0; i < 40; i++) {
         snprintf(names[i], sizeof(names[i]), "d%zu", i);
         rows[i].a = names[i];
         rows[i].b = "active";
         rows[i].val = 1;
     }
+    folded0 = sample(FOLDED_LEASES);
     er_metrics_leases_set(rows, 40);
     assert_true(
         render_has_line("envrun_leases{driver=\"d27\",status=\"active\"} 1"));
-    assert_false(
-        render_has_line("envrun_leases{driver=\"d28\",status=\"active\"} 1"));
+    family_sum("envrun_leases{", &sum, &series);
+    assert_int_equal(sum, 40);
+    assert_true(series <= 33);
+    assert_true(sample(FOLDED_LEASES) > folded0);
 
     er_metrics_journal_set(
         (const struct er_metrics_row[]){ { "acquire", "started", 2 },
@@ -452,6 +504,118 @@ static void metrics_label_values_are_escaped_and_bounded(void **state)
     assert_int_equal(
         sample("envrun_journal_inflight{kind=\"acquire\",state=\"started\"}"),
         0);
+}
+
+/* envrun_journal_inflight{kind="<kind>",state="s"} */
+static const char *journal_series(const char *kind, char *out, size_t len)
+{
+    snprintf(out, len, "envrun_journal_inflight{kind=\"%s\",state=\"s\"}",
+             kind);
+    return out;
+}
+
+/* Whether the journal gauge shows the series of kind (at any value). */
+static bool journal_shows(const char *kind)
+{
+    char series[128];
+    char line[140];
+    struct er_buf buf;
+    bool is_shown;
+
+    snprintf(line, sizeof(line), "\n%s ",
+             journal_series(kind, series, sizeof(series)));
+    is_shown = strstr(render_text(&buf), line) != NULL;
+    er_buf_fini(&buf);
+    return is_shown;
+}
+
+/* Set the journal gauge to the series x<i> (value 1) for i in [0, 32)
+ * but those in skip ("x0,x1,"), and the extra rows (at most 8). */
+static void journal_pass(const char *skip, const struct er_metrics_row *extra,
+                         size_t extra_cnt)
+{
+    static char names[32][8];
+    struct er_metrics_row rows[40];
+    char listed[8];
+    size_t n = 0;
+    size_t i;
+
+    for (i = 0; i < 32; i++) {
+        snprintf(names[i], sizeof(names[i]), "x%zu", i);
+        snprintf(listed, sizeof(listed), "x%zu,", i);
+        if (strstr(skip, listed) != NULL)
+            continue;
+        rows[n].a = names[i];
+        rows[n].b = "s";
+        rows[n].val = 1;
+        n++;
+    }
+    for (i = 0; i < extra_cnt; i++)
+        rows[n++] = extra[i];
+    er_metrics_journal_set(rows, n);
+}
+
+/* A full table (32 series) makes room for a new series by evicting the
+ * one that has read 0 longest, never one that went to 0 in this very
+ * pass; with none to evict the new series is folded into the "other"
+ * series and counted, never dropped. */
+static void metrics_full_table_evicts_zero_series_then_folds(void **state)
+{
+    const struct er_metrics_row n0[] = { { "n0", "s", 5 } };
+    const struct er_metrics_row n0n1[] = { { "n0", "s", 5 },
+                                           { "n1", "s", 2 },
+                                           { "n1", "s", 1 } };
+    const struct er_metrics_row mine[] = { { "bad\nkind", "bad\nstate", 4 } };
+    const char *other =
+        "envrun_journal_inflight{kind=\"other\",state=\"other\"}";
+    char series[128];
+    long long folded0;
+    long long sum;
+    size_t cnt;
+
+    (void)state;
+    /* A known state whatever the cases before left: every series read 0
+     * for two passes, then x0..x31 take the whole table. */
+    er_metrics_journal_set(NULL, 0);
+    er_metrics_journal_set(NULL, 0);
+    journal_pass("", NULL, 0);
+    journal_pass("", NULL, 0);
+    family_sum("envrun_journal_inflight{kind=\"x", &sum, &cnt);
+    assert_int_equal(sum, 32);
+    assert_int_equal(cnt, 32);
+    folded0 = sample(FOLDED_JOURNAL);
+
+    /* x0 went to 0 in this pass: shown at 0, not evicted; n0 folded. */
+    journal_pass("x0,", n0, 1);
+    assert_int_equal(sample(journal_series("x0", series, sizeof(series))), 0);
+    assert_false(journal_shows("n0"));
+    assert_int_equal(sample(other), 5);
+    assert_int_equal(sample(FOLDED_JOURNAL), folded0 + 1);
+
+    /* x0 has read 0 since the last pass: n0 takes its place. */
+    journal_pass("x0,", n0, 1);
+    assert_false(journal_shows("x0"));
+    assert_int_equal(sample(journal_series("n0", series, sizeof(series))), 5);
+    assert_int_equal(sample(other), 0);
+    assert_int_equal(sample(FOLDED_JOURNAL), folded0 + 1);
+
+    /* x1 reads 0 for a pass longer than x2 does: n1 (two rows of it)
+     * evicts x1; x2 stays at 0. */
+    journal_pass("x0,x1,", n0, 1);
+    journal_pass("x0,x1,x2,", n0, 1);
+    journal_pass("x0,x1,x2,", n0n1, 3);
+    assert_false(journal_shows("x1"));
+    assert_int_equal(sample(journal_series("x2", series, sizeof(series))), 0);
+    assert_int_equal(sample(journal_series("n1", series, sizeof(series))), 3);
+    assert_int_equal(sample(FOLDED_JOURNAL), folded0 + 1);
+
+    /* A row whose labels read "other" is that same series, not folded. */
+    journal_pass("x0,x1,x2,", mine, 1);
+    assert_int_equal(sample(other), 4);
+    assert_int_equal(sample(FOLDED_JOURNAL), folded0 + 1);
+    family_sum("envrun_journal_inflight{", &sum, &cnt);
+    assert_int_equal(sum, 29 + 4);
+    assert_true(cnt <= 33);
 }
 
 static void metrics_consumer_lag_per_partition(void **state)
@@ -554,6 +718,7 @@ int main(void)
         cmocka_unit_test(metrics_every_family_has_help_and_type),
         cmocka_unit_test(metrics_step_phases_are_histograms_in_seconds),
         cmocka_unit_test(metrics_label_values_are_escaped_and_bounded),
+        cmocka_unit_test(metrics_full_table_evicts_zero_series_then_folds),
         cmocka_unit_test(metrics_consumer_lag_per_partition),
         cmocka_unit_test(metrics_outbox_lag_and_age),
         cmocka_unit_test(metrics_reaper_and_bridge_counters),
