@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ctl/ctl_int.h"
+#include "worker/redact.h"
 
 /* The fields each object may hold; anything else is a typo worth naming. */
 static const char *const top_fields[] = {
@@ -57,6 +58,8 @@ static int check_keys(const json_t *obj, const char *where,
             if (strcmp(key, allowed[i]) == 0)
                 break;
         }
+        /* The name comes from the file: whoever prints the message passes
+         * it through er_ctl_view_cell (er_ctl_util_err_print). */
         if (allowed[i] == NULL)
             return er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL,
                               "%s%s: unknown field", where, key);
@@ -104,6 +107,20 @@ static int get_time(const json_t *obj, const char *where, const char *name,
                           name);
     *out = (int64_t)json_integer_value(v);
     return 0;
+}
+
+/* What tail prints in place of a secret-looking key's value (it masks
+ * them with er_redact_json) is not the value: a field holding the mask
+ * was copied from tail and lost its secrets. */
+static int check_not_masked(const char *name, const char *text,
+                            struct er_err *err)
+{
+    if (text == NULL || strstr(text, ER_REDACT_MASK) == NULL)
+        return 0;
+    return er_err_set(err, ER_EINVAL, ER_ERRCLASS_FATAL,
+                      "%s: holds \"%s\", which tail prints in place of a "
+                      "secret (give the values)",
+                      name, ER_REDACT_MASK);
 }
 
 static int parse_acquire(const json_t *c, struct er_run_command *cmd,
@@ -160,6 +177,12 @@ static int parse_realize(const json_t *c, struct er_run_command *cmd,
         rc = get_string(c, w, "runtimeOverlayJson", false,
                         &cmd->runtime_overlay_json, err);
     if (rc == 0)
+        rc =
+            check_not_masked("command.workspaceJson", cmd->workspace_json, err);
+    if (rc == 0)
+        rc = check_not_masked("command.runtimeOverlayJson",
+                              cmd->runtime_overlay_json, err);
+    if (rc == 0)
         rc = get_string(c, w, "hostApiToken", false, &token, err);
     if (rc != 0 || token == NULL)
         return rc;
@@ -169,7 +192,11 @@ static int parse_realize(const json_t *c, struct er_run_command *cmd,
                           "command.hostApiToken: \"<redacted>\" is what tail "
                           "prints, not a token (remove the field or give "
                           "the token)");
-    if (er_secret_set(&cmd->host_api_token, token, strlen(token)) != 0)
+    rc = er_secret_set(&cmd->host_api_token, token, strlen(token));
+    /* The secret holds the token now; the document's copy goes, so that
+     * freeing the document leaves none behind. */
+    er_wipe(token, strlen(token));
+    if (rc != 0)
         return er_err_set(err, ER_ENOMEM, ER_ERRCLASS_FATAL,
                           "command.hostApiToken: out of memory");
     return 0;

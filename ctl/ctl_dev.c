@@ -739,8 +739,8 @@ static int demo_run(struct dev *dev, struct er_err *err)
     if (rc == 0)
         rc = demo_wait(&demo, NULL); /* late events */
 
-    if (er_store_ctl_leases_table(dev->db_url, company, NULL, NULL, 10, &table,
-                                  NULL) == 0) {
+    if (er_ctl_leases_table(dev->db_url, company, NULL, NULL, 10, &table,
+                            NULL) == 0) {
         printf("\nleases of company %s in postgres:\n", company);
         fwrite(table.data, 1, table.len, stdout);
     }
@@ -820,7 +820,8 @@ int er_ctl_dev_main(int argc, char **argv)
     }
     if (worker_cnt < 0)
         worker_cnt = is_demo ? 1 : 0;
-    dev.prefix = er_ctl_util_env("ENVRUN_TOPIC_PREFIX", "envrun.");
+    if (er_ctl_util_prefix_get("dev", NULL, &dev.prefix) != 0)
+        return ER_CTL_EXIT_USAGE;
 
     exit_code = ER_CTL_EXIT_FAIL;
     er_ctl_util_signals_install();

@@ -20,7 +20,7 @@
 
 static const char usage[] =
     "usage: envrunctl dlq list [options]\n"
-    "       envrunctl dlq replay (--all | --offset N ... | --partition P |\n"
+    "       envrunctl dlq replay (--all | --partition P [--offset N ...] |\n"
     "                            --error-code C) [options]\n"
     "Show the dead letters of <prefix>commands.dlq, or publish chosen ones to\n"
     "<prefix>commands again. `envrunctl dlq list --help` and `envrunctl dlq\n"
@@ -35,7 +35,10 @@ static const char list_usage[] =
     "end the topic had when the command started: partition, offset, key,\n"
     "the headers envrun.error, envrun.error.code, envrun.source.partition,\n"
     "envrun.source.offset and envrun.redacted, and the command decoded where\n"
-    "its bytes decode (else the decoding error).\n"
+    "its bytes decode (else the decoding error; the bytes are never shown,\n"
+    "as they may hold a token). The hostApiToken shows as \"<redacted>\",\n"
+    "secret-looking keys of workspaceJson and runtimeOverlayJson as\n"
+    "\"***REDACTED***\".\n"
     "\n"
     "  --brokers B         bootstrap servers ($ENVRUN_KAFKA_BROKERS)\n"
     "  --topic-prefix P    topic prefix ($ENVRUN_TOPIC_PREFIX, envrun.)\n"
@@ -46,10 +49,11 @@ static const char list_usage[] =
     "  --error-code C      only letters whose envrun.error.code is C\n"
     "                      (undecodable, unknown_schema, too_large,\n"
     "                      invalid_command)\n"
-    "Exit status: 0 done, 1 runtime failure, 2 usage error.\n";
+    "Exit status: 0 done, 1 runtime failure (also: stdout closed, or\n"
+    "interrupted by a signal before the end), 2 usage error.\n";
 
 static const char replay_usage[] =
-    "usage: envrunctl dlq replay (--all | --offset N ... | --partition P |\n"
+    "usage: envrunctl dlq replay (--all | --partition P [--offset N ...] |\n"
     "                            --error-code C) [--dry-run] [--force]\n"
     "                            [--brokers B] [--topic-prefix P]\n"
     "                            [--format json|table] [--timeout-ms T]\n"
@@ -57,20 +61,24 @@ static const char replay_usage[] =
     "<prefix>commands again, with their original key and the header\n"
     "envrun.replayed.from (<dlq topic>:<partition>:<offset>). Each letter is\n"
     "decoded and validated first; one that is not a valid command is\n"
-    "skipped with the reason, and so is one already replayed (its header is\n"
-    "on commands) unless --force. A realize command was dead-lettered\n"
-    "without its hostApiToken: replayed, it runs without a bridge token,\n"
-    "which the output notes. A command id the worker already answered gets\n"
-    "that answer again (a command id runs once). One line per chosen letter:\n"
-    "replayed, would-replay or skipped.\n"
+    "skipped with the reason. Unless --force, so is one already replayed\n"
+    "(its header is on commands) and one with the header envrun.redacted:\n"
+    "the worker removed its hostApiToken or secret keys of its JSON fields,\n"
+    "so it is no longer the command that was sent (re-send the original).\n"
+    "A realize command replayed without a hostApiToken runs without a\n"
+    "bridge token, which the output notes. A command id the worker already\n"
+    "answered gets that answer again (a command id runs once). One line per\n"
+    "chosen letter (partition, offset, key, command id, action, where it\n"
+    "went, reason or note): replayed, would-replay or skipped.\n"
     "\n"
     "  --all               every letter\n"
-    "  --offset N          the letter at offset N (repeatable; with\n"
-    "                      --partition, of that partition only)\n"
+    "  --offset N          the letter at offset N of the partition given\n"
+    "                      with --partition (repeatable; --partition may\n"
+    "                      be left out when the dlq has one partition)\n"
     "  --partition P       letters of dlq partition P\n"
     "  --error-code C      letters whose envrun.error.code is C\n"
     "  --dry-run           print what would be replayed; produce nothing\n"
-    "  --force             replay letters already replayed, too\n"
+    "  --force             replay letters already replayed or redacted, too\n"
     "  --brokers B         bootstrap servers ($ENVRUN_KAFKA_BROKERS)\n"
     "  --topic-prefix P    topic prefix ($ENVRUN_TOPIC_PREFIX, envrun.)\n"
     "  --format F          json (default) or table\n"
@@ -78,7 +86,8 @@ static const char replay_usage[] =
     "(30000)\n"
     "Selections combine: a letter must match every one given.\n"
     "Exit status: 0 done (skipped letters included), 1 runtime failure\n"
-    "(a produce failed), 2 usage error.\n";
+    "(a produce failed, stdout closed, or interrupted by a signal: the\n"
+    "summary on stderr says how far it got), 2 usage error.\n";
 
 /* Options both subcommands share, and the letter selection. */
 struct dlq_args {
@@ -185,7 +194,11 @@ static int letter_json(const rd_kafka_message_t *msg,
         goto out;
     if (msg->payload != NULL &&
         er_registry_to_json(msg->payload, msg->len, &value, &err) == 0) {
-        rc = er_buf_append(out, ",\"command\":", 11);
+        rc = er_ctl_util_value_redact(&value);
+        if (rc == 0)
+            rc = er_ctl_util_json_escape_controls(&value);
+        if (rc == 0)
+            rc = er_buf_append(out, ",\"command\":", 11);
         if (rc == 0)
             rc = er_buf_append(out, value.data, value.len);
         if (rc == 0)
@@ -204,34 +217,46 @@ out:
     return rc;
 }
 
+/* A decimal number as a table cell. */
+static int put_num_cell(struct er_buf *out, int64_t v, int width)
+{
+    char num[24];
+
+    snprintf(num, sizeof(num), "%" PRId64, v);
+    return er_ctl_view_cell(out, num, strlen(num), width, false);
+}
+
+/* A text as a table cell, "-" when empty or absent. */
+static int put_text_cell(struct er_buf *out, const char *s, size_t len,
+                         int width, bool is_last)
+{
+    if (s == NULL || len == 0)
+        return er_ctl_view_cell(out, "-", 1, width, is_last);
+    return er_ctl_view_cell(out, s, len, width, is_last);
+}
+
+/* One letter of `dlq list --format table`; every cell that comes from the
+ * letter goes through er_ctl_view_cell. */
 static int letter_row(const rd_kafka_message_t *msg,
                       const struct letter_hdrs *h, struct er_buf *out)
 {
     char source[80];
-    size_t i;
     int rc;
 
     snprintf(source, sizeof(source), "%s@%s",
              h->src_partition[0] != '\0' ? h->src_partition : "-",
              h->src_offset[0] != '\0' ? h->src_offset : "-");
-    rc = er_buf_printf(out, "%-9" PRId32 "  %-8" PRId64 "  %-15s  %-14s  ",
-                       msg->partition, msg->offset,
-                       h->code[0] != '\0' ? h->code : "-", source);
-    if (rc == 0 && msg->key == NULL)
-        rc = er_buf_printf(out, "%-36s  ", "-");
-    for (i = 0; rc == 0 && msg->key != NULL && i < msg->key_len; i++) {
-        char c = ((const char *)msg->key)[i];
-
-        c = (unsigned char)c < 0x20 || (unsigned char)c > 0x7e ? '?' : c;
-        rc = er_buf_append(out, &c, 1);
-    }
-    for (i = msg->key_len; rc == 0 && msg->key != NULL && i < 38; i++)
-        rc = er_buf_append(out, " ", 1);
-    for (i = 0; rc == 0 && h->error[i] != '\0'; i++) {
-        char c = (unsigned char)h->error[i] < 0x20 ? ' ' : h->error[i];
-
-        rc = er_buf_append(out, &c, 1);
-    }
+    rc = put_num_cell(out, msg->partition, 9);
+    if (rc == 0)
+        rc = put_num_cell(out, msg->offset, 8);
+    if (rc == 0)
+        rc = put_text_cell(out, h->code, strlen(h->code), 15, false);
+    if (rc == 0)
+        rc = put_text_cell(out, source, strlen(source), 14, false);
+    if (rc == 0)
+        rc = put_text_cell(out, msg->key, msg->key_len, 36, false);
+    if (rc == 0)
+        rc = put_text_cell(out, h->error, strlen(h->error), 0, true);
     return rc;
 }
 
@@ -254,11 +279,22 @@ static bool is_selected(const struct dlq_args *a, const rd_kafka_message_t *msg,
     return false;
 }
 
-static void print_line(const struct er_buf *line)
+/* The header line of a table: the names as cells of the widths given
+ * (the last unpadded). */
+static int print_head(const char *const *names, const int *widths, size_t cnt)
 {
-    fwrite(line->data, 1, line->len, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+    struct er_buf line;
+    size_t i;
+    int rc = 0;
+
+    er_buf_init(&line, 1024);
+    for (i = 0; i < cnt && rc == 0; i++)
+        rc = er_ctl_view_cell(&line, names[i], strlen(names[i]), widths[i],
+                              i + 1 == cnt);
+    if (rc == 0)
+        rc = er_ctl_util_out_line(line.data, line.len);
+    er_buf_fini(&line);
+    return rc;
 }
 
 /* Parse the options of `dlq SUB` into a; returns an exit code, or -1 to go
@@ -311,8 +347,8 @@ static int parse_args(const char *cmd, const char *help, bool is_replay,
     }
     if (a->brokers == NULL)
         a->brokers = er_ctl_util_env("ENVRUN_KAFKA_BROKERS", NULL);
-    if (a->prefix == NULL)
-        a->prefix = er_ctl_util_env("ENVRUN_TOPIC_PREFIX", "envrun.");
+    if (er_ctl_util_prefix_get(cmd, a->prefix, &a->prefix) != 0)
+        return ER_CTL_EXIT_USAGE;
     if (a->brokers == NULL) {
         er_ctl_util_usage_error(cmd, "--brokers or ENVRUN_KAFKA_BROKERS is "
                                      "required");
@@ -366,8 +402,38 @@ static int parse_args(const char *cmd, const char *help, bool is_replay,
     return -1;
 }
 
+/* Why output stopped, into err: a signal (which also breaks a write that
+ * blocked), else a closed stdout. what is "N letters" or the like. */
+static int out_failed(const char *what, struct er_err *err)
+{
+    if (er_ctl_util_stop)
+        return er_err_set(err, ER_ECANCELED, ER_ERRCLASS_FATAL,
+                          "interrupted by a signal after %s", what);
+    return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "stdout closed after %s",
+                      what);
+}
+
+/* Where a reader stopped, into err (when it did not read to its end): a
+ * signal, a closed stdout or a silent topic. what is "N letters" or the
+ * like, for the message. Returns 0 when the reader did read to its end. */
+static int stop_reason(const struct er_ctl_reader *reader, const char *topic,
+                       int64_t idle_ms, const char *what, struct er_err *err)
+{
+    if (reader->done_cnt >= reader->part_cnt)
+        return 0;
+    if (er_ctl_util_stop || er_ctl_util_out_is_closed())
+        return out_failed(what, err);
+    return er_err_set(err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
+                      "%s not read to its end (no record for %lld ms) "
+                      "after %s",
+                      topic, (long long)idle_ms, what);
+}
+
 static int list_main(int argc, char **argv)
 {
+    static const char *const head[] = { "PARTITION", "OFFSET", "CODE",
+                                        "SOURCE",    "KEY",    "ERROR" };
+    static const int widths[] = { 9, 8, 15, 14, 36, 0 };
     struct dlq_args a;
     struct er_ctl_reader reader;
     struct er_buf line;
@@ -390,9 +456,11 @@ static int list_main(int argc, char **argv)
             exit_code = ER_CTL_EXIT_USAGE;
         goto out;
     }
-    if (a.format == ER_CTL_FORMAT_TABLE)
-        printf("%-9s  %-8s  %-15s  %-14s  %-36s  %s\n", "PARTITION", "OFFSET",
-               "CODE", "SOURCE", "KEY", "ERROR");
+    if (a.format == ER_CTL_FORMAT_TABLE &&
+        print_head(head, widths, sizeof(widths) / sizeof(widths[0])) != 0) {
+        er_err_set(&err, ER_EIO, ER_ERRCLASS_FATAL, "stdout closed");
+        goto out;
+    }
     while (a.max_cnt < 0 || seen < a.max_cnt) {
         rd_kafka_message_t *msg = NULL;
         struct letter_hdrs h;
@@ -414,21 +482,27 @@ static int list_main(int argc, char **argv)
                        er_errname(rc));
             goto out;
         }
-        print_line(&line);
+        if (er_ctl_util_out_line(line.data, line.len) != 0) {
+            char what[64];
+
+            snprintf(what, sizeof(what), "%lld letters", (long long)seen);
+            out_failed(what, &err);
+            goto out;
+        }
         seen++;
     }
-    if ((a.max_cnt < 0 || seen < a.max_cnt) &&
-        reader.done_cnt < reader.part_cnt && !er_ctl_util_stop) {
-        er_err_set(&err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
-                   "%s not read to its end (no record for %lld ms)",
-                   a.dlq_topic, (long long)a.idle_ms);
-        goto out;
+    if (a.max_cnt < 0 || seen < a.max_cnt) {
+        char what[64];
+
+        snprintf(what, sizeof(what), "%lld letters", (long long)seen);
+        if (stop_reason(&reader, a.dlq_topic, a.idle_ms, what, &err) != 0)
+            goto out;
     }
     exit_code = ER_CTL_EXIT_OK;
 
 out:
     if (err.code != 0)
-        fprintf(stderr, "envrunctl dlq list: %s\n", err.msg);
+        er_ctl_util_err_print("dlq list", err.msg);
     er_ctl_reader_close(&reader);
     er_buf_fini(&line);
     return exit_code;
@@ -509,11 +583,12 @@ static int scan_replayed(const struct dlq_args *a, struct seen_set *set,
             break;
         }
     }
-    if (rc == 0 && reader.done_cnt < reader.part_cnt)
-        rc = er_err_set(err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
-                        "%s not read to its end (no record for %lld ms): "
-                        "cannot tell what was replayed before",
-                        a->commands_topic, (long long)a->idle_ms);
+    /* Read only in part, the commands topic cannot tell what was replayed
+     * before. */
+    if (rc == 0)
+        rc = stop_reason(&reader, a->commands_topic, a->idle_ms,
+                         "0 letters (while reading what was replayed before)",
+                         err);
     er_ctl_reader_close(&reader);
     return rc;
 }
@@ -541,10 +616,21 @@ static int outcome_line(const rd_kafka_message_t *msg, const struct outcome *o,
         if (o->to.offset >= 0)
             snprintf(to, sizeof(to), "%" PRId32 "@%" PRId64, o->to.partition,
                      o->to.offset);
-        return er_buf_printf(
-            out, "%-12s  %-9" PRId32 "  %-8" PRId64 "  %-36s  %-10s  %s",
-            o->action, msg->partition, msg->offset,
-            o->command_id[0] != '\0' ? o->command_id : "-", to, why);
+        rc = er_ctl_view_cell(out, o->action, strlen(o->action), 12, false);
+        if (rc == 0)
+            rc = put_num_cell(out, msg->partition, 9);
+        if (rc == 0)
+            rc = put_num_cell(out, msg->offset, 8);
+        if (rc == 0)
+            rc = put_text_cell(out, msg->key, msg->key_len, 36, false);
+        if (rc == 0)
+            rc = put_text_cell(out, o->command_id, strlen(o->command_id), 36,
+                               false);
+        if (rc == 0)
+            rc = er_ctl_view_cell(out, to, strlen(to), 10, false);
+        if (rc == 0)
+            rc = put_text_cell(out, why, strlen(why), 0, true);
+        return rc;
     }
     rc = put_coords(out, msg);
     if (rc == 0)
@@ -564,33 +650,51 @@ static int outcome_line(const rd_kafka_message_t *msg, const struct outcome *o,
     return rc;
 }
 
-/* Decide on one selected letter and, unless a dry run, produce it. */
+/* Decide on one selected letter (msg, with its headers h) and, unless a
+ * dry run, produce it. */
 static int replay_one(const struct dlq_args *a, rd_kafka_t *producer,
-                      const rd_kafka_message_t *msg, struct seen_set *set,
+                      const rd_kafka_message_t *msg,
+                      const struct letter_hdrs *h, struct seen_set *set,
                       struct outcome *o, struct er_err *err)
 {
     struct er_run_command cmd;
     struct er_err why;
     char from[600];
     rd_kafka_headers_t *hdrs = NULL;
+    bool is_decoded;
     int rc = 0;
 
     memset(o, 0, sizeof(*o));
+    memset(&cmd, 0, sizeof(cmd));
     o->to.offset = -1;
     o->action = "skipped";
     er_err_clear(&why);
     snprintf(from, sizeof(from), "%s:%" PRId32 ":%" PRId64, a->dlq_topic,
              msg->partition, msg->offset);
+    is_decoded =
+        msg->payload != NULL &&
+        er_registry_command_decode(msg->payload, msg->len, &cmd, &why) == 0;
+    if (is_decoded)
+        snprintf(o->command_id, sizeof(o->command_id), "%s",
+                 cmd.command_id != NULL ? cmd.command_id : "");
+    /* The worker took something out of this letter (the token, secret
+     * keys of its JSON fields, or the body): replayed, it would run as a
+     * command nobody sent. */
+    if (h->redacted[0] != '\0' && !a->is_force) {
+        snprintf(o->reason, sizeof(o->reason),
+                 "redacted: the letter lost fields; re-send the original "
+                 "(envrun.redacted: %s; --force replays it as it is)",
+                 h->redacted);
+        goto out;
+    }
     if (msg->payload == NULL) {
         snprintf(o->reason, sizeof(o->reason), "no value");
-        return 0;
+        goto out;
     }
-    if (er_registry_command_decode(msg->payload, msg->len, &cmd, &why) != 0) {
+    if (!is_decoded) {
         snprintf(o->reason, sizeof(o->reason), "does not decode: %s", why.msg);
-        return 0;
+        goto out;
     }
-    snprintf(o->command_id, sizeof(o->command_id), "%s",
-             cmd.command_id != NULL ? cmd.command_id : "");
     if (er_validate_command(&cmd, &why) != 0) {
         snprintf(o->reason, sizeof(o->reason), "not a valid command: %s",
                  why.msg);
@@ -603,9 +707,13 @@ static int replay_one(const struct dlq_args *a, rd_kafka_t *producer,
                  a->commands_topic, DLQ_REPLAYED_FROM, from);
         goto out;
     }
-    if (cmd.kind == ER_CMD_REALIZE && !er_secret_is_set(&cmd.host_api_token))
-        o->note = "realize command without hostApiToken (dead letters never "
-                  "keep it): it runs without a bridge token";
+    if (h->redacted[0] != '\0')
+        o->note = "forced: the letter is redacted (envrun.redacted), so the "
+                  "replayed command lacks what the worker removed";
+    else if (cmd.kind == ER_CMD_REALIZE &&
+             !er_secret_is_set(&cmd.host_api_token))
+        o->note = "realize command without hostApiToken: it runs without a "
+                  "bridge token";
     if (a->is_dry_run) {
         o->action = "would-replay";
         goto out;
@@ -635,8 +743,38 @@ out:
     return rc;
 }
 
+/* --offset names an offset of one partition: without --partition it is
+ * ambiguous unless the dlq has a single partition. Returns 0, or
+ * ER_EINVAL after a usage line. */
+static int check_offsets(const struct dlq_args *a,
+                         const struct er_ctl_reader *reader)
+{
+    if (a->offsets.cnt == 0 || a->partition >= 0 || reader->part_cnt == 1)
+        return 0;
+    er_ctl_util_usage_error("dlq replay",
+                            "--offset needs --partition: %s has %d "
+                            "partitions",
+                            a->dlq_topic, reader->part_cnt);
+    return ER_EINVAL;
+}
+
+/* "N letters (last: [P] @O)" into out: how far a replay got. */
+static void progress(char *out, size_t out_len, long long cnt,
+                     int32_t last_partition, int64_t last_offset)
+{
+    if (last_offset < 0)
+        snprintf(out, out_len, "%lld letters", cnt);
+    else
+        snprintf(out, out_len,
+                 "%lld letters (last: [%" PRId32 "] @%" PRId64 ")", cnt,
+                 last_partition, last_offset);
+}
+
 static int replay_main(int argc, char **argv)
 {
+    static const char *const head[] = { "ACTION",  "PARTITION", "OFFSET", "KEY",
+                                        "COMMAND", "TO",        "REASON" };
+    static const int widths[] = { 12, 9, 8, 36, 36, 10, 0 };
     struct dlq_args a;
     struct er_ctl_reader reader;
     struct seen_set set;
@@ -645,6 +783,9 @@ static int replay_main(int argc, char **argv)
     rd_kafka_t *producer = NULL;
     long long replayed = 0;
     long long skipped = 0;
+    int32_t last_partition = -1;
+    int64_t last_offset = -1;
+    char what[96];
     int exit_code;
 
     memset(&a, 0, sizeof(a));
@@ -657,22 +798,30 @@ static int replay_main(int argc, char **argv)
         goto out;
     exit_code = ER_CTL_EXIT_FAIL;
     er_ctl_util_signals_install();
-    if (scan_replayed(&a, &set, &err) != 0) {
+    /* The dlq first: its partition count decides whether --offset alone is
+     * clear, before anything slow happens. */
+    if (er_ctl_reader_open(&reader, a.brokers, a.dlq_topic, true, false,
+                           &err) != 0) {
         if (err.code == ER_EINVAL)
             exit_code = ER_CTL_EXIT_USAGE;
         goto out;
     }
+    if (check_offsets(&a, &reader) != 0) {
+        exit_code = ER_CTL_EXIT_USAGE;
+        goto out;
+    }
+    if (scan_replayed(&a, &set, &err) != 0)
+        goto out;
     if (!a.is_dry_run) {
         producer = er_ctl_util_kafka_new(a.brokers, true, &err);
         if (producer == NULL)
             goto out;
     }
-    if (er_ctl_reader_open(&reader, a.brokers, a.dlq_topic, true, false,
-                           &err) != 0)
+    if (a.format == ER_CTL_FORMAT_TABLE &&
+        print_head(head, widths, sizeof(widths) / sizeof(widths[0])) != 0) {
+        er_err_set(&err, ER_EIO, ER_ERRCLASS_FATAL, "stdout closed");
         goto out;
-    if (a.format == ER_CTL_FORMAT_TABLE)
-        printf("%-12s  %-9s  %-8s  %-36s  %-10s  %s\n", "ACTION", "PARTITION",
-               "OFFSET", "COMMAND", "TO", "REASON");
+    }
     for (;;) {
         rd_kafka_message_t *msg = NULL;
         struct letter_hdrs h;
@@ -686,7 +835,12 @@ static int replay_main(int argc, char **argv)
             rd_kafka_message_destroy(msg);
             continue;
         }
-        rc = replay_one(&a, producer, msg, &set, &o, &err);
+        /* Nothing is produced that nobody would be told about. */
+        if (er_ctl_util_out_is_closed()) {
+            rd_kafka_message_destroy(msg);
+            break;
+        }
+        rc = replay_one(&a, producer, msg, &h, &set, &o, &err);
         if (rc == 0) {
             er_buf_reset(&line);
             rc = outcome_line(msg, &o, a.format, &line);
@@ -694,26 +848,33 @@ static int replay_main(int argc, char **argv)
                 er_err_set(&err, rc, ER_ERRCLASS_FATAL, "output: %s",
                            er_errname(rc));
         }
+        if (rc == 0) {
+            last_partition = msg->partition;
+            last_offset = msg->offset;
+            if (strcmp(o.action, "skipped") == 0)
+                skipped++;
+            else
+                replayed++;
+        }
         rd_kafka_message_destroy(msg);
         if (rc != 0)
             goto out;
-        print_line(&line);
-        if (strcmp(o.action, "skipped") == 0)
-            skipped++;
-        else
-            replayed++;
+        if (er_ctl_util_out_line(line.data, line.len) != 0) {
+            progress(what, sizeof(what), replayed + skipped, last_partition,
+                     last_offset);
+            out_failed(what, &err);
+            goto out;
+        }
     }
-    if (reader.done_cnt < reader.part_cnt && !er_ctl_util_stop) {
-        er_err_set(&err, ER_ETIMEDOUT, ER_ERRCLASS_RETRY,
-                   "%s not read to its end (no record for %lld ms)",
-                   a.dlq_topic, (long long)a.idle_ms);
+    progress(what, sizeof(what), replayed + skipped, last_partition,
+             last_offset);
+    if (stop_reason(&reader, a.dlq_topic, a.idle_ms, what, &err) != 0)
         goto out;
-    }
     exit_code = ER_CTL_EXIT_OK;
 
 out:
     if (err.code != 0)
-        fprintf(stderr, "envrunctl dlq replay: %s\n", err.msg);
+        er_ctl_util_err_print("dlq replay", err.msg);
     if (exit_code != ER_CTL_EXIT_USAGE && a.brokers != NULL)
         fprintf(stderr, "envrunctl dlq replay: %lld %s, %lld skipped\n",
                 replayed, a.is_dry_run ? "would be replayed" : "replayed",

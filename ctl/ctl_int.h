@@ -28,8 +28,27 @@
 extern volatile sig_atomic_t er_ctl_util_stop;
 
 /* Install SIGINT/SIGTERM handlers that set er_ctl_util_stop, and ignore
- * SIGPIPE. */
+ * SIGPIPE (er_ctl_util_sigpipe_ignore). */
 void er_ctl_util_signals_install(void);
+/* Ignore SIGPIPE: a write to a closed pipe fails with EPIPE instead of
+ * killing the process, so the writer can say so and exit 1. */
+void er_ctl_util_sigpipe_ignore(void);
+
+/* ================================================================
+ * Standard output: every line is checked, so a reader that went away
+ * (`envrunctl tail --follow | head -1`) stops the command.
+ * ================================================================ */
+
+/* Write p (len bytes) and a newline to stdout and flush. Returns 0, or
+ * ER_EIO when stdout is closed or failed (er_ctl_util_out_is_closed). */
+int er_ctl_util_out_line(const void *p, size_t len);
+/* Whether stdout failed or its reader is gone: a write failed before, or
+ * stdout is a pipe or socket whose other end is closed (POLLERR or
+ * POLLHUP), which shows without writing. */
+bool er_ctl_util_out_is_closed(void);
+/* Print "envrunctl CMD: msg" on stderr as one line, msg passed through
+ * er_ctl_view_cell (msg may quote untrusted input). */
+void er_ctl_util_err_print(const char *cmd, const char *msg);
 
 /* ================================================================
  * Option parsing: `--name value` or `--name=value`, `--flag`.
@@ -80,6 +99,15 @@ int er_ctl_util_parse_int(const char *s, int64_t min, int64_t max,
 void er_ctl_util_usage_error(const char *cmd, const char *fmt, ...)
     ER_PRINTF(2, 3);
 
+/* The topic prefix for cmd: flag (the --topic-prefix value, NULL when not
+ * given), else ENVRUN_TOPIC_PREFIX (set but empty: the empty prefix, as
+ * the worker reads it), else "envrun.". Checked as the worker checks
+ * ENVRUN_TOPIC_PREFIX: only [A-Za-z0-9._-], under 128 bytes. Returns 0
+ * with *prefix (borrowed), or ER_EINVAL after a usage line naming the flag
+ * or the variable. */
+int er_ctl_util_prefix_get(const char *cmd, const char *flag,
+                           const char **prefix);
+
 /* The value of the environment variable name, or dflt when it is unset or
  * empty. Borrowed. */
 const char *er_ctl_util_env(const char *name, const char *dflt);
@@ -96,6 +124,8 @@ extern const char *const er_ctl_util_topics[];
  * foreign topic). Returns 0 or ER_E2BIG. */
 int er_ctl_util_topic_full(const char *prefix, const char *name, char *out,
                            size_t out_len);
+/* Whether name is one of er_ctl_util_topics. */
+bool er_ctl_util_topic_is_known(const char *name);
 /* The short name of a full topic name: the part after prefix when it starts
  * with it, else full. Borrowed from full. */
 const char *er_ctl_util_topic_short(const char *prefix, const char *full);
@@ -175,8 +205,10 @@ int er_ctl_reader_open(struct er_ctl_reader *reader, const char *brokers,
 
 /* The next record into *msg (owned by the caller: rd_kafka_message_destroy).
  * Returns 1 with a record, 0 when there is none: the snapshot is read, or
- * idle_ms >= 0 passed without a record, or er_ctl_util_stop was set.
- * Broker errors are reported on stderr and reading goes on. */
+ * idle_ms >= 0 passed without a record, or er_ctl_util_stop was set, or
+ * stdout is closed (er_ctl_util_out_is_closed: nobody reads what a record
+ * would print). Broker errors are reported on stderr and reading goes on.
+ */
 int er_ctl_reader_next(struct er_ctl_reader *reader, int64_t idle_ms,
                        rd_kafka_message_t **msg);
 
@@ -220,8 +252,26 @@ int er_ctl_view_table_head(const char *topic_short, struct er_buf *out);
 int er_ctl_view_table_row(const char *topic_short, const json_t *record,
                           struct er_buf *out);
 
-/* Append s (len bytes) to out as a JSON string (quotes and escapes). */
+/* Append s (len bytes) to out as one table cell. Untrusted bytes must not
+ * steer the terminal, so every character that is not plain printable text
+ * becomes '?': C0 controls, DEL, C1 controls (U+0080..U+009F, in UTF-8
+ * 0xC2 0x80..0x9F; U+009B is a CSI), the line and paragraph separators,
+ * the bidirectional overrides and isolates, and bytes that are not valid
+ * UTF-8. Unless is_last, the cell is padded with spaces to width
+ * characters and followed by two spaces. This is the one sanitiser of
+ * everything envrunctl prints as text (tables, and error lines quoting
+ * input). Returns 0, ER_E2BIG or ER_ENOMEM. */
+int er_ctl_view_cell(struct er_buf *out, const char *s, size_t len, int width,
+                     bool is_last);
+/* How many characters s (len bytes) takes as a cell. */
+size_t er_ctl_view_cell_width(const char *s, size_t len);
+
+/* Append s (len bytes) to out as a JSON string (quotes and escapes; DEL
+ * and the C1 controls are escaped too, invalid UTF-8 becomes U+FFFD). */
 int er_ctl_util_json_string(struct er_buf *out, const char *s, size_t len);
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 when it
+ * is not one (overlong, surrogate, past U+10FFFF, cut short). */
+size_t er_ctl_util_utf8_len(const uint8_t *s, size_t n);
 
 /* ================================================================
  * Commands as JSON (ctl_cmdjson.c)
@@ -244,13 +294,32 @@ int er_ctl_cmdjson_parse(const char *text, size_t len,
 
 /* Append to out one JSON line (no newline) describing the consumed record
  * msg (borrowed): {"topic":T,"partition":P,"offset":O,"key":K,"value":V},
- * T being topic_short and V the value decoded by er_codec_to_json. For a
- * dead-letter topic (is_raw), or when the value cannot be decoded, the
- * record's headers go into "headers" and the bytes into "valueBase64"
- * instead; a decoding error adds "error". Returns 0, ER_ENOMEM or ER_E2BIG. */
+ * T being topic_short and V the value decoded by er_codec_to_json, passed
+ * through er_ctl_util_value_redact. For a dead-letter topic (is_raw), or
+ * when the value cannot be decoded, the record's headers go into "headers"
+ * instead, and a decoding error adds "error". The bytes themselves go into
+ * "valueBase64" only on results, lease-events and activity, which carry
+ * no token; elsewhere (commands and commands.dlq may hold a realize
+ * command's hostApiToken) only "valueLength" and "valueHeaderHex" (the
+ * 5-byte Confluent or 10-byte single-object header, else null) are shown.
+ * Returns 0, ER_ENOMEM or ER_E2BIG. */
 int er_ctl_util_record_json(const char *topic_short,
                             const rd_kafka_message_t *msg, bool is_raw,
                             struct er_buf *out);
+
+/* In value (the JSON text of a decoded record), mask the secret-looking
+ * keys of a RunCommand's JSON text fields (command.workspaceJson and
+ * command.runtimeOverlayJson) with er_redact_json, the redaction the worker
+ * applies before it dead-letters a command; the values become
+ * ER_REDACT_MASK. Anything else is left as it is. Returns 0 or ER_ENOMEM /
+ * ER_E2BIG. */
+int er_ctl_util_value_redact(struct er_buf *value);
+
+/* In the JSON text json, write DEL and the C1 controls (U+0080..U+009F),
+ * which JSON allows raw inside strings, as \u escapes: the text means the
+ * same, and a JSON line shown on a terminal cannot steer it. Returns 0,
+ * ER_E2BIG or ER_ENOMEM (json is then unchanged). */
+int er_ctl_util_json_escape_controls(struct er_buf *json);
 
 /* Standard base64 of p (len bytes) appended to out. */
 int er_ctl_util_base64(const void *p, size_t len, struct er_buf *out);
@@ -259,6 +328,13 @@ int er_ctl_util_base64(const void *p, size_t len, struct er_buf *out);
  * Subcommands: each returns an exit code of contract.md 1.
  * argv[0] is the first word after the subcommand name.
  * ================================================================ */
+
+/* The leases table of `envrunctl leases` (and of the dev demo) into out:
+ * the rows er_store_ctl_leases gives as JSON, in aligned columns whose
+ * cells go through er_ctl_view_cell. Errors as er_store_ctl_leases. */
+int er_ctl_leases_table(const char *conninfo, const char *company,
+                        const char *run, const char *status, int limit,
+                        struct er_buf *out, struct er_err *err);
 
 int er_ctl_send_main(int argc, char **argv);
 int er_ctl_tail_main(int argc, char **argv);

@@ -8,6 +8,8 @@
 
 #define READER_METADATA_TIMEOUT_MS 10000
 #define READER_POLL_MS             100
+/* How often a reader looks whether anybody still reads stdout. */
+#define READER_OUT_CHECK_MS        100
 
 static void mark_done(struct er_ctl_reader *reader, int32_t partition)
 {
@@ -90,6 +92,7 @@ int er_ctl_reader_next(struct er_ctl_reader *reader, int64_t idle_ms,
                        rd_kafka_message_t **msg)
 {
     int64_t last_ms = er_time_mono_ms();
+    int64_t checked_ms = 0;
 
     *msg = NULL;
     while (!er_ctl_util_stop) {
@@ -97,6 +100,14 @@ int er_ctl_reader_next(struct er_ctl_reader *reader, int64_t idle_ms,
 
         if (!reader->is_follow && reader->done_cnt >= reader->part_cnt)
             return 0;
+        /* A reader that went away (`tail --follow | head -1`) shows on
+         * stdout before anything is written: stop rather than wait for a
+         * record nobody will see. */
+        if (er_time_mono_ms() - checked_ms >= READER_OUT_CHECK_MS) {
+            if (er_ctl_util_out_is_closed())
+                return 0;
+            checked_ms = er_time_mono_ms();
+        }
         m = rd_kafka_consumer_poll(reader->rk, READER_POLL_MS);
         if (m == NULL) {
             if (idle_ms >= 0 && er_time_mono_ms() - last_ms >= idle_ms)

@@ -50,7 +50,8 @@ static const char usage[] =
     "  --raw-file F                send the bytes of F as they are (tests)\n"
     "\n"
     "Exit status: 0 sent, 1 runtime failure, 2 usage error or a bad --file\n"
-    "(one line on stderr naming the option or the field).\n";
+    "or --raw-file: missing, unreadable, too large or not a valid command\n"
+    "(one line on stderr naming the option, the file or the field).\n";
 
 struct send_args {
     const char *brokers;
@@ -218,8 +219,10 @@ static char *in(const char *s)
 
 /* --file: read, map, validate and encode the command into value; its id
  * goes to command_id and its key (run id, else command id, NUL-terminated)
- * to key. Returns an exit code; a bad file is a usage error (2) whose
- * line names the file and the field. */
+ * to key. Returns an exit code; a bad file (missing, unreadable, too
+ * large, or not a valid command) is a usage error (2) whose line names the
+ * file and, where there is one, the field. The text read may hold a
+ * hostApiToken: it is wiped before it is freed. */
 static int from_file(const char *path, struct er_buf *value,
                      char command_id[37], struct er_buf *key,
                      struct er_err *err)
@@ -233,10 +236,8 @@ static int from_file(const char *path, struct er_buf *value,
 
     er_buf_init(&text, RAW_MAX_BYTES);
     memset(&cmd, 0, sizeof(cmd));
-    if (er_ctl_util_read_file(path, &text, err) != 0) {
-        exit_code = ER_CTL_EXIT_FAIL;
+    if (er_ctl_util_read_file(path, &text, err) != 0)
         goto out;
-    }
     if (er_ctl_cmdjson_parse((const char *)text.data, text.len, &cmd, &doc,
                              id_buf, err) != 0 ||
         er_validate_command(&cmd, err) != 0) {
@@ -264,7 +265,8 @@ static int from_file(const char *path, struct er_buf *value,
 
 out:
     er_secret_fini(&cmd.host_api_token);
-    json_decref(doc);
+    json_decref(doc); /* its copy of the token was wiped by the parser */
+    er_wipe(text.data, text.len);
     er_buf_fini(&text);
     return exit_code;
 }
@@ -358,9 +360,8 @@ int er_ctl_send_main(int argc, char **argv)
     }
     if (a.brokers == NULL)
         a.brokers = er_ctl_util_env("ENVRUN_KAFKA_BROKERS", NULL);
-    if (a.prefix == NULL)
-        a.prefix = er_ctl_util_env("ENVRUN_TOPIC_PREFIX", "envrun.");
-    if (check_args(&a, &kind, &status) != 0 ||
+    if (er_ctl_util_prefix_get("send", a.prefix, &a.prefix) != 0 ||
+        check_args(&a, &kind, &status) != 0 ||
         (a.expires_in != NULL &&
          expires_at(a.expires_in, &cmd.requested_expires_at_ms) != 0)) {
         exit_code = ER_CTL_EXIT_USAGE;
@@ -384,8 +385,10 @@ int er_ctl_send_main(int argc, char **argv)
             goto out;
         exit_code = ER_CTL_EXIT_FAIL;
     } else if (a.raw_file != NULL) {
-        if (er_ctl_util_read_file(a.raw_file, &value, &err) != 0)
+        if (er_ctl_util_read_file(a.raw_file, &value, &err) != 0) {
+            exit_code = ER_CTL_EXIT_USAGE;
             goto out;
+        }
     } else {
         cmd.command_id = command_id;
         cmd.issued_at_ms = er_time_now_ms();
@@ -440,12 +443,15 @@ int er_ctl_send_main(int argc, char **argv)
     exit_code = ER_CTL_EXIT_OK;
 
 out:
+    /* err.msg may quote the file (an unknown field's name). */
     if (err.code != 0)
-        fprintf(stderr, "envrunctl send: %s\n", err.msg);
+        er_ctl_util_err_print("send", err.msg);
     if (rk != NULL)
         rd_kafka_destroy(rk);
     er_buf_fini(&key_buf);
     er_buf_fini(&ws);
+    /* The encoded command may hold the hostApiToken. */
+    er_wipe(value.data, value.len);
     er_buf_fini(&value);
     return exit_code;
 }

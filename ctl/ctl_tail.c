@@ -2,6 +2,7 @@
  * or a table, filtered by run, lease, company or outcome. Reads through
  * ctl_reader (every partition assigned directly: no group join, nothing
  * committed). Single-threaded; owns its reader. */
+#include <inttypes.h>
 #include <string.h>
 
 #include "ctl/ctl_int.h"
@@ -13,9 +14,13 @@ static const char usage[] =
     "                      [--company ID] [--outcome ok|error|deferred]\n"
     "                      [--format json|table]\n"
     "Print the records of TOPIC: as JSON lines (topic, partition, offset, key\n"
-    "and the decoded value; dead-letter records: headers and the value in\n"
-    "base64) or as a table. TOPIC is commands, results, lease-events,\n"
-    "activity or commands.dlq (the prefix is added), or a full topic name.\n"
+    "and the decoded value, secret-looking keys of its JSON text fields\n"
+    "masked; dead letters and values that do not decode: the headers, and\n"
+    "the value in base64 on results, lease-events and activity, elsewhere\n"
+    "only its length and schema header, as it may hold a token) or as a\n"
+    "table. TOPIC is commands, results, lease-events, activity or\n"
+    "commands.dlq (the prefix is added), or the full name of an existing\n"
+    "topic.\n"
     "\n"
     "  --brokers B         bootstrap servers ($ENVRUN_KAFKA_BROKERS)\n"
     "  --topic-prefix P    topic prefix ($ENVRUN_TOPIC_PREFIX, envrun.)\n"
@@ -37,7 +42,8 @@ static const char usage[] =
     "  --format F          json (default): one JSON line per record; table:\n"
     "                      aligned columns suited to the topic\n"
     "A record lacking a filtered field (or not decoded) does not match.\n"
-    "Exit status: 0 done, 1 runtime failure, 2 usage error.\n";
+    "Exit status: 0 done (also when stopped by a signal), 1 runtime failure\n"
+    "(stdout closed included), 2 usage error (an unknown topic included).\n";
 
 static bool is_dlq(const char *topic_short)
 {
@@ -66,23 +72,34 @@ static int check_values(const struct er_ctl_filter *filter,
 
 /* Print one record (msg, borrowed) when it passes the filters: into line
  * as JSON, or as a table row. *is_shown says whether it was printed.
- * Returns 0 or ER_ENOMEM / ER_E2BIG. */
+ * Returns 0, or an error with err set: ER_ENOMEM / ER_E2BIG (the record
+ * does not fit), ER_EBADMSG (our own line does not parse back), ER_EIO
+ * (stdout closed). */
 static int show(const char *topic_short, const rd_kafka_message_t *msg,
                 const struct er_ctl_filter *filter, enum er_ctl_format format,
-                struct er_buf *line, bool *is_shown)
+                struct er_buf *line, bool *is_shown, struct er_err *err)
 {
     json_t *record = NULL;
+    json_error_t jerr;
     int rc;
 
     *is_shown = false;
     er_buf_reset(line);
     rc = er_ctl_util_record_json(topic_short, msg, is_dlq(topic_short), line);
     if (rc != 0)
-        return rc;
+        return er_err_set(err, rc, ER_ERRCLASS_FATAL,
+                          "record at [%" PRId32 "] @%" PRId64
+                          " does not fit in memory (%s)",
+                          msg->partition, msg->offset, er_errname(rc));
     if (format == ER_CTL_FORMAT_TABLE || er_ctl_view_filter_is_set(filter)) {
-        record = json_loadb((const char *)line->data, line->len, 0, NULL);
+        /* json_string writes a NUL of a key or header as \u0000. */
+        record = json_loadb((const char *)line->data, line->len, JSON_ALLOW_NUL,
+                            &jerr);
         if (record == NULL)
-            return ER_ENOMEM;
+            return er_err_set(err, ER_EBADMSG, ER_ERRCLASS_FATAL,
+                              "record at [%" PRId32 "] @%" PRId64
+                              ": its JSON line does not parse (%s)",
+                              msg->partition, msg->offset, jerr.text);
     }
     if (!er_ctl_view_filter_match(filter, json_object_get(record, "value"))) {
         json_decref(record);
@@ -94,10 +111,12 @@ static int show(const char *topic_short, const rd_kafka_message_t *msg,
     }
     json_decref(record);
     if (rc != 0)
-        return rc;
-    fwrite(line->data, 1, line->len, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+        return er_err_set(err, rc, ER_ERRCLASS_FATAL,
+                          "record at [%" PRId32 "] @%" PRId64
+                          " does not fit in memory (%s)",
+                          msg->partition, msg->offset, er_errname(rc));
+    if (er_ctl_util_out_line(line->data, line->len) != 0)
+        return er_err_set(err, ER_EIO, ER_ERRCLASS_FATAL, "stdout closed");
     *is_shown = true;
     return 0;
 }
@@ -162,8 +181,10 @@ int er_ctl_tail_main(int argc, char **argv)
     }
     if (brokers == NULL)
         brokers = er_ctl_util_env("ENVRUN_KAFKA_BROKERS", NULL);
-    if (prefix == NULL)
-        prefix = er_ctl_util_env("ENVRUN_TOPIC_PREFIX", "envrun.");
+    if (er_ctl_util_prefix_get("tail", prefix, &prefix) != 0) {
+        exit_code = ER_CTL_EXIT_USAGE;
+        goto out;
+    }
     if (brokers == NULL) {
         er_ctl_util_usage_error("tail", "--brokers or ENVRUN_KAFKA_BROKERS "
                                         "is required");
@@ -201,14 +222,28 @@ int er_ctl_tail_main(int argc, char **argv)
                            is_follow || !is_from_beginning, &err) != 0) {
         if (err.code == ER_EINVAL)
             exit_code = ER_CTL_EXIT_USAGE;
+        if (err.code == ER_ENOTFOUND &&
+            !er_ctl_util_topic_is_known(topic_arg)) {
+            /* Not one of ours and not on the cluster: a typo, most
+             * likely. */
+            er_err_clear(&err);
+            er_ctl_util_usage_error("tail",
+                                    "unknown topic %s: expected commands, "
+                                    "results, lease-events, activity, "
+                                    "commands.dlq or the full name of an "
+                                    "existing topic",
+                                    topic);
+            exit_code = ER_CTL_EXIT_USAGE;
+        }
         goto out;
     }
     if (format == ER_CTL_FORMAT_TABLE) {
         if (er_ctl_view_table_head(topic_short, &line) != 0)
             goto out;
-        fwrite(line.data, 1, line.len, stdout);
-        fputc('\n', stdout);
-        fflush(stdout);
+        if (er_ctl_util_out_line(line.data, line.len) != 0) {
+            er_err_set(&err, ER_EIO, ER_ERRCLASS_FATAL, "stdout closed");
+            goto out;
+        }
     }
     while (max_cnt < 0 || seen < max_cnt) {
         rd_kafka_message_t *msg = NULL;
@@ -217,23 +252,33 @@ int er_ctl_tail_main(int argc, char **argv)
 
         if (er_ctl_reader_next(&reader, timeout_ms, &msg) != 1)
             break;
-        rc = show(topic_short, msg, &filter, format, &line, &is_shown);
-        if (rc != 0) {
-            er_err_set(&err, rc, ER_ERRCLASS_FATAL,
-                       "record at offset %lld does not fit in memory",
-                       (long long)msg->offset);
-            rd_kafka_message_destroy(msg);
-            goto out;
-        }
+        rc = show(topic_short, msg, &filter, format, &line, &is_shown, &err);
         rd_kafka_message_destroy(msg);
+        if (rc == ER_EIO && er_ctl_util_stop) {
+            /* The signal broke a write that blocked: a stop like any. */
+            er_err_clear(&err);
+            break;
+        }
+        if (rc == ER_EIO)
+            er_err_set(&err, ER_EIO, ER_ERRCLASS_FATAL,
+                       "stdout closed after %lld records", (long long)seen);
+        if (rc != 0)
+            goto out;
         if (is_shown)
             seen++;
+    }
+    /* Stopped by a signal, tail is done; else a reader that went away is a
+     * failure (what was not printed is lost to whoever waited for it). */
+    if (!er_ctl_util_stop && er_ctl_util_out_is_closed()) {
+        er_err_set(&err, ER_EIO, ER_ERRCLASS_FATAL,
+                   "stdout closed after %lld records", (long long)seen);
+        goto out;
     }
     exit_code = ER_CTL_EXIT_OK;
 
 out:
     if (err.code != 0)
-        fprintf(stderr, "envrunctl tail: %s\n", err.msg);
+        er_ctl_util_err_print("tail", err.msg);
     er_ctl_reader_close(&reader);
     er_buf_fini(&line);
     return exit_code;

@@ -3,6 +3,7 @@
  * flag is the only global it writes after start-up. */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -10,10 +11,14 @@
 
 #include "ctl/ctl_int.h"
 #include "schemas/schemas.h"
+#include "worker/redact.h"
 #include "worker/worker.h"
 
 #define KAFKA_ERRSTR_LEN 512
 #define PROPS_MAX        4096
+/* The worker's limit on ENVRUN_TOPIC_PREFIX (struct er_config). */
+#define PREFIX_MAX       128
+#define ERR_LINE_MAX     1024
 
 volatile sig_atomic_t er_ctl_util_stop;
 
@@ -36,8 +41,55 @@ void er_ctl_util_signals_install(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    er_ctl_util_sigpipe_ignore();
+}
+
+void er_ctl_util_sigpipe_ignore(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
     sigaction(SIGPIPE, &sa, NULL);
+}
+
+bool er_ctl_util_out_is_closed(void)
+{
+    struct pollfd pfd;
+
+    if (ferror(stdout))
+        return true;
+    /* events 0: poll reports only POLLERR, POLLHUP and POLLNVAL, which a
+     * pipe whose reader is gone shows at once (Linux: POLLERR). */
+    pfd.fd = fileno(stdout);
+    pfd.events = 0;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, 0) != 1)
+        return false;
+    return (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)) != 0;
+}
+
+int er_ctl_util_out_line(const void *p, size_t len)
+{
+    if (len != 0)
+        fwrite(p, 1, len, stdout);
+    fputc('\n', stdout);
+    if (fflush(stdout) != 0 || ferror(stdout))
+        return ER_EIO;
+    return 0;
+}
+
+void er_ctl_util_err_print(const char *cmd, const char *msg)
+{
+    struct er_buf line;
+
+    er_buf_init(&line, ERR_LINE_MAX);
+    /* An overlong message is cut where the cap stops it. */
+    (void)er_ctl_view_cell(&line, msg, strlen(msg), 0, true);
+    fprintf(stderr, "envrunctl %s: %.*s\n", cmd, (int)line.len,
+            line.data != NULL ? (const char *)line.data : "");
+    er_buf_fini(&line);
 }
 
 void er_ctl_util_usage_error(const char *cmd, const char *fmt, ...)
@@ -164,17 +216,59 @@ const char *er_ctl_util_env(const char *name, const char *dflt)
     return v != NULL && *v != '\0' ? v : dflt;
 }
 
-int er_ctl_util_topic_full(const char *prefix, const char *name, char *out,
-                           size_t out_len)
+/* The characters worker/config.c allows in a topic prefix. */
+static bool is_prefix_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+int er_ctl_util_prefix_get(const char *cmd, const char *flag,
+                           const char **prefix)
+{
+    const char *name = "--topic-prefix";
+    const char *v = flag;
+    size_t i;
+
+    if (v == NULL) {
+        name = "ENVRUN_TOPIC_PREFIX";
+        v = getenv(name);
+    }
+    if (v == NULL)
+        v = "envrun.";
+    for (i = 0; v[i] != '\0'; i++) {
+        if (i + 1 >= PREFIX_MAX) {
+            er_ctl_util_usage_error(cmd, "%s: too long (max %d bytes)", name,
+                                    PREFIX_MAX - 1);
+            return ER_EINVAL;
+        }
+        if (!is_prefix_char(v[i])) {
+            er_ctl_util_usage_error(cmd, "%s: only [A-Za-z0-9._-] allowed",
+                                    name);
+            return ER_EINVAL;
+        }
+    }
+    *prefix = v;
+    return 0;
+}
+
+bool er_ctl_util_topic_is_known(const char *name)
 {
     size_t i;
-    int n;
 
     for (i = 0; er_ctl_util_topics[i] != NULL; i++) {
         if (strcmp(name, er_ctl_util_topics[i]) == 0)
-            break;
+            return true;
     }
-    if (er_ctl_util_topics[i] != NULL)
+    return false;
+}
+
+int er_ctl_util_topic_full(const char *prefix, const char *name, char *out,
+                           size_t out_len)
+{
+    int n;
+
+    if (er_ctl_util_topic_is_known(name))
         n = snprintf(out, out_len, "%s%s", prefix, name);
     else
         n = snprintf(out, out_len, "%s", name);
@@ -349,42 +443,40 @@ rd_kafka_t *er_ctl_util_consumer_new_eof(const char *brokers,
     return kafka_new(brokers, false, true, err);
 }
 
-/* Partition count of topic, from a metadata request. */
+/* Partition count of topic, from a metadata request for every topic: one
+ * naming the topic may create it on a broker with automatic topic
+ * creation (the mock cluster's default), and a typo must not. */
 static int partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms,
                            int *cnt, struct er_err *err)
 {
-    rd_kafka_topic_t *rkt = NULL;
     const struct rd_kafka_metadata *md = NULL;
+    const struct rd_kafka_metadata_topic *mt = NULL;
     rd_kafka_resp_err_t kerr;
+    int i;
     int rc = 0;
 
-    rkt = rd_kafka_topic_new(rk, topic, NULL);
-    if (rkt == NULL) {
-        rc = er_err_set(err, ER_EKAFKA, ER_ERRCLASS_FATAL, "topic %s: %s",
-                        topic, rd_kafka_err2str(rd_kafka_last_error()));
-        goto out;
-    }
-    kerr = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+    kerr = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms);
     if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
         rc = er_err_set(err, ER_EKAFKA, ER_ERRCLASS_RETRY, "metadata of %s: %s",
                         topic, rd_kafka_err2str(kerr));
         goto out;
     }
-    if (md->topic_cnt != 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR ||
-        md->topics[0].partition_cnt == 0) {
-        rc = er_err_set(err, ER_ENOTFOUND, ER_ERRCLASS_FATAL, "topic %s: %s",
-                        topic,
-                        md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err)
-                                           : "not in metadata");
+    for (i = 0; i < md->topic_cnt; i++) {
+        if (strcmp(md->topics[i].topic, topic) == 0)
+            mt = &md->topics[i];
+    }
+    if (mt == NULL || mt->err != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        mt->partition_cnt == 0) {
+        rc = er_err_set(
+            err, ER_ENOTFOUND, ER_ERRCLASS_FATAL, "topic %s: %s", topic,
+            mt != NULL ? rd_kafka_err2str(mt->err) : "not in metadata");
         goto out;
     }
-    *cnt = md->topics[0].partition_cnt;
+    *cnt = mt->partition_cnt;
 
 out:
     if (md != NULL)
         rd_kafka_metadata_destroy(md);
-    if (rkt != NULL)
-        rd_kafka_topic_destroy(rkt);
     return rc;
 }
 
@@ -557,8 +649,7 @@ int er_ctl_util_base64(const void *p, size_t len, struct er_buf *out)
     return rc;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid. */
-static size_t utf8_len(const uint8_t *s, size_t n)
+size_t er_ctl_util_utf8_len(const uint8_t *s, size_t n)
 {
     size_t want;
     size_t i;
@@ -593,7 +684,8 @@ static size_t utf8_len(const uint8_t *s, size_t n)
     return want;
 }
 
-/* Append p (len bytes) as a JSON string; invalid UTF-8 becomes U+FFFD. */
+/* Invalid UTF-8 becomes U+FFFD; DEL and the C1 controls, valid JSON as
+ * they are, are escaped so a JSON line on a terminal cannot steer it. */
 int er_ctl_util_json_string(struct er_buf *out, const char *p, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -611,14 +703,22 @@ int er_ctl_util_json_string(struct er_buf *out, const char *p, size_t len)
 
             rc = er_buf_append(out, esc, 2);
             i++;
-        } else if (c < 0x20) {
+        } else if (c < 0x20 || c == 0x7f) {
             char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 0xf] };
 
             rc = er_buf_append(out, esc, 6);
             i++;
         } else {
-            n = utf8_len(s + i, len - i);
-            if (n == 0) {
+            n = er_ctl_util_utf8_len(s + i, len - i);
+            if (n == 2 && c == 0xc2 && s[i + 1] < 0xa0) {
+                /* U+0080..U+009F: the C1 controls. */
+                char esc[6] = {
+                    '\\', 'u', '0', '0', hex[s[i + 1] >> 4], hex[s[i + 1] & 0xf]
+                };
+
+                rc = er_buf_append(out, esc, 6);
+                i += 2;
+            } else if (n == 0) {
                 rc = er_buf_append(out, "\\ufffd", 6);
                 i++;
             } else {
@@ -666,6 +766,148 @@ static int put_headers(struct er_buf *out, const rd_kafka_message_t *msg)
     return rc;
 }
 
+/* Mask the secret-looking keys of the JSON text in the string member name
+ * of obj (absent or not JSON: left alone, as the worker leaves it);
+ * *is_changed is set when anything was masked. Returns 0 or ER_ENOMEM. */
+static int redact_json_text(json_t *obj, const char *name, bool *is_changed)
+{
+    json_t *field = json_object_get(obj, name);
+    json_t *v = NULL;
+    char *after = NULL;
+    int rc = 0;
+
+    if (!json_is_string(field))
+        return 0;
+    v = json_loadb(json_string_value(field), json_string_length(field),
+                   JSON_DECODE_ANY, NULL);
+    if (v == NULL || er_redact_json(v, true) == 0)
+        goto out;
+    after = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (after == NULL || json_string_set(field, after) != 0) {
+        rc = ER_ENOMEM;
+        goto out;
+    }
+    *is_changed = true;
+
+out:
+    free(after); /* jansson allocates with malloc */
+    json_decref(v);
+    return rc;
+}
+
+int er_ctl_util_value_redact(struct er_buf *value)
+{
+    json_t *doc = NULL;
+    json_t *command;
+    char *text = NULL;
+    bool is_changed = false;
+    int rc = 0;
+
+    doc =
+        json_loadb((const char *)value->data, value->len, JSON_ALLOW_NUL, NULL);
+    command = json_object_get(doc, "command");
+    if (!json_is_object(command))
+        goto out; /* not a RunCommand: nothing of this kind to mask */
+    rc = redact_json_text(command, "workspaceJson", &is_changed);
+    if (rc == 0)
+        rc = redact_json_text(command, "runtimeOverlayJson", &is_changed);
+    if (rc != 0 || !is_changed)
+        goto out;
+    text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (text == NULL) {
+        rc = ER_ENOMEM;
+        goto out;
+    }
+    er_buf_reset(value);
+    rc = er_buf_append(value, text, strlen(text));
+
+out:
+    free(text);
+    json_decref(doc);
+    return rc;
+}
+
+int er_ctl_util_json_escape_controls(struct er_buf *json)
+{
+    static const char hex[] = "0123456789abcdef";
+    struct er_buf out;
+    size_t i;
+    int rc = 0;
+
+    for (i = 0; i < json->len; i++) {
+        if (json->data[i] == 0x7f || json->data[i] == 0xc2)
+            break;
+    }
+    if (i == json->len)
+        return 0; /* the usual case: nothing to do */
+    er_buf_init(&out, json->max_len);
+    for (i = 0; i < json->len && rc == 0; i++) {
+        uint8_t c = json->data[i];
+
+        /* 0xc2 is only ever a lead byte: with 0x80..0x9f after it, it is
+         * U+0080..U+009F. Outside strings JSON has no such bytes. */
+        if (c == 0x7f ||
+            (c == 0xc2 && i + 1 < json->len && json->data[i + 1] >= 0x80 &&
+             json->data[i + 1] < 0xa0)) {
+            uint8_t cp = c == 0x7f ? c : json->data[++i];
+            char esc[6] = { '\\', 'u', '0', '0', hex[cp >> 4], hex[cp & 0xf] };
+
+            rc = er_buf_append(&out, esc, 6);
+        } else {
+            rc = er_buf_append(&out, &c, 1);
+        }
+    }
+    if (rc == 0) {
+        er_buf_fini(json);
+        *json = out;
+    } else {
+        er_buf_fini(&out);
+    }
+    return rc;
+}
+
+/* Whether the raw bytes of a record of topic_short may be printed: only on
+ * the topics whose records never hold a token. A command on commands that
+ * does not decode here (Confluent-framed without a registry, an unknown
+ * fingerprint) and a letter the worker kept whole on commands.dlq may be a
+ * realize command carrying hostApiToken; a foreign topic may be anything. */
+static bool may_show_bytes(const char *topic_short)
+{
+    return strcmp(topic_short, "results") == 0 ||
+           strcmp(topic_short, "lease-events") == 0 ||
+           strcmp(topic_short, "activity") == 0;
+}
+
+/* ,"valueLength":N,"valueHeaderHex":H: what is safe to show of bytes that
+ * may hold a secret. H is the Confluent header (magic byte and schema id)
+ * or the single-object header (marker and fingerprint), which name the
+ * schema and hold no field of the record; null for other bytes. */
+static int put_withheld(struct er_buf *out, const uint8_t *p, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t hdr_len = 0;
+    size_t i;
+    int rc;
+
+    if (er_registry_is_framed(p, len))
+        hdr_len = ER_REGISTRY_HDR_LEN;
+    else if (len >= ER_CODEC_HDR_LEN && p[0] == 0xc3 && p[1] == 0x01)
+        hdr_len = ER_CODEC_HDR_LEN;
+    rc = er_buf_printf(out, ",\"valueLength\":%zu,\"valueHeaderHex\":", len);
+    if (rc == 0 && hdr_len == 0)
+        return er_buf_append(out, "null", 4);
+    if (rc == 0)
+        rc = er_buf_append(out, "\"", 1);
+    for (i = 0; rc == 0 && i < hdr_len; i++) {
+        char h[2] = { hex[p[i] >> 4], hex[p[i] & 0xf] };
+
+        rc = er_buf_append(out, h, 2);
+    }
+    if (rc == 0)
+        rc = er_buf_append(out, "\"", 1);
+    return rc;
+}
+
 int er_ctl_util_record_json(const char *topic_short,
                             const rd_kafka_message_t *msg, bool is_raw,
                             struct er_buf *out)
@@ -696,13 +938,19 @@ int er_ctl_util_record_json(const char *topic_short,
         goto out;
 
     if (is_decoded) {
-        rc = er_buf_append(out, ",\"value\":", 9);
+        rc = er_ctl_util_value_redact(&value);
+        if (rc == 0)
+            rc = er_ctl_util_json_escape_controls(&value);
+        if (rc == 0)
+            rc = er_buf_append(out, ",\"value\":", 9);
         if (rc == 0)
             rc = er_buf_append(out, value.data, value.len);
     } else {
         rc = put_headers(out, msg);
         if (rc == 0 && msg->payload == NULL) {
             rc = er_buf_append(out, ",\"value\":null", 13);
+        } else if (rc == 0 && !may_show_bytes(topic_short)) {
+            rc = put_withheld(out, msg->payload, msg->len);
         } else if (rc == 0) {
             rc = er_buf_append(out, ",\"valueBase64\":\"", 16);
             if (rc == 0)

@@ -100,7 +100,9 @@ static bool field_is(const json_t *obj, const char *name, const json_t *alt,
 
     if (v == NULL && alt != NULL)
         v = json_object_get(alt, alt_name);
-    return json_is_string(v) && strcmp(json_string_value(v), want) == 0;
+    /* The length too: a value with a NUL in it is not want. */
+    return json_is_string(v) && json_string_length(v) == strlen(want) &&
+           memcmp(json_string_value(v), want, strlen(want)) == 0;
 }
 
 bool er_ctl_view_filter_match(const struct er_ctl_filter *filter,
@@ -168,23 +170,64 @@ static const json_t *lookup(const json_t *record, const char *path)
     return v;
 }
 
-/* Append one cell; control characters become spaces so a row stays one
- * line. */
-static int put_cell(struct er_buf *out, const char *text, int width,
-                    bool is_last)
+/* The next character of a cell at s (n > 0 bytes left): *step receives
+ * how many bytes it takes; true when it may be shown as it is, false when
+ * it is to be shown as '?' (see er_ctl_view_cell). */
+static bool next_char(const uint8_t *s, size_t n, size_t *step)
 {
-    size_t n = strlen(text);
-    size_t i;
+    size_t len = er_ctl_util_utf8_len(s, n);
+
+    *step = len != 0 ? len : 1;
+    if (len == 0 || s[0] < 0x20 || s[0] == 0x7f)
+        return false; /* not UTF-8, C0 controls, DEL */
+    if (len == 2 && s[0] == 0xc2 && s[1] < 0xa0)
+        return false; /* C1 controls U+0080..U+009F (U+009B: CSI) */
+    if (len == 3 && s[0] == 0xe2 && s[1] == 0x80 && s[2] >= 0xa8 &&
+        s[2] <= 0xae)
+        return false; /* U+2028..U+202E: line breaks, bidi embeddings */
+    if (len == 3 && s[0] == 0xe2 && s[1] == 0x81 && s[2] >= 0xa6 &&
+        s[2] <= 0xa9)
+        return false; /* U+2066..U+2069: bidi isolates */
+    return true;
+}
+
+size_t er_ctl_view_cell_width(const char *s, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    size_t width = 0;
+    size_t i = 0;
+
+    while (i < len) {
+        size_t step;
+
+        (void)next_char(p + i, len - i, &step);
+        i += step;
+        width++;
+    }
+    return width;
+}
+
+int er_ctl_view_cell(struct er_buf *out, const char *s, size_t len, int width,
+                     bool is_last)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    size_t shown = 0;
+    size_t i = 0;
     int rc = 0;
 
-    for (i = 0; i < n && rc == 0; i++) {
-        char c = (unsigned char)text[i] < 0x20 ? ' ' : text[i];
+    while (i < len && rc == 0) {
+        size_t step;
 
-        rc = er_buf_append(out, &c, 1);
+        if (next_char(p + i, len - i, &step))
+            rc = er_buf_append(out, p + i, step);
+        else
+            rc = er_buf_append(out, "?", 1);
+        i += step;
+        shown++;
     }
     if (is_last)
         return rc;
-    for (i = n; (int)i < width && rc == 0; i++)
+    for (; width > 0 && shown < (size_t)width && rc == 0; shown++)
         rc = er_buf_append(out, " ", 1);
     if (rc == 0)
         rc = er_buf_append(out, "  ", 2);
@@ -198,8 +241,8 @@ int er_ctl_view_table_head(const char *topic_short, struct er_buf *out)
     int rc = 0;
 
     for (i = 0; cols[i].head != NULL && rc == 0; i++)
-        rc = put_cell(out, cols[i].head, cols[i].width,
-                      cols[i + 1].head == NULL);
+        rc = er_ctl_view_cell(out, cols[i].head, strlen(cols[i].head),
+                              cols[i].width, cols[i + 1].head == NULL);
     return rc;
 }
 
@@ -215,18 +258,22 @@ int er_ctl_view_table_row(const char *topic_short, const json_t *record,
         bool is_last = cols[i + 1].head == NULL;
         char num[32];
         const char *text = "-";
+        size_t len = 1;
 
         if (json_is_string(v)) {
             text = json_string_value(v);
+            len = json_string_length(v); /* NULs included: shown as '?' */
         } else if (json_is_integer(v) && cols[i].is_time) {
             er_time_iso((int64_t)json_integer_value(v), num);
             text = num;
+            len = strlen(num);
         } else if (json_is_integer(v)) {
             snprintf(num, sizeof(num), "%lld",
                      (long long)json_integer_value(v));
             text = num;
+            len = strlen(num);
         }
-        rc = put_cell(out, text, cols[i].width, is_last);
+        rc = er_ctl_view_cell(out, text, len, cols[i].width, is_last);
     }
     return rc;
 }

@@ -14,7 +14,7 @@
 #include "bridge/bridge.h"
 #include "worker/bridge_host_int.h"
 #include "worker/lifecycle_step_int.h"
-#include "worker/redact_int.h"
+#include "worker/redact.h"
 #include "worker/token_relay_int.h"
 
 #define ARENA_MAX  (64u * 1024 * 1024)

@@ -1,8 +1,8 @@
-/* redact: secret-looking keys are removed or masked (see redact_int.h). */
+/* redact: secret-looking keys are removed or masked (see redact.h). */
+#include "worker/redact.h"
+
 #include <ctype.h>
 #include <string.h>
-
-#include "worker/redact_int.h"
 
 bool er_redact_key_is_secret(const char *key)
 {

@@ -35,11 +35,6 @@ static const char *const leases_keys[LEASES_COLS] = {
     "issueId", "acquiredAt",  "releasedAt", "failureReason",
 };
 
-static const char *const leases_head[LEASES_COLS] = {
-    "LEASE", "ENVIRONMENT", "STATUS",   "RUN",
-    "ISSUE", "ACQUIRED",    "RELEASED", "FAILURE",
-};
-
 /* The first line of a libpq message (errors must stay one line). */
 static void pg_message(const char *msg, char *out, size_t out_len)
 {
@@ -48,23 +43,6 @@ static void pg_message(const char *msg, char *out, size_t out_len)
     while (n > 0 && msg[n - 1] == ' ')
         n--;
     snprintf(out, out_len, "%.*s", (int)n, msg);
-}
-
-/* Append one row of cells padded to widths, two spaces apart, with no
- * trailing blanks. */
-static int put_row(struct er_buf *out, const char *const *cells,
-                   const int *widths)
-{
-    int i;
-    int rc = 0;
-
-    for (i = 0; i < LEASES_COLS && rc == 0; i++)
-        rc = er_buf_printf(out, "%-*s  ", widths[i], cells[i]);
-    while (rc == 0 && out->len > 0 && out->data[out->len - 1] == ' ')
-        out->len--;
-    if (rc == 0)
-        rc = er_buf_append(out, "\n", 1);
-    return rc;
 }
 
 /* Append one JSON object per row, an empty value as null. */
@@ -98,30 +76,33 @@ static int put_json_rows(struct er_buf *out, PGresult *res)
     return rc;
 }
 
-int er_store_ctl_leases_table(const char *conninfo, const char *company,
-                              const char *run, const char *status, int limit,
-                              struct er_buf *out, struct er_err *err)
-{
-    return er_store_ctl_leases(conninfo, company, run, status, limit, false,
-                               out, err);
-}
-
 int er_store_ctl_leases(const char *conninfo, const char *company,
                         const char *run, const char *status, int limit,
-                        bool is_json, struct er_buf *out, struct er_err *err)
+                        struct er_buf *out, struct er_err *err)
 {
     PGconn *conn = NULL;
     PGresult *res = NULL;
+    PQconninfoOption *opts = NULL;
+    char *parse_msg = NULL;
     char msg[200];
     char limit_s[16];
     const char *params[4];
-    int widths[LEASES_COLS];
-    int rows;
-    int r;
-    int c;
     int rc = 0;
 
     ER_ASSERT(conninfo != NULL && out != NULL && limit > 0);
+
+    /* A string libpq cannot parse is the caller's mistake, not a dead
+     * server. libpq's message may quote the string, password included:
+     * it is not passed on. */
+    opts = PQconninfoParse(conninfo, &parse_msg);
+    if (opts == NULL) {
+        rc = er_err_set(err, parse_msg != NULL ? ER_EINVAL : ER_ENOMEM,
+                        ER_ERRCLASS_FATAL, "database url: %s",
+                        parse_msg != NULL
+                            ? "not a libpq connection string or URI"
+                            : "out of memory");
+        goto out;
+    }
 
     conn = PQconnectdb(conninfo);
     if (conn == NULL) {
@@ -158,41 +139,14 @@ int er_store_ctl_leases(const char *conninfo, const char *company,
         goto out;
     }
 
-    if (is_json) {
-        rc = put_json_rows(out, res);
-        if (rc != 0)
-            rc = er_err_set(err, rc, ER_ERRCLASS_FATAL, "leases: %s",
-                            er_errname(rc));
-        goto out;
-    }
-    rows = PQntuples(res);
-    for (c = 0; c < LEASES_COLS; c++) {
-        widths[c] = (int)strlen(leases_head[c]);
-        for (r = 0; r < rows; r++) {
-            int w = PQgetlength(res, r, c);
-
-            if (w > widths[c])
-                widths[c] = w;
-        }
-    }
-    rc = put_row(out, leases_head, widths);
-    for (r = 0; r < rows && rc == 0; r++) {
-        const char *cells[LEASES_COLS];
-
-        for (c = 0; c < LEASES_COLS; c++)
-            cells[c] = PQgetvalue(res, r, c);
-        rc = put_row(out, cells, widths);
-    }
-    if (rc == 0 && rows == limit)
-        rc = er_buf_printf(out,
-                           "(first %d leases; narrow with --company, --run "
-                           "or --status, or raise --limit)\n",
-                           limit);
+    rc = put_json_rows(out, res);
     if (rc != 0)
-        rc = er_err_set(err, rc, ER_ERRCLASS_FATAL, "leases table: %s",
+        rc = er_err_set(err, rc, ER_ERRCLASS_FATAL, "leases: %s",
                         er_errname(rc));
 
 out:
+    PQconninfoFree(opts);
+    PQfreemem(parse_msg);
     PQclear(res);
     PQfinish(conn);
     return rc;

@@ -279,21 +279,19 @@ int er_worker_run(const struct er_config *cfg);
  * Operator queries (store_ctl.c): read-only views for envrunctl.
  * ================================================================ */
 
-/* Connect to conninfo (a libpq connection string or URI), list at most
+/* Connect to conninfo (a libpq connection string or URI), read at most
  * limit (> 0) rows of environment_leases with their environment's name,
- * newest first, and append them to out as an aligned text table with a
- * header line. company and run (UUID text) and status narrow the list;
- * NULL means any. The connection is closed before returning. Errors:
- * ER_EPG (cannot connect: class RETRY; query failed: FATAL), ER_E2BIG or
- * ER_ENOMEM when out is full. */
-int er_store_ctl_leases_table(const char *conninfo, const char *company,
-                              const char *run, const char *status, int limit,
-                              struct er_buf *out, struct er_err *err);
-/* The same rows as the table, or with is_json one JSON object a line
+ * newest first, and append them to out as one JSON object a line
  * (leaseId, environment, status, heartbeatRunId, issueId, acquiredAt,
- * releasedAt, failureReason; empty values null), newest first. */
+ * releasedAt, failureReason; empty values null). company and run (UUID
+ * text) and status narrow the list; NULL means any. Values are as stored:
+ * a caller showing them on a terminal sanitises them (envrunctl's table
+ * does). The connection is closed before returning. Errors: ER_EINVAL
+ * (conninfo is not a connection string; libpq's words are not passed on,
+ * they may quote a password), ER_EPG (cannot connect: class RETRY; query
+ * failed: FATAL), ER_E2BIG or ER_ENOMEM when out is full. */
 int er_store_ctl_leases(const char *conninfo, const char *company,
                         const char *run, const char *status, int limit,
-                        bool is_json, struct er_buf *out, struct er_err *err);
+                        struct er_buf *out, struct er_err *err);
 
 #endif

@@ -1,4 +1,6 @@
 /* redact_test: secrets never survive into events or activity details. */
+#include "worker/redact.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,8 +10,6 @@
 
 #include <cmocka.h>
 #include <jansson.h>
-
-#include "worker/redact_int.h"
 
 static void redact_names_secret_keys(void **state)
 {

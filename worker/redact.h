@@ -1,7 +1,8 @@
-/* redact: keeps secret values out of events, results and activity details
- * (contract.md 6). Pure functions over jansson values; thread-safe. */
-#ifndef ER_WORKER_REDACT_INT_H
-#define ER_WORKER_REDACT_INT_H
+/* redact: keeps secret values out of events, results, activity details and
+ * what envrunctl prints (contract.md 6). Pure functions over jansson
+ * values; thread-safe. */
+#ifndef ER_WORKER_REDACT_H
+#define ER_WORKER_REDACT_H
 
 #include <stdbool.h>
 #include <stddef.h>
