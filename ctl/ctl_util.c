@@ -216,19 +216,11 @@ const char *er_ctl_util_env(const char *name, const char *dflt)
     return v != NULL && *v != '\0' ? v : dflt;
 }
 
-/* The characters worker/config.c allows in a topic prefix. */
-static bool is_prefix_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-}
-
 int er_ctl_util_prefix_get(const char *cmd, const char *flag,
                            const char **prefix)
 {
     const char *name = "--topic-prefix";
     const char *v = flag;
-    size_t i;
 
     if (v == NULL) {
         name = "ENVRUN_TOPIC_PREFIX";
@@ -236,17 +228,14 @@ int er_ctl_util_prefix_get(const char *cmd, const char *flag,
     }
     if (v == NULL)
         v = "envrun.";
-    for (i = 0; v[i] != '\0'; i++) {
-        if (i + 1 >= PREFIX_MAX) {
-            er_ctl_util_usage_error(cmd, "%s: too long (max %d bytes)", name,
-                                    PREFIX_MAX - 1);
-            return ER_EINVAL;
-        }
-        if (!is_prefix_char(v[i])) {
-            er_ctl_util_usage_error(cmd, "%s: only [A-Za-z0-9._-] allowed",
-                                    name);
-            return ER_EINVAL;
-        }
+    if (strlen(v) >= PREFIX_MAX) {
+        er_ctl_util_usage_error(cmd, "%s: too long (max %d bytes)", name,
+                                PREFIX_MAX - 1);
+        return ER_EINVAL;
+    }
+    if (!er_config_is_topic_text(v)) {
+        er_ctl_util_usage_error(cmd, "%s: only [A-Za-z0-9._-] allowed", name);
+        return ER_EINVAL;
     }
     *prefix = v;
     return 0;
@@ -772,26 +761,24 @@ static int put_headers(struct er_buf *out, const rd_kafka_message_t *msg)
 static int redact_json_text(json_t *obj, const char *name, bool *is_changed)
 {
     json_t *field = json_object_get(obj, name);
-    json_t *v = NULL;
     char *after = NULL;
     int rc = 0;
 
     if (!json_is_string(field))
         return 0;
-    v = json_loadb(json_string_value(field), json_string_length(field),
-                   JSON_DECODE_ANY, NULL);
-    if (v == NULL || er_redact_json(v, true) == 0)
-        goto out;
-    after = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (after == NULL || json_string_set(field, after) != 0) {
+    switch (er_redact_json_text(json_string_value(field),
+                                json_string_length(field), true, &after)) {
+    case 1:
+        if (json_string_set(field, after) != 0)
+            rc = ER_ENOMEM;
+        else
+            *is_changed = true;
+        break;
+    case -1:
         rc = ER_ENOMEM;
-        goto out;
+        break;
     }
-    *is_changed = true;
-
-out:
     free(after); /* jansson allocates with malloc */
-    json_decref(v);
     return rc;
 }
 

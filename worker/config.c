@@ -209,6 +209,15 @@ static bool is_name_char(char c)
     return is_alnum(c) || c == '.' || c == '_' || c == '-';
 }
 
+bool er_config_is_topic_text(const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if (!is_name_char(*s))
+            return false;
+    }
+    return true;
+}
+
 /* Copy val into dst (dst_size bytes) or complain that it is too long. */
 static int put_str(char *dst, size_t dst_size, const char *name,
                    const char *val, char *errline, size_t errline_len)
@@ -419,13 +428,10 @@ static int apply(struct er_config *cfg, enum opt_id id, const char *name,
         return put_str(cfg->kafka_props, sizeof(cfg->kafka_props), name, val,
                        errline, errline_len);
     case OPT_TOPIC_PREFIX:
-        for (const char *p = val; *p != '\0'; p++) {
-            if (!is_name_char(*p)) {
-                fail(errline, errline_len,
-                     "%s: only [A-Za-z0-9._-] allowed (got \"%s\")", name,
-                     shown);
-                return -1;
-            }
+        if (!er_config_is_topic_text(val)) {
+            fail(errline, errline_len,
+                 "%s: only [A-Za-z0-9._-] allowed (got \"%s\")", name, shown);
+            return -1;
         }
         return put_str(cfg->topic_prefix, sizeof(cfg->topic_prefix), name, val,
                        errline, errline_len);

@@ -656,24 +656,18 @@ static bool id_is_readable(const char *s)
  * when nothing did, -1 when out of memory (the field is then unusable). */
 static int redact_json_field(struct er_lifecycle *lc, char **field)
 {
-    json_t *v;
-    char *after;
+    char *after = NULL;
+    int rc;
 
     if (*field == NULL)
         return 0;
-    v = json_loads(*field, JSON_DECODE_ANY, NULL);
-    if (v == NULL)
-        return 0; /* not JSON: validation said so; no keys to judge */
-    if (er_redact_json(v, false) == 0) {
-        json_decref(v);
-        return 0;
+    rc = er_redact_json_text(*field, strlen(*field), false, &after);
+    if (rc == 1) {
+        *field = er_arena_strdup(&lc->arena, after);
+        rc = *field != NULL ? 1 : -1;
     }
-    after = er_lifecycle__jdump(&lc->arena, v);
-    json_decref(v);
-    if (after == NULL)
-        return -1;
-    *field = after;
-    return 1;
+    free(after); /* jansson allocates with malloc */
+    return rc;
 }
 
 /* One consumed message as a step sees it. */

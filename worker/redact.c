@@ -2,6 +2,7 @@
 #include "worker/redact.h"
 
 #include <ctype.h>
+#include <stdlib.h>
 #include <string.h>
 
 bool er_redact_key_is_secret(const char *key)
@@ -60,4 +61,18 @@ size_t er_redact_json(json_t *v, bool is_mask)
         }
     }
     return cnt;
+}
+
+int er_redact_json_text(const char *text, size_t len, bool is_mask, char **out)
+{
+    json_t *v = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+    int rc = 0;
+
+    *out = NULL;
+    if (v != NULL && er_redact_json(v, is_mask) > 0) {
+        *out = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        rc = *out != NULL ? 1 : -1;
+    }
+    json_decref(v);
+    return rc;
 }

@@ -22,4 +22,10 @@ bool er_redact_key_is_secret(const char *key);
  * many members it removed or masked. */
 size_t er_redact_json(json_t *v, bool is_mask);
 
+/* The same over a JSON text of len bytes (a command's workspaceJson, say):
+ * 1 and *out (compact JSON, malloc: free it) when anything was removed or
+ * masked; 0 when nothing was or the text is not JSON (no keys to judge);
+ * -1 when out of memory. */
+int er_redact_json_text(const char *text, size_t len, bool is_mask, char **out);
+
 #endif

@@ -60,6 +60,9 @@ enum er_config_status er_config_load(struct er_config *cfg, int argc,
                                      size_t errline_len);
 /* The usage text printed by --help. */
 const char *er_config_usage(void);
+/* Whether s is made only of Kafka's topic-name characters [A-Za-z0-9._-]
+ * (the rule for ENVRUN_TOPIC_PREFIX; "" passes). */
+bool er_config_is_topic_text(const char *s);
 /* Full topic name: prefix + suffix ("envrun." + "commands"); out_len bytes.
  */
 void er_config_topic(const struct er_config *cfg, const char *suffix, char *out,

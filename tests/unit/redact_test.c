@@ -60,12 +60,35 @@ static void redact_masks_for_activity(void **state)
     er_redact_json(NULL, true); /* NULL is a no-op */
 }
 
+/* The text form: removed or masked, untouched text left alone (0, no
+ * copy), and text that is not JSON judged to hold no keys. */
+static void redact_json_text_removes_or_masks(void **state)
+{
+    const char *ws = "{\"cwd\":\"/w\",\"env\":{\"apiKey\":\"k-123\"}}";
+    char *out = NULL;
+
+    (void)state;
+    assert_int_equal(er_redact_json_text(ws, strlen(ws), false, &out), 1);
+    assert_string_equal(out, "{\"cwd\":\"/w\",\"env\":{}}");
+    free(out);
+    assert_int_equal(er_redact_json_text(ws, strlen(ws), true, &out), 1);
+    assert_string_equal(
+        out, "{\"cwd\":\"/w\",\"env\":{\"apiKey\":\"" ER_REDACT_MASK "\"}}");
+    free(out);
+    assert_int_equal(er_redact_json_text("{\"cwd\":\"/w\"}", 12, false, &out),
+                     0);
+    assert_null(out);
+    assert_int_equal(er_redact_json_text("not json", 8, true, &out), 0);
+    assert_null(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(redact_names_secret_keys),
         cmocka_unit_test(redact_removes_nested_secrets),
         cmocka_unit_test(redact_masks_for_activity),
+        cmocka_unit_test(redact_json_text_removes_or_masks),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
